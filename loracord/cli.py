@@ -1,0 +1,146 @@
+"""The ``loracord`` command line: a thin layer over ``trainer``, ``storage`` and ``bot``.
+
+Each command parses its options, builds a validated config, and calls one library function.
+Known errors (``trainer.errors.LoracordError``) become one red line and exit code 2; anything
+else is a bug and keeps its traceback. Heavy libraries are imported inside the commands so
+that ``loracord --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from trainer.errors import LoracordError
+
+app = typer.Typer(help="loracord: LoRA fine-tuning on small data, from Discord or the command line.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+train_app = typer.Typer(help="Train a LoRA adapter on a dataset.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+
+
+def main() -> None:
+    try:
+        app()
+    except LoracordError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+
+
+@train_app.command("text")
+def train_text_cmd(
+    data: list[Path] = typer.Argument(..., help="Text files: .txt/.md, .jsonl (text, prompt/completion or messages), .csv."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder to write (adapter, metrics, samples, chart)."),
+    base: str = typer.Option("smollm2-135m", help="Base model: hub id, local folder, .gguf file or 'smollm2-135m'."),
+    steps: Optional[int] = typer.Option(None, help="Optimizer steps (default: sized to the dataset)."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate (default: sized to the dataset)."),
+    rank: Optional[int] = typer.Option(None, help="LoRA rank."),
+    alpha: Optional[float] = typer.Option(None, help="LoRA alpha (default: 2 x rank)."),
+    lora_dropout: Optional[float] = typer.Option(None, help="Dropout on the LoRA path."),
+    target_modules: Optional[str] = typer.Option(None, help="Comma-separated module names, or 'all-linear'."),
+    augment: Optional[float] = typer.Option(None, help="Augmentation strength 0..1 (0 turns it off)."),
+    batch_size: Optional[int] = typer.Option(None, help="Packed sequences per step."),
+    grad_accum: Optional[int] = typer.Option(None, help="Gradient accumulation steps."),
+    seq_len: Optional[int] = typer.Option(None, help="Tokens per packed sequence."),
+    val_fraction: Optional[float] = typer.Option(None, help="Share of examples held out for validation."),
+    eval_every: Optional[int] = typer.Option(None, help="Validate every N steps."),
+    patience: Optional[int] = typer.Option(None, help="Stop after N validations without improvement (0: never)."),
+    precision: Optional[str] = typer.Option(None, help="'auto', 'bf16', 'fp16' or 'fp32'."),
+    seed: int = typer.Option(0, help="Random seed (data split, augmentation, initialisation)."),
+    prompt: Optional[list[str]] = typer.Option(None, "--prompt", help="Prompts to sample before and after training."),
+    resume: bool = typer.Option(False, help="Continue from the run folder's last checkpoint."),
+) -> None:
+    """LoRA-fine-tune a language model on a few texts."""
+    from trainer.text.config import TextTrainConfig
+    from trainer.text.train import train_text
+    from .progress import RichProgress
+
+    overrides = {k: v for k, v in dict(
+        steps=steps, lr=lr, rank=rank, alpha=alpha, lora_dropout=lora_dropout, augment=augment,
+        batch_size=batch_size, grad_accum=grad_accum, seq_len=seq_len, val_fraction=val_fraction,
+        eval_every=eval_every, patience=patience, precision=precision,
+        target_modules=target_modules, prompts=prompt or None,
+    ).items() if v is not None}
+    config = TextTrainConfig(data=[str(p) for p in data], out=str(out), base=base, seed=seed, resume=resume,
+                             **overrides)
+    with RichProgress() as progress:
+        result = train_text(config, on_event=progress)
+    _print_text_result(result)
+
+
+def _print_text_result(result) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"[bold]run folder:[/] {result.run_dir}")
+    if result.val_loss is not None:
+        console.print(f"validation loss {result.val_loss:.4f} (perplexity {result.val_perplexity:.2f}), "
+                      f"stopped: {result.stop_reason}")
+    table = Table("prompt", "before", "after", show_lines=True)
+    for row in result.samples:
+        table.add_row(row["prompt"], row["before"], row["after"])
+    console.print(table)
+
+
+@app.command("sample")
+def sample_cmd(
+    run: Path = typer.Argument(..., help="A run folder written by `loracord train`."),
+    prompt: list[str] = typer.Option(..., "--prompt", "-p", help="Prompt to complete (repeatable)."),
+    seed: int = typer.Option(0, help="Sampling seed."),
+    max_new_tokens: int = typer.Option(60, help="Text runs: tokens to generate."),
+    count: int = typer.Option(1, help="Samples per prompt."),
+) -> None:
+    """Generate from a trained adapter (text completions, or an image grid for image runs)."""
+    from trainer.rundir import RunDir
+
+    kind = RunDir.open(run).read_metrics().get("kind", "text")
+    if kind == "image":
+        from trainer.image.sample import sample_run  # noqa: PLC0415 (image stack is heavy)
+
+        for path in sample_run(run, prompts=prompt, seed=seed, count=count):
+            typer.echo(str(path))
+        return
+    from trainer.text.sample import sample_run as sample_text_run
+
+    for row in sample_text_run(run, prompt, seed=seed, max_new_tokens=max_new_tokens, count=count):
+        typer.echo(f"--- {row['prompt']}\n{row['text']}")
+
+
+@app.command("eval")
+def eval_cmd(
+    args: list[str] = typer.Argument(..., help="RUN DATA, or just DATA together with --base."),
+    base: Optional[str] = typer.Option(None, help="Evaluate this base model instead of a run's adapter."),
+    seq_len: int = typer.Option(256, help="Tokens per evaluated window."),
+) -> None:
+    """Print validation loss and perplexity of an adapter (RUN DATA) or a base model (--base M DATA)."""
+    from trainer.text.evaluate import evaluate
+
+    if base is None and len(args) != 2:
+        raise typer.BadParameter("give RUN DATA, or --base MODEL DATA")
+    if base is not None and len(args) != 1:
+        raise typer.BadParameter("with --base give only DATA")
+    run, data = (None, args[0]) if base is not None else (args[0], args[1])
+    result = evaluate(data=data, run=run, base=base, seq_len=seq_len)
+    typer.echo(f"loss {result['loss']:.4f}  perplexity {result['perplexity']:.2f}  tokens {result['tokens']}")
+
+
+@app.command("demo")
+def demo_cmd(
+    out: Path = typer.Option(Path("runs/demo"), help="Run folder for the demo."),
+    steps: int = typer.Option(60, help="Optimizer steps."),
+) -> None:
+    """Train the built-in model on speeches from Macbeth and print samples before and after."""
+    from trainer.text.demo import run_demo
+    from .progress import RichProgress
+
+    with RichProgress() as progress:
+        result = run_demo(out, steps=steps, on_event=progress)
+    _print_text_result(result)
+
+
+# Commands from other parts register here (image training, queue, bot).
+from . import registry  # noqa: E402,F401

@@ -1,0 +1,89 @@
+"""Checkpoints that resume exactly: trainable weights, optimizer, scheduler, RNG and step.
+
+Only the LoRA weights are saved (the base model is frozen and reloaded from its reference),
+so a checkpoint is a few megabytes. Everything is safetensors or JSON except the optimizer
+state, which torch saves and loads with ``weights_only=True`` (tensors and numbers, no code).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG a run draws from, as tensors and plain numbers (loadable with weights_only)."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": [version, torch.tensor(internal, dtype=torch.int64), gauss],
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal.tolist()), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(folder: Path, *, model, optimizer, scheduler, step: int, extra: dict | None = None,
+                    generator: torch.Generator | None = None) -> Path:
+    """Write a checkpoint into ``folder`` atomically (a ``.partial`` folder renamed at the end)."""
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    save_file(trainable_state(model), str(partial / "trainable.safetensors"))
+    torch.save(
+        {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "rng": rng_state(),
+            "generator": generator.get_state() if generator is not None else None,
+        },
+        partial / "training_state.pt",
+    )
+    (partial / "state.json").write_text(json.dumps({"step": step, **(extra or {})}, indent=2, default=str))
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.rename(folder)
+    return folder
+
+
+def load_checkpoint(folder: Path, *, model, optimizer, scheduler,
+                    generator: torch.Generator | None = None) -> dict[str, Any]:
+    """Restore a checkpoint written by ``save_checkpoint``; returns its ``state.json``."""
+    weights = load_file(str(folder / "trainable.safetensors"))
+    params = dict(model.named_parameters())
+    missing = [n for n in weights if n not in params]
+    if missing:
+        raise ValueError(f"checkpoint {folder} does not match the model (e.g. {missing[0]})")
+    with torch.no_grad():
+        for name, tensor in weights.items():
+            params[name].copy_(tensor.to(params[name].device, params[name].dtype))
+    state = torch.load(folder / "training_state.pt", weights_only=True, map_location="cpu")
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state["scheduler"] is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    if generator is not None and state.get("generator") is not None:
+        generator.set_state(state["generator"])
+    return json.loads((folder / "state.json").read_text())
