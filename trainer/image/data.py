@@ -1,0 +1,336 @@
+"""Image datasets: folders, files and zip archives of png/jpg/webp images with optional captions.
+
+Every file is decoded with Pillow, whatever its extension says. Captions come from, in order
+of precedence: a sidecar ``.txt`` with the image's stem, a ``metadata.jsonl`` beside the images
+(``{"file_name": ..., "text": ...}`` per line, the imagefolder convention), or the instance
+prompt, which also fills any caption that is missing (and the report lists those images).
+
+``load_images`` collects every problem it finds into one ``DataError`` instead of stopping at
+the first, so a user fixes a dataset in one go. Archives are read in memory, never extracted,
+and are checked for path traversal and zip bombs before anything is decompressed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import warnings
+import zipfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Iterable, Iterator
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..errors import DataError
+
+IMAGE_FORMATS = {"PNG", "JPEG", "MPO", "WEBP"}  # MPO: the JPEG variant many phones write
+CAPTION_SUFFIX = ".txt"
+METADATA_NAME = "metadata.jsonl"
+_JUNK = re.compile(r"(^|/)(\.[^/]*|__MACOSX|Thumbs\.db|desktop\.ini)(/|$)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class DataLimits:
+    """Safety and quality limits applied while reading a dataset."""
+
+    min_side: int = 64  # shorter side in pixels; smaller images upscale into mush
+    max_pixels: int = 50_000_000  # decompression-bomb cap, checked from the header before decoding
+    max_file_bytes: int = 50 * 2**20  # one image or caption file
+    max_archive_bytes: int = 2 * 2**30  # all members of one zip, uncompressed
+    max_compression_ratio: float = 200.0  # a member that inflates more than this is a zip bomb
+    max_images: int = 1000
+
+
+@dataclass
+class ImageExample:
+    """One training image: where it came from, the decoded picture (RGB, upright) and its caption."""
+
+    name: str
+    image: Image.Image
+    caption: str
+    sha256: str
+
+
+@dataclass
+class DataReport:
+    """What ``load_images`` found, for metrics.json and the bot's summary."""
+
+    images: int = 0
+    sources: list[str] = field(default_factory=list)
+    caption_sources: dict[str, int] = field(default_factory=lambda: {"sidecar": 0, "metadata": 0, "instance_prompt": 0})
+    missing_captions: list[str] = field(default_factory=list)
+    duplicates: list[dict[str, str]] = field(default_factory=list)  # {"dropped": name, "same_as": name}
+    ignored: list[str] = field(default_factory=list)  # hidden files and OS clutter
+    unmatched_metadata: list[str] = field(default_factory=list)  # metadata rows naming no image
+    sizes: dict[str, int] = field(default_factory=dict)  # smallest and largest side seen
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ImageDataset:
+    examples: list[ImageExample]
+    report: DataReport
+
+
+@dataclass
+class _Entry:
+    """A file inside a folder or an archive, readable on demand."""
+
+    name: str  # shown to the user
+    key: str  # path relative to its container, '/'-separated; captions match on it
+    container: str
+    read: object  # () -> bytes
+
+
+def load_images(paths: Iterable[str | Path], *, instance_prompt: str, limits: DataLimits = DataLimits()) -> ImageDataset:
+    """Read images and captions from files, folders and zip archives.
+
+    Raises ``DataError`` listing every unusable file (not an image, corrupt, too small, over
+    the pixel cap, unsafe archive), or when no image is left.
+    """
+    problems: list[str] = []
+    report = DataReport()
+    entries: list[_Entry] = []
+    for raw in paths:
+        path = Path(raw)
+        report.sources.append(str(path))
+        if not path.exists():
+            problems.append(f"{path}: no such file or folder")
+        elif path.is_dir():
+            for file in sorted(p for p in path.rglob("*") if p.is_file()):
+                entries.extend(_file_entries(file, file.relative_to(path).as_posix(), str(path), limits, problems))
+        else:
+            entries.extend(_file_entries(path, path.name, str(path.parent), limits, problems))
+
+    captions, metadata, images = {}, {}, []
+    for entry in entries:
+        if _JUNK.search(entry.key):
+            report.ignored.append(entry.name)
+        elif PurePosixPath(entry.key).name == METADATA_NAME:
+            metadata.update(_read_metadata(entry, limits, problems))
+        elif entry.key.lower().endswith(CAPTION_SUFFIX):
+            text = _read_text(entry, limits, problems)
+            if text:
+                captions[(entry.container, entry.key[: -len(CAPTION_SUFFIX)])] = text
+        else:
+            images.append(entry)
+
+    examples, seen = [], {}
+    used_metadata = set()
+    for entry in images:
+        decoded = _decode(entry, limits, problems)
+        if decoded is None:
+            continue
+        image, digest = decoded
+        if digest in seen:
+            report.duplicates.append({"dropped": entry.name, "same_as": seen[digest]})
+            continue
+        seen[digest] = entry.name
+        stem_key = (entry.container, str(PurePosixPath(entry.key).with_suffix("")))
+        if stem_key in captions:
+            caption, source = captions[stem_key], "sidecar"
+        elif (entry.container, entry.key) in metadata:
+            caption, source = metadata[(entry.container, entry.key)], "metadata"
+        else:
+            caption, source = instance_prompt, "instance_prompt"
+        used_metadata.add((entry.container, entry.key))
+        if source == "instance_prompt" and (captions or metadata):
+            report.missing_captions.append(entry.name)
+        report.caption_sources[source] += 1
+        examples.append(ImageExample(entry.name, image, caption, digest))
+
+    report.unmatched_metadata = sorted(f"{c}/{k}" for c, k in metadata if (c, k) not in used_metadata)
+    if len(examples) > limits.max_images:
+        problems.append(f"{len(examples)} images is more than the limit of {limits.max_images}")
+    if problems:
+        shown = "\n  - ".join(problems[:20])
+        more = f"\n  (and {len(problems) - 20} more)" if len(problems) > 20 else ""
+        raise DataError(f"{len(problems)} problem(s) in the image dataset:\n  - {shown}{more}")
+    if not examples:
+        raise DataError(f"No images found in {', '.join(report.sources) or 'the given paths'}: "
+                        "give png, jpg or webp files, folders of them, or zip archives.")
+    report.images = len(examples)
+    sides = [s for ex in examples for s in ex.image.size]
+    report.sizes = {"min_side": min(sides), "max_side": max(sides)}
+    return ImageDataset(examples, report)
+
+
+def _file_entries(path: Path, key: str, container: str, limits: DataLimits, problems: list[str]) -> Iterator[_Entry]:
+    """One entry for a plain file, or one per member for a zip archive (detected by content)."""
+    if _JUNK.search(key):
+        yield _Entry(str(path), key, container, lambda: b"")
+        return
+    if zipfile.is_zipfile(path):
+        yield from _zip_entries(path, limits, problems)
+        return
+    size = path.stat().st_size
+    if size > limits.max_file_bytes:
+        problems.append(f"{path}: {size / 2**20:.0f} MiB is over the {limits.max_file_bytes / 2**20:.0f} MiB file limit")
+        return
+    yield _Entry(str(path), key, container, path.read_bytes)
+
+
+def _zip_entries(path: Path, limits: DataLimits, problems: list[str]) -> Iterator[_Entry]:
+    """Members of a zip archive, after refusing unsafe names and bombs. Nothing is extracted."""
+    try:
+        archive = zipfile.ZipFile(path)
+        members = [m for m in archive.infolist() if not m.is_dir()]
+    except (zipfile.BadZipFile, OSError) as exc:
+        problems.append(f"{path}: not a readable zip archive ({exc})")
+        return
+    bad = [m.filename for m in members if _unsafe_member(m.filename)]
+    if bad:
+        problems.append(f"{path}: unsafe path(s) in archive (absolute or '..'), refusing it: {', '.join(bad[:5])}")
+        return
+    total = sum(m.file_size for m in members)
+    if total > limits.max_archive_bytes:
+        problems.append(f"{path}: unpacks to {total / 2**20:.0f} MiB, over the {limits.max_archive_bytes / 2**20:.0f} "
+                        "MiB archive limit (zip bomb?)")
+        return
+    for m in members:
+        ratio = m.file_size / max(m.compress_size, 1)
+        if m.file_size > 2**20 and ratio > limits.max_compression_ratio:
+            problems.append(f"{path}:{m.filename}: compressed {ratio:.0f}:1, refusing a likely zip bomb")
+            return
+        if m.flag_bits & 0x1:
+            problems.append(f"{path}:{m.filename}: encrypted archive members are not supported")
+            return
+    for m in members:
+        yield _Entry(f"{path}:{m.filename}", m.filename, str(path),
+                     lambda m=m: _read_member(archive, m, limits))
+
+
+def _unsafe_member(name: str) -> bool:
+    posix = name.replace("\\", "/")
+    return posix.startswith("/") or bool(re.match(r"^[A-Za-z]:", posix)) or ".." in PurePosixPath(posix).parts
+
+
+def _read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, limits: DataLimits) -> bytes:
+    """Read at most the declared size (headers can lie) and at most the per-file limit."""
+    cap = min(member.file_size, limits.max_file_bytes)
+    if member.file_size > limits.max_file_bytes:
+        raise _TooBig(f"{member.file_size / 2**20:.0f} MiB is over the {limits.max_file_bytes / 2**20:.0f} MiB file limit")
+    with archive.open(member) as f:
+        data = f.read(cap + 1)
+    if len(data) > cap:
+        raise _TooBig("unpacks to more than its header declares (zip bomb?)")
+    return data
+
+
+class _TooBig(Exception):
+    pass
+
+
+def _read_bytes(entry: _Entry, problems: list[str]) -> bytes | None:
+    try:
+        return entry.read()
+    except _TooBig as exc:
+        problems.append(f"{entry.name}: {exc}")
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        problems.append(f"{entry.name}: could not be read ({exc})")
+    return None
+
+
+def _read_text(entry: _Entry, limits: DataLimits, problems: list[str]) -> str | None:
+    data = _read_bytes(entry, problems)
+    if data is None:
+        return None
+    try:
+        return data.decode("utf-8-sig").strip()
+    except UnicodeDecodeError:
+        problems.append(f"{entry.name}: caption is not UTF-8 text")
+        return None
+
+
+def _read_metadata(entry: _Entry, limits: DataLimits, problems: list[str]) -> dict[tuple[str, str], str]:
+    text = _read_text(entry, limits, problems)
+    folder = PurePosixPath(entry.key).parent
+    rows = {}
+    for number, line in enumerate((text or "").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            name, caption = row["file_name"], row.get("text", row.get("caption"))
+        except (json.JSONDecodeError, KeyError, TypeError):
+            problems.append(f"{entry.name} line {number}: expected a JSON object with 'file_name' and 'text'")
+            continue
+        if isinstance(caption, str) and caption.strip():
+            key = (folder / name).as_posix() if str(folder) != "." else PurePosixPath(name).as_posix()
+            rows[(entry.container, key)] = caption.strip()
+    return rows
+
+
+def _decode(entry: _Entry, limits: DataLimits, problems: list[str]) -> tuple[Image.Image, str] | None:
+    """Decode fully with Pillow and check it; returns (upright RGB image, sha256 of the file)."""
+    data = _read_bytes(entry, problems)
+    if data is None:
+        return None
+    try:
+        with warnings.catch_warnings():  # the pixel cap below is ours and stricter than Pillow's warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            probe = Image.open(io.BytesIO(data))
+        with probe:
+            fmt, (w, h) = probe.format, probe.size
+            if w * h > limits.max_pixels:
+                problems.append(f"{entry.name}: {w}x{h} px is over the {limits.max_pixels:,} pixel cap "
+                                "(decompression bomb?)")
+                return None
+            if fmt not in IMAGE_FORMATS:
+                problems.append(f"{entry.name}: {fmt} images are not supported; use png, jpg or webp")
+                return None
+            probe.verify()
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except Image.DecompressionBombError:
+        problems.append(f"{entry.name}: over Pillow's pixel cap (decompression bomb?)")
+        return None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        reason = "not an image" if isinstance(exc, UnidentifiedImageError) else f"corrupt image ({exc})"
+        problems.append(f"{entry.name}: {reason}")
+        return None
+    image = to_rgb(ImageOps.exif_transpose(image))
+    if min(image.size) < limits.min_side:
+        problems.append(f"{entry.name}: {image.width}x{image.height} px is too small; the shorter side must be "
+                        f"at least {limits.min_side} px")
+        return None
+    return image, hashlib.sha256(data).hexdigest()
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB, with any transparency flattened onto white (not the black that a plain convert gives)."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def resize_and_crop(image: Image.Image, resolution: int) -> tuple[Image.Image, tuple[int, int]]:
+    """Scale the shorter side to ``resolution`` and centre-crop a square; returns the crop's top-left."""
+    scale = resolution / min(image.size)
+    w, h = max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale))
+    resized = image.resize((w, h), Image.Resampling.LANCZOS)
+    top, left = (h - resolution) // 2, (w - resolution) // 2
+    return resized.crop((left, top, left + resolution, top + resolution)), (top, left)
+
+
+def to_tensor(images: list[Image.Image]):
+    """Stack RGB images into a float batch in [0, 1], shape (N, 3, H, W)."""
+    import numpy as np
+    import torch
+
+    array = np.stack([np.asarray(im, dtype=np.uint8) for im in images])
+    return torch.from_numpy(array).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def normalize(batch):
+    """[0, 1] pixels to the [-1, 1] range the VAE expects."""
+    return batch * 2.0 - 1.0
