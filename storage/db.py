@@ -114,8 +114,10 @@ def m002_job_retries(db: sqlite_utils.Database) -> None:
 # --------------------------------------------------------------------------------------------
 # Rows.
 
-def _loads(value: str | None) -> Any:
-    return json.loads(value) if value else {}
+def _loads(value: Any) -> Any:
+    if isinstance(value, (str, bytes)):
+        return json.loads(value) if value else {}
+    return value if value is not None else {}
 
 
 class _Row:
@@ -311,6 +313,10 @@ class Database:
             target.close()
         return dest
 
+    def transaction(self):
+        """A context manager: the accessors called inside commit together or not at all."""
+        return self.db.atomic()
+
     def close(self) -> None:
         self.db.close()
 
@@ -486,7 +492,8 @@ class Database:
         return self.db["jobs"].count_where(where, params)
 
     def mark_job_dispatched(self, job_id: int, task_id: str) -> None:
-        self.db["jobs"].update(job_id, {"status": DISPATCHED, "task_id": task_id})
+        """Handed to huey as task ``task_id``; ``heartbeat_at`` starts the lost-task clock."""
+        self.db["jobs"].update(job_id, {"status": DISPATCHED, "task_id": task_id, "heartbeat_at": time.time()})
 
     def mark_job_running(self, job_id: int, *, worker: str, attempt: int, at: float | None = None) -> bool:
         """A worker started ``attempt``; ignored (returns False) for a stale or finished attempt."""
@@ -510,8 +517,8 @@ class Database:
         return True
 
     def touch_heartbeats(self, now: float | None = None) -> None:
-        """Give every running job a fresh grace period (the bot just started and saw no beats yet)."""
-        self.db.execute("update jobs set heartbeat_at = ? where status = ?", [now or time.time(), RUNNING])
+        """Give every active job a fresh grace period (the bot just started and saw no beats yet)."""
+        self.db.execute("update jobs set heartbeat_at = ? where status in (?, ?)", [now or time.time(), *ACTIVE])
 
     def set_job_checkpoint(self, job_id: int, manifest_hash: str) -> None:
         """The latest checkpoint a worker uploaded (a tree manifest in the blob store)."""

@@ -1,0 +1,184 @@
+"""The job queue: the database decides what runs next, huey carries it to a worker.
+
+A job lives in the ``jobs`` table from ``submit`` to its end. ``JobQueue.dispatch`` hands
+queued jobs to huey in priority order, as long as the member and the guild stay under their
+concurrency limits (``max_jobs_per_user``, ``max_jobs_per_guild``; a guild may lower or raise
+its own with the ``max_jobs_per_guild`` guild setting). huey is ``SqliteHuey`` in DATA/queue.db
+by default and ``PriorityRedisHuey`` when ``queue_url`` names a Redis server; the consumer is
+``storage.worker``.
+
+The bot calls ``JobQueue.tick()`` every second or so: it ingests worker reports
+(``JobCollector``), honours cancel requests made from the CLI, re-queues jobs whose worker was
+lost (they resume from their last checkpoint) and dispatches what may start now.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from .blobs import BlobStore
+from .channel import Channel
+from .collector import JobCollector, PollResult
+from .db import CANCELLED, DISPATCHED, FAILED, QUEUED, RUNNING, Database, Job, JobNotFound
+from .settings import Settings
+
+log = logging.getLogger("loracord.queue")
+
+
+def make_huey(settings: Settings):
+    """The huey instance for these settings and its one task, ``run_job(spec)``."""
+    if settings.uses_redis:
+        from huey import PriorityRedisHuey
+
+        huey = PriorityRedisHuey(settings.queue_name, url=settings.queue_url, results=False, clean_name=False)
+    else:
+        from huey import SqliteHuey
+
+        settings.queue_path.parent.mkdir(parents=True, exist_ok=True)
+        huey = SqliteHuey(settings.queue_name, filename=str(settings.queue_path), results=False, timeout=30)
+
+    @huey.task(name="run_job")
+    def run_job(spec: dict) -> str:
+        from .worker import execute_job
+
+        return execute_job(spec, settings)
+
+    return huey, run_job
+
+
+@dataclass
+class TickResult(PollResult):
+    """What one ``tick`` did: the poll's changes plus jobs dispatched and re-queued."""
+    dispatched: list[int] = field(default_factory=list)
+    requeued: list[int] = field(default_factory=list)
+
+
+class JobQueue:
+    """The bot's side of the queue. Only the process that writes the database uses it."""
+
+    def __init__(self, settings: Settings, db: Database | None = None):
+        self.settings = settings
+        self.db = db or Database(settings.db_path)
+        self.huey, self.run_job = make_huey(settings)
+        self.channel = Channel(settings)
+        self.collector = JobCollector(self.db, self.channel)
+        self._blobs: BlobStore | None = None
+
+    @property
+    def blobs(self) -> BlobStore:
+        if self._blobs is None:
+            self._blobs = BlobStore(self.settings.blob_location)
+        return self._blobs
+
+    # ---- what the bot calls
+    def submit(self, kind: str, config: dict | None = None, *, session_id: int | None = None,
+               guild_id: int | None = None, user_id: int | None = None, priority: int = 0) -> Job:
+        """Record a job and dispatch it if the limits allow; returns the job row."""
+        job = self.db.enqueue_job(kind, config, session_id=session_id, guild_id=guild_id, user_id=user_id,
+                                  priority=priority, max_attempts=self.settings.max_attempts)
+        self.dispatch()
+        return self.db.get_job(job.id)
+
+    def position(self, job_id: int) -> int | None:
+        """Place in line (1 = next to start), or None once started or finished."""
+        return self.db.queue_position(job_id)
+
+    def cancel(self, job_id: int) -> Job:
+        """Cancel a job: at once if it has not started, else cooperatively, then by force."""
+        job = self.db.get_job(job_id)
+        if job.finished:
+            return job
+        if job.status == QUEUED:
+            self.db.finish_job(job_id, CANCELLED, error="cancelled before it started")
+        elif job.status == DISPATCHED:
+            if job.task_id:
+                self.huey.revoke_by_id(job.task_id)
+            self.channel.request_cancel(job_id)  # in case a worker took it just now
+            self.db.finish_job(job_id, CANCELLED, error="cancelled before it started")
+        else:
+            self.db.request_job_cancel(job_id)
+            self.channel.request_cancel(job_id)
+        return self.db.get_job(job_id)
+
+    def recover(self) -> None:
+        """Call once at start-up: jobs that were active get a full heartbeat period to report."""
+        self.db.touch_heartbeats()
+
+    def tick(self) -> TickResult:
+        """Ingest reports, honour cancel requests, re-queue lost jobs, dispatch; call it often."""
+        polled = self.collector.poll()
+        result = TickResult(events=polled.events, started=polled.started, finished=polled.finished)
+        self._cancel_requests()
+        result.requeued = self.reap_lost()
+        result.dispatched = self.dispatch()
+        return result
+
+    # ---- the parts of a tick
+    def dispatch(self) -> list[int]:
+        """Hand queued jobs to huey in priority order while the concurrency limits allow."""
+        dispatched = []
+        queued = [j for j in self.db.waiting_jobs() if j.status == QUEUED]
+        for job in queued:
+            if not self._may_start(job):
+                continue
+            spec = {"job_id": job.id, "attempt": job.attempts + 1, "kind": job.kind, "config": job.config,
+                    "checkpoint": job.checkpoint, "resume": job.attempts > 0}
+            task = self.run_job.s(spec, priority=job.priority)
+            self.huey.enqueue(task)
+            self.db.mark_job_dispatched(job.id, task.id)
+            dispatched.append(job.id)
+            log.info("job %s (%s) dispatched, attempt %s", job.id, job.kind, job.attempts + 1)
+        return dispatched
+
+    def _may_start(self, job: Job) -> bool:
+        if job.user_id is not None and self.db.count_active_jobs(user_id=job.user_id) >= self.settings.max_jobs_per_user:
+            return False
+        if job.guild_id is not None:
+            limit = self.db.guild_settings(job.guild_id).get("max_jobs_per_guild", self.settings.max_jobs_per_guild)
+            if self.db.count_active_jobs(guild_id=job.guild_id) >= limit:
+                return False
+        return True
+
+    def _cancel_requests(self) -> None:
+        """Cancels asked for through the channel (``loracord jobs cancel`` while the bot runs)."""
+        for job_id in self.channel.cancel_requests():
+            try:
+                job = self.db.get_job(job_id)
+            except JobNotFound:
+                self.channel.clear_cancel(job_id)
+                continue
+            if not job.finished and not job.cancel_requested:
+                self.cancel(job_id)
+            elif job.finished and time.time() - (job.finished_at or 0) > self.settings.heartbeat_timeout_s:
+                self.channel.clear_cancel(job_id)
+
+    def reap_lost(self, now: float | None = None) -> list[int]:
+        """Re-queue (or fail) jobs whose worker went silent; returns the re-queued ids."""
+        now = now or time.time()
+        deadline = now - self.settings.heartbeat_timeout_s
+        pending = None
+        requeued = []
+        for job in self.db.list_jobs(status=[DISPATCHED, RUNNING]):
+            if job.heartbeat_at is None or job.heartbeat_at > deadline:
+                continue
+            if job.status == DISPATCHED:
+                if pending is None:
+                    pending = {task.id for task in self.huey.pending()}
+                if job.task_id in pending:
+                    continue  # still waiting for a free worker, not lost
+            if job.cancel_requested:
+                self.db.finish_job(job.id, CANCELLED, error="cancelled; its worker was lost")
+            elif job.attempts + 1 < job.max_attempts:
+                self.db.requeue_job(job.id, f"worker {job.worker or '?'} lost during attempt {job.attempts + 1}")
+                requeued.append(job.id)
+                log.warning("job %s: worker lost, re-queued to resume from its last checkpoint", job.id)
+            else:
+                self.db.finish_job(job.id, FAILED, error=f"worker lost {job.attempts + 1} times; giving up")
+        return requeued
+
+    def close(self) -> None:
+        self.channel.close()
+        self.db.close()
+
