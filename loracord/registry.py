@@ -3,3 +3,4 @@
 Each part owns a module with its typer commands; this file only plugs them in. Modules are
 light at import time: heavy libraries load inside the command functions.
 """
+from . import cli, cli_ops; cli_ops.register(cli.app)  # noqa: E702 (storage: worker, jobs, db)
