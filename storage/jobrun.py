@@ -77,7 +77,8 @@ def run_sleep(config: dict, run: RunDir, *, resume: bool, cancel: CancelToken) -
     It writes what a trainer writes (events, a checkpoint every ``checkpoint_every`` steps,
     an adapter folder, metrics and a sample), honours the CANCEL file and resumes from its
     latest checkpoint, so the queue can be tested for real without a model. ``fail`` makes it
-    raise a UserError, ``crash_at`` makes it die hard (SIGKILL itself) at that step.
+    raise a UserError, ``crash_at`` makes it die hard (SIGKILL itself) at that step, and
+    ``ignore_cancel`` makes it deaf to the CANCEL file (so only the worker's kill stops it).
     """
     steps, step_s = int(config.get("steps", 0)), float(config.get("step_s", 0.0))
     every = int(config.get("checkpoint_every", 0))
@@ -91,7 +92,7 @@ def run_sleep(config: dict, run: RunDir, *, resume: bool, cancel: CancelToken) -
         start = json.loads((latest / "state.json").read_text())["step"]
     log(ProgressEvent("start", start, steps, message=f"resumed from step {start}" if start else None))
     for step in range(start + 1, steps + 1):
-        if cancel.is_set():
+        if cancel.is_set() and not config.get("ignore_cancel"):
             log(ProgressEvent("cancelled", step - 1, steps))
             return {"status": "cancelled", "step": step - 1}
         if config.get("crash_at") == step:
