@@ -20,7 +20,8 @@ EventKind = Literal["start", "step", "eval", "sample", "checkpoint", "done", "ca
 class ProgressEvent:
     """One thing that happened in a run.
 
-    ``step`` counts optimizer steps done so far, out of ``total_steps``. Fields that do not
+    ``step`` counts optimizer steps done so far, out of ``total_steps``; ``tokens`` counts the
+    (non-padding) tokens trained on so far. Fields that do not
     apply to an event kind stay ``None``. ``artifacts`` names files (relative to the run
     folder) that this event produced, such as a sample grid or a loss chart.
     """
@@ -33,6 +34,7 @@ class ProgressEvent:
     lr: float | None = None
     tokens_per_s: float | None = None
     eta_s: float | None = None
+    tokens: int | None = None
     message: str | None = None
     artifacts: list[str] = field(default_factory=list)
     time: float = field(default_factory=time.time)
