@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..errors import ConfigError
+from ..presets import Preset
 
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 
@@ -24,6 +25,8 @@ class TextTrainConfig(BaseModel):
     data: list[str] = Field(description="Dataset files (.txt, .md, .jsonl, .csv).")
     out: str = Field(description="Run folder to write.")
     base: str = Field("smollm2-135m", description="Base model: hub id, local folder, .gguf file or built-in name.")
+    preset: Preset | None = Field(
+        None, description="Which preset sizes the None knobs (docs/presets.md); None means 'balanced'.")
     steps: int | None = Field(None, ge=1, le=100_000, description="Optimizer steps; None sizes it to the data.")
     lr: float | None = Field(None, gt=0, le=1.0, description="Peak learning rate; None sizes it to the data.")
     rank: int | None = Field(None, ge=1, le=256, description="LoRA rank.")
