@@ -50,7 +50,8 @@ class JobCollector:
             return  # a report for a job this database never had (another bot's queue?)
         current = attempt == job.attempts + 1
         if kind == "s":
-            if self.db.mark_job_running(job_id, worker=payload.get("worker", "?"), attempt=attempt):
+            if self.db.mark_job_running(job_id, worker=payload.get("worker", "?"), attempt=attempt,
+                                        at=payload.get("time")):
                 result.started.append(job_id)
         elif kind == "e":
             if self.db.add_event(job_id, attempt, seq, payload["event"]):
