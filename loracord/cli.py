@@ -64,7 +64,7 @@ def train_text_cmd(
         eval_every=eval_every, patience=patience, precision=precision,
         target_modules=target_modules, prompts=prompt or None,
     ).items() if v is not None}
-    config = TextTrainConfig(data=[str(p) for p in data], out=str(out), base=base, seed=seed, resume=resume,
+    config = TextTrainConfig.build(data=[str(p) for p in data], out=str(out), base=base, seed=seed, resume=resume,
                              **overrides)
     with RichProgress() as progress:
         result = train_text(config, on_event=progress)

@@ -19,14 +19,15 @@ class RichProgress:
         self.val_loss = None
 
     def __enter__(self) -> "RichProgress":
-        self.progress.__enter__()
-        return self
+        return self  # the live display starts with the first event, so early errors print cleanly
 
     def __exit__(self, *exc) -> None:
-        self.progress.__exit__(*exc)
+        if self.task is not None:
+            self.progress.stop()
 
     def __call__(self, event: ProgressEvent) -> None:
         if self.task is None:
+            self.progress.start()
             self.task = self.progress.add_task("training", total=event.total_steps, info="")
         if event.val_loss is not None:
             self.val_loss = event.val_loss

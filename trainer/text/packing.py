@@ -66,7 +66,9 @@ def encode(example, tokenizer) -> Encoded:
 
 
 def _inside(start: int, end: int, spans: list[tuple[int, int]]) -> bool:
-    return end > start and any(lo <= start < hi for lo, hi in spans)
+    # Overlap, not containment: a byte-level token such as " mainly" starts on the prompt's
+    # trailing space but belongs to the completion.
+    return end > start and any(start < hi and end > lo for lo, hi in spans)
 
 
 def _render_chat(messages: list[dict], tokenizer) -> tuple[str, list[tuple[int, int]]]:
