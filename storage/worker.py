@@ -56,7 +56,9 @@ def execute_job(spec: dict, settings: Settings, *, channel: Channel | None = Non
     _restore_checkpoint(blobs, run, spec.get("checkpoint"))
     run.cancel_file.unlink(missing_ok=True)
     (run.root / "result.json").unlink(missing_ok=True)
-    resume = bool(spec.get("resume")) or run.latest_checkpoint() is not None
+    # Resume whenever a checkpoint is here (restored or left by an earlier attempt on this
+    # machine); an attempt lost before its first checkpoint starts over.
+    resume = run.latest_checkpoint() is not None
     spec_path = run.root / "job.json"
     write_json_atomic(spec_path, {**spec, "run_dir": str(run.root), "resume": resume})
     reporter.skip_existing_events()
@@ -162,6 +164,7 @@ class Reporter:
         self.beat = 0
         self.last_beat = 0.0
         self.pid = None
+        self.last_checkpoint = run.latest_checkpoint().name if run.latest_checkpoint() else None
 
     def _publish(self, kind: str, payload: dict, seq: int | None = None) -> None:
         self.channel.publish(kind, self.job_id, self.attempt, payload, seq)
@@ -204,10 +207,10 @@ class Reporter:
         if event.get("kind") == "sample":
             payload["samples"] = [{"blob": h, "prompt": event.get("message"), "seed": self.seed, "kind": _sample_kind(n)}
                                   for n, h in payload["blobs"].items()]
-        if event.get("kind") == "checkpoint":
-            latest = self.run.latest_checkpoint()
-            if latest is not None:
-                payload["checkpoint"] = f"{latest.name}/{self.blobs.put_tree(latest)}"
+        latest = self.run.latest_checkpoint()  # trainers checkpoint without always saying so
+        if latest is not None and latest.name != self.last_checkpoint:
+            payload["checkpoint"] = f"{latest.name}/{self.blobs.put_tree(latest)}"
+            self.last_checkpoint = latest.name
         self._publish("e", payload, self.seq)
         self.seq += 1
 

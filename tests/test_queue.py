@@ -203,3 +203,23 @@ def test_cli_cancel_while_the_bot_runs_goes_through_the_queue(queue, worker, set
     assert queue.db.get_job(job.id).status == "cancelled"
     listing = CliRunner().invoke(app, ["jobs", "list"])
     assert listing.exit_code == 0 and "cancelled" in listing.output
+
+
+def test_a_text_training_job_through_the_consumer(queue, worker, tiny_llama, text_file, settings):
+    """The real trainer on a tiny Llama, run by the worker in a subprocess, reported to the bot."""
+    config = dict(data=[str(text_file)], base=str(tiny_llama), steps=8, lr=5e-3, rank=4, seq_len=64, batch_size=2,
+                  eval_every=4, augment=0.0, max_new_tokens=4, precision="fp32", threads=1, seed=0,
+                  prompts=["To be"])
+    job = queue.submit("train_text", config, user_id=1)
+    tick_until(queue, lambda: queue.db.get_job(job.id).finished, timeout=240, what="train_text")
+    job = queue.db.get_job(job.id)
+    assert job.status == "done", job.error
+    steps = [e.step for e in queue.db.list_events(job.id, kind="step")]
+    assert steps == list(range(1, 9))
+    blobs = BlobStore(settings.blob_location)
+    adapter = queue.db.adapter_for_job(job.id)
+    assert {"adapter_model.safetensors", "adapter_config.json"} <= set(blobs.tree_files(adapter.blob_hash))
+    assert adapter.base_model == str(tiny_llama)
+    assert {"metrics.json", "loss.png", "samples.json"} <= set(job.result["files"])
+    [sample] = queue.db.list_samples(job_id=job.id)
+    assert (sample.prompt, sample.kind) == ("To be", "text") and blobs.get_bytes(sample.blob_hash)
