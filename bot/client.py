@@ -1,0 +1,237 @@
+"""The loracord bot: owns the command tree, the queue service and the pump that reports jobs.
+
+``LoracordBot`` loads one cog per feature, registers the persistent buttons, syncs the slash
+commands in ``setup_hook`` (to the development guild when one is set: instant) and starts the
+pump: every ``pump_s`` it ticks the queue (worker reports in, jobs dispatched), edits progress
+messages (throttled), posts samples, charts and next steps, and collects finished samplings.
+
+Threads: the event loop only awaits. Database and queue calls run on one dedicated thread
+(``await bot.db(fn, ...)``); checking uploads, reading datasets and zipping adapters run on
+``asyncio.to_thread``; training and sampling run in other processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+
+import discord
+from discord import app_commands
+from discord.ext import commands, tasks
+
+from storage.settings import Settings
+from trainer.errors import UserError
+
+from .config import BotSettings
+from .progress import Throttle, progress_embed
+from .sampling import Sampler
+from .services import Actor, Services
+from .views import JobButton, VoteButton, job_view, vote_view
+
+log = logging.getLogger("loracord.bot")
+
+COGS = ("bot.cogs.session", "bot.cogs.server", "bot.cogs.data", "bot.cogs.train", "bot.cogs.sample",
+        "bot.cogs.adapter", "bot.cogs.help")
+NEXT_AFTER = {
+    "done": "**Next:** vote on the samples with 👍/👎, try your own prompt with `/sample`, or download the "
+            "adapter with `/adapter export`.",
+    "failed": "**Next:** check the data with `/data report`, fix what it names, then `/train start` again.",
+    "cancelled": "**Next:** `/train start` runs it again when you are ready.",
+}
+
+
+def refusal_text(error: BaseException) -> str | None:
+    """What to tell a member about an expected refusal, or None for a real error."""
+    original = getattr(error, "original", error)
+    if isinstance(original, UserError):
+        return str(original)
+    if isinstance(error, app_commands.CommandOnCooldown):
+        return f"Slow down: you can use this again in {error.retry_after:.0f} s."
+    if isinstance(error, app_commands.MissingPermissions):
+        return "You need the " + ", ".join(error.missing_permissions).replace("_", " ") + " permission for this."
+    if isinstance(error, app_commands.NoPrivateMessage):
+        return "This command works inside a server only."
+    if isinstance(error, app_commands.CheckFailure):
+        return "You cannot use this command here."
+    return None
+
+
+class RefusingCommand(app_commands.Command):
+    """A slash command that answers expected refusals itself (ephemerally) instead of raising them.
+
+    Refusals are part of the conversation, not failures: they never reach the tree's error
+    handler, which is left for real bugs. ``LoracordBot.setup_hook`` gives every command this class.
+    """
+
+    async def _invoke_with_namespace(self, interaction, namespace):
+        try:
+            return await super()._invoke_with_namespace(interaction, namespace)
+        except app_commands.AppCommandError as error:
+            text = refusal_text(error)
+            if text is None:
+                raise
+            interaction.command_failed = True
+            await interaction.client.refuse(interaction, text)
+
+
+def actor_of(interaction: discord.Interaction) -> Actor:
+    perms = interaction.permissions
+    return Actor(interaction.user.id, manager=bool(perms and (perms.manage_guild or perms.administrator)))
+
+
+class LoracordBot(commands.Bot):
+    def __init__(self, settings: Settings | None = None, bot_settings: BotSettings | None = None, *,
+                 embedded_worker: bool | None = None):
+        self.config = bot_settings or BotSettings()
+        intents = discord.Intents.default()
+        intents.message_content = self.config.message_content
+        super().__init__(command_prefix=commands.when_mentioned, intents=intents, help_command=None)
+        self.services = Services(settings or Settings(), self.config, embedded_worker=embedded_worker)
+        self._db_thread = ThreadPoolExecutor(1, thread_name_prefix="loracord-db")
+        self.throttle = Throttle(self.config.progress_edit_s)
+        self.sampler = Sampler()
+        self.dirty: set[int] = set()
+        self.tree.on_error = self.on_app_command_error
+
+    # ---- plumbing
+    async def db(self, fn, /, *args, **kwargs):
+        """Run a ``Services`` call on the database thread and return its result."""
+        return await asyncio.get_running_loop().run_in_executor(self._db_thread, partial(fn, *args, **kwargs))
+
+    async def setup_hook(self) -> None:
+        await self.db(self.services.start)
+        self.add_dynamic_items(JobButton, VoteButton)
+        for extension in COGS:
+            await self.load_extension(extension)
+        for command in self.tree.walk_commands():
+            if type(command) is app_commands.Command:
+                command.__class__ = RefusingCommand
+        if self.config.dev_guild_id:
+            guild = discord.Object(self.config.dev_guild_id)
+            self.tree.copy_global_to(guild=guild)
+            await self.tree.sync(guild=guild)
+        else:
+            await self.tree.sync()
+        self.dirty |= {p.job_id for p in await self.db(lambda: self.services.state.open_progress())}
+        self.pump_loop.change_interval(seconds=self.config.pump_s)
+        self.pump_loop.start()
+
+    async def close(self) -> None:
+        self.pump_loop.cancel()
+        self.sampler.stop()
+        try:
+            await self.db(self.services.stop)
+        finally:
+            await super().close()
+
+    # ---- answering
+    async def refuse(self, interaction: discord.Interaction, text: str) -> None:
+        """An ephemeral message saying why not (and what to do)."""
+        if interaction.response.is_done():
+            await interaction.followup.send(text, ephemeral=True)
+        else:
+            await interaction.response.send_message(text, ephemeral=True)
+
+    async def on_app_command_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+        """The global handler: known errors become ephemeral answers; anything else is a bug, logged."""
+        original = getattr(error, "original", error)
+        text = refusal_text(error)
+        if text is not None:
+            await self.refuse(interaction, text)
+        else:
+            log.exception("command %s failed", interaction.command and interaction.command.qualified_name,
+                          exc_info=original)
+            await self.refuse(interaction, "Something broke on our side; it is logged. Try again in a moment.")
+            raise original
+
+    # ---- the pump
+    @tasks.loop(seconds=1.0)
+    async def pump_loop(self) -> None:
+        await self.pump()
+
+    @pump_loop.before_loop
+    async def _before_pump(self) -> None:
+        await self.wait_until_ready()
+
+    async def pump(self) -> None:
+        """One round: tick the queue, refresh progress messages, post what is new."""
+        result = await self.db(self.services.tick)
+        self.dirty |= set(result.dispatched) | set(result.started) | set(result.finished) | {e.job_id for e in result.events}
+        for job_id in sorted(self.dirty):
+            await self.refresh_job(job_id)
+        for request in self.sampler.poll():
+            await self.post_sampling(request)
+
+    async def refresh_job(self, job_id: int) -> None:
+        state = self.services.state
+        message = await self.db(state.progress, job_id)
+        if message is None:
+            self.dirty.discard(job_id)
+            return
+        view = await self.db(self.services.job_progress, job_id)
+        job = view["job"]
+        if not self.throttle.allow(job_id, final=job.finished):
+            return  # stays dirty: the next allowed pump edits it
+        self.dirty.discard(job_id)
+        channel = self.get_channel(message.channel_id) or await self.fetch_channel(message.channel_id)
+        adapter = await self.db(self.services.db.adapter_for_job, job_id)
+        await channel.get_partial_message(message.message_id).edit(
+            embed=progress_embed(view), view=job_view(job_id, finished=job.finished, has_adapter=adapter is not None))
+        await self.post_new_samples(channel, job_id)
+        if job.finished and not message.final:
+            await self.db(state.mark_final, job_id)
+            await self.post_results(channel, job)
+
+    async def post_results(self, channel, job) -> None:
+        chart = job.result.get("files", {}).get("loss.png")
+        if chart:
+            data = await self.db(self.services.blob_bytes, chart)
+            await channel.send(f"Loss curve of job #{job.id}", file=discord.File(io.BytesIO(data), f"loss-job-{job.id}.png"))
+        head = {"done": f"✅ Job #{job.id} finished.", "failed": f"❌ Job #{job.id} failed: {job.error}",
+                "cancelled": f"⏹ Job #{job.id} was cancelled."}[job.status]
+        await channel.send(f"{head}\n{NEXT_AFTER[job.status]}")
+
+    async def post_new_samples(self, channel, job_id: int) -> None:
+        samples = await self.db(self.services.samples, job_id)
+        posted = await self.db(self.services.state.posted_samples, [s.id for s in samples])
+        for sample in samples:
+            if sample.id not in posted:
+                await self.send_sample(channel, sample)
+                await self.db(self.services.state.mark_posted, sample.id)
+
+    async def send_sample(self, channel, sample) -> None:
+        data = await self.db(self.services.blob_bytes, sample.blob_hash)
+        head = f"**Sample #{sample.id}** (job #{sample.job_id}, seed {sample.seed}) · prompt: {sample.prompt or '–'}"
+        if sample.kind == "image":
+            await channel.send(head, file=discord.File(io.BytesIO(data), f"sample-{sample.id}.png"), view=vote_view(sample.id))
+        else:
+            text = data.decode("utf-8", "replace")
+            await channel.send(f"{head}\n```\n{text[:1800]}\n```", view=vote_view(sample.id))
+
+    async def post_sampling(self, request) -> None:
+        channel = self.get_channel(request.channel_id) or await self.fetch_channel(request.channel_id)
+        if request.error:
+            await channel.send(f"<@{request.user_id}> sampling job #{request.job_id} failed: {request.error}")
+            return
+        job = await self.db(self.services.job, request.job_id)
+        for row in request.results:
+            if request.kind == "image":
+                data = await asyncio.to_thread(lambda p=row["path"]: open(p, "rb").read())
+            else:
+                data = row["text"].encode()
+            sample = await self.db(self.services.record_sample, job, data, request.kind, request.prompt, row["seed"])
+            await self.send_sample(channel, sample)
+            await self.db(self.services.state.mark_posted, sample.id)
+
+    # ---- buttons (see bot.views)
+    async def on_job_button(self, interaction: discord.Interaction, action: str, job_id: int) -> None:
+        cog = self.get_cog("TrainCog") if action == "cancel" else self.get_cog("SampleCog") if action == "sample" \
+            else self.get_cog("AdapterCog")
+        await cog.from_button(interaction, job_id)
+
+    async def on_vote(self, interaction: discord.Interaction, sample_id: int, value: int) -> None:
+        sample = await self.db(self.services.vote, sample_id, actor_of(interaction), value)
+        await interaction.response.edit_message(view=vote_view(sample.id, score=sample.votes))

@@ -1,0 +1,51 @@
+"""``/adapter export``: the trained adapter as a zip, posted when it fits the upload limit."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Optional
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from ..client import LoracordBot
+from ..services import zip_adapter
+
+
+class AdapterCog(commands.GroupCog, group_name="adapter", group_description="Trained LoRA adapters"):
+    def __init__(self, bot: LoracordBot):
+        self.bot = bot
+        self.svc = bot.services
+
+    async def export(self, interaction: discord.Interaction, job) -> None:
+        adapter = await self.bot.db(self.svc.db.adapter_for_job, job.id)
+        await interaction.response.defer(thinking=True)
+        dest = self.svc.settings.data_dir / "exports" / f"loracord-job-{job.id}-adapter.zip"
+        path = await asyncio.to_thread(zip_adapter, self.svc.blobs, adapter.blob_hash, dest)
+        size, limit = path.stat().st_size, interaction.filesize_limit
+        base = f"base model `{adapter.base_model}`" if adapter.base_model else "its base model"
+        if size <= limit:
+            await interaction.followup.send(f"📦 Adapter of job #{job.id} ({size / 1024:.0f} KiB): load it with peft "
+                                            f"on {base}.", file=discord.File(path))
+        else:
+            await interaction.followup.send(
+                f"📦 The adapter of job #{job.id} is {size / 2**20:.1f} MiB, over this channel's "
+                f"{limit / 2**20:.0f} MiB upload limit. It is on the bot's machine at `{path}` "
+                f"(blob tree `{adapter.blob_hash[:12]}…` in the blob store); ask the bot's host for it.")
+
+    @app_commands.command(name="export", description="Download a trained adapter (a zip of its peft folder)")
+    @app_commands.describe(job="Which run (default: the newest with an adapter)")
+    async def export_cmd(self, interaction: discord.Interaction, job: Optional[app_commands.Range[int, 1]] = None) -> None:
+        session = await self.bot.db(self.svc.session_here, interaction.channel_id)
+        found = await self.bot.db(self.svc.job_for, session, job, need_adapter=True)
+        await self.export(interaction, found)
+
+    async def from_button(self, interaction: discord.Interaction, job_id: int) -> None:
+        job = await self.bot.db(self.svc.job, job_id)
+        session = await self.bot.db(self.svc.db.get_session, job.session_id)
+        await self.export(interaction, await self.bot.db(self.svc.job_for, session, job_id, need_adapter=True))
+
+
+async def setup(bot: LoracordBot) -> None:
+    await bot.add_cog(AdapterCog(bot))

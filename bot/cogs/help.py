@@ -1,0 +1,68 @@
+"""``/help``: the path from first upload to a posted adapter, and every command."""
+
+from __future__ import annotations
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from ..client import LoracordBot
+
+STEPS = (
+    "1. `/session new` in a channel opens a thread for your model (text or image).\n"
+    "2. `/data add` your files there (or post them in the thread); others `/session join` and add theirs.\n"
+    "3. `/data report` grades the data and picks a preset.\n"
+    "4. `/train start` (or `/train tune` for quick tries) and watch the progress message.\n"
+    "5. Vote 👍/👎 on the samples, `/sample` your own prompts, `/adapter export` to download."
+)
+
+
+def command_rows(tree: app_commands.CommandTree) -> list[tuple[str, str]]:
+    """``("/group sub", description)`` for every slash command in ``tree``, in order."""
+    rows = []
+
+    def walk(command) -> None:
+        if isinstance(command, app_commands.Group):
+            for child in command.commands:
+                walk(child)
+        else:
+            rows.append((f"/{command.qualified_name}", command.description))
+
+    for command in tree.get_commands(type=discord.AppCommandType.chat_input):
+        walk(command)
+    return rows
+
+
+def commands_table(tree: app_commands.CommandTree) -> str:
+    """The Markdown table of docs/commands.md (and the README)."""
+    lines = ["| Command | What it does |", "| --- | --- |"]
+    lines += [f"| `{name}` | {description} |" for name, description in command_rows(tree)]
+    return "\n".join(lines) + "\n"
+
+
+class HelpCog(commands.Cog):
+    def __init__(self, bot: LoracordBot):
+        self.bot = bot
+
+    @app_commands.command(name="help", description="How training works here, step by step, and every command")
+    async def help(self, interaction: discord.Interaction) -> None:
+        embed = discord.Embed(title="loracord: train a LoRA on a few files, together", description=STEPS, colour=0x5865F2)
+        rows = command_rows(self.bot.tree)
+        text = "\n".join(f"`{name}`: {description}" for name, description in rows)
+        for i, chunk in enumerate(_chunks(text, 1024)):
+            embed.add_field(name="Commands" if i == 0 else "\u200b", value=chunk, inline=False)
+        await interaction.response.send_message(embed=embed, ephemeral=True)
+
+
+def _chunks(text: str, size: int) -> list[str]:
+    chunks, current = [], ""
+    for line in text.splitlines():
+        if len(current) + len(line) + 1 > size:
+            chunks.append(current)
+            current = ""
+        current += line + "\n"
+    return chunks + [current] if current else chunks
+
+
+async def setup(bot: LoracordBot) -> None:
+    await bot.add_cog(HelpCog(bot))

@@ -1,0 +1,52 @@
+"""``/sample``: generate from a trained adapter with a member's own prompt; results come back with vote buttons."""
+
+from __future__ import annotations
+
+import random
+from typing import Optional
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from ..client import LoracordBot, actor_of
+
+DEFAULT_PROMPTS = {"text": "Once upon a time", "image": "a photo of sks"}
+
+
+class SampleCog(commands.Cog):
+    def __init__(self, bot: LoracordBot):
+        self.bot = bot
+        self.svc = bot.services
+
+    async def _start(self, interaction: discord.Interaction, session, job, prompt: str, count: int, seed: int) -> None:
+        await self.bot.db(self.svc.require, session, actor_of(interaction), "contribute")
+        run = await self.bot.db(self.svc.run_folder, job)
+        self.bot.sampler.start(run, job_id=job.id, channel_id=interaction.channel_id, user_id=interaction.user.id,
+                               kind=session.kind, prompt=prompt, count=count, seed=seed)
+        await interaction.response.send_message(
+            f"🎲 Sampling {count} from job #{job.id} (seed {seed}) for “{prompt}”: the results appear here "
+            f"in a moment, with 👍/👎 buttons for everyone in the session.")
+
+    @app_commands.command(name="sample", description="Generate from a trained adapter with your prompt")
+    @app_commands.describe(prompt="What to generate from", count="How many samples",
+                           seed="Random seed (same seed, same result)", job="Which run or trial (default: the newest)")
+    @app_commands.checks.cooldown(1, 5.0)
+    async def sample(self, interaction: discord.Interaction, prompt: app_commands.Range[str, 1, 500],
+                     count: app_commands.Range[int, 1, 4] = 1, seed: app_commands.Range[int, 0, 2**31 - 1] = 0,
+                     job: Optional[app_commands.Range[int, 1]] = None) -> None:
+        session = await self.bot.db(self.svc.session_here, interaction.channel_id)
+        found = await self.bot.db(self.svc.job_for, session, job, need_adapter=True)
+        await self._start(interaction, session, found, prompt, count, seed)
+
+    async def from_button(self, interaction: discord.Interaction, job_id: int) -> None:
+        job = await self.bot.db(self.svc.job, job_id)
+        session = await self.bot.db(self.svc.db.get_session, job.session_id)
+        found = await self.bot.db(self.svc.job_for, session, job_id, need_adapter=True)
+        samples = await self.bot.db(self.svc.samples, job_id)
+        prompt = next((s.prompt for s in samples if s.prompt), DEFAULT_PROMPTS[session.kind])
+        await self._start(interaction, session, found, prompt, 1, random.randrange(1, 2**31))
+
+
+async def setup(bot: LoracordBot) -> None:
+    await bot.add_cog(SampleCog(bot))

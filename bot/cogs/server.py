@@ -1,0 +1,58 @@
+"""``/server settings``: the server's limits and allowed base models (server managers only)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from ..client import LoracordBot, actor_of
+
+LIMITS = ("max_dataset_items", "max_dataset_mb", "max_file_mb", "max_pending_jobs_per_user", "runs_per_day", "guild_runs_per_day",
+          "max_jobs_per_guild")
+
+
+class ServerCog(commands.GroupCog, group_name="server", group_description="Server-wide limits of loracord"):
+    def __init__(self, bot: LoracordBot):
+        self.bot = bot
+
+    @app_commands.command(name="settings", description="Show or change this server's limits and allowed models (managers)")
+    @app_commands.describe(allowed_models="Comma-separated base models; prefix image models with image:",
+                           max_dataset_items="Most files in one session's dataset",
+                           max_dataset_mb="Largest dataset of one session, in MiB",
+                           max_file_mb="Largest single upload, in MiB",
+                           max_pending_jobs_per_user="Jobs one member may have queued or running",
+                           runs_per_day="Runs one member may start per day",
+                           guild_runs_per_day="Runs this server may start per day",
+                           max_jobs_per_guild="Jobs of this server that may run at once")
+    @app_commands.default_permissions(manage_guild=True)
+    @app_commands.guild_only()
+    async def settings(self, interaction: discord.Interaction, allowed_models: Optional[str] = None,
+                       max_dataset_items: Optional[app_commands.Range[int, 1, 10000]] = None,
+                       max_dataset_mb: Optional[app_commands.Range[float, 1.0, 100000.0]] = None,
+                       max_file_mb: Optional[app_commands.Range[float, 0.01, 1000.0]] = None,
+                       max_pending_jobs_per_user: Optional[app_commands.Range[int, 1, 100]] = None,
+                       runs_per_day: Optional[app_commands.Range[int, 1, 1000]] = None,
+                       guild_runs_per_day: Optional[app_commands.Range[int, 1, 10000]] = None,
+                       max_jobs_per_guild: Optional[app_commands.Range[int, 1, 100]] = None) -> None:
+        models = [m.strip() for m in allowed_models.split(",") if m.strip()] if allowed_models else None
+        values = dict(allowed_models=models, max_dataset_items=max_dataset_items, max_dataset_mb=max_dataset_mb, max_file_mb=max_file_mb,
+                      max_pending_jobs_per_user=max_pending_jobs_per_user, runs_per_day=runs_per_day,
+                      guild_runs_per_day=guild_runs_per_day, max_jobs_per_guild=max_jobs_per_guild)
+        svc = self.bot.services
+        settings = await self.bot.db(svc.set_guild_limits, interaction.guild_id, actor_of(interaction), **values)
+        embed = discord.Embed(title="loracord limits on this server", colour=0x5865F2)
+        models_now = settings.get("allowed_models") or self.bot.config.allowed_models
+        embed.add_field(name="Allowed models", value=", ".join(f"`{m}`" for m in models_now) or "none", inline=False)
+        for name in LIMITS:
+            default = getattr(self.bot.config, name, None)
+            if default is None:
+                default = getattr(svc.settings, name)
+            embed.add_field(name=name.replace("_", " "), value=str(settings.get(name, default)))
+        await interaction.response.send_message(embed=embed, ephemeral=True)
+
+
+async def setup(bot: LoracordBot) -> None:
+    await bot.add_cog(ServerCog(bot))

@@ -1,0 +1,174 @@
+"""``/session``: a training session is a thread with a kind, a base model, an owner and contributors."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from ..client import LoracordBot, actor_of
+
+KIND_NEXT = {
+    "text": "drop 20+ examples: `.txt`/`.md` files (a blank line between examples), `.jsonl` or `.csv` "
+            "(40 chat lines make a good start)",
+    "image": "drop 10–30 images (`.png`, `.jpg`, `.webp`, or one `.zip`) of your subject, with captions if you can",
+}
+
+
+async def model_autocomplete(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+    bot: LoracordBot = interaction.client
+    kind = getattr(interaction.namespace, "kind", None)
+    if kind is None and interaction.channel_id:
+        session = await bot.db(bot.services.db.session_by_thread, interaction.channel_id)
+        kind = session.kind if session else "text"
+    models = await bot.db(bot.services.allowed_models, interaction.guild_id, kind or "text")
+    return [app_commands.Choice(name=m[:100], value=m[:100]) for m in models if current.lower() in m.lower()][:25]
+
+
+def session_embed(info: dict) -> discord.Embed:
+    s = info["session"]
+    embed = discord.Embed(title=f"Session #{s.id}: {s.title or 'untitled'}", colour=0x5865F2)
+    embed.add_field(name="Kind", value=s.kind)
+    embed.add_field(name="Base model", value=f"`{s.base_model}`")
+    embed.add_field(name="Visibility", value=s.visibility)
+    embed.add_field(name="Status", value=s.status)
+    embed.add_field(name="Owner", value=f"<@{s.owner_id}>")
+    contributors = [f"<@{m.user_id}>" for m in info["members"] if m.role == "editor"]
+    invited = [f"<@{m.user_id}>" for m in info["members"] if m.role == "viewer"]
+    embed.add_field(name="Contributors", value=", ".join(contributors) or "none yet")
+    if invited:
+        embed.add_field(name="Invited", value=", ".join(invited))
+    embed.add_field(name="Dataset", value=f"{info['items']} file(s), {info['examples']} example(s)")
+    jobs = info["jobs"]
+    embed.add_field(name="Jobs", value=", ".join(f"#{j.id} {j.status}" for j in jobs[:5]) or "none yet")
+    embed.add_field(name="Adapters", value=str(len(info["adapters"])))
+    embed.add_field(name="Next", value=next_step(info), inline=False)
+    return embed
+
+
+def next_step(info: dict) -> str:
+    s = info["session"]
+    if s.status != "open":
+        return f"This session is {s.status}."
+    if not info["items"]:
+        return f"Add data with `/data add`: {KIND_NEXT[s.kind]}."
+    if not info["jobs"]:
+        return "Check the data with `/data report`, then `/train start`."
+    if info["adapters"]:
+        return "Try prompts with `/sample`, vote on samples, `/adapter export` to download."
+    return "Follow the job with `/train status`."
+
+
+class SessionCog(commands.GroupCog, group_name="session", group_description="Training sessions: one thread per model"):
+    def __init__(self, bot: LoracordBot):
+        self.bot = bot
+        self.svc = bot.services
+
+    @app_commands.command(name="new", description="Start a training session in a new thread of this channel")
+    @app_commands.describe(kind="What the model makes: images or text", title="The thread's name",
+                           base_model="The pretrained model to fine-tune (this server's allowed list)",
+                           visibility="public: anyone may join; private: by invitation")
+    @app_commands.autocomplete(base_model=model_autocomplete)
+    @app_commands.guild_only()
+    async def new(self, interaction: discord.Interaction, kind: Literal["text", "image"],
+                  title: app_commands.Range[str, 1, 90], base_model: Optional[str] = None,
+                  visibility: Literal["public", "private"] = "public") -> None:
+        channel = interaction.channel
+        if not isinstance(channel, discord.TextChannel):
+            await self.bot.refuse(interaction, "Start a session from a text channel (not a thread or a DM): "
+                                               "the bot opens a thread there.")
+            return
+        base = await self.bot.db(self.svc.check_model, interaction.guild_id, kind, base_model)
+        await interaction.response.defer(thinking=True)
+        thread = await channel.create_thread(name=title, type=discord.ChannelType.public_thread,
+                                             auto_archive_duration=10080)
+        session = await self.bot.db(self.svc.new_session, guild_id=interaction.guild_id, actor=actor_of(interaction),
+                                    kind=kind, base_model=base, visibility=visibility, title=title, thread_id=thread.id)
+        await interaction.followup.send(f"Started {visibility} {kind} session #{session.id} on `{base}`: {thread.mention}")
+        who = "anyone can `/session join`" if visibility == "public" else "invite members with `/session settings invite:`"
+        await thread.send(f"Welcome to **{title}**, {interaction.user.mention}'s {kind} session on `{base}` ({who}).\n"
+                          f"**Step 1:** {KIND_NEXT[kind]} with `/data add`"
+                          + (" or by posting the files here" if self.bot.intents.message_content else "")
+                          + ".\n**Step 2:** `/data report` grades the data and picks a preset.\n"
+                          "**Step 3:** `/train start`, then `/sample` and vote.")
+
+    @app_commands.command(name="join", description="Become a contributor of this thread's session")
+    async def join(self, interaction: discord.Interaction) -> None:
+        session = await self.bot.db(self.svc.session_here, interaction.channel_id)
+        await self.bot.db(self.svc.join, session, actor_of(interaction))
+        await interaction.response.send_message(
+            f"{interaction.user.mention} joined session #{session.id} as a contributor. "
+            f"**Next:** add your data with `/data add`.")
+
+    @app_commands.command(name="leave", description="Stop contributing to this thread's session")
+    async def leave(self, interaction: discord.Interaction) -> None:
+        session = await self.bot.db(self.svc.session_here, interaction.channel_id)
+        await self.bot.db(self.svc.leave, session, actor_of(interaction))
+        await interaction.response.send_message(f"You left session #{session.id}; your uploads stay in its dataset.",
+                                                ephemeral=True)
+
+    @app_commands.command(name="info", description="Show this thread's session: model, members, data, jobs, next step")
+    async def info(self, interaction: discord.Interaction) -> None:
+        session = await self.bot.db(self.svc.session_here, interaction.channel_id)
+        info = await self.bot.db(self.svc.info, session)
+        await interaction.response.send_message(embed=session_embed(info))
+
+    @app_commands.command(name="list", description="List this server's training sessions")
+    @app_commands.guild_only()
+    async def list_(self, interaction: discord.Interaction) -> None:
+        sessions = await self.bot.db(self.svc.list_sessions, interaction.guild_id)
+        if not sessions:
+            await interaction.response.send_message("No sessions yet: start one with `/session new`.", ephemeral=True)
+            return
+        lines = [f"#{s.id} <#{s.thread_id}> · {s.kind} · `{s.base_model}` · {s.visibility} · {s.status} · owner <@{s.owner_id}>"
+                 for s in sessions[-25:]]
+        embed = discord.Embed(title="Training sessions", description="\n".join(lines), colour=0x5865F2)
+        await interaction.response.send_message(embed=embed, ephemeral=True)
+
+    @app_commands.command(name="close", description="Close this session: no more data or training (owner or manager)")
+    async def close(self, interaction: discord.Interaction) -> None:
+        session = await self.bot.db(self.svc.session_here, interaction.channel_id)
+        await self.bot.db(self.svc.close, session, actor_of(interaction))
+        await interaction.response.send_message(f"Session #{session.id} is closed. Its adapters stay available: "
+                                                f"`/adapter export`, `/sample`.")
+
+    @app_commands.command(name="delete", description="Delete this session and its thread (owner or manager)")
+    @app_commands.describe(confirm="Set to True to really delete the session and its thread")
+    async def delete(self, interaction: discord.Interaction, confirm: bool = False) -> None:
+        session = await self.bot.db(self.svc.session_here, interaction.channel_id)
+        await self.bot.db(self.svc.require, session, actor_of(interaction), "manage")
+        if not confirm:
+            await self.bot.refuse(interaction, "This deletes the session and its thread for everyone. "
+                                               "Run `/session delete confirm:True` to go ahead.")
+            return
+        await self.bot.db(self.svc.delete, session, actor_of(interaction))
+        await interaction.response.send_message(f"Session #{session.id} deleted.", ephemeral=True)
+        await interaction.channel.delete()
+
+    @app_commands.command(name="settings", description="Change this session: visibility, title, model, members (owner or manager)")
+    @app_commands.describe(visibility="public: anyone may join; private: by invitation", title="A new thread name",
+                           base_model="Another allowed base model for the next runs",
+                           invite="Invite a member to this (private) session", remove="Remove a member from the session")
+    @app_commands.autocomplete(base_model=model_autocomplete)
+    async def settings(self, interaction: discord.Interaction, visibility: Optional[Literal["public", "private"]] = None,
+                       title: Optional[app_commands.Range[str, 1, 90]] = None, base_model: Optional[str] = None,
+                       invite: Optional[discord.Member] = None, remove: Optional[discord.Member] = None) -> None:
+        session = await self.bot.db(self.svc.session_here, interaction.channel_id)
+        updated = await self.bot.db(self.svc.update_settings, session, actor_of(interaction), visibility=visibility,
+                                    title=title, base_model=base_model, invite=invite and invite.id,
+                                    remove=remove and remove.id)
+        if title and isinstance(interaction.channel, discord.Thread):
+            await interaction.channel.edit(name=title)
+        notes = []
+        if invite:
+            notes.append(f"{invite.mention} is invited: they can `/session join` now.")
+        if remove:
+            notes.append(f"{remove.mention} was removed.")
+        info = await self.bot.db(self.svc.info, updated)
+        await interaction.response.send_message("Session updated. " + " ".join(notes), embed=session_embed(info))
+
+
+async def setup(bot: LoracordBot) -> None:
+    await bot.add_cog(SessionCog(bot))

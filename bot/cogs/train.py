@@ -1,0 +1,99 @@
+"""``/train``: start a run (a preset or overrides), quick tries, status and cancel."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from ..client import LoracordBot, actor_of
+from ..progress import progress_embed
+from ..report import pick_preset
+from ..views import job_view
+
+
+def _train_cooldown(interaction: discord.Interaction) -> app_commands.Cooldown | None:
+    seconds = interaction.client.config.train_cooldown_s
+    return app_commands.Cooldown(1, seconds) if seconds > 0 else None
+
+
+class TrainCog(commands.GroupCog, group_name="train", group_description="Train a LoRA adapter on the session's data"):
+    def __init__(self, bot: LoracordBot):
+        self.bot = bot
+        self.svc = bot.services
+
+    async def _post_progress(self, interaction: discord.Interaction, submitted, intro: str) -> None:
+        view = await self.bot.db(self.svc.job_progress, submitted.job.id)
+        position = f"position {submitted.position} in the queue" if submitted.position else "starting now"
+        await interaction.response.send_message(f"{intro} Job #{submitted.job.id} is queued ({position}); this message "
+                                                f"shows its progress. **Next:** wait for the samples, then vote.",
+                                                embed=progress_embed(view),
+                                                view=job_view(submitted.job.id, finished=False))
+        message = await interaction.original_response()
+        await self.bot.db(self.svc.state.set_progress, submitted.job.id, message.channel.id, message.id)
+
+    @app_commands.command(name="start", description="Train a LoRA adapter on this session's data")
+    @app_commands.describe(preset="auto: the one /data report recommends; quick: ~30 steps; standard: sized to "
+                                  "the data; careful: gentler, for 100+ examples",
+                           steps="Optimizer steps (overrides the preset)", lr="Peak learning rate (overrides the preset)",
+                           rank="LoRA rank: capacity of the adapter", seed="Random seed, for a repeatable run")
+    @app_commands.checks.dynamic_cooldown(_train_cooldown)
+    async def start(self, interaction: discord.Interaction,
+                    preset: Literal["auto", "quick", "standard", "careful"] = "auto",
+                    steps: Optional[app_commands.Range[int, 1, 100_000]] = None,
+                    lr: Optional[app_commands.Range[float, 1e-6, 1.0]] = None,
+                    rank: Optional[app_commands.Range[int, 1, 256]] = None,
+                    seed: Optional[int] = None) -> None:
+        session = await self.bot.db(self.svc.session_here, interaction.channel_id)
+        why = ""
+        if preset == "auto":
+            items = await self.bot.db(self.svc.items, session)
+            preset, reason = pick_preset(session.kind, sum(int(i.checks.get("examples", 1)) for i in items))
+            why = f"Preset **{preset}**: {reason}."
+        submitted = await self.bot.db(self.svc.start_training, session, actor_of(interaction), preset,
+                                      {"steps": steps, "lr": lr, "rank": rank, "seed": seed})
+        await self._post_progress(interaction, submitted, why)
+
+    @app_commands.command(name="tune", description="Quick tries: several short runs with different settings, ranked")
+    @app_commands.describe(trials="How many settings to try", steps="Steps per try (short: these are quick tries)")
+    @app_commands.checks.dynamic_cooldown(_train_cooldown)
+    async def tune(self, interaction: discord.Interaction, trials: app_commands.Range[int, 2, 20] = 4,
+                   steps: Optional[app_commands.Range[int, 5, 1000]] = None) -> None:
+        session = await self.bot.db(self.svc.session_here, interaction.channel_id)
+        submitted = await self.bot.db(self.svc.start_tuning, session, actor_of(interaction), trials, steps)
+        await self._post_progress(interaction, submitted, f"{trials} quick tries, ranked by validation loss "
+                                                          f"(and then by your votes on their samples).")
+
+    @app_commands.command(name="status", description="Show a job's progress and the best-voted samples")
+    @app_commands.describe(job="A job number (default: the session's newest)")
+    async def status(self, interaction: discord.Interaction, job: Optional[app_commands.Range[int, 1]] = None) -> None:
+        session = await self.bot.db(self.svc.session_here, interaction.channel_id)
+        found = await self.bot.db(self.svc.job_for, session, job)
+        embed = progress_embed(await self.bot.db(self.svc.job_progress, found.id))
+        ranking = await self.bot.db(self.svc.ranking, session)
+        if ranking:
+            embed.add_field(name="Best samples by votes", inline=False, value="\n".join(
+                f"#{s.id} (job #{s.job_id}) score {s.votes:+d}: {s.prompt or ''}"[:100] for s in ranking))
+        await interaction.response.send_message(embed=embed)
+
+    @app_commands.command(name="cancel", description="Cancel a queued or running job (its starter, owner or manager)")
+    @app_commands.describe(job="A job number (default: the session's newest active one)")
+    async def cancel(self, interaction: discord.Interaction, job: Optional[app_commands.Range[int, 1]] = None) -> None:
+        session = await self.bot.db(self.svc.session_here, interaction.channel_id)
+        cancelled = await self.bot.db(self.svc.cancel, session, actor_of(interaction), job)
+        self.bot.dirty.add(cancelled.id)
+        state = "cancelled" if cancelled.finished else "stopping at its next step (its last checkpoint is kept)"
+        await interaction.response.send_message(f"Job #{cancelled.id}: {state}. **Next:** `/train start` when ready.")
+
+    async def from_button(self, interaction: discord.Interaction, job_id: int) -> None:
+        job = await self.bot.db(self.svc.job, job_id)
+        session = await self.bot.db(self.svc.db.get_session, job.session_id)
+        cancelled = await self.bot.db(self.svc.cancel, session, actor_of(interaction), job_id)
+        self.bot.dirty.add(job_id)
+        await interaction.response.send_message(f"Cancelling job #{cancelled.id}…", ephemeral=True)
+
+
+async def setup(bot: LoracordBot) -> None:
+    await bot.add_cog(TrainCog(bot))

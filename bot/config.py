@@ -1,0 +1,60 @@
+"""Settings of the Discord bot, read from ``.env`` and the environment (``LORACORD_*``).
+
+The storage layer's own settings (data folder, queue URL, job limits) stay in
+``storage.settings.Settings``; these are the ones only the bot reads. A guild may override
+any of the ``guild_*`` limits with ``/server settings`` (kept in the guild's settings row).
+"""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+IMAGE_PREFIX = "image:"
+
+
+class BotSettings(BaseSettings):
+    """What the bot needs beyond storage: the token, the models members may pick, and limits."""
+
+    model_config = SettingsConfigDict(env_prefix="LORACORD_", env_file=".env", extra="ignore",
+                                      populate_by_name=True)
+
+    discord_token: str = Field("", validation_alias=AliasChoices("DISCORD_TOKEN", "LORACORD_DISCORD_TOKEN"),
+                               description="Bot token; empty starts the offline playground.")
+    hf_token: str = Field("", validation_alias=AliasChoices("HF_TOKEN", "LORACORD_HF_TOKEN"), repr=False,
+                          description="Hugging Face token for gated base models (passed to workers, never logged).")
+    allowed_models: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["smollm2-135m"],
+        description="Base models members may pick, comma-separated; prefix image models with 'image:'.")
+    dev_guild_id: int | None = Field(None, description="Sync commands to this guild at start-up (instant).")
+    message_content: bool = Field(True, description="Ask for the message-content intent (plain attachments in threads).")
+    max_dataset_items: int = Field(200, ge=1, description="Most files a session's dataset may hold.")
+    max_dataset_mb: float = Field(200.0, gt=0, description="Largest total dataset size per session, in MiB.")
+    max_file_mb: float = Field(25.0, gt=0, description="Largest single upload, in MiB (Discord's own limit also applies).")
+    max_pending_jobs_per_user: int = Field(2, ge=1, description="Queued or running jobs one member may have.")
+    runs_per_day: int = Field(10, ge=1, description="Training runs one member may start per day.")
+    guild_runs_per_day: int = Field(50, ge=1, description="Training runs one guild may start per day.")
+    train_cooldown_s: float = Field(10.0, ge=0, description="Seconds between two /train commands of one member.")
+    progress_edit_s: float = Field(3.0, ge=0, description="Least time between two edits of a progress message.")
+    pump_s: float = Field(1.0, gt=0, description="How often the bot collects worker reports.")
+    train_threads: int | None = Field(None, ge=1, description="CPU threads per training job (None: torch's default).")
+
+    @field_validator("allowed_models", mode="before")
+    @classmethod
+    def _split(cls, value):
+        if isinstance(value, str):
+            value = value.split(",")
+        return [v.strip() for v in value if v and v.strip()]
+
+    def models_for(self, kind: str, guild_settings: dict | None = None) -> list[str]:
+        """Allowed base models of one kind ('text' or 'image'), the guild's list when it set one."""
+        names = (guild_settings or {}).get("allowed_models") or self.allowed_models
+        if kind == "image":
+            return [n[len(IMAGE_PREFIX):] for n in names if n.startswith(IMAGE_PREFIX)]
+        return [n for n in names if not n.startswith(IMAGE_PREFIX)]
+
+    def limit(self, name: str, guild_settings: dict | None = None):
+        """A limit, overridden by the guild's setting of the same name when it has one."""
+        value = (guild_settings or {}).get(name)
+        return getattr(self, name) if value is None else value

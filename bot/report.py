@@ -1,0 +1,130 @@
+"""The dataset report card: how a session's data measures up, and the preset the bot would pick.
+
+``report_card`` reads the whole dataset the way the trainer will (text through
+``read_text_examples``, images through ``load_images``) and turns it into graded lines and
+concrete advice. It runs off the event loop; the cog only formats what it returns.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from storage.blobs import BlobStore
+from storage.db import DatasetItem
+from trainer.errors import DataError
+
+# What works for each kind: (too few below, good from); sources in trainer presets' docstrings.
+TARGETS = {"text": (5, 20, "examples"), "image": (4, 10, "images")}
+
+PRESETS = {
+    "quick": "a short first run (about 30 steps) to see whether the data works",
+    "standard": "steps, rank and learning rate sized to your data by the trainer",
+    "careful": "a lower learning rate and more patience, for 100+ examples",
+}
+
+
+@dataclass
+class ReportCard:
+    kind: str
+    count: int = 0
+    grade: str = "empty"
+    lines: list[str] = field(default_factory=list)
+    advice: list[str] = field(default_factory=list)
+    preset: str = "quick"
+    preset_why: str = ""
+
+
+def pick_preset(kind: str, count: int) -> tuple[str, str]:
+    """The preset for a dataset of ``count`` examples, and the reason in a member's words."""
+    few, good, unit = TARGETS[kind]
+    if count < good:
+        return "quick", (f"with {count} {unit}, a quick run shows within minutes whether the data teaches "
+                         f"the model anything, before you spend longer runs on it")
+    if count < 100:
+        return "standard", f"{count} {unit} is enough for the trainer to size steps and rank to your data"
+    return "careful", f"{count} {unit} can carry a longer, gentler run with a lower learning rate"
+
+
+def report_card(kind: str, items: list[DatasetItem], blobs: BlobStore, members: dict[int, str] | None = None) -> ReportCard:
+    card = ReportCard(kind)
+    few, good, unit = TARGETS[kind]
+    if not items:
+        card.advice.append(f"Add {few}+ {unit} with `/data add` (or drop files in this thread).")
+        card.preset, card.preset_why = pick_preset(kind, 0)
+        return card
+    with tempfile.TemporaryDirectory() as folder:
+        paths = []
+        for item in items:
+            path = Path(folder) / f"{item.id}-{item.filename or 'file'}"
+            blobs.get_file(item.blob_hash, path)
+            paths.append(path)
+        try:
+            if kind == "text":
+                _text(card, paths)
+            else:
+                _images(card, items, paths)
+        except DataError as exc:
+            card.lines.append(f"❌ The trainer cannot read the data as it is: {exc}")
+            card.advice.append("Remove the files named above with `/data remove` and upload fixed ones.")
+    _grade(card, few, good, unit)
+    _balance(card, items, members or {})
+    card.preset, card.preset_why = pick_preset(kind, card.count)
+    return card
+
+
+def _text(card: ReportCard, paths: list[Path]) -> None:
+    from trainer.text.data import read_text_examples
+
+    examples, report = read_text_examples(paths)
+    card.count = report.n_examples
+    kinds = ", ".join(f"{n} {k}" for k, n in sorted(report.kinds.items()))
+    card.lines.append(f"**Examples:** {report.n_examples} ({kinds}) from {len(paths)} file(s)")
+    card.lines.append(f"**Duplicates dropped:** {report.duplicates_dropped}")
+    card.lines.append(f"**Length:** {report.chars_min}–{report.chars_max} characters, median {report.chars_median}")
+    card.advice.extend(w[0].upper() + w[1:] for w in report.warnings)
+
+
+def _images(card: ReportCard, items: list[DatasetItem], paths: list[Path]) -> None:
+    from trainer.image.data import load_images
+
+    dataset = load_images(paths, instance_prompt="")
+    report = dataset.report
+    card.count = report.images
+    card.lines.append(f"**Images:** {report.images} from {len(paths)} file(s)")
+    card.lines.append(f"**Duplicates dropped:** {len(report.duplicates)}")
+    if report.sizes:
+        card.lines.append(f"**Sizes:** shortest side {report.sizes['min_side']} px, longest {report.sizes['max_side']} px")
+        if report.sizes["min_side"] < 512:
+            card.advice.append("Some images are under 512 px on a side: they train blurrier; use larger originals.")
+    captioned = sum(1 for item in items if item.caption)
+    card.lines.append(f"**Captions:** {captioned} of {len(items)} images")
+    if captioned < len(items):
+        card.advice.append("Caption every image (what is in it besides your subject): add captions with "
+                           "`/data add caption:` or .txt files beside the images in a zip.")
+
+
+def _grade(card: ReportCard, few: int, good: int, unit: str) -> None:
+    if card.count < few:
+        card.grade = "not enough yet"
+        card.advice.insert(0, f"Add at least {few - card.count} more {unit}: training needs {few}.")
+    elif card.count < good:
+        card.grade = "enough to try"
+        card.advice.insert(0, f"{good}+ {unit} give steadier results; {good - card.count} more would help.")
+    else:
+        card.grade = "good"
+    card.lines.insert(0, f"**Grade:** {card.grade} ({card.count} {unit}; {few} needed, {good}+ works well)")
+
+
+def _balance(card: ReportCard, items: list[DatasetItem], members: dict[int, str]) -> None:
+    by_uploader = Counter(item.uploader_id for item in items)
+    if len(by_uploader) < 2:
+        return
+    parts = ", ".join(f"{members.get(uid, f'<@{uid}>')}: {n}" for uid, n in by_uploader.most_common())
+    card.lines.append(f"**Contributions:** {parts}")
+    top, n = by_uploader.most_common(1)[0]
+    if n * 5 >= len(items) * 4:
+        card.advice.append("One member uploaded most files: the model will mostly learn their style; "
+                           "others could add a few each for balance.")

@@ -1,0 +1,442 @@
+"""What the cogs call: sessions, permissions, quotas, datasets, jobs, samples and adapters.
+
+No Discord objects and no SQL here: callers pass ids and an ``Actor`` (who is asking and
+whether they manage the server), and get back storage rows or small dataclasses. Every
+refusal is a ``Refusal`` whose message says why and what to do; the bot shows it ephemerally.
+
+All methods are synchronous and touch one SQLite connection, so the bot runs them on one
+dedicated thread (``LoracordBot.db``): the event loop never waits on the database or the queue.
+Heavy work (checking uploads, reading a whole dataset, zipping adapters) is in ``ingest`` and
+``report`` and runs on other threads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from storage.db import ACTIVE, WAITING, Database, DatasetItem, Job, Session
+from storage.queue import JobQueue, TickResult
+from storage.service import QueueService
+from storage.settings import Settings
+from trainer.errors import UserError
+
+from .config import BotSettings
+from .ingest import CheckResult
+from .state import BotState
+
+KINDS = ("text", "image")
+TRAIN_KIND = {"text": "train_text", "image": "train_image"}
+MIN_ITEMS = {"text": 1, "image": 4}
+DAY_S = 86_400
+
+# Preset -> config overrides per session kind (None values leave the trainer's sizing alone).
+PRESET_CONFIGS = {
+    "text": {"quick": {"steps": 30}, "standard": {}, "careful": {"lr": 1e-4, "patience": 5}},
+    "image": {"quick": {"steps": 200}, "standard": {}, "careful": {"lr": 5e-5}},
+}
+
+
+class Refusal(UserError):
+    """The member may not do this now; the message says why and what to do instead."""
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who is asking: their user id, and whether they may manage the server (Manage Server)."""
+    user_id: int
+    manager: bool = False
+
+
+@dataclass
+class Submitted:
+    job: Job
+    position: int | None
+
+
+class Services:
+    def __init__(self, settings: Settings, bot_settings: BotSettings, *, embedded_worker: bool | None = None):
+        self.settings = settings
+        self.config = bot_settings
+        self.service = QueueService(settings, embedded_worker=embedded_worker)
+        self.queue: JobQueue | None = None
+        self.db: Database | None = None
+        self.state: BotState | None = None
+
+    # ---- lifecycle
+    def start(self) -> None:
+        if self.config.hf_token:
+            os.environ.setdefault("HF_TOKEN", self.config.hf_token)  # the embedded worker inherits it
+        self.queue = self.service.start()
+        self.db = self.queue.db
+        self.state = BotState(self.settings.data_dir / "bot.db")
+
+    def stop(self) -> None:
+        if self.state is not None:
+            self.state.close()
+            self.state = None
+        if self.queue is not None:
+            self.service.stop()
+            self.queue = None
+
+    @property
+    def blobs(self):
+        return self.queue.blobs
+
+    def tick(self) -> TickResult:
+        return self.queue.tick()
+
+    # ---- guilds
+    def guild_settings(self, guild_id: int) -> dict:
+        return self.db.guild_settings(guild_id)
+
+    def allowed_models(self, guild_id: int, kind: str) -> list[str]:
+        return self.config.models_for(kind, self.db.guild_settings(guild_id))
+
+    def set_guild_limits(self, guild_id: int, actor: Actor, **values) -> dict:
+        if not actor.manager:
+            raise Refusal("Only server managers (Manage Server permission) can change the server's limits.")
+        settings = {}
+        for key, value in values.items():
+            if value is not None:
+                settings = self.db.set_guild_setting(guild_id, key, value)
+        return settings or self.db.guild_settings(guild_id)
+
+    # ---- sessions
+    def session_here(self, channel_id: int | None) -> Session:
+        session = self.db.session_by_thread(channel_id) if channel_id else None
+        if session is None or session.status == "deleted":
+            raise Refusal("This is not a session thread. Run this inside a session's thread: "
+                          "`/session list` shows them, `/session new` starts one.")
+        return session
+
+    def role(self, session: Session, actor: Actor) -> str | None:
+        return self.db.member_role(session.id, actor.user_id)
+
+    def require(self, session: Session, actor: Actor, action: str) -> None:
+        """Raise a Refusal unless ``actor`` may ``action`` ('contribute', 'manage', 'vote') in ``session``."""
+        role = self.role(session, actor)
+        if action == "manage":
+            if role == "owner" or actor.manager:
+                return
+            raise Refusal(f"Only the session's owner <@{session.owner_id}> or a server manager can do that.")
+        if action in ("contribute", "train") and session.status != "open":
+            raise Refusal(f"This session is {session.status}: nothing more can be added or trained. "
+                          f"Start a new one with `/session new`.")
+        if role in ("owner", "editor") or actor.manager:
+            return
+        if session.visibility == "private":
+            raise Refusal(f"This session is private. Ask its owner <@{session.owner_id}> to invite you "
+                          f"(`/session settings invite:`), then `/session join`.")
+        raise Refusal("You are not a contributor of this session yet: run `/session join` here first.")
+
+    def new_session(self, *, guild_id: int, actor: Actor, kind: str, base_model: str | None, visibility: str,
+                    title: str, thread_id: int) -> Session:
+        base = self.check_model(guild_id, kind, base_model)
+        return self.db.create_session(guild_id=guild_id, owner_id=actor.user_id, kind=kind, thread_id=thread_id,
+                                      base_model=base, visibility=visibility, title=title)
+
+    def check_model(self, guild_id: int, kind: str, base_model: str | None) -> str:
+        if kind not in KINDS:
+            raise Refusal(f"A session is 'text' or 'image', not {kind!r}.")
+        allowed = self.allowed_models(guild_id, kind)
+        if not allowed:
+            raise Refusal(f"This server allows no {kind} base models yet: a server manager can add some with "
+                          f"`/server settings allowed_models:`.")
+        if base_model is None:
+            return allowed[0]
+        if base_model not in allowed:
+            raise Refusal(f"`{base_model}` is not one of this server's {kind} models: pick one of "
+                          + ", ".join(f"`{m}`" for m in allowed) + ".")
+        return base_model
+
+    def join(self, session: Session, actor: Actor) -> str:
+        role = self.role(session, actor)
+        if role in ("owner", "editor"):
+            raise Refusal("You are already a contributor of this session.")
+        if session.status != "open":
+            raise Refusal(f"This session is {session.status}; it takes no new contributors.")
+        if session.visibility == "private" and role != "viewer" and not actor.manager:
+            raise Refusal(f"This session is private: ask its owner <@{session.owner_id}> to invite you "
+                          f"with `/session settings invite:`.")
+        self.db.add_member(session.id, actor.user_id, "editor")
+        return "editor"
+
+    def leave(self, session: Session, actor: Actor) -> None:
+        role = self.role(session, actor)
+        if role is None:
+            raise Refusal("You are not a member of this session.")
+        if role == "owner":
+            raise Refusal("The owner cannot leave their session: `/session close` ends it, `/session delete` removes it.")
+        self.db.remove_member(session.id, actor.user_id)
+
+    def info(self, session: Session) -> dict:
+        members = self.db.list_members(session.id)
+        items = self.db.list_dataset_items(session.id)
+        jobs = self.db.list_jobs(session_id=session.id)
+        return {"session": session, "members": members, "items": len(items),
+                "examples": sum(int(i.checks.get("examples", 1)) for i in items),
+                "jobs": jobs, "adapters": self.db.list_adapters(session.id)}
+
+    def list_sessions(self, guild_id: int) -> list[Session]:
+        return [s for s in self.db.list_sessions(guild_id) if s.status != "deleted"]
+
+    def close(self, session: Session, actor: Actor) -> Session:
+        self.require(session, actor, "manage")
+        for job in self.db.list_jobs(session_id=session.id, status=[*WAITING, *ACTIVE]):
+            self.queue.cancel(job.id)
+        return self.db.update_session(session.id, status="closed")
+
+    def delete(self, session: Session, actor: Actor) -> Session:
+        self.require(session, actor, "manage")
+        for job in self.db.list_jobs(session_id=session.id, status=[*WAITING, *ACTIVE]):
+            self.queue.cancel(job.id)
+        # storage has no delete_session yet: the row stays, marked deleted, and its thread goes.
+        return self.db.update_session(session.id, status="deleted", thread_id=None)
+
+    def update_settings(self, session: Session, actor: Actor, *, visibility: str | None = None,
+                        title: str | None = None, base_model: str | None = None,
+                        invite: int | None = None, remove: int | None = None) -> Session:
+        self.require(session, actor, "manage")
+        changes = {}
+        if visibility is not None:
+            changes["visibility"] = visibility
+        if title is not None:
+            changes["title"] = title
+        if base_model is not None:
+            changes["base_model"] = self.check_model(session.guild_id, session.kind, base_model)
+        if invite is not None and self.role(session, Actor(invite)) is None:
+            self.db.add_member(session.id, invite, "viewer")
+        if remove is not None:
+            if remove == session.owner_id:
+                raise Refusal("The owner cannot be removed from their own session.")
+            self.db.remove_member(session.id, remove)
+        return self.db.update_session(session.id, **changes) if changes else self.db.get_session(session.id)
+
+    # ---- datasets
+    def check_dataset_room(self, session: Session, actor: Actor, n_files: int, n_bytes: int) -> None:
+        """Refuse an upload that would not fit the session's dataset limits (before downloading it)."""
+        self.require(session, actor, "contribute")
+        gs = self.db.guild_settings(session.guild_id)
+        items = self.db.list_dataset_items(session.id)
+        max_items = int(self.config.limit("max_dataset_items", gs))
+        max_bytes = float(self.config.limit("max_dataset_mb", gs)) * 2**20
+        if len(items) >= max_items:
+            raise Refusal(f"The dataset already holds {len(items)} files, this server's limit is {max_items}. "
+                          f"Remove some with `/data remove`, or combine texts into fewer files.")
+        used = sum(i.size or 0 for i in items)
+        if used + n_bytes > max_bytes:
+            raise Refusal(f"This upload would bring the dataset to {(used + n_bytes) / 2**20:.1f} MiB, over this "
+                          f"server's {max_bytes / 2**20:.0f} MiB limit. Remove files with `/data remove` first.")
+
+    def add_items(self, session: Session, actor: Actor, checked: CheckResult) -> tuple[list[DatasetItem], list[str]]:
+        """Record accepted files; returns (new items, names that were already in the dataset)."""
+        existing = {i.blob_hash for i in self.db.list_dataset_items(session.id)}
+        added, duplicates = [], []
+        for c in checked.accepted:
+            if c.blob_hash in existing:
+                duplicates.append(c.filename)
+                continue
+            existing.add(c.blob_hash)
+            added.append(self.db.add_dataset_item(session_id=session.id, blob_hash=c.blob_hash, kind=session.kind,
+                                                   uploader_id=actor.user_id, caption=c.caption, filename=c.filename,
+                                                   size=c.size, checks=c.checks))
+        return added, duplicates
+
+    def items(self, session: Session) -> list[DatasetItem]:
+        return self.db.list_dataset_items(session.id)
+
+    def remove_item(self, session: Session, actor: Actor, item_id: int) -> DatasetItem:
+        item = next((i for i in self.db.list_dataset_items(session.id) if i.id == item_id), None)
+        if item is None:
+            raise Refusal(f"This session has no item #{item_id}: `/data list` shows the numbers.")
+        if item.uploader_id != actor.user_id:
+            try:
+                self.require(session, actor, "manage")
+            except Refusal:
+                raise Refusal(f"Item #{item_id} was uploaded by <@{item.uploader_id}>: only they, the session owner "
+                              f"or a server manager can remove it.") from None
+        self.db.remove_dataset_item(item_id)
+        return item
+
+    def dataset_files(self, session: Session) -> list[str]:
+        """Copy the dataset's blobs into a local folder, under their own names, for the trainer."""
+        folder = self.settings.data_dir / "datasets" / f"session-{session.id}"
+        paths = []
+        for item in self.db.list_dataset_items(session.id):
+            path = folder / f"{item.id}-{item.filename or 'file'}"
+            if not path.exists():
+                self.blobs.get_file(item.blob_hash, path)
+            paths.append(str(path.resolve()))
+        return paths
+
+    # ---- training
+    def check_quota(self, session: Session, actor: Actor) -> None:
+        gs = self.db.guild_settings(session.guild_id)
+        mine = self.db.list_jobs(user_id=actor.user_id, status=[*WAITING, *ACTIVE])
+        limit = int(self.config.limit("max_pending_jobs_per_user", gs))
+        if len(mine) >= limit:
+            ids = ", ".join(f"#{j.id}" for j in mine)
+            raise Refusal(f"You already have {len(mine)} job(s) queued or running ({ids}); the limit is {limit}. "
+                          f"Wait for one to finish or `/train cancel` it.")
+        since = time.time() - DAY_S
+        today = [j for j in self.db.list_jobs(user_id=actor.user_id) if (j.queued_at or 0) > since]
+        per_day = int(self.config.limit("runs_per_day", gs))
+        if len(today) >= per_day:
+            raise Refusal(f"You have started {len(today)} runs in the last 24 hours, this server's limit is {per_day}. "
+                          f"Try again tomorrow, or `/sample` the adapters you have.")
+        guild_today = [j for j in self.db.list_jobs(guild_id=session.guild_id) if (j.queued_at or 0) > since]
+        guild_per_day = int(self.config.limit("guild_runs_per_day", gs))
+        if len(guild_today) >= guild_per_day:
+            raise Refusal(f"This server has started {len(guild_today)} runs in the last 24 hours (limit "
+                          f"{guild_per_day}). Try again tomorrow.")
+
+    def train_config(self, session: Session, preset: str, overrides: dict) -> dict:
+        """A validated trainer config for the session's data (without ``out``, which the worker sets)."""
+        items = self.db.list_dataset_items(session.id)
+        if len(items) < MIN_ITEMS[session.kind]:
+            unit = "files" if session.kind == "text" else "images"
+            raise Refusal(f"The dataset has {len(items)} {unit}; training needs at least {MIN_ITEMS[session.kind]}. "
+                          f"Add data with `/data add`, then check it with `/data report`.")
+        config = {"data": self.dataset_files(session), "base": session.base_model,
+                  **PRESET_CONFIGS[session.kind][preset],
+                  **{k: v for k, v in overrides.items() if v is not None}}
+        if self.config.train_threads and session.kind == "text":
+            config.setdefault("threads", self.config.train_threads)
+        if session.kind == "text":
+            from trainer.text.config import TextTrainConfig as Config
+        else:
+            from trainer.image.config import ImageTrainConfig as Config
+        from pydantic import ValidationError
+
+        try:
+            Config(**config, out="unused")
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise Refusal(f"Those settings do not work: {problems}. Change them and try again.") from None
+        return config
+
+    def start_training(self, session: Session, actor: Actor, preset: str, overrides: dict) -> Submitted:
+        self.require(session, actor, "train")
+        self.check_quota(session, actor)
+        config = self.train_config(session, preset, overrides)
+        return self._submit(TRAIN_KIND[session.kind], config, session, actor)
+
+    def start_tuning(self, session: Session, actor: Actor, trials: int, steps: int | None) -> Submitted:
+        self.require(session, actor, "train")
+        self.check_quota(session, actor)
+        config = self.train_config(session, "quick", {"steps": steps})
+        spec = {"session_kind": session.kind, "trials": trials, "metric": "val_loss", "train": config}
+        return self._submit("tune", spec, session, actor)
+
+    def _submit(self, kind: str, config: dict, session: Session, actor: Actor) -> Submitted:
+        job = self.queue.submit(kind, config, session_id=session.id, guild_id=session.guild_id, user_id=actor.user_id)
+        return Submitted(job, self.queue.position(job.id))
+
+    def job(self, job_id: int) -> Job:
+        return self.db.get_job(job_id)
+
+    def position(self, job_id: int) -> int | None:
+        return self.queue.position(job_id)
+
+    def job_for(self, session: Session, job_id: int | None, *, need_adapter: bool = False) -> Job:
+        """A job of this session: the one named, else the newest (with an adapter, when asked)."""
+        jobs = self.db.list_jobs(session_id=session.id)
+        if job_id is not None:
+            job = next((j for j in jobs if j.id == job_id), None)
+            if job is None:
+                raise Refusal(f"Job #{job_id} is not one of this session's jobs; `/train status` lists them.")
+        else:
+            pool = [j for j in jobs if self.db.adapter_for_job(j.id)] if need_adapter else jobs
+            if not pool:
+                raise Refusal("No trained adapter here yet: start a run with `/train start`." if need_adapter
+                              else "No jobs in this session yet: start one with `/train start`.")
+            job = pool[0]
+        if need_adapter and self.db.adapter_for_job(job.id) is None:
+            raise Refusal(f"Job #{job.id} has no adapter ({job.status}); pick a finished run, or wait for this one.")
+        return job
+
+    def cancel(self, session: Session, actor: Actor, job_id: int | None) -> Job:
+        if job_id is None:
+            active = self.db.list_jobs(session_id=session.id, status=[*WAITING, *ACTIVE])
+            if not active:
+                raise Refusal("Nothing is queued or running in this session.")
+            job = active[0]
+        else:
+            job = self.job_for(session, job_id)
+        if job.user_id != actor.user_id:
+            try:
+                self.require(session, actor, "manage")
+            except Refusal:
+                raise Refusal(f"Job #{job.id} was started by <@{job.user_id}>: only they, the session owner or a "
+                              f"server manager can cancel it.") from None
+        if job.finished:
+            raise Refusal(f"Job #{job.id} has already ended ({job.status}).")
+        return self.queue.cancel(job.id)
+
+    def job_progress(self, job_id: int) -> dict:
+        job = self.db.get_job(job_id)
+        events = self.db.list_events(job_id)
+        steps = [e for e in events if e.kind in ("step", "eval")]
+        evals = [e for e in events if e.val_loss is not None]
+        latest = events[-1] if events else None
+        return {"job": job, "position": self.queue.position(job_id), "latest": latest,
+                "loss": steps[-1].loss if steps else None,
+                "val_loss": evals[-1].val_loss if evals else None,
+                "eta_s": (latest.data.get("eta_s") if latest else None),
+                "trials": self.db.list_trials(job_id) if job.kind == "tune" else []}
+
+    # ---- samples, votes and adapters
+    def samples(self, job_id: int):
+        return self.db.list_samples(job_id=job_id)
+
+    def ranking(self, session: Session, limit: int = 5):
+        samples = self.db.list_samples(session_id=session.id)
+        return sorted(samples, key=lambda s: (-s.votes, s.id))[:limit]
+
+    def vote(self, sample_id: int, actor: Actor, value: int):
+        sample = self.db.get_sample(sample_id)
+        session = self.db.get_session(sample.session_id)
+        if self.role(session, actor) is None and not actor.manager:
+            raise Refusal("Only members of this session vote on its samples: `/session join` first.")
+        return self.db.record_vote(sample_id, actor.user_id, value)
+
+    def blob_bytes(self, blob_hash: str) -> bytes:
+        return self.blobs.get_bytes(blob_hash)
+
+    def run_folder(self, job: Job) -> Path:
+        """A local run folder (adapter + metrics.json) for sampling or export, rebuilt from blobs if needed."""
+        local = self.settings.run_root / f"job-{job.id}"
+        if (local / "metrics.json").exists() and (local / "adapter").is_dir():
+            return local
+        adapter = self.db.adapter_for_job(job.id)
+        folder = self.settings.data_dir / "adapters" / f"job-{job.id}"
+        if not (folder / "metrics.json").exists():
+            self.blobs.get_tree(adapter.blob_hash, folder / "adapter")
+            metrics = job.result.get("files", {}).get("metrics.json")
+            if metrics:
+                self.blobs.get_file(metrics, folder / "metrics.json")
+            else:
+                (folder / "metrics.json").write_text(json.dumps({"kind": job.kind.removeprefix("train_"),
+                                                                 "base": job.config.get("base")}))
+        return folder
+
+    def record_sample(self, job: Job, data: bytes, kind: str, prompt: str, seed: int):
+        return self.db.add_sample(blob_hash=self.blobs.put_bytes(data), job_id=job.id, session_id=job.session_id,
+                                  kind=kind, prompt=prompt, seed=seed)
+
+
+def zip_adapter(blobs, manifest_hash: str, dest: Path) -> Path:
+    """Write the adapter tree as one zip file (off the event loop: it reads every blob)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(".part")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
+        for rel, blob_hash in sorted(blobs.tree_files(manifest_hash).items()):
+            archive.writestr(rel, blobs.get_bytes(blob_hash))
+    shutil.move(tmp, dest)
+    return dest
