@@ -1,0 +1,543 @@
+"""Hyperparameter search: a handful of short runs of the real trainer, the bad ones cut early.
+
+``tune(kind, data, out, ...)`` sizes a starting point to the dataset with a preset, then runs an
+Optuna study around it: a seeded TPE sampler proposes a learning rate (log scale), LoRA rank,
+LoRA dropout, augmentation strength and step count; every trial is an ordinary training run in
+``OUT/trials/NNNN/``; each validation loss the trainer reports goes to the trial, and when the
+pruner (successive halving by default) says the trial is behind, the trial's ``CancelToken``
+stops the trainer at its next step and the trial ends ``pruned``. With ``grid`` the study walks
+explicit value lists instead (``GridSampler``).
+
+The study lives in ``OUT/study.db`` (SQLite) unless ``storage`` names another Optuna storage,
+so a search can be resumed and inspected, and several workers pointed at one shared storage
+(PostgreSQL/MySQL URL, ``redis://`` or a journal file on a shared disk) run its trials at once.
+A worker killed mid-trial leaves that trial RUNNING; the next ``tune`` on this machine marks
+it failed and re-queues its parameters, and the retry continues from the killed trial's last
+checkpoint (on other machines the storage's heartbeat fails it after a grace period).
+
+At the end ``tune`` writes the trial table, a chart of validation loss per trial, the best
+parameters and the samples of the top trials (see ``trainer.tune_report``), then trains the
+best parameters once more, in full, into ``OUT/best-run``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import socket
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
+
+from .cancel import CancelToken
+from .errors import Cancelled, ConfigError, TrainingError, UserError
+from .events import EventCallback, ProgressEvent
+from .presets import Preset, preset_overrides
+
+Kind = Literal["text", "image"]
+Pruner = Literal["successive-halving", "hyperband", "median", "none"]
+SEARCHED = ("lr", "rank", "lora_dropout", "augment", "steps")
+RANKS = (4, 8, 16, 32)
+STEP_FACTORS = (0.5, 1.0, 1.5)  # trial lengths around the preset's, so steps is searched too
+EVALS_PER_TRIAL = 8  # validations in a preset-length trial: the rungs the pruner compares at
+FINISHED = ("complete", "pruned", "failed")
+
+
+@dataclass
+class TrialRow:
+    """One trial as the table shows it."""
+
+    number: int
+    status: str  # complete, pruned, failed, running, waiting
+    params: dict[str, Any]
+    val_loss: float | None  # best validation loss it reached (also for pruned trials)
+    steps: int  # optimizer steps it trained (its compute)
+    seconds: float | None
+    run_dir: str | None
+    note: str = ""
+    curve: list[tuple[int, float]] = field(default_factory=list)  # (step, validation loss)
+
+
+@dataclass
+class TuneResult:
+    """What a search produced; the same is on disk in ``out``."""
+
+    out: Path
+    study_name: str
+    storage: str
+    baseline: dict[str, Any]  # the preset's settings, which the search starts from
+    trials: list[TrialRow]
+    best: TrialRow | None
+    best_params: dict[str, Any]
+    full_run: Path | None = None
+    full_val_loss: float | None = None
+    files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def steps_spent(self) -> int:
+        """Optimizer steps trained by all trials (not counting the full run)."""
+        return sum(row.steps for row in self.trials)
+
+
+@dataclass
+class Probe:
+    """What the search needs to know about the data before the first trial."""
+
+    n_train: int
+    baseline: dict[str, Any]  # preset knobs for this data: steps, rank, lr, lora_dropout, augment
+    eval_every: int
+    train_tokens: int | None = None  # text only: turns a grid's "epochs" into steps
+    shape: dict[str, int] = field(default_factory=dict)  # text only: batch_size, seq_len, grad_accum
+
+
+def tune(kind: Kind, data: Sequence[str | Path], out: str | Path, *, base: str | None = None,
+         trials: int | None = 8, budget_minutes: float | None = None, preset: Preset = "balanced",
+         settings: dict[str, Any] | None = None, grid: dict[str, list] | None = None,
+         storage: str | None = None, study_name: str = "tune", pruner: Pruner = "successive-halving",
+         seed: int = 0, enqueue: Sequence[dict[str, Any]] = (), full_run: bool = True,
+         full_steps: int | None = None, top_k: int = 3, on_trial: Callable[[TrialRow], None] | None = None,
+         on_event: EventCallback | None = None, cancel: CancelToken | None = None) -> TuneResult:
+    """Search LoRA settings for ``data`` and train the best one in full; see the module docstring.
+
+    ``trials`` is how many finished trials the study should hold (a resumed study runs only the
+    rest); ``budget_minutes`` stops the search at that time, cutting the running trial short.
+    ``settings`` are fixed trainer settings (``seq_len``, ``batch_size``, ``threads``, ...); a
+    searched knob given there is not searched. ``grid`` maps settings (or ``epochs`` for text)
+    to value lists and replaces the TPE search by a grid search. ``enqueue`` lists parameter
+    sets to try first. ``on_trial`` gets each trial's row as it finishes, ``on_event`` every
+    trainer event. Raises ``UserError`` for bad input, ``Cancelled`` when ``cancel`` is set
+    (the running trial keeps its checkpoint and is retried on resume).
+    """
+    import optuna
+
+    out = Path(out)
+    settings = dict(settings or {})
+    problems = _check(kind, trials, budget_minutes, grid, settings, pruner)
+    if problems:
+        raise ConfigError("invalid search settings: " + "; ".join(problems))
+    out.mkdir(parents=True, exist_ok=True)
+    fixed = {**settings, "data": [str(p) for p in data], **({"base": base} if base else {})}
+    probe = probe_data(kind, fixed, preset)
+    space = _space(probe, settings, grid)
+    started = time.monotonic()
+    deadline = started + budget_minutes * 60 if budget_minutes else None
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage_url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
+    storage_obj = open_storage(storage_url)
+    study = optuna.create_study(storage=storage_obj, sampler=_sampler(grid, trials, seed),
+                                pruner=_pruner(pruner, probe), study_name=study_name, direction="minimize",
+                                load_if_exists=True)
+    _remember_search(study, kind, preset, probe)
+    retry_interrupted(study, storage_obj)
+    for params in enqueue:
+        study.enqueue_trial(params, skip_if_exists=True)
+
+    objective = _Objective(kind, out, fixed, probe, space, deadline, cancel, on_event)
+    remaining = None if trials is None else trials - count_finished(study)
+    if remaining is None or remaining > 0:
+        study.optimize(objective, n_trials=remaining, timeout=budget_minutes * 60 if budget_minutes else None,
+                       catch=(TrainingError,), callbacks=[_StopAt(trials), _Report(on_trial)])
+
+    from .tune_report import write_report
+
+    rows = trial_rows(study)
+    best = min((r for r in rows if r.status == "complete" and r.val_loss is not None),
+               key=lambda r: r.val_loss, default=None)
+    result = TuneResult(out, study_name, storage_url, probe.baseline, rows, best,
+                        dict(best.params) if best else {})
+    result.files = write_report(result, kind=kind, top_k=top_k)
+    if full_run and best is not None:
+        params = {**best.params, **({"steps": full_steps} if full_steps else {})}
+        trained = _full_run(kind, out / "best-run", fixed, probe, params, on_event, cancel)
+        result.full_run, result.full_val_loss = out / "best-run", trained.val_loss
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# what to search: the data's preset and the space around it
+
+
+def probe_data(kind: Kind, fixed: dict[str, Any], preset: Preset) -> Probe:
+    """Read the data once, size the preset to it, and fix the validation cadence of all trials."""
+    if kind == "text":
+        probe = _probe_text(fixed, preset)
+    else:
+        probe = _probe_image(fixed, preset)
+    return probe
+
+
+def _probe_text(fixed: dict[str, Any], preset: Preset) -> Probe:
+    from transformers import AutoTokenizer
+
+    from .models import resolve_base
+    from .text.config import TextTrainConfig
+    from .text.data import load_text_dataset
+    from .text.packing import encode
+    from .text.presets import size_defaults
+
+    config = _build_config("text", {**fixed, "out": "probe", "preset": preset})
+    dataset = load_text_dataset(config.data, val_fraction=config.val_fraction, seed=config.seed)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_base(config.base), trust_remote_code=False)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokens = sum(len(encode(e, tokenizer).ids) for e in dataset.train)
+    sized = size_defaults(config, n_train=len(dataset.train), train_tokens=tokens)
+    assert isinstance(sized, TextTrainConfig)
+    baseline = {k: getattr(sized, k) for k in SEARCHED}
+    shape = {"batch_size": config.batch_size, "seq_len": config.seq_len, "grad_accum": config.grad_accum}
+    return Probe(len(dataset.train), baseline, _eval_every(fixed, baseline["steps"]), tokens, shape)
+
+
+def _probe_image(fixed: dict[str, Any], preset: Preset) -> Probe:
+    from .image.data import DataLimits, load_images
+    from .image.train import split
+
+    config = _build_config("image", {**fixed, "out": "probe"})
+    limits = DataLimits(min_side=config.min_image_side or config.resolution // 2, max_pixels=config.max_pixels)
+    dataset = load_images(config.data, instance_prompt=config.instance_prompt, limits=limits)
+    train, _ = split(dataset.examples, config.val_fraction, config.seed)
+    sized = preset_overrides("image", preset, len(train))
+    baseline = {k: fixed.get(k, sized[k]) for k in SEARCHED}
+    return Probe(len(train), baseline, _eval_every(fixed, baseline["steps"]))
+
+
+def _eval_every(fixed: dict[str, Any], steps: int) -> int:
+    # One cadence for every trial, so the pruner compares trials at the same steps.
+    return int(fixed.get("eval_every") or max(1, steps // EVALS_PER_TRIAL))
+
+
+def _space(probe: Probe, settings: dict[str, Any], grid: dict[str, list] | None) -> dict[str, Any]:
+    """Optuna distributions of the searched knobs, or the grid's value lists."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    if grid:
+        return {name: CategoricalDistribution(list(values)) for name, values in grid.items()}
+    b, every = probe.baseline, probe.eval_every
+    steps = sorted({max(every, round(b["steps"] * f / every) * every) for f in STEP_FACTORS})
+    space = {
+        # a decade either side of the preset's rate: LoRA's good rates span about that much
+        "lr": FloatDistribution(b["lr"] / 10, min(1.0, b["lr"] * 10), log=True),
+        "rank": CategoricalDistribution(list(RANKS)),
+        "lora_dropout": FloatDistribution(0.0, 0.3),
+        "augment": FloatDistribution(0.0, 0.6),
+        "steps": CategoricalDistribution(steps),
+    }
+    return {k: v for k, v in space.items() if k not in settings}
+
+
+def _check(kind, trials, budget_minutes, grid, settings, pruner) -> list[str]:
+    problems = []
+    if kind not in ("text", "image"):
+        problems.append(f"kind must be 'text' or 'image', not {kind!r}")
+    if trials is None and budget_minutes is None:
+        problems.append("give a number of trials, a budget in minutes, or both")
+    if trials is not None and trials < 1:
+        problems.append(f"trials must be at least 1, not {trials}")
+    if budget_minutes is not None and budget_minutes <= 0:
+        problems.append(f"budget_minutes must be positive, not {budget_minutes}")
+    if pruner not in ("successive-halving", "hyperband", "median", "none"):
+        problems.append(f"unknown pruner {pruner!r}")
+    for key in ("out", "resume"):
+        if key in settings:
+            problems.append(f"'{key}' is set by the search, not in settings")
+    for name, values in (grid or {}).items():
+        if not isinstance(values, (list, tuple)) or not values:
+            problems.append(f"grid value list for {name!r} is empty")
+        if name == "epochs" and kind != "text":
+            problems.append("grid 'epochs' works for text only; search 'steps' for images")
+        if name in settings:
+            problems.append(f"{name!r} is both fixed in settings and in the grid")
+    return problems
+
+
+def _sampler(grid: dict[str, list] | None, trials: int | None, seed: int):
+    import optuna
+
+    if grid:
+        return optuna.samplers.GridSampler({k: list(v) for k, v in grid.items()}, seed=seed)
+    # TPE models good vs. bad trials only once it has a few: a third of a small budget is random.
+    startup = max(3, min(10, (trials or 12) // 3))
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True)
+
+
+def _pruner(name: Pruner, probe: Probe):
+    import optuna
+
+    every = probe.eval_every
+    if name == "successive-halving":
+        # rungs at the 1st, 3rd and 9th validation: a third of the trials go on at each
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=every, reduction_factor=3)
+    if name == "hyperband":
+        longest = int(max(probe.baseline["steps"] * max(STEP_FACTORS), every))
+        return optuna.pruners.HyperbandPruner(min_resource=every, max_resource=longest, reduction_factor=3)
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=every)
+    return optuna.pruners.NopPruner()
+
+
+# --------------------------------------------------------------------------------------------
+# the study: storage, resume, bookkeeping
+
+
+def open_storage(url: str):
+    """An Optuna storage for ``url``: RDB URLs (sqlite, postgresql, mysql) with a heartbeat,
+    ``redis://`` as a journal on Redis, or ``journal:PATH`` / ``*.log`` as a journal file."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalRedisBackend, JournalStorage
+
+    if url.startswith("redis://") or url.startswith("rediss://"):
+        return JournalStorage(JournalRedisBackend(url))
+    if url.startswith("journal:") or url.endswith(".log"):
+        return JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+    # The heartbeat lets a worker on another machine fail a trial whose worker died.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=300)
+
+
+def _remember_search(study, kind: str, preset: str, probe: Probe) -> None:
+    attrs = study.user_attrs
+    if "kind" in attrs and attrs["kind"] != kind:
+        raise ConfigError(f"study {study.study_name!r} searches {attrs['kind']} runs, not {kind}; "
+                          "pick another --out or --study-name.")
+    if "kind" not in attrs:
+        for key, value in {"kind": kind, "preset": preset, "baseline": probe.baseline,
+                           "eval_every": probe.eval_every}.items():
+            study.set_user_attr(key, value)
+
+
+def retry_interrupted(study, storage) -> list[int]:
+    """Fail this machine's trials whose process died, and queue every interrupted trial again.
+
+    A trial is interrupted when its worker was killed (left RUNNING with its pid gone, or failed
+    by the storage's heartbeat) or when the search was cancelled. Its parameters are enqueued
+    once, with ``retry_of`` naming it, so the retry can take over its checkpoint. Returns the
+    numbers of the trials queued again.
+    """
+    from optuna.trial import TrialState
+
+    host, study_id = socket.gethostname(), storage.get_study_id_from_name(study.study_name)
+    retried = {t.user_attrs.get("retry_of") for t in study.get_trials(deepcopy=False)}
+    numbers = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.FAIL)):
+        dead = (t.state == TrialState.RUNNING and t.user_attrs.get("host") == host
+                and not _alive(t.user_attrs.get("pid")))
+        if dead:
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+            storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        if (dead or to_row(t).note == "interrupted") and t.number not in retried:
+            study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number})
+            numbers.append(t.number)
+    return numbers
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid != os.getpid()  # our own pid on a RUNNING trial at start-up is a reused pid
+
+
+def count_finished(study) -> int:
+    """Trials that count towards ``trials``: complete, pruned, or failed on their own merits."""
+    return sum(1 for row in trial_rows(study) if row.status in FINISHED and row.note != "interrupted")
+
+
+class _StopAt:
+    """Stop when the study holds ``n`` finished trials, whichever worker ran them."""
+
+    def __init__(self, n: int | None):
+        self.n = n
+
+    def __call__(self, study, trial) -> None:
+        if self.n is not None and count_finished(study) >= self.n:
+            study.stop()
+
+
+class _Report:
+    def __init__(self, on_trial: Callable[[TrialRow], None] | None):
+        self.on_trial = on_trial
+
+    def __call__(self, study, trial) -> None:
+        if self.on_trial is not None:
+            self.on_trial(to_row(trial))
+
+
+def trial_rows(study) -> list[TrialRow]:
+    return [to_row(t) for t in study.get_trials(deepcopy=False)]
+
+
+def to_row(t) -> TrialRow:
+    """A FrozenTrial as a table row."""
+    status = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running",
+              "WAITING": "waiting"}[t.state.name]
+    curve = sorted((int(s), float(v)) for s, v in t.intermediate_values.items())
+    finite = [v for _, v in curve if math.isfinite(v)]
+    val = t.value if t.value is not None else (min(finite) if finite else None)
+    note = t.user_attrs.get("note", "")
+    if t.user_attrs.get("interrupted") or (status == "failed" and not note and "error" not in t.user_attrs):
+        note = "interrupted"
+    elif "error" in t.user_attrs:
+        note = t.user_attrs["error"]
+    if t.user_attrs.get("retry_of") is not None and not note:
+        note = f"retry of {t.user_attrs['retry_of']}"
+    seconds = t.duration.total_seconds() if t.duration else None
+    return TrialRow(t.number, status, dict(t.params), val, int(t.user_attrs.get("steps", 0)), seconds,
+                    t.user_attrs.get("run_dir"), note, curve)
+
+
+# --------------------------------------------------------------------------------------------
+# one trial
+
+
+class _Objective:
+    """Runs one trial: build its config, train, report validation losses, prune on request."""
+
+    def __init__(self, kind: Kind, out: Path, fixed: dict, probe: Probe, space: dict, deadline: float | None,
+                 cancel: CancelToken | None, on_event: EventCallback | None):
+        self.kind, self.out, self.fixed, self.probe, self.space = kind, out, fixed, probe, space
+        self.deadline, self.cancel, self.on_event = deadline, cancel, on_event
+
+    def __call__(self, trial) -> float:
+        import optuna
+
+        params = {name: _suggest(trial, name, dist) for name, dist in self.space.items()}
+        folder = self.out / "trials" / f"{trial.number:04d}"
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", os.getpid())
+        trial.set_user_attr("run_dir", str(folder))
+        resume = self._adopt(trial, folder)
+        config = _build_config(self.kind, {**self.fixed, **trial_settings(params, self.probe), "out": str(folder),
+                                           "eval_every": self.probe.eval_every, "resume": resume})
+        token, why = CancelToken(), {}
+        steps = {"first": None, "last": 0}
+
+        def watch(event: ProgressEvent) -> None:
+            # runs inside the training loop: setting the token stops the trainer at its next step
+            if event.kind == "step":
+                steps["first"] = steps["first"] or event.step
+                steps["last"] = event.step
+            if event.kind == "eval" and event.val_loss is not None:
+                trial.set_user_attr("steps", _spent(steps))
+                if not math.isfinite(event.val_loss):
+                    why["pruned"] = "validation loss is not finite"
+                else:
+                    trial.report(event.val_loss, event.step)
+                    if trial.should_prune():
+                        why["pruned"] = f"pruned at step {event.step}"
+            if self.deadline is not None and time.monotonic() > self.deadline:
+                why.setdefault("pruned", "out of time")
+            if self.cancel is not None and self.cancel.is_set():
+                why["cancelled"] = "search cancelled"
+            if why:
+                token.cancel()
+            if self.on_event is not None:
+                self.on_event(event)
+
+        try:
+            result = _train(self.kind, config, watch, token)
+        except Cancelled:
+            trial.set_user_attr("steps", _spent(steps))
+            if "cancelled" in why:
+                trial.set_user_attr("interrupted", True)
+                raise
+            trial.set_user_attr("note", why["pruned"])
+            shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # a pruned trial is never resumed
+            raise optuna.TrialPruned(why["pruned"])
+        except TrainingError as exc:
+            trial.set_user_attr("steps", _spent(steps))
+            trial.set_user_attr("error", str(exc))
+            raise
+        trial.set_user_attr("steps", _spent(steps))
+        trial.set_user_attr("stop_reason", result.stop_reason)
+        trial.set_user_attr("best_step", result.best_step)
+        if result.val_loss is None or not math.isfinite(result.val_loss):
+            raise TrainingError("the trial produced no finite validation loss")
+        return float(result.val_loss)
+
+    def _adopt(self, trial, folder: Path) -> bool:
+        """A retry continues from the interrupted trial's checkpoint, with its reports replayed."""
+        old = trial.user_attrs.get("retry_of")
+        if folder.exists():
+            shutil.rmtree(folder)  # left by a study that was deleted; trial numbers start again
+        if old is None:
+            return False
+        previous = self.out / "trials" / f"{old:04d}"
+        if not (previous / "checkpoints").is_dir():
+            return False
+        from .rundir import RunDir
+
+        if RunDir(previous).latest_checkpoint() is None:
+            return False
+        shutil.move(str(previous), str(folder))
+        checkpoint = RunDir(folder).latest_checkpoint()
+        reached = int(checkpoint.name.split("-")[-1])
+        frozen = trial.study.get_trials(deepcopy=False)[old]
+        for step, value in sorted(frozen.intermediate_values.items()):
+            if step <= reached:
+                trial.report(value, step)
+        return True
+
+
+def _suggest(trial, name: str, dist):
+    from optuna.distributions import CategoricalDistribution
+
+    if isinstance(dist, CategoricalDistribution):
+        return trial.suggest_categorical(name, dist.choices)
+    return trial.suggest_float(name, dist.low, dist.high, log=dist.log)
+
+
+def _spent(steps: dict) -> int:
+    return 0 if steps["first"] is None else steps["last"] - steps["first"] + 1
+
+
+def trial_settings(params: dict[str, Any], probe: Probe) -> dict[str, Any]:
+    """Trainer settings for a trial's parameters (a grid's ``epochs`` becomes ``steps``)."""
+    settings = dict(params)
+    epochs = settings.pop("epochs", None)
+    if epochs is not None:
+        shape = {**probe.shape, **{k: v for k, v in settings.items() if k in probe.shape}}
+        per_step = shape["batch_size"] * shape["seq_len"] * shape["grad_accum"]
+        settings["steps"] = max(1, math.ceil(epochs * (probe.train_tokens or 0) / per_step))
+    return settings
+
+
+def _build_config(kind: Kind, values: dict[str, Any]):
+    if kind == "text":
+        from .text.config import TextTrainConfig
+
+        return TextTrainConfig.build(**values)
+    from .image.config import ImageTrainConfig
+
+    return ImageTrainConfig.build(**values)
+
+
+def _train(kind: Kind, config, on_event: EventCallback, cancel: CancelToken):
+    if kind == "text":
+        from .text.train import train_text
+
+        return train_text(config, on_event=on_event, cancel=cancel)
+    from .image.train import train_image
+
+    return train_image(config, on_event=on_event, cancel=cancel)
+
+
+def _full_run(kind: Kind, folder: Path, fixed: dict, probe: Probe, params: dict, on_event, cancel):
+    """Train the best parameters once more, with the data's own validation cadence, in ``folder``."""
+    from .rundir import RunDir
+
+    run = RunDir(folder)
+    resume = run.latest_checkpoint() is not None
+    if run.metrics.exists() and not resume:
+        shutil.rmtree(folder)  # a previous search's full run; this one replaces it
+    config = _build_config(kind, {**fixed, **trial_settings(params, probe), "out": str(folder), "resume": resume})
+    return _train(kind, config, on_event or (lambda event: None), cancel or CancelToken(run.cancel_file))
