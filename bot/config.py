@@ -38,6 +38,8 @@ class BotSettings(BaseSettings):
     train_cooldown_s: float = Field(10.0, ge=0, description="Seconds between two /train commands of one member.")
     progress_edit_s: float = Field(3.0, ge=0, description="Least time between two edits of a progress message.")
     pump_s: float = Field(1.0, gt=0, description="How often the bot collects worker reports.")
+    text_train_defaults: dict = Field(default_factory=dict, description="Trainer settings every text run starts "
+                                      "from (JSON, e.g. {\"seq_len\": 128} on small hosts); members' options win.")
     train_threads: int | None = Field(None, ge=1, description="CPU threads per training job (None: torch's default).")
 
     @field_validator("allowed_models", mode="before")

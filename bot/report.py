@@ -19,10 +19,11 @@ from trainer.errors import DataError
 # What works for each kind: (too few below, good from); sources in trainer presets' docstrings.
 TARGETS = {"text": (5, 20, "examples"), "image": (4, 10, "images")}
 
+# The trainer's presets (trainer.presets, docs/presets.md), in a member's words.
 PRESETS = {
-    "quick": "a short first run (about 30 steps) to see whether the data works",
-    "standard": "steps, rank and learning rate sized to your data by the trainer",
-    "careful": "a lower learning rate and more patience, for 100+ examples",
+    "quick": "a short first run, a few times shorter, to see whether the data works",
+    "balanced": "steps, rank and learning rate sized to your data",
+    "best": "twice the passes and capacity at a lower rate, for the last bit of quality",
 }
 
 
@@ -44,8 +45,8 @@ def pick_preset(kind: str, count: int) -> tuple[str, str]:
         return "quick", (f"with {count} {unit}, a quick run shows within minutes whether the data teaches "
                          f"the model anything, before you spend longer runs on it")
     if count < 100:
-        return "standard", f"{count} {unit} is enough for the trainer to size steps and rank to your data"
-    return "careful", f"{count} {unit} can carry a longer, gentler run with a lower learning rate"
+        return "balanced", f"{count} {unit} is enough for the trainer to size steps and rank to your data"
+    return "best", f"{count} {unit} can carry a longer, gentler run with more capacity"
 
 
 def report_card(kind: str, items: list[DatasetItem], blobs: BlobStore, members: dict[int, str] | None = None) -> ReportCard:

@@ -35,11 +35,6 @@ TRAIN_KIND = {"text": "train_text", "image": "train_image"}
 MIN_ITEMS = {"text": 1, "image": 4}
 DAY_S = 86_400
 
-# Preset -> config overrides per session kind (None values leave the trainer's sizing alone).
-PRESET_CONFIGS = {
-    "text": {"quick": {"steps": 30}, "standard": {}, "careful": {"lr": 1e-4, "patience": 5}},
-    "image": {"quick": {"steps": 200}, "standard": {}, "careful": {"lr": 5e-5}},
-}
 
 
 class Refusal(UserError):
@@ -303,15 +298,21 @@ class Services:
             unit = "files" if session.kind == "text" else "images"
             raise Refusal(f"The dataset has {len(items)} {unit}; training needs at least {MIN_ITEMS[session.kind]}. "
                           f"Add data with `/data add`, then check it with `/data report`.")
-        config = {"data": self.dataset_files(session), "base": session.base_model,
-                  **PRESET_CONFIGS[session.kind][preset],
-                  **{k: v for k, v in overrides.items() if v is not None}}
-        if self.config.train_threads and session.kind == "text":
-            config.setdefault("threads", self.config.train_threads)
         if session.kind == "text":
             from trainer.text.config import TextTrainConfig as Config
         else:
             from trainer.image.config import ImageTrainConfig as Config
+        config = {**(self.config.text_train_defaults if session.kind == "text" else {}),
+                  "data": self.dataset_files(session), "base": session.base_model}
+        if "preset" in Config.model_fields:
+            config["preset"] = preset  # the trainer sizes the knobs left empty with trainer.presets
+        else:
+            from trainer.presets import preset_overrides
+
+            config.update(preset_overrides(session.kind, preset, len(items)))
+        config.update({k: v for k, v in overrides.items() if v is not None})
+        if self.config.train_threads and "threads" in Config.model_fields:
+            config.setdefault("threads", self.config.train_threads)
         from pydantic import ValidationError
 
         try:
@@ -328,10 +329,13 @@ class Services:
         return self._submit(TRAIN_KIND[session.kind], config, session, actor)
 
     def start_tuning(self, session: Session, actor: Actor, trials: int, steps: int | None) -> Submitted:
+        """Queue a ``tune`` job whose config is ``trainer.tune.tune``'s keyword arguments."""
         self.require(session, actor, "train")
         self.check_quota(session, actor)
         config = self.train_config(session, "quick", {"steps": steps})
-        spec = {"session_kind": session.kind, "trials": trials, "metric": "val_loss", "train": config}
+        fixed = {k: v for k, v in config.items() if k not in ("data", "base", "preset")}
+        spec = {"kind": session.kind, "data": config["data"], "base": config["base"], "trials": trials,
+                "preset": "quick", "settings": fixed}
         return self._submit("tune", spec, session, actor)
 
     def _submit(self, kind: str, config: dict, session: Session, actor: Actor) -> Submitted:

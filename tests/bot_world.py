@@ -17,7 +17,7 @@ from bot.client import LoracordBot
 from bot.config import BotSettings
 from storage.settings import Settings
 
-__all__ = ["storage_settings", "bot_config", "simcord_bot", "world", "World", "pump_until", "text_bytes"]
+__all__ = ["storage_settings", "bot_config", "make_bot", "simcord_bot", "world", "World", "pump_until", "text_bytes"]
 
 
 @pytest.fixture
@@ -33,8 +33,27 @@ def bot_config() -> BotSettings:
 
 
 @pytest.fixture
-def simcord_bot(storage_settings, bot_config) -> LoracordBot:
-    return LoracordBot(storage_settings, bot_config, embedded_worker=False)
+def make_bot(storage_settings, bot_config):
+    """Build bots on this test's data folder; they are stopped (worker, samplers) at teardown.
+
+    SimCord never calls ``bot.close()`` (a restart is like a crash), so this does it.
+    """
+    bots = []
+
+    def make(*, worker: bool = False) -> LoracordBot:
+        bot = LoracordBot(storage_settings, bot_config, embedded_worker=worker)
+        bots.append(bot)
+        return bot
+
+    yield make
+    for bot in bots:
+        bot.sampler.stop()
+        bot.services.stop()
+
+
+@pytest.fixture
+def simcord_bot(make_bot) -> LoracordBot:
+    return make_bot()
 
 
 @dataclass

@@ -35,13 +35,13 @@ class TrainCog(commands.GroupCog, group_name="train", group_description="Train a
         await self.bot.db(self.svc.state.set_progress, submitted.job.id, message.channel.id, message.id)
 
     @app_commands.command(name="start", description="Train a LoRA adapter on this session's data")
-    @app_commands.describe(preset="auto: the one /data report recommends; quick: ~30 steps; standard: sized to "
-                                  "the data; careful: gentler, for 100+ examples",
+    @app_commands.describe(preset="auto: the one /data report recommends; quick: a short first run; balanced: "
+                                  "sized to the data; best: longer, for 100+ examples",
                            steps="Optimizer steps (overrides the preset)", lr="Peak learning rate (overrides the preset)",
                            rank="LoRA rank: capacity of the adapter", seed="Random seed, for a repeatable run")
     @app_commands.checks.dynamic_cooldown(_train_cooldown)
     async def start(self, interaction: discord.Interaction,
-                    preset: Literal["auto", "quick", "standard", "careful"] = "auto",
+                    preset: Literal["auto", "quick", "balanced", "best"] = "auto",
                     steps: Optional[app_commands.Range[int, 1, 100_000]] = None,
                     lr: Optional[app_commands.Range[float, 1e-6, 1.0]] = None,
                     rank: Optional[app_commands.Range[int, 1, 256]] = None,
