@@ -311,6 +311,7 @@ class Services:
 
             config.update(preset_overrides(session.kind, preset, len(items)))
         config.update({k: v for k, v in overrides.items() if v is not None})
+        config.setdefault("seed", 0)  # explicit, so samples and the run record which seed made them
         if self.config.train_threads and "threads" in Config.model_fields:
             config.setdefault("threads", self.config.train_threads)
         from pydantic import ValidationError

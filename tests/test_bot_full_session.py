@@ -1,0 +1,95 @@
+"""A whole shared text session through SimCord, with the real queue, worker and trainer:
+two members contribute, one trains a tiny Llama, both vote, then sample and export.
+
+The model is the tiny Llama from conftest (a local folder, allowed on this test server); the
+job runs in the embedded worker's subprocess exactly as in production.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.config import BotSettings
+from tests.bot_world import *  # noqa: F401,F403
+
+pytestmark = pytest.mark.asyncio
+
+
+@pytest.fixture
+def bot_config(tiny_llama) -> BotSettings:
+    return BotSettings(_env_file=None, allowed_models=[str(tiny_llama)], progress_edit_s=0, train_cooldown_s=0,
+                       train_threads=1, text_train_defaults={"seq_len": 64, "batch_size": 2, "max_new_tokens": 4,
+                                                             "precision": "fp32", "augment": 0.0, "prompts": ["To be"]})
+
+
+@pytest.fixture
+def simcord_bot(make_bot):
+    return make_bot(worker=True)
+
+
+def embed_fields(message):
+    return {f.name: f.value for f in message.embeds[0].fields}
+
+
+def labels(message):
+    return [c.label for row in message.components for c in row.children]
+
+
+async def test_two_members_train_vote_sample_and_export(world, tiny_llama):
+    w, db = world, world.env.bot.services.db
+    await w.alice.slash(w.channel, "session new", kind="text", title="Shared fox", base_model=str(tiny_llama))
+    thread = w.channel.threads[-1]
+    await w.bob.slash(thread, "session join")
+    await w.alice.slash(thread, "data add", file=("alice.txt", text_bytes(8, word="drawing")))
+    await w.bob.slash(thread, "data add", file=("bob.txt", text_bytes(8, word="poem")))
+    report = await w.alice.slash(thread, "data report")
+    assert "**Contributions:**" in report.followups[0].embeds[0].description if report.followups else \
+        "**Contributions:**" in report.response.embeds[0].description
+
+    started = await w.alice.slash(thread, "train start", steps=4, lr=0.005, rank=4)
+    assert "Job #1 is queued" in started.response.content
+    await pump_until(w.env, lambda: db.get_job(1).finished, timeout=240, what="the training job")
+    job = db.get_job(1)
+    assert job.status == "done", job.error
+
+    progress = next(m for m in thread.history() if m.id == started.response.id)
+    fields = embed_fields(progress)
+    assert fields["Status"] == "done"
+    assert progress.embeds[0].description == "`▰▰▰▰▰▰▰▰▰▰▰▰▰▰▰▰▰▰▰▰ 100%`  step 4/4"
+    assert float(fields["Loss"]) > 0 and float(fields["Validation loss"]) > 0
+    assert labels(progress) == ["Sample again", "Export"]
+
+    history = thread.history()
+    chart = next(m for m in history if m.content == "Loss curve of job #1")
+    assert chart.attachments[0].filename == "loss-job-1.png"
+    sample_message = next(m for m in history if m.content.startswith("**Sample #1** (job #1, seed 0) · prompt: To be"))
+    assert "```" in sample_message.content
+    assert history[-1].content.startswith("✅ Job #1 finished.\n**Next:** vote on the samples")
+
+    # Votes from both members rank the sample; a stranger cannot vote.
+    await w.alice.click(sample_message, custom_id="lc:vote:1:up")
+    await w.bob.click(sample_message, custom_id="lc:vote:1:up")
+    sample_message = next(m for m in thread.history() if m.id == sample_message.id)
+    assert labels(sample_message) == ["score +2", None]
+    assert db.get_sample(1).votes == 2
+    stranger = await w.carol.click(sample_message, custom_id="lc:vote:1:down")
+    assert stranger.ephemeral and "Only members of this session vote" in stranger.response.content
+    status = await w.bob.slash(thread, "train status")
+    assert "#1 (job #1) score +2: To be" in embed_fields(status.response)["Best samples by votes"]
+
+    # A member's own prompt, sampled in a child process and posted with vote buttons.
+    asked = await w.bob.slash(thread, "sample", prompt="Out, damned", seed=7)
+    assert asked.response.content.startswith("🎲 Sampling 1 from job #1 (seed 7)")
+    await pump_until(w.env, lambda: len(db.list_samples(job_id=1)) == 2, timeout=120, what="the sampling")
+    posted = thread.last_message
+    assert posted.content.startswith("**Sample #2** (job #1, seed 7) · prompt: Out, damned")
+    assert [c.custom_id for row in posted.components for c in row.children] == ["lc:vote:2:up", "lc:vote:2:down"]
+
+    # The adapter, from the command and from the progress message's button.
+    exported = await w.alice.slash(thread, "adapter export")
+    message = exported.followups[0] if exported.followups else exported.response
+    assert message.attachments[0].filename == "loracord-job-1-adapter.zip"
+    assert "load it with peft" in message.content
+    clicked = await w.bob.click(progress, label="Export")
+    message = clicked.followups[0] if clicked.followups else clicked.response
+    assert message.attachments[0].filename == "loracord-job-1-adapter.zip"
