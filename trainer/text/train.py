@@ -324,13 +324,18 @@ def _lr_factor(step: int, warmup: int, total: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def token_loss(logits, labels):
-    """Mean next-token cross-entropy over labelled tokens, computed in float32."""
+def token_loss(logits, labels, reduction: str = "mean"):
+    """Next-token cross-entropy over labelled tokens, computed in float32.
+
+    The labels are shifted rather than the logits: slicing the logits would copy the largest
+    tensor of the step (batch x length x vocabulary) once more, and its gradient with it.
+    """
     import torch.nn.functional as F
 
     from .packing import IGNORE
 
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE)
+    targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE)
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction=reduction)
 
 
 def _micro_batches(s: _Setup, epoch: int, micro: int) -> Iterator[tuple[list, int, int]]:
@@ -364,7 +369,6 @@ def _val_rows(s: _Setup) -> list:
 def evaluate_rows(model, rows, pad_id: int, batch_size: int, accelerator=None) -> float:
     """Mean loss per labelled token over packed rows (deterministic: eval mode, no augmentation)."""
     import torch
-    import torch.nn.functional as F
 
     from .packing import IGNORE, collate
 
@@ -377,10 +381,9 @@ def evaluate_rows(model, rows, pad_id: int, batch_size: int, accelerator=None) -
             batch = collate(rows[i:i + batch_size], pad_id)
             logits = model(input_ids=batch["input_ids"].to(device), position_ids=batch["position_ids"].to(device),
                            use_cache=False).logits
-            labels = batch["labels"].to(device)[:, 1:].flatten()
-            losses = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels, ignore_index=IGNORE, reduction="sum")
-            total += losses.item()
-            count += int((labels != IGNORE).sum())
+            labels = batch["labels"].to(device)
+            total += token_loss(logits, labels, reduction="sum").item()
+            count += int((labels[:, 1:] != IGNORE).sum())
     if accelerator is not None and accelerator.num_processes > 1:
         totals = accelerator.reduce(torch.tensor([total, count], device=device), reduction="sum")
         total, count = totals.tolist()
