@@ -69,11 +69,16 @@ class ImageTrainConfig(BaseModel):
             raise ValueError("the instance prompt must not be empty")
         return value.strip()
 
+    @field_validator("resolution")
+    @classmethod
+    def _multiple_of_8(cls, value: int) -> int:
+        if value % 8:
+            raise ValueError(f"resolution {value} is not a multiple of 8")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> "ImageTrainConfig":
         problems = []
-        if self.resolution % 8:
-            problems.append(f"resolution {self.resolution} is not a multiple of 8")
         if self.eval_every is not None and self.steps is not None and self.eval_every > self.steps:
             problems.append(f"eval_every ({self.eval_every}) is larger than steps ({self.steps})")
         if not self.sample_seeds:

@@ -122,6 +122,8 @@ def _setup(config: ImageTrainConfig) -> _Setup:
     from .pipelines import load_pipeline
 
     started = time.time()
+    if config.train_text_encoder:
+        check_text_encoder_lora()
     if config.threads:
         torch.set_num_threads(config.threads)
     limits = DataLimits(min_side=config.min_image_side or config.resolution // 2, max_pixels=config.max_pixels)
@@ -142,13 +144,37 @@ def _setup(config: ImageTrainConfig) -> _Setup:
                 init_lora_weights="gaussian")
     pipe.unet.add_adapter(LoraConfig(target_modules=UNET_TARGETS, **lora))
     if config.train_text_encoder:
+        from peft import inject_adapter_in_model
+
         for encoder in loaded.text_encoders:
-            encoder.add_adapter(LoraConfig(target_modules=TEXT_TARGETS, **lora))
+            # peft directly rather than transformers' add_adapter, which needs a newer peft
+            lora_config = LoraConfig(target_modules=TEXT_TARGETS, **lora)
+            inject_adapter_in_model(lora_config, encoder)
+            encoder.peft_config = {"default": lora_config}
 
     cache = _build_cache(config, loaded, train, val, accelerator.device)
     prompts = config.sample_prompts or list(dict.fromkeys([config.instance_prompt] + [e.caption for e in val[:1]]))
     return _Setup(config, dataset, train, val, loaded, noise_scheduler, accelerator, precision, cache, prompts,
                   setup_s=time.time() - started)
+
+
+def check_text_encoder_lora() -> None:
+    """Text-encoder LoRA loads into pipelines through transformers' peft integration; refuse early without it."""
+    import importlib.metadata
+
+    from transformers.utils.peft_utils import check_peft_version
+
+    try:
+        from transformers.integrations.peft import MIN_PEFT_VERSION as needed
+    except ImportError:
+        return  # a transformers without that integration check
+    try:
+        check_peft_version(min_version=needed)
+    except ValueError as exc:
+        raise ConfigError(
+            f"--train-text-encoder needs peft>={needed} with this transformers "
+            f"(installed: peft {importlib.metadata.version('peft')}); without it diffusers cannot load text-encoder "
+            "LoRA weights back. Upgrade peft or train the UNet only.") from exc
 
 
 def _build_cache(config: ImageTrainConfig, loaded, train: list, val: list, device) -> dict[str, Any]:
