@@ -140,12 +140,18 @@ def _convert_gguf(folder: Path, filename: str, key: str) -> Path:
         plain = AutoModelForCausalLM.from_config(config)
     plain.load_state_dict(gguf_model.state_dict(), assign=True)
     plain.tie_weights()
-    partial = target.with_name(target.name + ".partial")
+    # Written beside the target and renamed at the end: a half-written conversion is never
+    # picked up, and when two workers convert at once the first rename wins.
+    partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     plain.save_pretrained(partial, safe_serialization=True)
     tokenizer.save_pretrained(partial)
-    shutil.rmtree(target, ignore_errors=True)
-    partial.rename(target)  # atomic: a half-written conversion is never picked up
+    if target.exists() and not (target / "model.safetensors").exists():
+        shutil.rmtree(target, ignore_errors=True)  # leftovers of an older, broken conversion
+    try:
+        partial.rename(target)
+    except OSError:
+        shutil.rmtree(partial, ignore_errors=True)
     return target
 
 
