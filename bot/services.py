@@ -291,13 +291,19 @@ class Services:
             raise Refusal(f"This server has started {len(guild_today)} runs in the last 24 hours (limit "
                           f"{guild_per_day}). Try again tomorrow.")
 
-    def train_config(self, session: Session, preset: str, overrides: dict) -> dict:
-        """A validated trainer config for the session's data (without ``out``, which the worker sets)."""
+    def check_can_train(self, session: Session, actor: Actor) -> None:
+        """The quick checks before a run is prepared: permission, quotas, some data."""
+        self.require(session, actor, "train")
+        self.check_quota(session, actor)
         items = self.db.list_dataset_items(session.id)
         if len(items) < MIN_ITEMS[session.kind]:
             unit = "files" if session.kind == "text" else "images"
             raise Refusal(f"The dataset has {len(items)} {unit}; training needs at least {MIN_ITEMS[session.kind]}. "
                           f"Add data with `/data add`, then check it with `/data report`.")
+
+    def train_config(self, session: Session, preset: str, overrides: dict) -> dict:
+        """A validated trainer config for the session's data (without ``out``, which the worker sets)."""
+        items = self.db.list_dataset_items(session.id)
         if session.kind == "text":
             from trainer.text.config import TextTrainConfig as Config
         else:
@@ -324,15 +330,13 @@ class Services:
         return config
 
     def start_training(self, session: Session, actor: Actor, preset: str, overrides: dict) -> Submitted:
-        self.require(session, actor, "train")
-        self.check_quota(session, actor)
+        self.check_can_train(session, actor)
         config = self.train_config(session, preset, overrides)
         return self._submit(TRAIN_KIND[session.kind], config, session, actor)
 
     def start_tuning(self, session: Session, actor: Actor, trials: int, steps: int | None) -> Submitted:
         """Queue a ``tune`` job whose config is ``trainer.tune.tune``'s keyword arguments."""
-        self.require(session, actor, "train")
-        self.check_quota(session, actor)
+        self.check_can_train(session, actor)
         config = self.train_config(session, "quick", {"steps": steps})
         fixed = {k: v for k, v in config.items() if k not in ("data", "base", "preset")}
         spec = {"kind": session.kind, "data": config["data"], "base": config["base"], "trials": trials,

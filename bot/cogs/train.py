@@ -24,14 +24,18 @@ class TrainCog(commands.GroupCog, group_name="train", group_description="Train a
         self.bot = bot
         self.svc = bot.services
 
-    async def _post_progress(self, interaction: discord.Interaction, submitted, intro: str) -> None:
+    async def _submit(self, interaction: discord.Interaction, start, intro: str) -> None:
+        """Check quickly (refusals stay ephemeral), defer, prepare and queue the job, post its progress message."""
+        session = await self.bot.db(self.svc.session_here, interaction.channel_id)
+        await self.bot.db(self.svc.check_can_train, session, actor_of(interaction))
+        await interaction.response.defer(thinking=True)  # copying the dataset may take a while
+        submitted = await self.bot.db(start, session, actor_of(interaction))
         view = await self.bot.db(self.svc.job_progress, submitted.job.id)
         position = f"position {submitted.position} in the queue" if submitted.position else "starting now"
-        await interaction.response.send_message(f"{intro} Job #{submitted.job.id} is queued ({position}); this message "
-                                                f"shows its progress. **Next:** wait for the samples, then vote.",
-                                                embed=progress_embed(view),
-                                                view=job_view(submitted.job.id, finished=False))
-        message = await interaction.original_response()
+        message = await interaction.followup.send(
+            f"{intro} Job #{submitted.job.id} is queued ({position}); this message shows its progress. "
+            f"**Next:** wait for the samples, then vote.", embed=progress_embed(view),
+            view=job_view(submitted.job.id, finished=False), wait=True)
         await self.bot.db(self.svc.state.set_progress, submitted.job.id, message.channel.id, message.id)
 
     @app_commands.command(name="start", description="Train a LoRA adapter on this session's data")
@@ -52,19 +56,16 @@ class TrainCog(commands.GroupCog, group_name="train", group_description="Train a
             items = await self.bot.db(self.svc.items, session)
             preset, reason = pick_preset(session.kind, sum(int(i.checks.get("examples", 1)) for i in items))
             why = f"Preset **{preset}**: {reason}."
-        submitted = await self.bot.db(self.svc.start_training, session, actor_of(interaction), preset,
-                                      {"steps": steps, "lr": lr, "rank": rank, "seed": seed})
-        await self._post_progress(interaction, submitted, why)
+        overrides = {"steps": steps, "lr": lr, "rank": rank, "seed": seed}
+        await self._submit(interaction, lambda s, a: self.svc.start_training(s, a, preset, overrides), why)
 
     @app_commands.command(name="tune", description="Quick tries: several short runs with different settings, ranked")
     @app_commands.describe(trials="How many settings to try", steps="Steps per try (short: these are quick tries)")
     @app_commands.checks.dynamic_cooldown(_train_cooldown)
     async def tune(self, interaction: discord.Interaction, trials: app_commands.Range[int, 2, 20] = 4,
                    steps: Optional[app_commands.Range[int, 5, 1000]] = None) -> None:
-        session = await self.bot.db(self.svc.session_here, interaction.channel_id)
-        submitted = await self.bot.db(self.svc.start_tuning, session, actor_of(interaction), trials, steps)
-        await self._post_progress(interaction, submitted, f"{trials} quick tries, ranked by validation loss "
-                                                          f"(and then by your votes on their samples).")
+        await self._submit(interaction, lambda s, a: self.svc.start_tuning(s, a, trials, steps),
+                           f"{trials} quick tries, ranked by validation loss (and then by your votes on their samples).")
 
     @app_commands.command(name="status", description="Show a job's progress and the best-voted samples")
     @app_commands.describe(job="A job number (default: the session's newest)")
