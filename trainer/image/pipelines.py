@@ -13,6 +13,7 @@ Weights load from safetensors only; no custom pipeline code is ever run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,11 +63,29 @@ def load_pipeline(base: str | Path, dtype=None) -> LoadedPipeline:
     extra = {} if family == "sdxl" else {"safety_checker": None, "feature_extractor": None,
                                          "requires_safety_checker": False}
     try:
-        pipe = cls.from_pretrained(path, use_safetensors=True, torch_dtype=dtype, **extra)
+        with _quiet_loading():
+            pipe = cls.from_pretrained(path, use_safetensors=True, torch_dtype=dtype, **extra)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ModelError(f"Could not load a {cls.__name__} from {path}: {exc}") from exc
     pipe.set_progress_bar_config(disable=True)
     return LoadedPipeline(pipe, family, path)
+
+
+@contextlib.contextmanager
+def _quiet_loading():
+    """No per-component loading bars from diffusers and transformers (the CLI draws its own progress)."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    restore = [m.enable_progress_bar for m in (diffusers_logging, transformers_logging)
+               if m.is_progress_bar_enabled()]
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for enable in restore:
+            enable()
 
 
 def encode_prompts(loaded: LoadedPipeline, prompts: list[str], device=None):
