@@ -1,0 +1,141 @@
+"""Image LoRA training throughput: loracord's loop against the diffusers example loop, same model and data.
+
+Builds a small SD 1.x pipeline with random weights (no hub needed), writes a few images, then
+times two loops on the same model, data, batch size, resolution and LoRA rank:
+
+- ``loracord``: ``trainer.image.train.train_image`` with augmentation on (cached latents of
+  several augmented variants, cached text embeddings, precision 'auto');
+- ``baseline``: the loop of diffusers' ``examples/text_to_image/train_text_to_image_lora.py``,
+  which runs the VAE encoder and the text encoder on every step (random flip as its only
+  augmentation, pixels already resized so its data loading costs nothing).
+
+Steps per second count the training loop only (setup, caching and export are reported apart
+as ``setup_s``). Peak RSS is the process's high-water mark right after the loracord run.
+Prints one JSON line. Run: ``.venv/bin/python bench/image_throughput.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# The repo root replaces this script's folder on the path: bench/ has modules named like stdlib ones.
+sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+
+def run_loracord(base: Path, data: Path, out: Path, args) -> dict:
+    from trainer.image.config import ImageTrainConfig
+    from trainer.image.train import train_image
+
+    config = ImageTrainConfig(data=[str(data)], out=str(out), base=str(base), steps=args.steps,
+                              resolution=args.resolution, batch_size=args.batch_size, rank=args.rank, lr=1e-4,
+                              augment=0.5, augment_variants=4, val_fraction=0, sample_every=0, sample_steps=2,
+                              sample_seeds=[0], min_image_side=16, precision=args.precision, seed=0)
+    result = train_image(config)
+    return {"steps_per_s": result.metrics["steps_per_s"], "setup_s": result.metrics["setup_time_s"],
+            "precision": result.metrics["precision"]}
+
+
+def run_baseline(base: Path, data: Path, args) -> float:
+    """The diffusers example's inner loop, on the same images, batch, rank and resolution."""
+    import torch
+    import torch.nn.functional as F
+    from diffusers import DDPMScheduler
+    from peft import LoraConfig
+
+    from trainer.image.data import DataLimits, load_images, normalize, resize_and_crop, to_tensor
+    from trainer.image.pipelines import load_pipeline
+
+    torch.manual_seed(0)
+    loaded = load_pipeline(base)
+    pipe = loaded.pipe
+    vae, text_encoder, unet, tokenizer = pipe.vae, pipe.text_encoder, pipe.unet, pipe.tokenizer
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    for module in (vae, text_encoder, unet):
+        module.requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=args.rank, lora_alpha=args.rank, init_lora_weights="gaussian",
+                                target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+    params = [p for p in unet.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    examples = load_images([data], instance_prompt="a photo of sks", limits=DataLimits(min_side=16)).examples
+    pixels = normalize(to_tensor([resize_and_crop(e.image, args.resolution)[0] for e in examples]))
+    input_ids = tokenizer([e.caption for e in examples], max_length=tokenizer.model_max_length, padding="max_length",
+                          truncation=True, return_tensors="pt").input_ids
+    generator = torch.Generator().manual_seed(0)
+
+    unet.train()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        idx = torch.randint(len(examples), (args.batch_size,), generator=generator)
+        batch = pixels[idx]
+        flip = torch.rand(args.batch_size, generator=generator) < 0.5  # transforms.RandomHorizontalFlip
+        batch = torch.where(flip[:, None, None, None], batch.flip(-1), batch)
+        latents = vae.encode(batch).latent_dist.sample() * vae.config.scaling_factor
+        noise = torch.randn_like(latents)
+        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (args.batch_size,)).long()
+        noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
+        encoder_hidden_states = text_encoder(input_ids[idx], return_dict=False)[0]
+        target = noise
+        model_pred = unet(noisy_latents, timesteps, encoder_hidden_states, return_dict=False)[0]
+        loss = F.mse_loss(model_pred.float(), target.float(), reduction="mean")
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad()
+    return args.steps / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--images", type=int, default=8)
+    parser.add_argument("--precision", default="auto", help="loracord's precision: auto, bf16 or fp32")
+    parser.add_argument("--repeats", type=int, default=1, help="alternate both loops this often, keep the best of each")
+    args = parser.parse_args()
+
+    import logging
+    import os
+
+    import torch
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    logging.disable(logging.WARNING)
+    from diffusers.utils import logging as dlogging
+    dlogging.disable_progress_bar()
+    from tests.image_fixtures import build_sd, write_image_folder
+
+    work = Path(tempfile.mkdtemp(prefix="loracord-bench-"))
+    try:
+        base = build_sd(work / "pipe", channels=(32, 64, 64))
+        data = write_image_folder(work / "data", count=args.images, size=(96, 80))
+        ours, baseline, peak_rss = [], [], None
+        for i in range(args.repeats):
+            ours.append(run_loracord(base, data, work / f"run{i}", args))
+            if peak_rss is None:
+                peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            baseline.append(run_baseline(base, data, args))
+        best = max(ours, key=lambda r: r["steps_per_s"])
+        line = {"steps_per_s": round(best["steps_per_s"], 3), "baseline_steps_per_s": round(max(baseline), 3),
+                "speedup": round(best["steps_per_s"] / max(baseline), 2), "peak_rss_mb": round(peak_rss, 1),
+                "setup_s": round(best["setup_s"], 2), "precision": best["precision"], "steps": args.steps,
+                "batch_size": args.batch_size, "resolution": args.resolution, "rank": args.rank,
+                "images": args.images, "augment": 0.5, "threads": torch.get_num_threads(),
+                "device": "cuda" if torch.cuda.is_available() else "cpu"}
+        print(json.dumps(line))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
