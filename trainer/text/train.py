@@ -98,6 +98,7 @@ def _setup(config: TextTrainConfig) -> _Setup:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
+    from ..memory import pin_mmap_threshold
     from ..models import load_causal_lm, resolve_base
     from .data import load_text_dataset
     from .packing import CHATML_TEMPLATE, encode
@@ -105,6 +106,7 @@ def _setup(config: TextTrainConfig) -> _Setup:
 
     if config.threads:
         torch.set_num_threads(config.threads)
+    pin_mmap_threshold()
     dataset = load_text_dataset(config.data, val_fraction=config.val_fraction, seed=config.seed)
     base_path = resolve_base(config.base)
     precision = pick_precision(config.precision)
