@@ -103,6 +103,14 @@ def test_search_prunes_the_absurd_rate_picks_the_best_and_trains_it_in_full(trai
     assert config["seq_len"] == 32 and (out / "best-run" / "adapter" / "adapter_model.safetensors").exists()
     assert result.full_val_loss == pytest.approx(result.best.val_loss, rel=1e-3)  # same settings, same seed
 
+    # run again once done: nothing is trained twice, the study and the full run are read back
+    written = (out / "best-run" / "metrics.json").stat().st_mtime_ns
+    again = tune("text", [text_file], out, base=str(trained_tiny), trials=6, preset="quick", settings=FAST, seed=0)
+    assert [(r.number, r.status, r.val_loss) for r in again.trials] == [(r.number, r.status, r.val_loss)
+                                                                        for r in result.trials]
+    assert again.full_val_loss == result.full_val_loss
+    assert (out / "best-run" / "metrics.json").stat().st_mtime_ns == written
+
 
 KILLED_SEARCH = """
 import sys

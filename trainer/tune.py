@@ -152,8 +152,8 @@ def tune(kind: Kind, data: Sequence[str | Path], out: str | Path, *, base: str |
     result.files = write_report(result, kind=kind, top_k=top_k)
     if full_run and best is not None:
         params = {**best.params, **({"steps": full_steps} if full_steps else {})}
-        trained = _full_run(kind, out / "best-run", fixed, probe, params, on_event, cancel)
-        result.full_run, result.full_val_loss = out / "best-run", trained.val_loss
+        result.full_val_loss = _full_run(kind, out / "best-run", fixed, probe, params, on_event, cancel)
+        result.full_run = out / "best-run"
     return result
 
 
@@ -531,13 +531,21 @@ def _train(kind: Kind, config, on_event: EventCallback, cancel: CancelToken):
     return train_image(config, on_event=on_event, cancel=cancel)
 
 
-def _full_run(kind: Kind, folder: Path, fixed: dict, probe: Probe, params: dict, on_event, cancel):
-    """Train the best parameters once more, with the data's own validation cadence, in ``folder``."""
+def _full_run(kind: Kind, folder: Path, fixed: dict, probe: Probe, params: dict, on_event, cancel) -> float | None:
+    """Train the best parameters once more, with the data's own validation cadence, in ``folder``.
+
+    Returns its best validation loss. A finished full run of the same settings (a search run
+    again after it ended) is kept; one of other settings is replaced; a cancelled one resumes.
+    """
     from .rundir import RunDir
 
     run = RunDir(folder)
+    settings = trial_settings(params, probe)
     resume = run.latest_checkpoint() is not None
     if run.metrics.exists() and not resume:
+        metrics = run.read_metrics()
+        if metrics.get("status") == "done" and all(metrics["config"].get(k) == v for k, v in settings.items()):
+            return metrics.get("best_val_loss")
         shutil.rmtree(folder)  # a previous search's full run; this one replaces it
-    config = _build_config(kind, {**fixed, **trial_settings(params, probe), "out": str(folder), "resume": resume})
-    return _train(kind, config, on_event or (lambda event: None), cancel or CancelToken(run.cancel_file))
+    config = _build_config(kind, {**fixed, **settings, "out": str(folder), "resume": resume})
+    return _train(kind, config, on_event, cancel).val_loss
