@@ -199,3 +199,15 @@ def test_cli_prints_the_table_as_trials_finish_and_the_best_trial(trained_tiny, 
     assert set(statuses) <= {"complete", "pruned", "failed"}
     assert any(line.startswith("best trial: #") for line in lines)
     assert not (out / "best-run").exists()
+
+
+def test_cli_presets_sized_to_the_data(tiny_llama, text_file):
+    done = subprocess.run([sys.executable, "-m", "loracord", "presets", "text", str(text_file), "--base", str(tiny_llama),
+                           "--set", "seq_len=32", "--set", "batch_size=2"],
+                          capture_output=True, text=True, timeout=600, cwd=Path(__file__).parent.parent,
+                          env={**os.environ, "COLUMNS": "200"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {line.split("│")[1].strip(): line for line in done.stdout.splitlines() if line.count("│") > 3}
+    assert {"quick", "balanced", "best"} <= set(rows)
+    assert "0.0002" in rows["balanced"] and "0.0003" in rows["quick"] and "0.0001" in rows["best"]
+    assert "training examples" in done.stdout

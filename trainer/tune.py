@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
 from .cancel import CancelToken
-from .errors import Cancelled, ConfigError, TrainingError, UserError
+from .errors import Cancelled, ConfigError, TrainingError
 from .events import EventCallback, ProgressEvent
 from .presets import Preset, preset_overrides
 
