@@ -35,6 +35,7 @@ async def run_playground(settings: Settings, bot_settings: BotSettings, *, port:
     bot = LoracordBot(settings, bot_settings)
     try:
         async with simcord.run(bot, check_errors=False, settle_timeout=30.0) as env:
+            await bot.user.edit(username="loracord")  # the simulated account, named as users will see it
             guild = env.create_guild(name="loracord playground")
             channel = guild.create_text_channel("training", topic="Start here: /session new, or /help")
             managers = guild.create_role("Managers", permissions=discord.Permissions(manage_guild=True))
