@@ -1,0 +1,311 @@
+"""Data efficiency: what N = 8, 32 or 128 Shakespeare passages buy, per training method.
+
+With the built-in ``smollm2-135m`` (or ``--base``), train on N short passages (2 to 4 lines
+of one speech, from Hamlet, Macbeth, King Lear and Othello) and measure perplexity on 60
+held-out passages from six *other* plays, for:
+
+- ``base``: the model untrained (one evaluation; it does not depend on N or the seed);
+- ``plain``: plain LoRA, fixed textbook settings: r=8, alpha=16, lr 2e-4, no dropout, no
+  augmentation, a fixed ``PLAIN_STEPS`` steps whatever N;
+- ``default``: loracord's default preset (``balanced``), every knob sized to the data by it;
+- ``tuned``: loracord after quick tries: ``trainer.tune.tune`` with ``--trials`` short trials,
+  run ONCE per N (on seed 0's passages), then its best settings trained on every seed.
+
+Every run uses seq_len 128, batch 4 and the trainer's own 10% validation split of the N
+passages (early stopping and best-adapter choice); the held-out plays are never seen. The
+seed picks the N passages and seeds the run. Each run also draws 5 samples of 48 tokens
+(prompts: speaker names from the training plays) and reports the share of their word 8-grams
+copied verbatim from its training passages (``bench/memorisation.py``).
+
+Every finished (method, N, seed) cell is cached as JSON under ``--out``, so a rerun skips it
+and the benchmark can be run in parts. Prints one JSON line with the table at the end and, with
+``--chart``, draws perplexity against N.
+
+    python bench/data_efficiency.py --ns 8 32 128 --seeds 0 1 2 --chart docs/data_efficiency.png
+    python bench/data_efficiency.py --quick          # a smoke run: N=8, one seed, a few steps
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+# bench/queue.py would shadow the standard library's queue module for scripts run from bench/.
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+from bench.memorisation import copied_share  # noqa: E402
+
+TRAIN_PLAYS = ("hamlet", "macbeth", "king-lear", "othello")
+HELDOUT_PLAYS = ("julius-caesar", "romeo-and-juliet", "the-tempest", "twelfth-night", "richard-iii",
+                 "as-you-like-it")
+HELDOUT_PER_PLAY = 10
+MIN_LINES, MAX_LINES = 2, 4
+PROMPTS = ("HAMLET:\n", "IAGO:\n", "OTHELLO:\n", "KING LEAR:\n", "MACBETH:\n")
+SAMPLE_TOKENS = 48
+SHAPE = {"seq_len": 128, "batch_size": 4}
+PLAIN = {"steps": 30, "rank": 8, "alpha": 16.0, "lr": 2e-4, "lora_dropout": 0.0, "augment": 0.0}
+METHODS = ("base", "plain", "default", "tuned")
+HELDOUT_SEED = 1234
+
+
+# --------------------------------------------------------------------------------------------
+# data: training passages from some plays, held-out passages from others
+
+
+def passages(play: str) -> list[str]:
+    """Speeches of ``play`` with MIN_LINES..MAX_LINES lines of verse (speaker line not counted)."""
+    from trainer.text.shakespeare import speeches
+
+    return [s for s in speeches(play) if MIN_LINES <= len(s.splitlines()) - 1 <= MAX_LINES]
+
+
+def select(n: int, seed: int, train_plays=TRAIN_PLAYS, heldout_plays=HELDOUT_PLAYS,
+           per_play: int = HELDOUT_PER_PLAY) -> tuple[list[str], list[str]]:
+    """(N training passages picked by ``seed``, the fixed held-out passages).
+
+    Raises ``ValueError`` when a play is in both lists: held-out figures must come from plays
+    the model never trained on.
+    """
+    shared = set(train_plays) & set(heldout_plays)
+    if shared:
+        raise ValueError(f"plays both trained on and held out: {', '.join(sorted(shared))}")
+    pool = [p for play in train_plays for p in passages(play)]
+    if n > len(pool):
+        raise ValueError(f"only {len(pool)} passages in {', '.join(train_plays)}; asked for {n}")
+    train = random.Random(seed).sample(pool, n)
+    rng = random.Random(HELDOUT_SEED)
+    heldout = [p for play in heldout_plays for p in rng.sample(passages(play), per_play)]
+    return train, heldout
+
+
+def write_passages(path: Path, texts: list[str]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n\n".join(texts) + "\n", encoding="utf-8")
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# one cell: train (or not), evaluate on held-out plays, sample, count copied 8-grams
+
+
+class Bench:
+    """The settings shared by every cell, and where cells are cached."""
+
+    def __init__(self, out: Path, base: str, threads: int, trials: int, max_steps: int | None, heldout_per_play: int):
+        self.out, self.base, self.threads, self.trials = out, base, threads, trials
+        self.max_steps, self.heldout_per_play = max_steps, heldout_per_play
+
+    def cell_path(self, method: str, n: int, seed: int) -> Path:
+        return self.out / "cells" / f"{method}-n{n}-s{seed}.json"
+
+    def data(self, n: int, seed: int) -> tuple[Path, Path, list[str]]:
+        train, heldout = select(n, seed, per_play=self.heldout_per_play)
+        return (write_passages(self.out / "data" / f"train-n{n}-s{seed}.txt", train),
+                write_passages(self.out / "data" / "heldout.txt", heldout), train)
+
+    def fixed(self) -> dict:
+        """Trainer settings every run shares; one 1-token prompt keeps the trainer's own sampling cheap."""
+        return {**SHAPE, "base": self.base, "threads": self.threads, "prompts": [PROMPTS[0]], "max_new_tokens": 1}
+
+    def cell(self, method: str, n: int, seed: int) -> dict:
+        path = self.cell_path(method, n, seed)
+        if path.exists():
+            return json.loads(path.read_text())
+        started = time.time()
+        train_path, heldout_path, train = self.data(n, seed)
+        if method == "base":
+            row = self._score_base(heldout_path, train, seed)
+        else:
+            settings = self.settings(method, n, train_path)
+            row = self._train_and_score(method, n, seed, train_path, heldout_path, train, settings)
+        row.update(method=method, n=n, seed=seed, seconds=round(time.time() - started, 1))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(row, indent=1))
+        print(json.dumps({k: row[k] for k in ("method", "n", "seed", "heldout_ppl", "copied_8gram_share",
+                                              "seconds")}), flush=True)
+        return row
+
+    def settings(self, method: str, n: int, train_path: Path) -> dict:
+        """The knobs a method sets; the default preset's are left to the trainer (None)."""
+        if method == "plain":
+            settings = dict(PLAIN)
+        elif method == "default":
+            settings = {}
+        else:
+            settings = self.tuned_params(n)
+        if self.max_steps:
+            settings["steps"] = min(settings.get("steps") or self.max_steps, self.max_steps)
+        return settings
+
+    def tuned_params(self, n: int) -> dict:
+        """Quick tries once per N, on seed 0's passages; the best trial's settings, cached."""
+        path = self.out / "cells" / f"tune-n{n}.json"
+        if path.exists():
+            return json.loads(path.read_text())["best_params"]
+        from trainer.tune import tune
+
+        started = time.time()
+        train_path, _, _ = self.data(n, 0)
+        fixed = self.fixed()
+        fixed.pop("base")
+        if self.max_steps:
+            fixed["steps"] = self.max_steps  # a capped smoke run does not search the step count
+        result = tune("text", [train_path], self.out / "tune" / f"n{n}", base=self.base, trials=self.trials,
+                      settings=fixed, seed=0, full_run=False)
+        best = dict(result.best_params)
+        if self.max_steps:
+            best["steps"] = self.max_steps
+        record = {"n": n, "best_params": best, "baseline": result.baseline, "steps_spent": result.steps_spent,
+                  "seconds": round(time.time() - started, 1),
+                  "trials": [{"number": r.number, "status": r.status, "params": r.params, "val_loss": r.val_loss,
+                              "steps": r.steps} for r in result.trials]}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=1))
+        return best
+
+    def _train_and_score(self, method, n, seed, train_path, heldout_path, train, settings) -> dict:
+        import shutil
+
+        from trainer.text.config import TextTrainConfig
+        from trainer.text.evaluate import evaluate
+        from trainer.text.sample import sample_run
+        from trainer.text.train import train_text
+
+        run_dir = self.out / "runs" / f"{method}-n{n}-s{seed}"
+        shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished run of an interrupted bench
+        config = TextTrainConfig.build(data=[str(train_path)], out=str(run_dir), seed=seed, **self.fixed(), **settings)
+        result = train_text(config)
+        scored = evaluate(data=heldout_path, run=run_dir, seq_len=SHAPE["seq_len"])
+        samples = [r["text"] for r in sample_run(run_dir, list(PROMPTS), seed=seed, max_new_tokens=SAMPLE_TOKENS)]
+        used = result.metrics["config"]
+        return {"heldout_loss": scored["loss"], "heldout_ppl": scored["perplexity"], "heldout_tokens": scored["tokens"],
+                "val_loss": result.val_loss, "steps_done": result.steps_done, "best_step": result.best_step,
+                "stop_reason": result.stop_reason, "n_train": result.metrics["data_report"]["n_train"],
+                "settings": {k: used[k] for k in ("steps", "rank", "alpha", "lr", "lora_dropout", "augment")},
+                "train_seconds": round(result.metrics.get("train_time_s", 0), 1),
+                "copied_8gram_share": copied_share(samples, train), "samples": samples}
+
+    def _score_base(self, heldout_path: Path, train: list[str], seed: int) -> dict:
+        from trainer.models import load_causal_lm, resolve_base
+        from trainer.text.evaluate import evaluate
+        from trainer.text.train import generate
+
+        scored = evaluate(data=heldout_path, base=self.base, seq_len=SHAPE["seq_len"])
+        model, tokenizer = load_causal_lm(resolve_base(self.base))
+        samples = generate(model, tokenizer, list(PROMPTS), SAMPLE_TOKENS, seed)
+        return {"heldout_loss": scored["loss"], "heldout_ppl": scored["perplexity"], "heldout_tokens": scored["tokens"],
+                "copied_8gram_share": copied_share(samples, train), "samples": samples}
+
+
+# --------------------------------------------------------------------------------------------
+# the table and the chart
+
+
+def summarise(cells: list[dict]) -> dict:
+    """{method: {N: {ppl_mean, ppl_sd, ppl_min, ppl_max, copied_mean, seeds, ...}}} over seeds."""
+    table: dict[str, dict[str, dict]] = {}
+    for method in METHODS:
+        for n in sorted({c["n"] for c in cells}):
+            rows = [c for c in cells if c["method"] == method and c["n"] == n]
+            if not rows:
+                continue
+            ppl = [r["heldout_ppl"] for r in rows]
+            copied = [r["copied_8gram_share"] for r in rows if r.get("copied_8gram_share") is not None]
+            entry = {"ppl_mean": statistics.fmean(ppl), "ppl_sd": statistics.stdev(ppl) if len(ppl) > 1 else 0.0,
+                     "ppl_min": min(ppl), "ppl_max": max(ppl), "seeds": sorted(r["seed"] for r in rows),
+                     "copied_mean": statistics.fmean(copied) if copied else None}
+            if method != "base":
+                entry["steps_mean"] = statistics.fmean(r["steps_done"] for r in rows)
+                entry["train_seconds_mean"] = statistics.fmean(r["train_seconds"] for r in rows)
+            table.setdefault(method, {})[str(n)] = entry
+    return table
+
+
+def plot(table: dict, path: Path) -> Path:
+    """Held-out perplexity against N (log scale), one line per method, error bars = 1 sd over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    for method, by_n in table.items():
+        ns = sorted(int(n) for n in by_n)
+        means = [by_n[str(n)]["ppl_mean"] for n in ns]
+        sds = [by_n[str(n)]["ppl_sd"] for n in ns]
+        style = {"linestyle": "--", "color": "grey"} if method == "base" else {"marker": "o", "capsize": 3}
+        ax.errorbar(ns, means, yerr=sds, label=method, **style)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted({int(n) for by_n in table.values() for n in by_n}))
+    ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.set_xlabel("training passages N")
+    ax.set_ylabel("held-out perplexity (other plays)")
+    ax.set_title("smollm2-135m on Shakespeare: perplexity vs. data")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def machine() -> dict:
+    import os
+
+    import torch
+
+    return {"cpus": os.cpu_count(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform()}
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ns", type=int, nargs="+", default=[8, 32, 128], help="training set sizes")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--base", default="smollm2-135m", help="base model reference")
+    parser.add_argument("--out", default="runs/bench/data-efficiency", help="cache and run folder")
+    parser.add_argument("--trials", type=int, default=4, help="quick tries per N for 'tuned'")
+    parser.add_argument("--max-steps", type=int, default=None, help="cap every run's steps (the preset's too)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--chart", type=Path, default=None, help="write the chart PNG here")
+    parser.add_argument("--quick", action="store_true", help="smoke run: N=8, seed 0, 3 steps, 2 trials")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.ns, args.seeds, args.trials, args.max_steps = [8], [0], 2, 3
+        args.out = args.out.rstrip("/") + "-quick"
+
+    bench = Bench(Path(args.out), args.base, args.threads, args.trials, args.max_steps,
+                  2 if args.quick else HELDOUT_PER_PLAY)
+    started = time.time()
+    cells = []
+    # Seed by seed, so an interrupted benchmark has every method at the same seeds.
+    for seed in args.seeds:
+        for n in args.ns:
+            for method in args.methods:
+                cells.append(bench.cell(method, n, 0 if method == "base" else seed) | {"n": n})
+    cells = [c for c in {(c["method"], c["n"], c["seed"]): c for c in cells}.values()]
+    table = summarise(cells)
+    if args.chart:
+        plot(table, args.chart)
+    report = {"bench": "data_efficiency", "base": args.base, "ns": args.ns, "seeds": args.seeds,
+              "trials": args.trials, "max_steps": args.max_steps, "machine": machine(),
+              "seconds": round(time.time() - started, 1), "table": table}
+    print(json.dumps(report))
+    return report
+
+
+if __name__ == "__main__":
+    main()
