@@ -8,7 +8,6 @@ import sys
 
 import pytest
 
-from tests.conftest import TINY_CORPUS
 
 
 def loracord(*args, cwd=None) -> subprocess.CompletedProcess:

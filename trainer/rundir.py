@@ -96,3 +96,37 @@ def write_json_atomic(path: Path, data: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
     os.replace(tmp, path)
+
+
+@dataclass
+class RunStart:
+    """A run folder opened for training: where to write, what to emit, when to stop."""
+
+    run: RunDir
+    config: Any  # the config to train with: on resume, the one the run started with
+    emit: Any  # EventCallback writing events.jsonl and calling the caller's callback
+    cancel: Any  # CancelToken
+    checkpoint: Path | None  # the checkpoint to resume from
+
+
+def start_run(config, on_event=None, cancel=None) -> RunStart:
+    """Open ``config.out`` for a text or image run; on ``resume``, reload the saved config.
+
+    A resumed run trains with the settings it started with (kept in each checkpoint), so
+    its batches, schedule and results are the ones an uninterrupted run would have had.
+    """
+    from .cancel import CancelToken
+    from .errors import ConfigError
+    from .events import JsonlEventLog, fan_out
+
+    run = RunDir.create(config.out, resume=config.resume)
+    cancel = cancel or CancelToken(run.cancel_file)
+    cancel.clear()
+    emit = fan_out(JsonlEventLog(run.events), on_event)
+    checkpoint = run.latest_checkpoint() if config.resume else None
+    if config.resume and checkpoint is None:
+        raise ConfigError(f"--resume given, but {run.root} has no checkpoint to resume from.")
+    if checkpoint is not None:
+        saved = json.loads((checkpoint / "state.json").read_text())["config"]
+        config = type(config)(**{**saved, "resume": True})
+    return RunStart(run, config, emit, cancel, checkpoint)

@@ -6,19 +6,14 @@ validation errors into one ``ConfigError`` that lists every bad field.
 
 from __future__ import annotations
 
-from typing import Literal
+from pydantic import Field, field_validator, model_validator
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
-from ..errors import ConfigError
-
-Precision = Literal["auto", "bf16", "fp16", "fp32"]
+from ..config import Precision, TrainConfig
 
 
-class ImageTrainConfig(BaseModel):
+class ImageTrainConfig(TrainConfig):
     """One LoRA fine-tuning run of a Stable Diffusion 1.x/2.x or SDXL pipeline on a few images."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     data: list[str] = Field(description="Image files, folders or zip archives (png/jpg/webp, optional captions).")
     out: str = Field(description="Run folder to write.")
@@ -90,14 +85,3 @@ class ImageTrainConfig(BaseModel):
     @property
     def lora_alpha(self) -> float:
         return self.alpha if self.alpha is not None else float(self.rank)
-
-    @classmethod
-    def build(cls, **kwargs) -> "ImageTrainConfig":
-        """Like the constructor, but raises ``ConfigError`` listing every bad field at once."""
-        from pydantic import ValidationError
-
-        try:
-            return cls(**kwargs)
-        except ValidationError as exc:
-            lines = [f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors()]
-            raise ConfigError("invalid training settings: " + "; ".join(lines)) from exc

@@ -16,7 +16,6 @@ All randomness of a step (batch, variant, noise, timesteps, caption dropout) com
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import shutil
@@ -27,8 +26,8 @@ from typing import Any
 
 from ..cancel import CancelToken
 from ..errors import Cancelled, ConfigError, TrainingError
-from ..events import EventCallback, JsonlEventLog, ProgressEvent, fan_out
-from ..rundir import RunDir
+from ..events import EventCallback, ProgressEvent
+from ..rundir import RunDir, start_run
 from .config import ImageTrainConfig
 
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -58,18 +57,8 @@ def train_image(config: ImageTrainConfig, on_event: EventCallback | None = None,
     ``TrainingError`` when the loss diverges or an export does not load back, and
     ``Cancelled`` (after writing a checkpoint) when ``cancel`` is set mid-run.
     """
-    run = RunDir.create(config.out, resume=config.resume)
-    cancel = cancel or CancelToken(run.cancel_file)
-    cancel.clear()
-    emit = fan_out(JsonlEventLog(run.events), on_event)
-    checkpoint = run.latest_checkpoint() if config.resume else None
-    if config.resume and checkpoint is None:
-        raise ConfigError(f"--resume given, but {run.root} has no checkpoint to resume from.")
-    if checkpoint is not None:
-        saved = json.loads((checkpoint / "state.json").read_text())["config"]
-        config = ImageTrainConfig(**{**saved, "resume": True})
-    setup = _setup(config)
-    return _fit(setup, run, emit, cancel, checkpoint)
+    start = start_run(config, on_event, cancel)
+    return _fit(_setup(start.config), start.run, start.emit, start.cancel, start.checkpoint)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,26 +1,20 @@
 """The settings of one text training run, validated once at the edge.
 
 Every field has a default and a description. Fields left as ``None`` are sized to the dataset
-by ``resolve_defaults`` once the data has been read (see ``trainer.text.presets``): a user
+by ``size_defaults`` once the data has been read (see ``trainer.text.presets``): a user
 only names what they want to change.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from pydantic import Field, field_validator, model_validator
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
-from ..errors import ConfigError
+from ..config import Precision, TrainConfig
 from ..presets import Preset
 
-Precision = Literal["auto", "bf16", "fp16", "fp32"]
 
-
-class TextTrainConfig(BaseModel):
+class TextTrainConfig(TrainConfig):
     """One LoRA fine-tuning run of a causal language model on a few texts."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     data: list[str] = Field(description="Dataset files (.txt, .md, .jsonl, .csv).")
     out: str = Field(description="Run folder to write.")
@@ -78,14 +72,3 @@ class TextTrainConfig(BaseModel):
         if problems:
             raise ValueError("; ".join(problems))
         return self
-
-    @classmethod
-    def build(cls, **kwargs) -> "TextTrainConfig":
-        """Like the constructor, but raises ``ConfigError`` listing every bad field at once."""
-        from pydantic import ValidationError
-
-        try:
-            return cls(**kwargs)
-        except ValidationError as exc:
-            lines = [f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors()]
-            raise ConfigError("invalid training settings: " + "; ".join(lines)) from exc

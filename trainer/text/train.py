@@ -18,8 +18,8 @@ from typing import Any, Iterator
 
 from ..cancel import CancelToken
 from ..errors import Cancelled, ConfigError, TrainingError
-from ..events import EventCallback, JsonlEventLog, ProgressEvent, fan_out
-from ..rundir import RunDir
+from ..events import EventCallback, ProgressEvent
+from ..rundir import RunDir, start_run
 from .config import TextTrainConfig
 
 # Attention projections per architecture; anything else falls back to peft's own defaults.
@@ -61,20 +61,8 @@ def train_text(config: TextTrainConfig, on_event: EventCallback | None = None,
     Raises ``DataError``/``ModelError``/``ConfigError`` for bad input before any training,
     and ``Cancelled`` (after writing a checkpoint) when ``cancel`` is set mid-run.
     """
-    run = RunDir.create(config.out, resume=config.resume)
-    cancel = cancel or CancelToken(run.cancel_file)
-    cancel.clear()
-    emit = fan_out(JsonlEventLog(run.events), on_event)
-    checkpoint = run.latest_checkpoint() if config.resume else None
-    if config.resume and checkpoint is None:
-        raise ConfigError(f"--resume given, but {run.root} has no checkpoint to resume from.")
-    if checkpoint is not None:
-        import json
-
-        saved = json.loads((checkpoint / "state.json").read_text())["config"]
-        config = TextTrainConfig(**{**saved, "resume": True})
-    setup = _setup(config)
-    return _fit(setup, run, emit, cancel, checkpoint)
+    start = start_run(config, on_event, cancel)
+    return _fit(_setup(start.config), start.run, start.emit, start.cancel, start.checkpoint)
 
 
 # --------------------------------------------------------------------------------------------

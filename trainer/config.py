@@ -1,0 +1,29 @@
+"""What every training config shares: strict fields and one error listing every bad field."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .errors import ConfigError
+
+Precision = Literal["auto", "bf16", "fp16", "fp32"]
+
+
+class TrainConfig(BaseModel):
+    """Base of ``TextTrainConfig`` and ``ImageTrainConfig``: unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    out: str
+    resume: bool = False
+
+    @classmethod
+    def build(cls, **kwargs):
+        """Like the constructor, but raises ``ConfigError`` listing every bad field at once."""
+        try:
+            return cls(**kwargs)
+        except ValidationError as exc:
+            lines = [f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors()]
+            raise ConfigError("invalid training settings: " + "; ".join(lines)) from exc
