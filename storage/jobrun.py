@@ -48,19 +48,21 @@ def main(argv: list[str]) -> int:
 def run_job(kind: str, config: dict, run: RunDir, *, resume: bool) -> dict:
     """Run one job of ``kind`` in ``run``; returns what goes into result.json."""
     cancel = CancelToken(run.cancel_file)
+    # A retried job whose first attempt died before its first checkpoint starts over.
+    resume = resume and run.latest_checkpoint() is not None
     if kind in ("noop", "sleep"):
         return run_sleep(config, run, resume=resume, cancel=cancel)
     if kind == "train_text":
         from trainer.text.config import TextTrainConfig
         from trainer.text.train import train_text
 
-        result = train_text(TextTrainConfig(**{**config, "out": str(run.root), "resume": resume}), cancel=cancel)
+        result = train_text(TextTrainConfig.build(**{**config, "out": str(run.root), "resume": resume}), cancel=cancel)
         return _train_result(result)
     if kind == "train_image":
         from trainer.image.config import ImageTrainConfig
         from trainer.image.train import train_image
 
-        result = train_image(ImageTrainConfig(**{**config, "out": str(run.root), "resume": resume}), cancel=cancel)
+        result = train_image(ImageTrainConfig.build(**{**config, "out": str(run.root), "resume": resume}), cancel=cancel)
         return _train_result(result)
     raise UserError(f"job kind {kind!r} cannot run in a worker yet")
 

@@ -61,7 +61,7 @@ def _wait_port(port: int, timeout: float = 10) -> None:
     raise TimeoutError(f"redis-server did not open port {port}")
 
 
-def tick_until(queue: JobQueue, done: Callable[[], bool], *, timeout: float = 60, every: float = 0.05,
+def tick_until(queue: JobQueue, done: Callable[[], bool], *, timeout: float = 180, every: float = 0.05,
                what: str = "condition") -> None:
     """Tick the queue (as the bot does) until ``done()`` or fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

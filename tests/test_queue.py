@@ -158,7 +158,7 @@ def test_a_dispatched_task_that_vanished_is_requeued(queue, settings):
 
 def test_end_to_end_with_a_consumer(queue, worker):
     jobs = [queue.submit("sleep", {"steps": 4, "checkpoint_every": 2, "seed": i}, user_id=i) for i in range(3)]
-    tick_until(queue, lambda: all(queue.db.get_job(j.id).finished for j in jobs), timeout=90, what="3 jobs")
+    tick_until(queue, lambda: all(queue.db.get_job(j.id).finished for j in jobs), timeout=300, what="3 jobs")
     for job in jobs:
         job = queue.db.get_job(job.id)
         assert job.status == "done", job.error

@@ -44,7 +44,7 @@ def test_two_workers_share_the_jobs(settings, tmp_path):
     workers = [start_machine(settings, f"gpu{i}", tmp_path) for i in (1, 2)]
     try:
         jobs = [queue.submit("sleep", {"steps": 10, "step_s": 0.1, "seed": i}) for i in range(4)]
-        tick_until(queue, lambda: all(queue.db.get_job(j.id).finished for j in jobs), timeout=120, what="4 jobs")
+        tick_until(queue, lambda: all(queue.db.get_job(j.id).finished for j in jobs), timeout=300, what="4 jobs")
         done = [queue.db.get_job(j.id) for j in jobs]
         assert [j.status for j in done] == ["done"] * 4
         assert len({j.worker for j in done}) == 2  # both machines ran jobs
@@ -67,7 +67,7 @@ def test_a_job_moves_to_the_other_machine_when_its_worker_dies(settings, tmp_pat
         os.kill(first.pid, signal.SIGKILL)
         first.wait()
         second = start_machine(settings, "gpu2", tmp_path)
-        tick_until(queue, lambda: queue.db.get_job(job.id).finished, timeout=90, what="the moved job")
+        tick_until(queue, lambda: queue.db.get_job(job.id).finished, timeout=300, what="the moved job")
         job = queue.db.get_job(job.id)
         assert job.status == "done" and job.worker.endswith(f":{second.pid}")
         starts = queue.db.list_events(job.id, kind="start")
