@@ -64,7 +64,31 @@ def run_job(kind: str, config: dict, run: RunDir, *, resume: bool) -> dict:
 
         result = train_image(ImageTrainConfig.build(**{**config, "out": str(run.root), "resume": resume}), cancel=cancel)
         return _train_result(result)
+    if kind == "tune":
+        return run_tune(config, run, cancel=cancel)
     raise UserError(f"job kind {kind!r} cannot run in a worker yet")
+
+
+def run_tune(config: dict, run: RunDir, *, cancel: CancelToken) -> dict:
+    """Quick tries in ``RUN/tune`` (the Optuna study resumes there on a retry), then the best
+    run's adapter, metrics, chart and samples are put where a training job's would be, so the
+    worker publishes them like any run's."""
+    import shutil
+
+    from trainer.tune import tune
+
+    spec = dict(config)
+    kind, data = spec.pop("kind", "text"), spec.pop("data")
+    result = tune(kind, data, run.root / "tune", cancel=cancel, on_event=JsonlEventLog(run.events), **spec)
+    if result.full_run is not None:
+        best = RunDir(result.full_run)
+        shutil.rmtree(run.adapter, ignore_errors=True)
+        shutil.copytree(best.adapter, run.adapter)
+        for name in ("metrics.json", "loss.png", "samples.json"):
+            if (best.root / name).is_file():
+                shutil.copy2(best.root / name, run.root / name)
+    return {"status": "done", "best_params": result.best_params, "val_loss": result.full_val_loss,
+            "trials": [{"number": t.number, "status": t.status, "val_loss": t.val_loss} for t in result.trials]}
 
 
 def _train_result(result) -> dict:

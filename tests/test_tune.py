@@ -211,3 +211,24 @@ def test_cli_presets_sized_to_the_data(tiny_llama, text_file):
     assert {"quick", "balanced", "best"} <= set(rows)
     assert "0.0002" in rows["balanced"] and "0.0003" in rows["quick"] and "0.0001" in rows["best"]
     assert "training examples" in done.stdout
+
+
+def test_a_tune_job_publishes_the_best_run_like_a_training_job(trained_tiny, text_file, tmp_path):
+    """The queue's job runner (storage.jobrun) runs a `tune` job as the bot queues it."""
+    from storage.jobrun import run_job
+    from trainer.rundir import RunDir
+
+    run = RunDir(tmp_path / "job")
+    run.root.mkdir()
+    config = {"kind": "text", "data": [str(text_file)], "base": str(trained_tiny), "trials": 2, "preset": "quick",
+              "settings": FAST}
+    result = run_job("tune", config, run, resume=False)
+    assert result["status"] == "done" and len(result["trials"]) == 2
+    assert (run.adapter / "adapter_model.safetensors").exists()
+    metrics = json.loads(run.metrics.read_text())
+    best = json.loads((run.root / "tune" / "best.json").read_text())
+    for key, value in result["best_params"].items():
+        if key in metrics["config"]:
+            assert metrics["config"][key] == value
+    assert (run.root / "samples.json").exists() and (run.root / "events.jsonl").stat().st_size > 0
+    assert best
