@@ -327,6 +327,8 @@ class Services:
         except ValidationError as exc:
             problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
             raise Refusal(f"Those settings do not work: {problems}. Change them and try again.") from None
+        # Workers on other machines fetch the files from the shared blob store by these hashes.
+        config["data_blobs"] = [[item.blob_hash, item.filename or "file"] for item in items]
         return config
 
     def start_training(self, session: Session, actor: Actor, preset: str, overrides: dict) -> Submitted:
@@ -338,9 +340,9 @@ class Services:
         """Queue a ``tune`` job whose config is ``trainer.tune.tune``'s keyword arguments."""
         self.check_can_train(session, actor)
         config = self.train_config(session, "quick", {"steps": steps})
-        fixed = {k: v for k, v in config.items() if k not in ("data", "base", "preset")}
-        spec = {"kind": session.kind, "data": config["data"], "base": config["base"], "trials": trials,
-                "preset": "quick", "settings": fixed}
+        fixed = {k: v for k, v in config.items() if k not in ("data", "data_blobs", "base", "preset")}
+        spec = {"kind": session.kind, "data": config["data"], "data_blobs": config["data_blobs"],
+                "base": config["base"], "trials": trials, "preset": "quick", "settings": fixed}
         return self._submit("tune", spec, session, actor)
 
     def _submit(self, kind: str, config: dict, session: Session, actor: Actor) -> Submitted:

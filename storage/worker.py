@@ -60,7 +60,8 @@ def execute_job(spec: dict, settings: Settings, *, channel: Channel | None = Non
     # machine); an attempt lost before its first checkpoint starts over.
     resume = run.latest_checkpoint() is not None
     spec_path = run.root / "job.json"
-    write_json_atomic(spec_path, {**spec, "run_dir": str(run.root), "resume": resume})
+    config = fetch_dataset(blobs, run, spec["config"])
+    write_json_atomic(spec_path, {**spec, "config": config, "run_dir": str(run.root), "resume": resume})
     reporter.skip_existing_events()
 
     with (run.root / "job.log").open("ab") as job_log:
@@ -239,6 +240,26 @@ class Reporter:
                     out["samples"].append({"blob": self.blobs.put_bytes(text.encode()), "prompt": row.get("prompt"),
                                            "seed": self.seed, "kind": "text"})
         return out
+
+
+def fetch_dataset(blobs: BlobStore, run: RunDir, config: dict) -> dict:
+    """Fetch a job's dataset from the blob store into ``RUN/data`` and point ``data`` at it.
+
+    The bot names the dataset by blob hashes (``data_blobs``: ``[[sha256, filename], ...]``)
+    so that a worker on another machine, sharing only the blob store, can train on it. Files
+    keep their names (the extension decides how a file is read) and their order.
+    """
+    refs = config.get("data_blobs")
+    if not refs:
+        return config
+    folder = run.root / "data"
+    paths = []
+    for index, (digest, name) in enumerate(refs):
+        path = folder / f"{index:04d}-{Path(name).name or 'file'}"
+        if not path.exists():
+            blobs.get_file(digest, path)
+        paths.append(str(path))
+    return {**{k: v for k, v in config.items() if k != "data_blobs"}, "data": paths}
 
 
 def _sample_kind(name: str) -> str:

@@ -51,6 +51,10 @@ async def test_two_members_train_vote_sample_and_export(world, tiny_llama):
     await pump_until(w.env, lambda: db.get_job(1).finished, timeout=240, what="the training job")
     job = db.get_job(1)
     assert job.status == "done", job.error
+    # the worker trained on files it fetched from the blob store by hash, not on the bot's copies
+    assert [h for h, _ in job.config["data_blobs"]] == [i.blob_hash for i in db.list_dataset_items(job.session_id)]
+    fetched = sorted((w.env.bot.services.settings.run_root / "job-1" / "data").iterdir())
+    assert len(fetched) == len(job.config["data_blobs"]) and all(p.stat().st_size > 0 for p in fetched)
 
     progress = next(m for m in thread.history() if m.id == started.response.id)
     fields = embed_fields(progress)

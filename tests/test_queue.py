@@ -6,6 +6,8 @@ a run folder like a trainer does, honours RUN/CANCEL and resumes from its checkp
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from storage.blobs import BlobStore
@@ -223,3 +225,22 @@ def test_a_text_training_job_through_the_consumer(queue, worker, tiny_llama, tex
     assert {"metrics.json", "loss.png", "samples.json"} <= set(job.result["files"])
     [sample] = queue.db.list_samples(job_id=job.id)
     assert (sample.prompt, sample.kind) == ("To be", "text") and blobs.get_bytes(sample.blob_hash)
+
+
+def test_a_worker_fetches_the_dataset_from_the_blob_store(tmp_path):
+    """Jobs name their files by blob hash, so a worker that shares only the blob store can train."""
+    from storage.blobs import BlobStore
+    from storage.worker import fetch_dataset
+    from trainer.rundir import RunDir
+
+    blobs = BlobStore(str(tmp_path / "blobs"))
+    first, second = blobs.put_bytes(b"one\n\ntwo\n"), blobs.put_bytes(b'{"text": "three"}\n')
+    run = RunDir(tmp_path / "job-1")
+    config = {"data": ["/on/the/bot/machine/a.txt"], "data_blobs": [[first, "a.txt"], [second, "../b.jsonl"]],
+              "steps": 3}
+    fetched = fetch_dataset(blobs, run, config)
+    assert "data_blobs" not in fetched and fetched["steps"] == 3
+    assert [Path(p).name for p in fetched["data"]] == ["0000-a.txt", "0001-b.jsonl"]
+    assert all(Path(p).parent == run.root / "data" for p in fetched["data"])
+    assert Path(fetched["data"][1]).read_bytes() == b'{"text": "three"}\n'
+    assert fetch_dataset(blobs, run, {"data": ["x.txt"]}) == {"data": ["x.txt"]}
