@@ -8,8 +8,9 @@ held-out passages from six *other* plays, for:
 - ``plain``: plain LoRA, fixed textbook settings: r=8, alpha=16, lr 2e-4, no dropout, no
   augmentation, a fixed ``PLAIN_STEPS`` steps whatever N;
 - ``default``: loracord's default preset (``balanced``), every knob sized to the data by it;
-- ``tuned``: loracord after quick tries: ``trainer.tune.tune`` with ``--trials`` short trials,
-  run ONCE per N (on seed 0's passages), then its best settings trained on every seed.
+- ``tuned``: loracord after quick tries: ``trainer.tune.tune`` with ``--trials`` short trials
+  (and at most ``--tune-minutes``), run ONCE per N (on seed 0's passages), then its best
+  settings trained on every seed.
 
 Every run uses seq_len 128, batch 4 and the trainer's own 10% validation split of the N
 passages (early stopping and best-adapter choice); the held-out plays are never seen. The
@@ -99,9 +100,10 @@ def write_passages(path: Path, texts: list[str]) -> Path:
 class Bench:
     """The settings shared by every cell, and where cells are cached."""
 
-    def __init__(self, out: Path, base: str, threads: int, trials: int, max_steps: int | None, heldout_per_play: int):
-        self.out, self.base, self.threads, self.trials = out, base, threads, trials
-        self.max_steps, self.heldout_per_play = max_steps, heldout_per_play
+    def __init__(self, out: Path, base: str, threads: int, trials: int, max_steps: int | None, heldout_per_play: int,
+                 sample_seeds: tuple[int, ...] = (0,), tune_minutes: float | None = None):
+        self.out, self.base, self.threads, self.trials, self.tune_minutes = out, base, threads, trials, tune_minutes
+        self.max_steps, self.heldout_per_play, self.sample_seeds = max_steps, heldout_per_play, tuple(sample_seeds)
 
     def cell_path(self, method: str, n: int, seed: int) -> Path:
         return self.out / "cells" / f"{method}-n{n}-s{seed}.json"
@@ -122,7 +124,7 @@ class Bench:
         started = time.time()
         train_path, heldout_path, train = self.data(n, seed)
         if method == "base":
-            row = self._score_base(heldout_path, train, seed)
+            row = self._score_base(heldout_path, train)
         else:
             settings = self.settings(method, n, train_path)
             row = self._train_and_score(method, n, seed, train_path, heldout_path, train, settings)
@@ -159,7 +161,7 @@ class Bench:
         if self.max_steps:
             fixed["steps"] = self.max_steps  # a capped smoke run does not search the step count
         result = tune("text", [train_path], self.out / "tune" / f"n{n}", base=self.base, trials=self.trials,
-                      settings=fixed, seed=0, full_run=False)
+                      budget_minutes=self.tune_minutes, settings=fixed, seed=0, full_run=False)
         best = dict(result.best_params)
         if self.max_steps:
             best["steps"] = self.max_steps
@@ -184,7 +186,9 @@ class Bench:
         config = TextTrainConfig.build(data=[str(train_path)], out=str(run_dir), seed=seed, **self.fixed(), **settings)
         result = train_text(config)
         scored = evaluate(data=heldout_path, run=run_dir, seq_len=SHAPE["seq_len"])
-        samples = [r["text"] for r in sample_run(run_dir, list(PROMPTS), seed=seed, max_new_tokens=SAMPLE_TOKENS)]
+        samples = []
+        if seed in self.sample_seeds:  # sampling 5 x 48 tokens costs about as much as 8 training steps on CPU
+            samples = [r["text"] for r in sample_run(run_dir, list(PROMPTS), seed=seed, max_new_tokens=SAMPLE_TOKENS)]
         used = result.metrics["config"]
         return {"heldout_loss": scored["loss"], "heldout_ppl": scored["perplexity"], "heldout_tokens": scored["tokens"],
                 "val_loss": result.val_loss, "steps_done": result.steps_done, "best_step": result.best_step,
@@ -193,16 +197,23 @@ class Bench:
                 "train_seconds": round(result.metrics.get("train_time_s", 0), 1),
                 "copied_8gram_share": copied_share(samples, train), "samples": samples}
 
-    def _score_base(self, heldout_path: Path, train: list[str], seed: int) -> dict:
-        from trainer.models import load_causal_lm, resolve_base
-        from trainer.text.evaluate import evaluate
-        from trainer.text.train import generate
+    def _score_base(self, heldout_path: Path, train: list[str]) -> dict:
+        """The untrained model: evaluated and sampled once (seed 0), its copy share counted against ``train``."""
+        path = self.out / "cells" / "base.json"
+        if path.exists():
+            scored = json.loads(path.read_text())
+        else:
+            from trainer.models import load_causal_lm, resolve_base
+            from trainer.text.evaluate import evaluate
+            from trainer.text.train import generate
 
-        scored = evaluate(data=heldout_path, base=self.base, seq_len=SHAPE["seq_len"])
-        model, tokenizer = load_causal_lm(resolve_base(self.base))
-        samples = generate(model, tokenizer, list(PROMPTS), SAMPLE_TOKENS, seed)
+            scored = evaluate(data=heldout_path, base=self.base, seq_len=SHAPE["seq_len"])
+            model, tokenizer = load_causal_lm(resolve_base(self.base))
+            scored["samples"] = generate(model, tokenizer, list(PROMPTS), SAMPLE_TOKENS, 0)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(scored, indent=1))
         return {"heldout_loss": scored["loss"], "heldout_ppl": scored["perplexity"], "heldout_tokens": scored["tokens"],
-                "copied_8gram_share": copied_share(samples, train), "samples": samples}
+                "copied_8gram_share": copied_share(scored["samples"], train), "samples": scored["samples"]}
 
 
 # --------------------------------------------------------------------------------------------
@@ -258,6 +269,26 @@ def plot(table: dict, path: Path) -> Path:
     return path
 
 
+def markdown(table: dict) -> str:
+    """The table as Markdown: held-out perplexity mean ± sd (seeds), and the copied 8-gram share."""
+    ns = sorted({int(n) for by_n in table.values() for n in by_n})
+    lines = ["| method | " + " | ".join(f"N={n}" for n in ns) + " |", "| --- |" + " --- |" * len(ns)]
+    for method, by_n in table.items():
+        cells = []
+        for n in ns:
+            e = by_n.get(str(n))
+            cells.append("–" if e is None else f"{e['ppl_mean']:.1f} ± {e['ppl_sd']:.1f} ({len(e['seeds'])})")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines += ["", "| method | " + " | ".join(f"N={n}" for n in ns) + " |", "| --- |" + " --- |" * len(ns)]
+    for method, by_n in table.items():
+        cells = []
+        for n in ns:
+            e = by_n.get(str(n))
+            cells.append("–" if e is None or e["copied_mean"] is None else f"{100 * e['copied_mean']:.1f}%")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def machine() -> dict:
     import os
 
@@ -278,9 +309,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--base", default="smollm2-135m", help="base model reference")
     parser.add_argument("--out", default="runs/bench/data-efficiency", help="cache and run folder")
     parser.add_argument("--trials", type=int, default=4, help="quick tries per N for 'tuned'")
+    parser.add_argument("--tune-minutes", type=float, default=None,
+                        help="time budget of each N's quick tries (loracord tune --budget-minutes)")
     parser.add_argument("--max-steps", type=int, default=None, help="cap every run's steps (the preset's too)")
+    parser.add_argument("--sample-seeds", type=int, nargs="+", default=[0],
+                        help="seeds whose runs draw samples for the 8-gram copy check")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--chart", type=Path, default=None, help="write the chart PNG here")
+    parser.add_argument("--markdown", action="store_true", help="also print the tables as Markdown")
     parser.add_argument("--quick", action="store_true", help="smoke run: N=8, seed 0, 3 steps, 2 trials")
     args = parser.parse_args(argv)
     if args.quick:
@@ -288,21 +324,24 @@ def main(argv: list[str] | None = None) -> dict:
         args.out = args.out.rstrip("/") + "-quick"
 
     bench = Bench(Path(args.out), args.base, args.threads, args.trials, args.max_steps,
-                  2 if args.quick else HELDOUT_PER_PLAY)
+                  2 if args.quick else HELDOUT_PER_PLAY, args.sample_seeds, args.tune_minutes)
     started = time.time()
     cells = []
-    # Seed by seed, so an interrupted benchmark has every method at the same seeds.
-    for seed in args.seeds:
-        for n in args.ns:
+    # Small N first and every seed of an N before the next N: cheap rows complete early, and an
+    # interrupted benchmark has every method of a row at the same seeds.
+    for n in args.ns:
+        for seed in args.seeds:
             for method in args.methods:
-                cells.append(bench.cell(method, n, 0 if method == "base" else seed) | {"n": n})
+                cells.append(bench.cell(method, n, 0 if method == "base" else seed))
     cells = [c for c in {(c["method"], c["n"], c["seed"]): c for c in cells}.values()]
     table = summarise(cells)
     if args.chart:
         plot(table, args.chart)
     report = {"bench": "data_efficiency", "base": args.base, "ns": args.ns, "seeds": args.seeds,
-              "trials": args.trials, "max_steps": args.max_steps, "machine": machine(),
+              "trials": args.trials, "tune_minutes": args.tune_minutes, "max_steps": args.max_steps, "machine": machine(),
               "seconds": round(time.time() - started, 1), "table": table}
+    if args.markdown:
+        print(markdown(table))
     print(json.dumps(report))
     return report
 

@@ -12,7 +12,7 @@ Run as a script it does the image check on a tiny local SD pipeline (random weig
 way the tests build it; there is no pretrained diffusion model offline) trained on a few
 pattern images, and prints one JSON line:
 
-    python bench/memorisation.py [--steps 150] [--out runs/bench/memorisation]
+    python bench/memorisation.py [--steps 300] [--out runs/bench/memorisation]
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 NGRAM = 8
+SAMPLE_STEPS = 20
 _WORD = re.compile(r"[a-z']+")
 
 
@@ -74,7 +75,10 @@ def split_grid(path: Path, side: int) -> list:
     """Cut a sample grid written by ``trainer.image.sample`` back into its images."""
     from PIL import Image
 
-    grid = Image.open(path).convert("RGB")
+    return split_grid_image(Image.open(path).convert("RGB"), side)
+
+
+def split_grid_image(grid, side: int) -> list:
     return [grid.crop((x, y, x + side, y + side)) for y in range(0, grid.height, side)
             for x in range(0, grid.width, side)]
 
@@ -84,7 +88,8 @@ def image_check(out: Path, *, steps: int, n_train: int = 6, n_heldout: int = 6, 
     """Train the tiny SD pipeline on ``n_train`` patterns, sample, and measure nearest-neighbour distances."""
     from tests.image_fixtures import RESOLUTION, build_sd, pattern_image
     from trainer.image.config import ImageTrainConfig
-    from trainer.image.sample import sample_run
+    from trainer.image.pipelines import load_pipeline
+    from trainer.image.sample import sample_grid, sample_run
     from trainer.image.train import train_image
 
     out.mkdir(parents=True, exist_ok=True)
@@ -101,20 +106,26 @@ def image_check(out: Path, *, steps: int, n_train: int = 6, n_heldout: int = 6, 
     prompt = "a photo of sks pattern"
     config = ImageTrainConfig(data=[str(data)], out=str(out / "run"), base=str(pipe), instance_prompt=prompt,
                               resolution=RESOLUTION, steps=steps, batch_size=2, rank=8, lr=1e-3, augment=0.0,
-                              val_fraction=0.2, patience=0, sample_every=0, sample_seeds=[0], sample_steps=4,
+                              val_fraction=0.0, patience=0, sample_every=0, sample_seeds=[0], sample_steps=4,
                               threads=threads, seed=0)
     result = train_image(config)
-    grid = sample_run(result.run_dir, [prompt], seed=0, count=n_samples, steps=20)[0]
+    grid = sample_run(result.run_dir, [prompt], seed=0, count=n_samples, steps=SAMPLE_STEPS)[0]
     samples = split_grid(grid, RESOLUTION)
-    n_fit = result.metrics.get("data_report", {}).get("n_train") if isinstance(result.metrics, dict) else None
-    return {"pipeline": "tiny SD 1.x, random weights, 32 px", "train_images": n_train, "heldout_images": n_heldout,
-            "trained_on": n_fit, "steps": result.steps_done, "val_loss": result.val_loss,
-            **nearest_distances(samples, train, heldout), "seconds": round(time.time() - started, 1)}
+    # the same prompt and seeds through the untrained pipeline: where samples fall without the adapter
+    loaded = load_pipeline(pipe)
+    before = sample_grid(loaded, [prompt], list(range(n_samples)), resolution=RESOLUTION, steps=SAMPLE_STEPS,
+                         guidance_scale=config.guidance_scale)
+    report = result.metrics["data_report"]
+    return {"pipeline": "tiny SD 1.x, random weights, 32 px", "trained_on": report.get("train_images"),
+            "heldout_images": n_heldout, "steps": result.steps_done,
+            "adapter": nearest_distances(samples, train, heldout),
+            "untrained": nearest_distances(split_grid_image(before, RESOLUTION), train, heldout),
+            "seconds": round(time.time() - started, 1)}
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=150, help="optimizer steps of the image run")
+    parser.add_argument("--steps", type=int, default=300, help="optimizer steps of the image run")
     parser.add_argument("--out", default="runs/bench/memorisation", help="working folder")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)

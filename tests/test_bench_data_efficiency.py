@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from bench.data_efficiency import HELDOUT_PLAYS, TRAIN_PLAYS, Bench, main, plot, select, summarise
+from bench.data_efficiency import HELDOUT_PLAYS, TRAIN_PLAYS, Bench, main, markdown, plot, select, summarise
 from bench.memorisation import copied_share, nearest_distances
 
 
@@ -60,6 +60,7 @@ def test_summary_and_chart(tmp_path):
     assert table["plain"]["8"]["ppl_mean"] == pytest.approx(21.0)
     assert table["plain"]["8"]["ppl_sd"] == pytest.approx(1.0)
     assert plot(table, tmp_path / "chart.png").stat().st_size > 1000
+    assert "| plain | 21.0 ± 1.0 (3) | 21.0 ± 1.0 (3) |" in markdown(table)
 
 
 def test_quick_run_end_to_end(tiny_llama, tmp_path, capsys):
