@@ -60,16 +60,25 @@ async def test_public_join_and_leave(world):
     assert owner.ephemeral and "owner cannot leave" in owner.response.content
 
 
-async def test_private_sessions_need_an_invitation(world):
+async def test_private_sessions_live_in_a_private_thread_joined_by_invitation(world):
+    import discord
+    from simcord.backend.errors import BackendError
+
     _, thread = await new_session(world, visibility="private")
-    refused = await world.bob.slash(thread, "session join")
-    assert refused.ephemeral and "private" in refused.response.content and world.alice.mention in refused.response.content
-    not_owner = await world.carol.slash(thread, "session settings", invite=world.bob)
-    assert not_owner.ephemeral and "Only the session's owner" in not_owner.response.content
-    invited = await world.alice.slash(thread, "session settings", invite=world.bob)
-    assert f"{world.bob.mention} is invited" in invited.response.content
+    seen = world.env.bot.get_channel(thread.id)  # the thread as the bot's discord.py cache has it
+    assert seen.type is discord.ChannelType.private_thread  # members who were not added do not see it
+    assert {m.id for m in seen.members} == {world.alice.id}
+    with pytest.raises(BackendError, match="Missing Access"):
+        await world.bob.slash(thread, "session join")
+    not_owner = await world.alice.slash(thread, "session settings", invite=world.bob)
+    assert f"{world.bob.mention} is invited" in not_owner.response.content
+    assert world.bob.id in {m.id for m in seen.members}
+    stranger = await world.bob.slash(thread, "session settings", invite=world.carol)
+    assert stranger.ephemeral and "Only the session's owner" in stranger.response.content
     joined = await world.bob.slash(thread, "session join")
     assert "joined session #1" in joined.response.content
+    removed = await world.alice.slash(thread, "session settings", remove=world.bob)
+    assert f"{world.bob.mention} was removed" in removed.response.content and world.bob.id not in {m.id for m in seen.members}
 
 
 async def test_settings_change_visibility_and_model(world):

@@ -82,8 +82,13 @@ class SessionCog(commands.GroupCog, group_name="session", group_description="Tra
             return
         base = await self.bot.db(self.svc.check_model, interaction.guild_id, kind, base_model)
         await interaction.response.defer(thinking=True)
-        thread = await channel.create_thread(name=title, type=discord.ChannelType.public_thread,
-                                             auto_archive_duration=10080)
+        # A private session lives in a private thread: only invited members see it at all.
+        private = visibility == "private"
+        thread = await channel.create_thread(
+            name=title, auto_archive_duration=10080, invitable=False if private else None,
+            type=discord.ChannelType.private_thread if private else discord.ChannelType.public_thread)
+        if private:
+            await thread.add_user(interaction.user)
         session = await self.bot.db(self.svc.new_session, guild_id=interaction.guild_id, actor=actor_of(interaction),
                                     kind=kind, base_model=base, visibility=visibility, title=title, thread_id=thread.id)
         await interaction.followup.send(f"Started {visibility} {kind} session #{session.id} on `{base}`: {thread.mention}")
@@ -159,8 +164,13 @@ class SessionCog(commands.GroupCog, group_name="session", group_description="Tra
         updated = await self.bot.db(self.svc.update_settings, session, actor_of(interaction), visibility=visibility,
                                     title=title, base_model=base_model, invite=invite and invite.id,
                                     remove=remove and remove.id)
-        if title and isinstance(interaction.channel, discord.Thread):
-            await interaction.channel.edit(name=title)
+        if isinstance(interaction.channel, discord.Thread):
+            if title:
+                await interaction.channel.edit(name=title)
+            if invite and interaction.channel.type is discord.ChannelType.private_thread:
+                await interaction.channel.add_user(invite)
+            if remove and interaction.channel.type is discord.ChannelType.private_thread:
+                await interaction.channel.remove_user(remove)
         notes = []
         if invite:
             notes.append(f"{invite.mention} is invited: they can `/session join` now.")
