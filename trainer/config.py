@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ConfigError
 
@@ -16,8 +16,9 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    out: str
-    resume: bool = False
+    out: str = Field(description="Run folder to write.")
+    resume: bool = Field(False, description="Continue from the run folder's latest checkpoint.")
+    threads: int | None = Field(None, ge=1, description="CPU threads for torch; None keeps torch's default.")
 
     @classmethod
     def build(cls, **kwargs):

@@ -16,7 +16,6 @@ class ImageTrainConfig(TrainConfig):
 
 
     data: list[str] = Field(description="Image files, folders or zip archives (png/jpg/webp, optional captions).")
-    out: str = Field(description="Run folder to write.")
     base: str = Field(description="Base pipeline: hub id or local folder of an SD 1.x/2.x or SDXL pipeline.")
     instance_prompt: str = Field("a photo of sks", description="Caption for images without one; put the trigger word in it.")
     steps: int | None = Field(None, ge=1, le=100_000, description="Optimizer steps; None: 100 per training image, 200 to 1500.")
@@ -47,8 +46,6 @@ class ImageTrainConfig(TrainConfig):
     max_pixels: int = Field(50_000_000, ge=1, description="Pixel cap per image (decompression bombs).")
     precision: Precision = Field("auto", description="'auto' picks bf16 where the hardware runs it fast, else fp32.")
     seed: int = Field(0, description="Seed for the split, augmentation, LoRA init, noise and samples.")
-    resume: bool = Field(False, description="Continue from the run folder's latest checkpoint.")
-    threads: int | None = Field(None, ge=1, description="CPU threads for torch; None keeps torch's default.")
 
     @field_validator("data")
     @classmethod

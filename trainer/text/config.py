@@ -17,7 +17,6 @@ class TextTrainConfig(TrainConfig):
     """One LoRA fine-tuning run of a causal language model on a few texts."""
 
     data: list[str] = Field(description="Dataset files (.txt, .md, .jsonl, .csv).")
-    out: str = Field(description="Run folder to write.")
     base: str = Field("smollm2-135m", description="Base model: hub id, local folder, .gguf file or built-in name.")
     preset: Preset | None = Field(
         None, description="Which preset sizes the None knobs (docs/presets.md); None means 'balanced'.")
@@ -44,8 +43,6 @@ class TextTrainConfig(TrainConfig):
     seed: int = Field(0, description="Seed for the split, augmentation, LoRA init and dropout.")
     prompts: list[str] | None = Field(None, description="Prompts sampled before and after training; None: from held-out data.")
     max_new_tokens: int = Field(48, ge=1, le=1024, description="Tokens generated per sample.")
-    resume: bool = Field(False, description="Continue from the run folder's latest checkpoint.")
-    threads: int | None = Field(None, ge=1, description="CPU threads for torch; None keeps torch's default.")
 
     @field_validator("data")
     @classmethod
