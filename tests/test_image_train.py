@@ -243,3 +243,18 @@ def test_config_errors_list_every_problem():
     assert all(word in message for word in ("data", "multiple of 8", "rank", "augment"))
     with pytest.raises(ConfigError, match=r"eval_every \(10\) is larger than steps \(4\)"):
         ImageTrainConfig.build(data=["x"], out="o", base="b", steps=4, eval_every=10)
+
+
+def test_an_image_job_runs_through_the_queue_job_runner(tiny_sd, image_folder, tmp_path):
+    """storage.jobrun runs a `train_image` job as a worker does, from a JSON config."""
+    from storage.jobrun import run_job
+    from trainer.rundir import RunDir
+
+    settings = config(image_folder, tmp_path / "unused", tiny_sd, steps=4, eval_every=2, sample_every=4).model_dump()
+    settings.pop("out"), settings.pop("resume")
+    run = RunDir(tmp_path / "job")
+    run.root.mkdir()
+    result = run_job("train_image", settings, run, resume=False)
+    assert result["status"] == "done" and result["val_loss"] is not None
+    assert (run.adapter / DIFFUSERS_FILE).exists() and (run.adapter / KOHYA_FILE).exists()
+    assert json.loads(run.metrics.read_text())["kind"] == "image"
