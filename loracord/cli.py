@@ -49,6 +49,7 @@ def train_text_cmd(
     eval_every: Optional[int] = typer.Option(None, help="Validate every N steps."),
     patience: Optional[int] = typer.Option(None, help="Stop after N validations without improvement (0: never)."),
     precision: Optional[str] = typer.Option(None, help="'auto', 'bf16', 'fp16' or 'fp32'."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for torch (default: torch's choice)."),
     seed: int = typer.Option(0, help="Random seed (data split, augmentation, initialisation)."),
     prompt: Optional[list[str]] = typer.Option(None, "--prompt", help="Prompts to sample before and after training."),
     resume: bool = typer.Option(False, help="Continue from the run folder's last checkpoint."),
@@ -62,7 +63,7 @@ def train_text_cmd(
         steps=steps, lr=lr, rank=rank, alpha=alpha, lora_dropout=lora_dropout, augment=augment,
         batch_size=batch_size, grad_accum=grad_accum, seq_len=seq_len, val_fraction=val_fraction,
         eval_every=eval_every, patience=patience, precision=precision,
-        target_modules=target_modules, prompts=prompt or None,
+        target_modules=target_modules, prompts=prompt or None, threads=threads,
     ).items() if v is not None}
     config = TextTrainConfig.build(data=[str(p) for p in data], out=str(out), base=base, seed=seed, resume=resume,
                              **overrides)

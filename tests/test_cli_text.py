@@ -62,3 +62,21 @@ def test_bad_data_is_one_clear_line(tiny_llama, tmp_path, content, message):
 def test_bad_option_is_refused(tiny_llama, text_file, tmp_path):
     out = loracord("train", "text", text_file, "--out", tmp_path / "run", "--lr", "-1")
     assert out.returncode == 2 and "lr" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_two_processes_with_accelerate_launch(tiny_llama, text_file, tmp_path):
+    """The multi-GPU path, on CPU: two processes (gloo) share the batches; only the main one writes."""
+    import os
+
+    run = tmp_path / "run"
+    out = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "loracord", "train", "text", str(text_file),
+         "--out", str(run), "--base", str(tiny_llama), "--steps", "4", "--eval-every", "2", "--seq-len", "64",
+         "--batch-size", "2", "--precision", "fp32", "--threads", "1"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in events if e["kind"] == "step"] == [1, 2, 3, 4]  # one writer, not two
+    assert json.loads((run / "metrics.json").read_text())["steps_done"] == 4
+    assert (run / "adapter" / "adapter_model.safetensors").exists()

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 from ..cancel import CancelToken
 from ..errors import Cancelled, ConfigError, TrainingError
 from ..events import EventCallback, ProgressEvent
-from ..rundir import RunDir, start_run
+from ..rundir import RunDir, start_run, write_json_atomic
 from .config import TextTrainConfig
 
 # Attention projections per architecture; anything else falls back to peft's own defaults.
@@ -203,12 +203,19 @@ def _fit(s: _Setup, run: RunDir, emit: EventCallback, cancel: CancelToken, check
     if state["samples_before"] is None:
         state["samples_before"] = generate(acc.unwrap_model(model), s.tokenizer, s.prompts, cfg.max_new_tokens, cfg.seed)
     stream = _micro_batches(s, state["epoch"], state["micro"])
+    # With several processes (accelerate launch), only the main one reports and writes files.
+    main = acc.is_main_process
+    if not main:
+        emit = _ignore
     emit(ProgressEvent("start", state["step"], cfg.steps, message=(
         f"training {cfg.steps} steps on {len(s.dataset.train)} examples ({s.precision}, rank {cfg.rank}, "
         f"lr {cfg.lr:g}, augment {cfg.augment:g})" + (f", resumed at step {state['step']}" if checkpoint else ""))))
     start_time, start_step, session_tokens, stop_reason = time.time(), state["step"], 0, "completed"
 
     def snapshot(step: int) -> None:
+        acc.wait_for_everyone()
+        if not main:
+            return
         folder = save_checkpoint(run.checkpoint(step), model=acc.unwrap_model(model), optimizer=optimizer,
                                  scheduler=scheduler, step=step, extra={k: v for k, v in state.items() if k != "step"}
                                  | {"config": cfg.model_dump()})
@@ -223,7 +230,8 @@ def _fit(s: _Setup, run: RunDir, emit: EventCallback, cancel: CancelToken, check
         if cancel.is_set():
             snapshot(state["step"])
             emit(ProgressEvent("cancelled", state["step"], cfg.steps, message="cancelled; resume with --resume"))
-            _write_metrics(s, run, state, status="cancelled", stop_reason="cancelled")
+            if main:
+                _write_metrics(s, run, state, status="cancelled", stop_reason="cancelled")
             raise Cancelled(f"run cancelled at step {state['step']}; its checkpoint is kept in {run.checkpoints}")
 
         # forward/backward over grad_accum packed micro-batches, then clip and step
@@ -288,22 +296,27 @@ def _fit(s: _Setup, run: RunDir, emit: EventCallback, cancel: CancelToken, check
     unwrapped = acc.unwrap_model(model)
     if best_weights is not None:
         _load_trainable(unwrapped, best_weights)
-    unwrapped.save_pretrained(run.adapter, safe_serialization=True)
-    after = generate(unwrapped, s.tokenizer, s.prompts, cfg.max_new_tokens, cfg.seed)
-    samples = [{"prompt": p, "before": b, "after": a} for p, b, a in zip(s.prompts, state["samples_before"], after)]
-    from ..rundir import write_json_atomic
-
-    write_json_atomic(run.root / "samples.json", samples)
-    plot_curves(run.loss_chart, {"train loss": state["curves"]["train_loss"],
-                                 "validation loss": state["curves"]["val_loss"]}, title=f"{Path(run.root).name}: loss")
-    metrics = _write_metrics(s, run, state, status="done", stop_reason=stop_reason,
-                             train_time_s=time.time() - start_time)
-    shutil.rmtree(run.checkpoints, ignore_errors=True)  # a finished run needs no resume point
+    acc.wait_for_everyone()
+    samples, metrics = [], {}
+    if main:
+        unwrapped.save_pretrained(run.adapter, safe_serialization=True)
+        after = generate(unwrapped, s.tokenizer, s.prompts, cfg.max_new_tokens, cfg.seed)
+        samples = [{"prompt": p, "before": b, "after": a} for p, b, a in zip(s.prompts, state["samples_before"], after)]
+        write_json_atomic(run.root / "samples.json", samples)
+        plot_curves(run.loss_chart, {"train loss": state["curves"]["train_loss"],
+                                     "validation loss": state["curves"]["val_loss"]}, title=f"{Path(run.root).name}: loss")
+        metrics = _write_metrics(s, run, state, status="done", stop_reason=stop_reason,
+                                 train_time_s=time.time() - start_time)
+        shutil.rmtree(run.checkpoints, ignore_errors=True)  # a finished run needs no resume point
     best = state["best_val"]
     emit(ProgressEvent("done", state["step"], cfg.steps, val_loss=best, artifacts=["adapter", "samples.json", "loss.png"],
                        message=f"done: best validation loss {best:.4f} at step {state['best_step']}"))
     return TextTrainResult(run.root, state["step"], stop_reason, best, math.exp(min(best, 50)),
                            state["best_step"], samples, metrics)
+
+
+def _ignore(event: ProgressEvent) -> None:
+    """The event callback of processes other than the main one."""
 
 
 def _lr_factor(step: int, warmup: int, total: int) -> float:
