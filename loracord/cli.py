@@ -68,8 +68,27 @@ def train_text_cmd(
     config = TextTrainConfig.build(data=[str(p) for p in data], out=str(out), base=base, seed=seed, resume=resume,
                              **overrides)
     with RichProgress() as progress:
-        result = train_text(config, on_event=progress)
+        result = train_text(config, on_event=progress, cancel=cancel_on_ctrl_c(out))
     _print_text_result(result)
+
+
+def cancel_on_ctrl_c(out: Path):
+    """A cancel token set by the first Ctrl-C: the run stops after its step, with a checkpoint
+    to ``--resume`` from. A second Ctrl-C stops at once."""
+    import signal
+
+    from trainer.cancel import CancelToken
+
+    token = CancelToken(Path(out) / "CANCEL")
+
+    def on_interrupt(signum, frame):
+        if token.is_set():
+            raise KeyboardInterrupt
+        token.cancel()
+        typer.secho("cancelling after this step (Ctrl-C again to stop at once)", fg=typer.colors.YELLOW, err=True)
+
+    signal.signal(signal.SIGINT, on_interrupt)
+    return token
 
 
 def _print_text_result(result) -> None:

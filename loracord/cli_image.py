@@ -43,6 +43,7 @@ def train_image(
     from trainer.image.config import ImageTrainConfig
     from trainer.image.train import train_image as run_training
 
+    from .cli import cancel_on_ctrl_c
     from .progress import RichProgress
 
     overrides = {k: v for k, v in dict(
@@ -55,7 +56,7 @@ def train_image(
     config = ImageTrainConfig.build(data=[str(p) for p in data], out=str(out), base=base, seed=seed, resume=resume,
                                     train_text_encoder=train_text_encoder, **overrides)
     with RichProgress() as progress:
-        result = run_training(config, on_event=progress)
+        result = run_training(config, on_event=progress, cancel=cancel_on_ctrl_c(out))
     typer.echo(f"run folder: {result.run_dir}")
     if result.val_loss is not None:
         typer.echo(f"validation loss {result.val_loss:.4f} at step {result.best_step}, stopped: {result.stop_reason}")

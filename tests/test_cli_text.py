@@ -80,3 +80,27 @@ def test_two_processes_with_accelerate_launch(tiny_llama, text_file, tmp_path):
     assert [e["step"] for e in events if e["kind"] == "step"] == [1, 2, 3, 4]  # one writer, not two
     assert json.loads((run / "metrics.json").read_text())["steps_done"] == 4
     assert (run / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_ctrl_c_cancels_after_the_step_and_resume_finishes(tiny_llama, text_file, tmp_path):
+    import os
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "loracord", "train", "text", str(text_file), "--out", str(run), "--base",
+            str(tiny_llama), "--steps", "150", "--eval-every", "5", "--patience", "0", "--seq-len", "64", "--batch-size", "2"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    events = run / "events.jsonl"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (events.exists() and '"step": 3,' in events.read_text()):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2 and "cancelled at step" in err and "Traceback" not in err
+    assert json.loads((run / "metrics.json").read_text())["status"] == "cancelled"
+    step = json.loads(events.read_text().splitlines()[-1])["step"]
+    assert (run / "checkpoints" / f"step-{step:06d}").is_dir()
+    resumed = loracord(*args[3:], "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((run / "metrics.json").read_text())["steps_done"] == 150
