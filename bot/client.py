@@ -204,7 +204,8 @@ class LoracordBot(commands.Bot):
 
     async def send_sample(self, channel, sample) -> None:
         data = await self.db(self.services.blob_bytes, sample.blob_hash)
-        head = f"**Sample #{sample.id}** (job #{sample.job_id}, seed {sample.seed}) · prompt: {sample.prompt or '–'}"
+        source = f"job #{sample.job_id}" + (f", trial #{sample.trial}" if sample.trial is not None else "")
+        head = f"**Sample #{sample.id}** ({source}, seed {sample.seed}) · prompt: {sample.prompt or '–'}"
         if sample.kind == "image":
             await channel.send(head, file=discord.File(io.BytesIO(data), f"sample-{sample.id}.png"), view=vote_view(sample.id))
         else:
@@ -222,7 +223,8 @@ class LoracordBot(commands.Bot):
                 data = await asyncio.to_thread(lambda p=row["path"]: open(p, "rb").read())
             else:
                 data = row["text"].encode()
-            sample = await self.db(self.services.record_sample, job, data, request.kind, request.prompt, row["seed"])
+            sample = await self.db(self.services.record_sample, job, data, request.kind, request.prompt, row["seed"],
+                                   request.trial)
             await self.send_sample(channel, sample)
             await self.db(self.services.state.mark_posted, sample.id)
 

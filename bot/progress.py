@@ -54,13 +54,20 @@ def progress_embed(view: dict) -> discord.Embed:
     if status == "running":
         embed.add_field(name="ETA", value=format_eta(view.get("eta_s")))
     if view.get("trials"):
-        lines = [f"#{t.number}: {t.value:.4f} {t.params}" if t.value is not None else f"#{t.number}: {t.status}"
-                 for t in view["trials"][:10]]
+        votes = view.get("trial_votes") or {}
+        # Ranked by validation loss; members' votes on a trial's samples break near-ties.
+        ranked = sorted(view["trials"], key=lambda t: (t.value is None, round(t.value or 0, 2), -votes.get(t.number, 0)))
+        lines = [f"#{t.number}: {t.value:.4f} ({t.status}){_votes(votes, t.number)} {t.params}" if t.value is not None
+                 else f"#{t.number}: {t.status}" for t in ranked[:10]]
         embed.add_field(name="Trials", value="\n".join(lines)[:1024], inline=False)
     if job.error and status in ("failed", "cancelled"):
         embed.add_field(name="Why", value=job.error[:1024], inline=False)
     embed.set_footer(text=f"started by member {job.user_id}")
     return embed
+
+
+def _votes(votes: dict[int, int], number: int) -> str:
+    return f", votes {votes[number]:+d}" if number in votes else ""
 
 
 class Throttle:

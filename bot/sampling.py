@@ -30,6 +30,7 @@ class SampleRequest:
     proc: subprocess.Popen
     out: Path
     err: Path
+    trial: int | None = None
     results: list[dict] = field(default_factory=list)
     error: str | None = None
 
@@ -41,7 +42,7 @@ class Sampler:
         self._tmp = Path(tempfile.mkdtemp(prefix="loracord-samples-"))
 
     def start(self, run: Path, *, job_id: int, channel_id: int, user_id: int, kind: str, prompt: str,
-              count: int, seed: int) -> SampleRequest:
+              count: int, seed: int, trial: int | None = None) -> SampleRequest:
         if len(self.running) >= self.max_running:
             raise UserError(f"{len(self.running)} samplings are running already; try again in a minute.")
         n = len(list(self._tmp.iterdir()))
@@ -50,7 +51,7 @@ class Sampler:
                    "--count", str(count), "--seed", str(seed)]
         with out.open("wb") as stdout, err.open("wb") as stderr:
             proc = subprocess.Popen(command, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL)
-        request = SampleRequest(job_id, channel_id, user_id, kind, prompt, count, seed, proc, out, err)
+        request = SampleRequest(job_id, channel_id, user_id, kind, prompt, count, seed, proc, out, err, trial=trial)
         self.running.append(request)
         return request
 

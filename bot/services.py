@@ -400,7 +400,8 @@ class Services:
                 "loss": steps[-1].loss if steps else None,
                 "val_loss": evals[-1].val_loss if evals else None,
                 "eta_s": (latest.data.get("eta_s") if latest else None),
-                "trials": self.db.list_trials(job_id) if job.kind == "tune" else []}
+                "trials": self.db.list_trials(job_id) if job.kind == "tune" else [],
+                "trial_votes": self.db.trial_votes(job_id) if job.kind == "tune" else {}}
 
     # ---- samples, votes and adapters
     def samples(self, job_id: int):
@@ -420,8 +421,13 @@ class Services:
     def blob_bytes(self, blob_hash: str) -> bytes:
         return self.blobs.get_bytes(blob_hash)
 
-    def run_folder(self, job: Job) -> Path:
-        """A local run folder (adapter + metrics.json) for sampling or export, rebuilt from blobs if needed."""
+    def run_folder(self, job: Job, trial: int | None = None) -> Path:
+        """A local run folder (adapter + metrics.json) for sampling or export, rebuilt from blobs if needed.
+
+        ``trial`` picks one trial of a tuning job instead of its best run; trial folders stay
+        where the search ran (this machine's embedded worker)."""
+        if trial is not None:
+            return self.trial_folder(job, trial)
         local = self.settings.run_root / f"job-{job.id}"
         if (local / "metrics.json").exists() and (local / "adapter").is_dir():
             return local
@@ -437,9 +443,24 @@ class Services:
                                                                  "base": job.config.get("base")}))
         return folder
 
-    def record_sample(self, job: Job, data: bytes, kind: str, prompt: str, seed: int):
+    def trial_folder(self, job: Job, trial: int) -> Path:
+        if job.kind != "tune":
+            raise Refusal(f"Job #{job.id} is a training run, not quick tries: leave out `trial`.")
+        numbers = {t.number: t for t in self.db.list_trials(job.id)}
+        if trial not in numbers:
+            known = ", ".join(f"#{n}" for n in sorted(numbers)) or "none recorded yet"
+            raise Refusal(f"Job #{job.id} has no trial #{trial} (its trials: {known}).")
+        folder = self.settings.run_root / f"job-{job.id}" / "tune" / "trials" / f"{trial:04d}"
+        if not (folder / "adapter" / "adapter_config.json").exists():
+            why = (f"it was {numbers[trial].status}" if numbers[trial].status != "complete"
+                   else "its files stay on the worker machine that ran the search")
+            raise Refusal(f"Trial #{trial} of job #{job.id} has no adapter to sample ({why}). "
+                          f"Sample the job's best run by leaving out `trial`.")
+        return folder
+
+    def record_sample(self, job: Job, data: bytes, kind: str, prompt: str, seed: int, trial: int | None = None):
         return self.db.add_sample(blob_hash=self.blobs.put_bytes(data), job_id=job.id, session_id=job.session_id,
-                                  kind=kind, prompt=prompt, seed=seed)
+                                  kind=kind, prompt=prompt, seed=seed, trial=trial)
 
 
 def zip_adapter(blobs, manifest_hash: str, dest: Path) -> Path:

@@ -70,6 +70,9 @@ class JobCollector:
         status = payload.get("status", "failed")
         if status == "done" and attempt == job.attempts + 1:
             self._add_samples(job, payload.get("samples", []))
+            for trial in (payload.get("result") or {}).get("trials", []):
+                self.db.record_trial(job.id, trial["number"], params=trial.get("params"), value=trial.get("val_loss"),
+                                     status=trial.get("status", "complete"))
             if payload.get("adapter"):
                 self.db.add_adapter(job_id=job.id, session_id=job.session_id, blob_hash=payload["adapter"],
                                     base_model=job.config.get("base"), metrics=payload.get("metrics") or {})

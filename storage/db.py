@@ -111,6 +111,12 @@ def m002_job_retries(db: sqlite_utils.Database) -> None:
     jobs.add_column("cancel_requested", int, not_null_default=0)
 
 
+@migrations()
+def m003_sample_trials(db: sqlite_utils.Database) -> None:
+    """Samples can come from one trial of a tuning job, so that votes rank trials too."""
+    db["samples"].add_column("trial", int)
+
+
 # --------------------------------------------------------------------------------------------
 # Rows.
 
@@ -236,6 +242,7 @@ class Sample(_Row):
     seed: int | None = None
     created_at: float | None = None
     votes: int = 0
+    trial: int | None = None  # the trial of a tuning job it came from; None: the job's own adapter
 
 
 @dataclass(frozen=True)
@@ -564,15 +571,25 @@ class Database:
             self.db["trials"].insert({**row, "params": row.get("params", "{}"), "created_at": time.time()})
         return Trial.from_row(next(self._rows("trials", "job_id = ? and number = ?", [job_id, number])))
 
+    def trial_votes(self, job_id: int) -> dict[int, int]:
+        """Members' votes on each trial's samples, summed per trial number."""
+        rows = self.db.query(
+            "select samples.trial as trial, coalesce(sum(votes.value), 0) as votes from samples "
+            "left join votes on votes.sample_id = samples.id where samples.job_id = ? and samples.trial is not null "
+            "group by samples.trial", [job_id])
+        return {row["trial"]: row["votes"] for row in rows}
+
     def list_trials(self, job_id: int) -> list[Trial]:
         return [Trial.from_row(r) for r in self._rows("trials", "job_id = ?", [job_id], order_by="number")]
 
     # ---- samples and votes
     def add_sample(self, *, blob_hash: str, job_id: int | None = None, session_id: int | None = None,
-                   kind: str | None = None, prompt: str | None = None, seed: int | None = None) -> Sample:
+                   kind: str | None = None, prompt: str | None = None, seed: int | None = None,
+                   trial: int | None = None) -> Sample:
         """Record a sample; the same (job, blob, prompt, seed) is recorded once."""
         self.db["samples"].insert({"job_id": job_id, "session_id": session_id, "blob_hash": blob_hash, "kind": kind,
-                                   "prompt": prompt, "seed": seed, "created_at": time.time()}, ignore=True)
+                                   "prompt": prompt, "seed": seed, "created_at": time.time(), "trial": trial},
+                                  ignore=True)
         rows = self.db.query(
             "select id from samples where job_id is ? and blob_hash = ? and prompt is ? and seed is ?",
             [job_id, blob_hash, prompt, seed])

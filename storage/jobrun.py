@@ -88,7 +88,8 @@ def run_tune(config: dict, run: RunDir, *, cancel: CancelToken) -> dict:
             if (best.root / name).is_file():
                 shutil.copy2(best.root / name, run.root / name)
     return {"status": "done", "best_params": result.best_params, "val_loss": result.full_val_loss,
-            "trials": [{"number": t.number, "status": t.status, "val_loss": t.val_loss} for t in result.trials]}
+            "trials": [{"number": t.number, "status": t.status, "val_loss": t.val_loss, "params": t.params}
+                       for t in result.trials]}
 
 
 def _train_result(result) -> dict:

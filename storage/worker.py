@@ -232,6 +232,8 @@ class Reporter:
         if run.metrics.is_file():
             metrics = json.loads(run.metrics.read_text())
             out["metrics"] = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
+        if (run.root / "result.json").is_file():  # e.g. a tuning job's table of trials
+            out["result"] = json.loads((run.root / "result.json").read_text())
         samples_json = run.root / "samples.json"
         if samples_json.is_file():
             for row in json.loads(samples_json.read_text()):

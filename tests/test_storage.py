@@ -131,11 +131,32 @@ def test_migration_from_the_first_schema_keeps_data(tmp_path):
     assert "attempts" not in old["jobs"].columns_dict
     old.close()
 
+    old = sqlite_utils.Database(path)
+    old["samples"].insert({"blob_hash": "ab" * 32, "job_id": 1, "kind": "text", "prompt": "p", "seed": 0})
+    old.close()
+
     with Database(path, migrate=False) as db:
-        assert db.pending_migrations() == ["m002_job_retries"]
-        assert db.migrate() == ["m002_job_retries"]
+        assert db.pending_migrations() == ["m002_job_retries", "m003_sample_trials"]
+        assert db.migrate() == ["m002_job_retries", "m003_sample_trials"]
         job = db.get_job(1)
+        sample = db.get_sample(1)
     assert (job.kind, job.config, job.status, job.attempts, job.max_attempts) == ("train_text", {"steps": 5}, "done", 0, 3)
+    assert (sample.prompt, sample.trial) == ("p", None)
+
+
+def test_votes_rank_the_trials_of_a_tuning_job(db):
+    job = db.enqueue_job("tune", {"trials": 3})
+    for number, value in [(0, 2.5), (1, 2.4), (2, None)]:
+        db.record_trial(job.id, number, params={"lr": 1e-4 * (number + 1)}, value=value,
+                        status="complete" if value else "pruned")
+    a = db.add_sample(blob_hash="a" * 64, job_id=job.id, prompt="p", seed=0, trial=0)
+    b = db.add_sample(blob_hash="b" * 64, job_id=job.id, prompt="p", seed=0, trial=1)
+    db.add_sample(blob_hash="c" * 64, job_id=job.id, prompt="p", seed=0)  # the best run's own sample
+    db.record_vote(a.id, user_id=1, value=1)
+    db.record_vote(a.id, user_id=2, value=1)
+    db.record_vote(b.id, user_id=1, value=-1)
+    assert db.trial_votes(job.id) == {0: 2, 1: -1}
+    assert [(t.number, t.status) for t in db.list_trials(job.id)] == [(0, "complete"), (1, "complete"), (2, "pruned")]
 
 
 def test_backup_is_a_readable_copy(db, tmp_path):
