@@ -141,6 +141,8 @@ class Bench:
             settings = dict(PLAIN)
         elif method == "default":
             settings = {}
+        elif method.startswith("default-lr"):  # the default preset with only its learning rate changed
+            settings = {"lr": float(method.removeprefix("default-lr"))}
         else:
             settings = self.tuned_params(n)
         if self.max_steps:
@@ -223,7 +225,8 @@ class Bench:
 def summarise(cells: list[dict]) -> dict:
     """{method: {N: {ppl_mean, ppl_sd, ppl_min, ppl_max, copied_mean, seeds, ...}}} over seeds."""
     table: dict[str, dict[str, dict]] = {}
-    for method in METHODS:
+    methods = list(METHODS) + sorted({c["method"] for c in cells} - set(METHODS))
+    for method in methods:
         for n in sorted({c["n"] for c in cells}):
             rows = [c for c in cells if c["method"] == method and c["n"] == n]
             if not rows:
@@ -306,6 +309,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--ns", type=int, nargs="+", default=[8, 32, 128], help="training set sizes")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--default-lr", type=float, default=None,
+                        help="also run the default preset with only this learning rate (method 'default-lrLR')")
     parser.add_argument("--base", default="smollm2-135m", help="base model reference")
     parser.add_argument("--out", default="runs/bench/data-efficiency", help="cache and run folder")
     parser.add_argument("--trials", type=int, default=4, help="quick tries per N for 'tuned'")
@@ -317,6 +322,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--chart", type=Path, default=None, help="write the chart PNG here")
     parser.add_argument("--markdown", action="store_true", help="also print the tables as Markdown")
+    parser.add_argument("--report-only", action="store_true", help="train nothing: tables and chart of the cached cells")
     parser.add_argument("--quick", action="store_true", help="smoke run: N=8, seed 0, 3 steps, 2 trials")
     args = parser.parse_args(argv)
     if args.quick:
@@ -326,13 +332,17 @@ def main(argv: list[str] | None = None) -> dict:
     bench = Bench(Path(args.out), args.base, args.threads, args.trials, args.max_steps,
                   2 if args.quick else HELDOUT_PER_PLAY, args.sample_seeds, args.tune_minutes)
     started = time.time()
+    methods = args.methods + ([f"default-lr{args.default_lr:g}"] if args.default_lr else [])
     cells = []
     # Small N first and every seed of an N before the next N: cheap rows complete early, and an
     # interrupted benchmark has every method of a row at the same seeds.
     for n in args.ns:
         for seed in args.seeds:
-            for method in args.methods:
-                cells.append(bench.cell(method, n, 0 if method == "base" else seed))
+            for method in methods:
+                seed_of = 0 if method == "base" else seed
+                if args.report_only and not bench.cell_path(method, n, seed_of).exists():
+                    continue
+                cells.append(bench.cell(method, n, seed_of))
     cells = [c for c in {(c["method"], c["n"], c["seed"]): c for c in cells}.values()]
     table = summarise(cells)
     if args.chart:

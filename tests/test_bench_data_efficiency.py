@@ -42,6 +42,13 @@ def test_nearest_distances_sees_a_copy():
     assert got["to_train"] == 0 and got["to_heldout"] > 0.4 and got["closer_to_train"] == 1.0
 
 
+def test_method_settings(tmp_path):
+    bench = Bench(tmp_path, "unused", threads=1, trials=2, max_steps=None, heldout_per_play=2)
+    assert bench.settings("plain", 8, tmp_path)["lora_dropout"] == 0.0
+    assert bench.settings("default", 8, tmp_path) == {}  # the preset sizes everything
+    assert bench.settings("default-lr0.0008", 8, tmp_path) == {"lr": 0.0008}
+
+
 def test_one_cell_trains_scores_and_is_cached(tiny_llama, tmp_path):
     bench = Bench(tmp_path, str(tiny_llama), threads=1, trials=2, max_steps=2, heldout_per_play=2)
     row = bench.cell("plain", 8, 0)
