@@ -250,7 +250,7 @@ def plot(table: dict, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    fig, ax = plt.subplots(figsize=(7.6, 4.0), dpi=110)
     for method, by_n in table.items():
         ns = sorted(int(n) for n in by_n)
         means = [by_n[str(n)]["ppl_mean"] for n in ns]
@@ -264,7 +264,7 @@ def plot(table: dict, path: Path) -> Path:
     ax.set_ylabel("held-out perplexity (other plays)")
     ax.set_title("smollm2-135m on Shakespeare: perplexity vs. data")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
