@@ -31,7 +31,7 @@ def test_presets_order_steps_and_rank(kind, n):
 def test_balanced_text_defaults_fill_only_empty_knobs(n, tokens, steps, rank, dropout, augment):
     config = TextTrainConfig(data=["x.txt"], out="run", batch_size=4, seq_len=256)
     filled = size_defaults(config, n_train=n, train_tokens=tokens)
-    assert (filled.steps, filled.rank, filled.alpha, filled.lr) == (steps, rank, 2.0 * rank, 2e-4)
+    assert (filled.steps, filled.rank, filled.alpha, filled.lr) == (steps, rank, 2.0 * rank, 8e-4)
     assert (filled.lora_dropout, filled.augment) == (dropout, augment)
     mine = size_defaults(config.model_copy(update={"lr": 1e-3, "augment": 0.0, "preset": "best"}),
                          n_train=n, train_tokens=tokens)

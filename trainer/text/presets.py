@@ -2,7 +2,7 @@
 
 The numbers live in ``trainer.presets`` (shared with image runs, one place for both) and are
 explained, with sources, in docs/presets.md. In short: rank 8 (16 for 200+ examples) with
-alpha = 2 x rank, a peak rate of 2e-4, dropout and augmentation that taper off as the set
+alpha = 2 x rank, a peak rate of 8e-4 (measured: docs/benchmarks.md), dropout and augmentation that taper off as the set
 grows, and a few epochs over the packed tokens, between 20 and 500 steps. ``config.preset``
 picks ``quick``, ``balanced`` (the default) or ``best``.
 """
