@@ -68,6 +68,9 @@ def test_search_prunes_the_absurd_rate_picks_the_best_and_trains_it_in_full(trai
     assert len(result.trials) == 6 and all(r.status in ("complete", "pruned", "failed") for r in result.trials)
     absurd = result.trials[3]
     assert absurd.params["lr"] == 1.0
+    # the resumed search proposes new settings, not a replay of its first trials
+    earlier = [r.params for r in result.trials[:3]]
+    assert all(r.params not in earlier for r in result.trials[4:])
     assert absurd.status in ("pruned", "failed") and absurd.note  # pruned at step N, or why it failed
     assert absurd.steps < max(result.trials[3].params["steps"], 1)
 

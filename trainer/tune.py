@@ -131,6 +131,10 @@ def tune(kind: Kind, data: Sequence[str | Path], out: str | Path, *, base: str |
     study = optuna.create_study(storage=storage_obj, sampler=_sampler(grid, trials, seed),
                                 pruner=_pruner(pruner, probe), study_name=study_name, direction="minimize",
                                 load_if_exists=True)
+    if study.trials and not grid:
+        # A resumed search must not replay its first proposals: the seeded sampler starts from the
+        # same random state each time, so seed it past the trials already run (still reproducible).
+        study.sampler = _sampler(grid, trials, seed + len(study.trials))
     _remember_search(study, kind, preset, probe)
     retry_interrupted(study, storage_obj)
     for params in enqueue:
