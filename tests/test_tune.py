@@ -212,7 +212,7 @@ def test_cli_presets_sized_to_the_data(tiny_llama, text_file):
     assert done.returncode == 0, done.stderr[-3000:]
     rows = {line.split("│")[1].strip(): line for line in done.stdout.splitlines() if line.count("│") > 3}
     assert {"quick", "balanced", "best"} <= set(rows)
-    assert "0.0002" in rows["balanced"] and "0.0003" in rows["quick"] and "0.0001" in rows["best"]
+    assert "0.0008" in rows["balanced"] and "0.001 " in rows["quick"] and "0.0004" in rows["best"]
     assert "training examples" in done.stdout
 
 

@@ -536,7 +536,10 @@ def _train(kind: Kind, config, on_event: EventCallback, cancel: CancelToken):
 
 
 def _full_run(kind: Kind, folder: Path, fixed: dict, probe: Probe, params: dict, on_event, cancel) -> float | None:
-    """Train the best parameters once more, with the data's own validation cadence, in ``folder``.
+    """Train the best parameters once more, validating at the trials' steps, in ``folder``.
+
+    The same settings, seed and validation steps as the best trial, so the full run reproduces
+    it (and goes on where ``full_steps`` asks for more).
 
     Returns its best validation loss. A finished full run of the same settings (a search run
     again after it ended) is kept; one of other settings is replaced; a cancelled one resumes.
@@ -551,5 +554,7 @@ def _full_run(kind: Kind, folder: Path, fixed: dict, probe: Probe, params: dict,
         if metrics.get("status") == "done" and all(metrics["config"].get(k) == v for k, v in settings.items()):
             return metrics.get("best_val_loss")
         shutil.rmtree(folder)  # a previous search's full run; this one replaces it
-    config = _build_config(kind, {**fixed, **settings, "out": str(folder), "resume": resume})
+    steps = settings.get("steps") or fixed.get("steps")
+    cadence = {"eval_every": min(probe.eval_every, steps) if steps else probe.eval_every}
+    config = _build_config(kind, {**fixed, **settings, **cadence, "out": str(folder), "resume": resume})
     return _train(kind, config, on_event, cancel).val_loss

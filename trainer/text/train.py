@@ -241,10 +241,13 @@ def _fit(s: _Setup, run: RunDir, emit: EventCallback, cancel: CancelToken, check
             rows, state["epoch"], state["micro"] = next(stream)
             batch = collate(rows, s.tokenizer.pad_token_id)
             with acc.accumulate(model):
+                # The logits (batch x length x vocabulary, the largest tensor of the step) are not
+                # kept in a variable: autograd keeps only what backward needs, so they are freed
+                # before backward runs instead of living through it.
                 with acc.autocast():
-                    logits = model(input_ids=batch["input_ids"].to(acc.device),
-                                   position_ids=batch["position_ids"].to(acc.device), use_cache=False).logits
-                loss = token_loss(logits, batch["labels"].to(acc.device))
+                    loss = token_loss(model(input_ids=batch["input_ids"].to(acc.device),
+                                            position_ids=batch["position_ids"].to(acc.device), use_cache=False).logits,
+                                      batch["labels"].to(acc.device))
                 if not torch.isfinite(loss):
                     raise TrainingError(f"loss became {loss.item()} at step {state['step'] + 1}: "
                                         "lower the learning rate (--lr) and try again.")
