@@ -246,16 +246,22 @@ class Services:
     def items(self, session: Session) -> list[DatasetItem]:
         return self.db.list_dataset_items(session.id)
 
+    def require_author_or_manager(self, session: Session, actor: Actor, author_id: int | None, refusal: str) -> None:
+        """Let the member who made a thing act on it; anyone else needs the session's manage right."""
+        if author_id == actor.user_id:
+            return
+        try:
+            self.require(session, actor, "manage")
+        except Refusal:
+            raise Refusal(refusal) from None
+
     def remove_item(self, session: Session, actor: Actor, item_id: int) -> DatasetItem:
         item = next((i for i in self.db.list_dataset_items(session.id) if i.id == item_id), None)
         if item is None:
             raise Refusal(f"This session has no item #{item_id}: `/data list` shows the numbers.")
-        if item.uploader_id != actor.user_id:
-            try:
-                self.require(session, actor, "manage")
-            except Refusal:
-                raise Refusal(f"Item #{item_id} was uploaded by <@{item.uploader_id}>: only they, the session owner "
-                              f"or a server manager can remove it.") from None
+        self.require_author_or_manager(session, actor, item.uploader_id,
+                                       f"Item #{item_id} was uploaded by <@{item.uploader_id}>: only they, the "
+                                       f"session owner or a server manager can remove it.")
         self.db.remove_dataset_item(item_id)
         return item
 
@@ -380,12 +386,9 @@ class Services:
             job = active[0]
         else:
             job = self.job_for(session, job_id)
-        if job.user_id != actor.user_id:
-            try:
-                self.require(session, actor, "manage")
-            except Refusal:
-                raise Refusal(f"Job #{job.id} was started by <@{job.user_id}>: only they, the session owner or a "
-                              f"server manager can cancel it.") from None
+        self.require_author_or_manager(session, actor, job.user_id,
+                                       f"Job #{job.id} was started by <@{job.user_id}>: only they, the session owner "
+                                       f"or a server manager can cancel it.")
         if job.finished:
             raise Refusal(f"Job #{job.id} has already ended ({job.status}).")
         return self.queue.cancel(job.id)
