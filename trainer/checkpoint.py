@@ -8,6 +8,7 @@ state, which torch saves and loads with ``weights_only=True`` (tensors and numbe
 from __future__ import annotations
 
 import json
+import math
 import random
 import shutil
 from pathlib import Path
@@ -20,6 +21,22 @@ from safetensors.torch import load_file, save_file
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Copy ``weights`` (from ``trainable_state``) into the model's parameters of the same names."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, tensor in weights.items():
+            params[name].copy_(tensor.to(params[name].device, params[name].dtype))
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """The learning-rate schedule of every run: linear warm-up, then cosine decay to 10% of the peak."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 def rng_state() -> dict[str, Any]:
@@ -72,13 +89,10 @@ def load_checkpoint(folder: Path, *, model, optimizer, scheduler,
                     generator: torch.Generator | None = None) -> dict[str, Any]:
     """Restore a checkpoint written by ``save_checkpoint``; returns its ``state.json``."""
     weights = load_file(str(folder / "trainable.safetensors"))
-    params = dict(model.named_parameters())
-    missing = [n for n in weights if n not in params]
+    missing = [n for n in weights if n not in dict(model.named_parameters())]
     if missing:
         raise ValueError(f"checkpoint {folder} does not match the model (e.g. {missing[0]})")
-    with torch.no_grad():
-        for name, tensor in weights.items():
-            params[name].copy_(tensor.to(params[name].device, params[name].dtype))
+    load_trainable(model, weights)
     state = torch.load(folder / "training_state.pt", weights_only=True, map_location="cpu")
     optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None and state["scheduler"] is not None:

@@ -16,7 +16,6 @@ All randomness of a step (batch, variant, noise, timesteps, caption dropout) com
 
 from __future__ import annotations
 
-import math
 import random
 import shutil
 import time
@@ -248,7 +247,7 @@ def _fit(s: _Setup, run: RunDir, emit: EventCallback, cancel: CancelToken, check
     import torch
 
     from ..charts import plot_curves
-    from ..checkpoint import load_checkpoint, save_checkpoint, trainable_state
+    from ..checkpoint import load_checkpoint, load_trainable, lr_factor, save_checkpoint, trainable_state
 
     cfg, acc, pipe = s.config, s.accelerator, s.loaded.pipe
     trainable = torch.nn.ModuleDict({name: getattr(pipe, name) for name in ("unet", "text_encoder", "text_encoder_2")
@@ -257,7 +256,7 @@ def _fit(s: _Setup, run: RunDir, emit: EventCallback, cancel: CancelToken, check
     params = [p for p in trainable.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     warmup = int(cfg.warmup_ratio * cfg.steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, warmup, cfg.steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, cfg.steps))
     unet, optimizer = acc.prepare(pipe.unet, optimizer)
     generator = torch.Generator().manual_seed(cfg.seed)
     state: dict[str, Any] = {"step": 0, "curves": {"train_loss": [], "val_loss": [], "lr": []}, "best_val": None,
@@ -361,7 +360,7 @@ def _fit(s: _Setup, run: RunDir, emit: EventCallback, cancel: CancelToken, check
     from .pipelines import load_pipeline
 
     if best_weights is not None:
-        _load_trainable(trainable, best_weights)
+        load_trainable(trainable, best_weights)
     trainable.eval()
     fresh = load_pipeline(s.loaded.path)
     files = export_adapter(s.loaded, fresh, run.adapter, rank=cfg.rank, alpha=cfg.lora_alpha)
@@ -381,14 +380,6 @@ def _fit(s: _Setup, run: RunDir, emit: EventCallback, cancel: CancelToken, check
                                          if best is not None else "")))
     return ImageTrainResult(run.root, state["step"], stop_reason, best, state["best_step"], files,
                             [run.root / p for p in state["samples"]], metrics)
-
-
-def _lr_factor(step: int, warmup: int, total: int) -> float:
-    """Linear warm-up, then cosine decay to 10% of the peak."""
-    if step < warmup:
-        return (step + 1) / (warmup + 1)
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 def _draw_batch(s: _Setup, generator) -> dict[str, Any]:
@@ -483,15 +474,6 @@ def sample_grid_for(s: _Setup, autocast=None):
 
     return sample_grid(s.loaded, s.sample_prompts, s.config.sample_seeds, resolution=s.config.resolution,
                        steps=s.config.sample_steps, guidance_scale=s.config.guidance_scale, autocast=autocast)
-
-
-def _load_trainable(model, weights: dict) -> None:
-    import torch
-
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, tensor in weights.items():
-            params[name].copy_(tensor.to(params[name].device, params[name].dtype))
 
 
 def _write_metrics(s: _Setup, run: RunDir, state: dict, *, status: str, stop_reason: str, **extra) -> dict:

@@ -178,7 +178,7 @@ def default_prompts(examples, tokenizer, n: int = 3, words: int = 8) -> list[str
 def _fit(s: _Setup, run: RunDir, emit: EventCallback, cancel: CancelToken, checkpoint: Path | None) -> TextTrainResult:
     import torch
 
-    from ..checkpoint import load_checkpoint, save_checkpoint, trainable_state
+    from ..checkpoint import load_checkpoint, load_trainable, lr_factor, save_checkpoint, trainable_state
     from ..charts import plot_curves
     from .packing import collate
 
@@ -186,7 +186,7 @@ def _fit(s: _Setup, run: RunDir, emit: EventCallback, cancel: CancelToken, check
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     warmup = int(cfg.warmup_ratio * cfg.steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, warmup, cfg.steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, cfg.steps))
     model, optimizer = acc.prepare(model, optimizer)
     val_rows = _val_rows(s)
     state: dict[str, Any] = {"step": 0, "epoch": 0, "micro": 0, "curves": {"train_loss": [], "val_loss": [], "lr": []},
@@ -298,7 +298,7 @@ def _fit(s: _Setup, run: RunDir, emit: EventCallback, cancel: CancelToken, check
     # outputs: best adapter, samples after, metrics, chart
     unwrapped = acc.unwrap_model(model)
     if best_weights is not None:
-        _load_trainable(unwrapped, best_weights)
+        load_trainable(unwrapped, best_weights)
     acc.wait_for_everyone()
     samples, metrics = [], {}
     if main:
@@ -320,14 +320,6 @@ def _fit(s: _Setup, run: RunDir, emit: EventCallback, cancel: CancelToken, check
 
 def _ignore(event: ProgressEvent) -> None:
     """The event callback of processes other than the main one."""
-
-
-def _lr_factor(step: int, warmup: int, total: int) -> float:
-    """Linear warm-up, then cosine decay to 10% of the peak."""
-    if step < warmup:
-        return (step + 1) / (warmup + 1)
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 def token_loss(logits, labels, reduction: str = "mean"):
@@ -411,15 +403,6 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, seed: in
                                  temperature=SAMPLE_TEMPERATURE, top_p=0.95, pad_token_id=tokenizer.pad_token_id)
             outputs.append(tokenizer.decode(ids[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
     return outputs
-
-
-def _load_trainable(model, weights: dict) -> None:
-    import torch
-
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, tensor in weights.items():
-            params[name].copy_(tensor.to(params[name].device, params[name].dtype))
 
 
 def _write_metrics(s: _Setup, run: RunDir, state: dict, *, status: str, stop_reason: str, **extra) -> dict:
