@@ -2,11 +2,13 @@
 # Create .venv and install loracord into it, once; later calls only reinstall when
 # pyproject.toml changed. Sourced by scripts/run.sh and scripts/test.sh.
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 VENV="$ROOT/.venv"
 PY="${PYTHON:-python3}"
 STAMP="$VENV/.loracord-installed"
-WANT="$(sha256sum "$ROOT/pyproject.toml" "$ROOT/scripts/bootstrap.sh" | sha256sum | cut -c1-16)"
+# The stamp is a hash of what gets installed (the two files' contents, not their paths), so the
+# same .venv reached through another path (a symlink, a bind mount) is not reinstalled.
+WANT="$(cat "$ROOT/pyproject.toml" "$ROOT/scripts/bootstrap.sh" | sha256sum | cut -c1-16)"
 
 if [ ! -x "$VENV/bin/python" ]; then
     echo "loracord: creating virtual environment in .venv" >&2

@@ -100,12 +100,11 @@ def size_defaults(config: ImageTrainConfig, n_train: int) -> ImageTrainConfig:
 
 def _setup(config: ImageTrainConfig) -> _Setup:
     import torch
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
     from diffusers import DDPMScheduler
     from peft import LoraConfig
 
-    from ..text.train import pick_precision
+    from ..precision import make_accelerator, pick_precision
     from .data import DataLimits, load_images
     from .pipelines import load_pipeline
 
@@ -119,7 +118,7 @@ def _setup(config: ImageTrainConfig) -> _Setup:
     train, val = split(dataset.examples, config.val_fraction, config.seed)
     config = size_defaults(config, len(train))
     precision = pick_precision(config.precision)
-    accelerator = Accelerator(mixed_precision="no" if precision == "fp32" else precision)
+    accelerator = make_accelerator(precision)
     loaded = load_pipeline(config.base)
     pipe = loaded.pipe.to(accelerator.device)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)

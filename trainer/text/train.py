@@ -83,10 +83,10 @@ class _Setup:
 
 def _setup(config: TextTrainConfig) -> _Setup:
     import torch
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     from ..memory import pin_mmap_threshold
+    from ..precision import make_accelerator, pick_precision
     from ..models import load_causal_lm, resolve_base
     from .data import load_text_dataset
     from .packing import CHATML_TEMPLATE, encode
@@ -98,8 +98,7 @@ def _setup(config: TextTrainConfig) -> _Setup:
     dataset = load_text_dataset(config.data, val_fraction=config.val_fraction, seed=config.seed)
     base_path = resolve_base(config.base)
     precision = pick_precision(config.precision)
-    accelerator = Accelerator(mixed_precision="no" if precision == "fp32" else precision,
-                              gradient_accumulation_steps=config.grad_accum)
+    accelerator = make_accelerator(precision, gradient_accumulation_steps=config.grad_accum)
     # The frozen base is stored in the compute dtype: half the memory and no per-step casts.
     # LoRA weights stay in float32 (peft upcasts adapters), so updates keep full precision.
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
@@ -112,28 +111,6 @@ def _setup(config: TextTrainConfig) -> _Setup:
     model = _add_lora(model, config)
     prompts = config.prompts or default_prompts(dataset.val, tokenizer)
     return _Setup(config, dataset, model, tokenizer, accelerator, precision, base_path, prompts)
-
-
-def pick_precision(requested: str) -> str:
-    """'auto' picks bf16 on GPUs that have it and on CPUs with native bf16 matmuls, else fp32."""
-    import torch
-
-    if requested != "auto":
-        if requested in {"bf16", "fp16"} and not torch.cuda.is_available() and requested == "fp16":
-            raise ConfigError("fp16 needs a GPU; use --precision bf16 or fp32 on a CPU.")
-        return requested
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_has_fast_bf16() else "fp32"
-
-
-def cpu_has_fast_bf16() -> bool:
-    """True where the CPU multiplies bf16 natively (AVX-512 BF16 or AMX), so bf16 pays off."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _add_lora(model, config: TextTrainConfig):
