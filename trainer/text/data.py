@@ -4,7 +4,8 @@
 examples, checks there are enough, splits off a validation set and returns a ``DataReport``
 that the run stores in ``metrics.json`` and the bot shows on its report card.
 
-Formats (the file extension decides):
+Formats (the file extension decides; a file whose bytes are an archive, a document or other
+binary data is refused whatever its name says, see ``trainer.filetypes``):
 
 - ``.txt`` / ``.md``: one example per block of text between blank lines. A block longer than
   ``TextLimits.window_chars`` (such as a whole book with no blank lines) is cut into windows of
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Iterator, Literal, Sequence
 
 from ..errors import DataError
+from ..filetypes import not_text
 
 MIN_EXAMPLES = 5
 ACCEPTED_EXTENSIONS = (".txt", ".md", ".jsonl", ".csv")
@@ -241,7 +243,11 @@ def _read_file(path: Path, limits: TextLimits, report: DataReport) -> tuple[list
     if size > limits.max_file_bytes:
         return [], [f"{name}: file is {_mib(size)}, over the {_mib(limits.max_file_bytes)} limit "
                     f"({limits.max_file_bytes} bytes); split it into smaller files."], []
-    text, problem = _decode(path)
+    raw = path.read_bytes()
+    problem = not_text(raw, name)  # a tar archive named .txt would otherwise read as "text" headers
+    if problem:
+        return [], [f"{name}: {problem}"], []
+    text, problem = _decode(name, raw)
     if problem:
         return [], [problem], []
     if not text.strip():
@@ -267,16 +273,15 @@ def _read_file(path: Path, limits: TextLimits, report: DataReport) -> tuple[list
     return examples, problems, notes
 
 
-def _decode(path: Path) -> tuple[str, str | None]:
+def _decode(name: str, raw: bytes) -> tuple[str, str | None]:
     """The file's text with \\n line endings, or a problem saying where it is not UTF-8."""
-    raw = path.read_bytes()
     bom = 3 if raw.startswith(b"\xef\xbb\xbf") else 0
     try:
         text = raw[bom:].decode("utf-8")
     except UnicodeDecodeError as e:
         offset = e.start + bom
         line = raw[:offset].count(b"\n") + 1
-        return "", (f"{path.name}: not UTF-8 text (first bad byte at offset {offset}, line {line}); "
+        return "", (f"{name}: not UTF-8 text (first bad byte at offset {offset}, line {line}); "
                     f"save it as UTF-8 and upload it again.")
     return text.replace("\r\n", "\n").replace("\r", "\n"), None
 
