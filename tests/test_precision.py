@@ -73,3 +73,95 @@ def test_image_runs_of_each_precision_follow_one_another(monkeypatch, tiny_sd, i
         train_image(config)
         metrics = json.loads((tmp_path / f"run{i}" / "metrics.json").read_text())
         assert metrics["precision"] == expected
+
+
+# ---- auto as a measured choice
+
+
+@pytest.fixture
+def probe_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("LORACORD_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "precision.json"
+
+
+class FakeProbe:
+    """Seconds per step by precision: stands in for timing, which a test must not depend on."""
+
+    def __init__(self, **step_s):
+        self.step_s, self.calls = step_s, []
+
+    def __call__(self, precision):
+        self.calls.append(precision)
+        return self.step_s[precision]
+
+
+@no_gpu
+@pytest.mark.parametrize(("bf16_s", "picked"), [(0.5, "bf16"), (0.95, "fp32"), (2.0, "fp32")])
+def test_auto_keeps_bf16_only_where_the_probe_measured_it_faster(monkeypatch, probe_cache, bf16_s, picked):
+    from trainer import precision as module
+
+    monkeypatch.delenv(CPU_BF16_ENV, raising=False)
+    monkeypatch.setattr(module, "cpu_has_fast_bf16", lambda: True)  # as on an AMX / AVX-512 BF16 CPU
+    probe = FakeProbe(fp32=1.0, bf16=bf16_s)
+    choice = module.choose_precision("auto", key="text|model-a", probe=probe)
+    assert choice.precision == picked and "measured" in choice.reason
+    assert choice.step_s == {"fp32": 1.0, "bf16": bf16_s}
+    assert probe.calls == ["fp32", "bf16"] * module.PROBE_ROUNDS  # sides alternate
+
+    again = module.choose_precision("auto", key="text|model-a", probe=FakeProbe(fp32=1.0, bf16=9.0))
+    assert again.precision == picked and again.cached  # cached per machine and model: no second probe
+    other = module.choose_precision("auto", key="image|model-b", probe=FakeProbe(fp32=1.0, bf16=9.0))
+    assert other.precision == "fp32" and not other.cached
+    assert len(json.loads(probe_cache.read_text())) == 2
+
+
+@no_gpu
+def test_auto_without_native_bf16_never_probes(monkeypatch, probe_cache):
+    from trainer import precision as module
+
+    monkeypatch.delenv(CPU_BF16_ENV, raising=False)
+    monkeypatch.setattr(module, "cpu_has_fast_bf16", lambda: False)
+    probe = FakeProbe(fp32=1.0, bf16=0.1)
+    choice = module.choose_precision("auto", key="k", probe=probe)
+    assert choice.precision == "fp32" and "emulated" in choice.reason and probe.calls == []
+    assert module.choose_precision("bf16", key="k", probe=probe).precision == "bf16"
+    monkeypatch.setenv(CPU_BF16_ENV, "1")
+    forced = module.choose_precision("auto", key="k", probe=probe)
+    assert forced.precision == "bf16" and CPU_BF16_ENV in forced.reason and probe.calls == []
+
+
+def test_real_probes_time_both_precisions_on_tiny_models(tiny_llama, tiny_sd):
+    from trainer.image.pipelines import load_pipeline
+    from trainer.precision import image_probe, text_probe
+
+    probe = text_probe(tiny_llama, seq_len=16, batch_size=2, rank=4)
+    assert probe("fp32") > 0 and probe("bf16") > 0
+    loaded = load_pipeline(tiny_sd)
+    before = {k: v.clone() for k, v in loaded.pipe.unet.state_dict().items()}
+    probe = image_probe(loaded, resolution=RESOLUTION, batch_size=2, rank=4)
+    assert probe("fp32") > 0 and probe("bf16") > 0
+    after = loaded.pipe.unet.state_dict()
+    assert set(after) == set(before) and all(torch.equal(before[k], after[k]) for k in before)  # untouched
+
+
+@no_gpu
+def test_bf16_holds_quality_against_fp32_on_the_same_data(tiny_llama, text_file, tmp_path):
+    """The validation loss of a bf16 run stays within 5% of the fp32 run's, same data and seed."""
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        config = _text(tiny_llama, text_file, tmp_path / precision, precision).model_copy(
+            update={"steps": 16, "eval_every": 8})
+        losses[precision] = train_text(config).val_loss
+    assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.05)
+
+
+@no_gpu
+def test_bf16_image_validation_loss_close_to_fp32(tiny_sd, image_folder, tmp_path):
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        config = ImageTrainConfig(data=[str(image_folder)], out=str(tmp_path / precision), base=str(tiny_sd),
+                                  resolution=RESOLUTION, steps=8, rank=4, batch_size=2, eval_every=4,
+                                  sample_every=0, sample_steps=1, sample_seeds=[0], min_image_side=16,
+                                  augment=0.0, precision=precision, threads=1)
+        losses[precision] = train_image(config).val_loss
+    assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.05)
