@@ -12,8 +12,10 @@ database absorbs because every report has a stable key:
 ``r:JOB:ATTEMPT``     the attempt ended: status, error, and the blobs it produced
 ====================  ================================================================
 
-The other direction is ``<queue>.control``: ``c:JOB`` asks the worker running JOB to cancel.
-Large things (samples, adapters, checkpoints) go to the blob store; reports carry their hashes.
+The other direction is ``<queue>.control``: ``c:JOB`` asks the worker running JOB to cancel
+(it stays until the job has ended, and the worker keeps acting on it until its trainer has
+stopped); ``a:JOB`` holds the attempt the bot now counts on, so a worker still running an
+older attempt that the bot took for lost stops it. Large things (samples, adapters, checkpoints) go to the blob store; reports carry their hashes.
 """
 
 from __future__ import annotations
@@ -65,6 +67,11 @@ class Channel:
     def cancel_requested(self, job_id: int) -> bool:
         return self.control.peek_data(f"c:{job_id}") is not EmptyData
 
+    def superseded(self, job_id: int, attempt: int) -> bool:
+        """True when the bot has given up on ``attempt`` and counts on a later one."""
+        current = self.control.peek_data(f"a:{job_id}")
+        return current is not EmptyData and int(current) > attempt
+
     # ---- bot side
     def request_cancel(self, job_id: int) -> None:
         self.control.put_data(f"c:{job_id}", b"1")
@@ -74,6 +81,15 @@ class Channel:
 
     def clear_cancel(self, job_id: int) -> None:
         self.control.delete_data(f"c:{job_id}")
+
+    def set_attempt(self, job_id: int, attempt: int) -> None:
+        """Attempts before ``attempt`` are lost: a worker still running one must stop it."""
+        self.control.put_data(f"a:{job_id}", str(attempt).encode())
+
+    def forget_job(self, job_id: int) -> None:
+        """The job has ended: drop its control messages."""
+        self.control.delete_data(f"c:{job_id}")
+        self.control.delete_data(f"a:{job_id}")
 
     def pending_reports(self) -> list[tuple[str, dict]]:
         """Every unconsumed report, in the order it must be applied (start, events, beat, end)."""

@@ -5,6 +5,10 @@ database in one transaction, and only then deletes the reports. Replaying a repo
 harmless: events are keyed by (job, attempt, seq), samples by (job, blob, prompt, seed),
 adapters by job, and a job's start and end are ignored unless they come from its current
 attempt. So a bot killed at any moment loses and duplicates nothing.
+
+An attempt that ends ``failed`` with ``retry`` set (the worker judged the cause passing: out
+of memory, a killed job process) is queued again while attempts remain; any other failure is
+final at once (bad data, bad settings, a corrupt model file), with the worker's reason.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ class PollResult:
     events: list[Event] = field(default_factory=list)
     started: list[int] = field(default_factory=list)
     finished: list[int] = field(default_factory=list)
+    retried: list[int] = field(default_factory=list)  # failed for a passing reason; queued again
 
 
 class JobCollector:
@@ -39,7 +44,9 @@ class JobCollector:
                 self._apply(key, payload, result)
         self.channel.ack([key for key, _ in reports])
         for job_id in result.finished:
-            self.channel.clear_cancel(job_id)
+            self.channel.forget_job(job_id)
+        for job_id in result.retried:
+            self.channel.set_attempt(job_id, self.db.get_job(job_id).attempts + 1)
         return result
 
     def _apply(self, key: str, payload: dict, result: PollResult) -> None:
@@ -76,8 +83,16 @@ class JobCollector:
             if payload.get("adapter"):
                 self.db.add_adapter(job_id=job.id, session_id=job.session_id, blob_hash=payload["adapter"],
                                     base_model=job.config.get("base"), metrics=payload.get("metrics") or {})
+        error = payload.get("error")
+        if status == "failed" and payload.get("retry") and attempt == job.attempts + 1 and not job.finished:
+            # A passing failure (out of memory, ...): try again from the last checkpoint, if attempts remain.
+            if attempt < job.max_attempts:
+                self.db.requeue_job(job.id, f"{error} (attempt {attempt} of {job.max_attempts}; retrying)")
+                result.retried.append(job.id)
+                return
+            error = f"{error} (gave up after {attempt} attempts)"
         outputs = {k: payload[k] for k in ("files", "adapter", "metrics") if payload.get(k)}
-        if self.db.finish_job(job.id, status, error=payload.get("error"), result=outputs, attempt=attempt):
+        if self.db.finish_job(job.id, status, error=error, result=outputs, attempt=attempt):
             result.finished.append(job.id)
 
     def _add_samples(self, job, samples: list[dict]) -> None:

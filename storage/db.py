@@ -499,8 +499,14 @@ class Database:
         return self.db["jobs"].count_where(where, params)
 
     def mark_job_dispatched(self, job_id: int, task_id: str) -> None:
-        """Handed to huey as task ``task_id``; ``heartbeat_at`` starts the lost-task clock."""
-        self.db["jobs"].update(job_id, {"status": DISPATCHED, "task_id": task_id, "heartbeat_at": time.time()})
+        """Handed to huey as task ``task_id``. Its lost-worker clock (``heartbeat_at``) does not
+        start yet: a task waiting for a free worker is not lost, however long it waits."""
+        self.db["jobs"].update(job_id, {"status": DISPATCHED, "task_id": task_id, "heartbeat_at": None})
+
+    def start_lost_clock(self, job_id: int, *, now: float | None = None) -> None:
+        """A dispatched task has left huey's queue: from now on its worker must report in time."""
+        self.db.execute("update jobs set heartbeat_at = ? where id = ? and heartbeat_at is null",
+                        [now or time.time(), job_id])
 
     def mark_job_running(self, job_id: int, *, worker: str, attempt: int, at: float | None = None) -> bool:
         """A worker started ``attempt``; ignored (returns False) for a stale or finished attempt."""
@@ -525,7 +531,8 @@ class Database:
 
     def touch_heartbeats(self, now: float | None = None) -> None:
         """Give every active job a fresh grace period (the bot just started and saw no beats yet)."""
-        self.db.execute("update jobs set heartbeat_at = ? where status in (?, ?)", [now or time.time(), *ACTIVE])
+        self.db.execute("update jobs set heartbeat_at = ? where status in (?, ?) and heartbeat_at is not null",
+                        [now or time.time(), *ACTIVE])
 
     def set_job_checkpoint(self, job_id: int, manifest_hash: str) -> None:
         """The latest checkpoint a worker uploaded (a tree manifest in the blob store)."""
@@ -537,7 +544,8 @@ class Database:
         return self.get_job(job_id)
 
     def requeue_job(self, job_id: int, reason: str) -> Job:
-        """Put a job whose worker was lost back to ``queued``; it resumes from its checkpoint."""
+        """Put a job back to ``queued`` for its next attempt (its worker was lost, or the attempt
+        failed for a passing reason such as running out of memory); it resumes from its checkpoint."""
         job = self.get_job(job_id)
         self.db["jobs"].update(job_id, {"status": QUEUED, "attempts": job.attempts + 1, "error": reason,
                                         "worker": None, "task_id": None, "beat": None, "heartbeat_at": None})

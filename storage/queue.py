@@ -8,8 +8,12 @@ by default and ``PriorityRedisHuey`` when ``queue_url`` names a Redis server; th
 ``storage.worker``.
 
 The bot calls ``JobQueue.tick()`` every second or so: it ingests worker reports
-(``JobCollector``), honours cancel requests made from the CLI, re-queues jobs whose worker was
-lost (they resume from their last checkpoint) and dispatches what may start now.
+(``JobCollector``; an attempt that failed for a passing reason is retried there), honours
+cancel requests made from the CLI, re-queues jobs whose worker was lost (they resume from
+their last checkpoint) and dispatches what may start now.
+
+A job is *lost* only when its worker has stopped reporting; waiting on huey's queue never
+counts (see ``reap_lost``).
 """
 
 from __future__ import annotations
@@ -86,7 +90,12 @@ class JobQueue:
         return self.db.queue_position(job_id)
 
     def cancel(self, job_id: int) -> Job:
-        """Cancel a job: at once if it has not started, else cooperatively, then by force."""
+        """Cancel a job: at once if it has not started, else cooperatively, then by force.
+
+        The request is kept in the database (``cancel_requested``) and in the channel
+        (``c:JOB``) until the job has ended; the worker acts on it whenever it sees it, also
+        when the job starts only now, and keeps asserting it until its trainer has stopped.
+        """
         job = self.db.get_job(job_id)
         if job.finished:
             return job
@@ -96,6 +105,7 @@ class JobQueue:
             if job.task_id:
                 self.huey.revoke_by_id(job.task_id)
             self.channel.request_cancel(job_id)  # in case a worker took it just now
+            self.db.request_job_cancel(job_id)
             self.db.finish_job(job_id, CANCELLED, error="cancelled before it started")
         else:
             self.db.request_job_cancel(job_id)
@@ -109,7 +119,8 @@ class JobQueue:
     def tick(self) -> TickResult:
         """Ingest reports, honour cancel requests, re-queue lost jobs, dispatch; call it often."""
         polled = self.collector.poll()
-        result = TickResult(events=polled.events, started=polled.started, finished=polled.finished)
+        result = TickResult(events=polled.events, started=polled.started, finished=polled.finished,
+                            retried=polled.retried)
         self._cancel_requests()
         result.requeued = self.reap_lost()
         result.dispatched = self.dispatch()
@@ -142,8 +153,10 @@ class JobQueue:
         return True
 
     def _cancel_requests(self) -> None:
-        """Cancels asked for through the channel (``loracord jobs cancel`` while the bot runs)."""
-        for job_id in self.channel.cancel_requests():
+        """Cancels asked for through the channel (``loracord jobs cancel`` while the bot runs),
+        and cancels of running jobs re-asserted there (the channel's store may have lost them)."""
+        asked = set(self.channel.cancel_requests())
+        for job_id in sorted(asked):
             try:
                 job = self.db.get_job(job_id)
             except JobNotFound:
@@ -152,30 +165,48 @@ class JobQueue:
             if not job.finished and not job.cancel_requested:
                 self.cancel(job_id)
             elif job.finished and time.time() - (job.finished_at or 0) > self.settings.heartbeat_timeout_s:
-                self.channel.clear_cancel(job_id)
+                self.channel.forget_job(job_id)
+        for job in self.db.list_jobs(status=[DISPATCHED, RUNNING]):
+            if job.cancel_requested and job.id not in asked:
+                self.channel.request_cancel(job.id)
 
     def reap_lost(self, now: float | None = None) -> list[int]:
-        """Re-queue (or fail) jobs whose worker went silent; returns the re-queued ids."""
+        """Re-queue (or fail) jobs whose worker went silent; returns the re-queued ids.
+
+        A job is lost only when its worker has stopped reporting: a dispatched task still on
+        huey's queue is waiting for a free worker, however long that takes, and its clock starts
+        only once it has left the queue (a worker took it and reports at once, or it vanished).
+        A running job's clock restarts with each heartbeat, which the worker sends from the
+        moment it takes the task (also while it fetches data or waits for the run folder).
+        """
         now = now or time.time()
         deadline = now - self.settings.heartbeat_timeout_s
         pending = None
         requeued = []
         for job in self.db.list_jobs(status=[DISPATCHED, RUNNING]):
-            if job.heartbeat_at is None or job.heartbeat_at > deadline:
-                continue
             if job.status == DISPATCHED:
                 if pending is None:
                     pending = {task.id for task in self.huey.pending()}
                 if job.task_id in pending:
                     continue  # still waiting for a free worker, not lost
+                if job.heartbeat_at is None:
+                    self.db.start_lost_clock(job.id, now=now)
+                    continue
+            if job.heartbeat_at is None or job.heartbeat_at > deadline:
+                continue
+            attempt = job.attempts + 1
             if job.cancel_requested:
                 self.db.finish_job(job.id, CANCELLED, error="cancelled; its worker was lost")
-            elif job.attempts + 1 < job.max_attempts:
-                self.db.requeue_job(job.id, f"worker {job.worker or '?'} lost during attempt {job.attempts + 1}")
+                self.channel.forget_job(job.id)
+            elif attempt < job.max_attempts:
+                self.db.requeue_job(job.id, f"worker {job.worker or '?'} lost during attempt {attempt} of "
+                                            f"{job.max_attempts}; retrying from the last checkpoint")
+                self.channel.set_attempt(job.id, attempt + 1)  # should it still run attempt N, it stops
                 requeued.append(job.id)
                 log.warning("job %s: worker lost, re-queued to resume from its last checkpoint", job.id)
             else:
-                self.db.finish_job(job.id, FAILED, error=f"worker lost {job.attempts + 1} times; giving up")
+                self.db.finish_job(job.id, FAILED, error=f"worker lost {attempt} times; giving up")
+                self.channel.forget_job(job.id)
         return requeued
 
     def close(self) -> None:

@@ -2,17 +2,28 @@
 
 ``run_worker(settings)`` is what ``loracord worker`` (or ``python -m storage.worker``) runs on
 each GPU machine; the bot starts one itself for the embedded SQLite queue
-(``start_worker_process``). For each job ``execute_job``:
+(``start_worker_process``). For each job ``execute_job`` runs one ``JobAttempt``:
 
-1. fetches the job's last checkpoint from the blob store when this machine lacks it,
-2. starts ``python -m storage.jobrun RUN/job.json`` (``accelerate launch`` with several GPUs)
+1. reports at once that it took the task, and from then on sends heartbeats from a thread,
+   also while it waits, fetches data or uploads, so a job is taken for lost only when its
+   worker has really stopped,
+2. takes the run folder's lock, so an earlier attempt on this machine has really ended first,
+   publishes the events that attempt left unpublished, and collects its run if it finished,
+3. fetches the job's last checkpoint and its dataset from the blob store when this machine
+   lacks them,
+4. starts ``python -m storage.jobrun RUN/job.json`` (``accelerate launch`` with several GPUs)
    in its own process group, set to die with the worker,
-3. tails RUN/events.jsonl and publishes each event (artifacts and checkpoints go to the blob
-   store first, so a report never names a blob that is not there), with a heartbeat,
-4. on cancel touches RUN/CANCEL, then sends SIGTERM and SIGKILL to the group after grace periods,
-5. publishes the end: status, error, and the blobs of the adapter, samples, metrics and chart.
+5. tails RUN/events.jsonl and publishes each event (artifacts and checkpoints go to the blob
+   store first, so a report never names a blob that is not there; a checkpoint is uploaded
+   from a snapshot of hard links, so the trainer writing or pruning never races the upload),
+6. on cancel touches RUN/CANCEL and keeps it there until the trainer has stopped, then sends
+   SIGTERM and SIGKILL to the group after grace periods; when the bot has given up on this
+   attempt (``Channel.superseded``) it kills the group at once,
+7. publishes the end: status, error (and whether it is worth retrying), and the blobs of the
+   adapter, samples, metrics and chart.
 
-Workers never open the database; see ``storage.channel``.
+Whatever goes wrong in the worker itself, the trainer's process group ends before the task
+does. Workers never open the database; see ``storage.channel``.
 """
 
 from __future__ import annotations
@@ -21,22 +32,27 @@ import ctypes
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
-from trainer.rundir import RunDir, write_json_atomic
+from trainer.errors import UserError
+from trainer.rundir import RunDir, atomic_folder, write_json_atomic
 
 from .blobs import BlobStore
 from .channel import Channel
+from .lock import RunLock
 from .settings import Settings
 
 log = logging.getLogger("loracord.worker")
 
 _TRAIN_KINDS = ("train_text", "train_image", "tune")
+EXIT_DONE, EXIT_PERMANENT, EXIT_TRANSIENT = 0, 2, 3  # how storage.jobrun ends
 
 
 def worker_id() -> str:
@@ -46,48 +62,162 @@ def worker_id() -> str:
 def execute_job(spec: dict, settings: Settings, *, channel: Channel | None = None,
                 blobs: BlobStore | None = None) -> str:
     """Run one dispatched job to its end; returns the status it reported."""
-    channel = channel or Channel(settings)
-    blobs = blobs or BlobStore(settings.blob_location)
-    run = RunDir(settings.run_root / f"job-{spec['job_id']}")
-    run.root.mkdir(parents=True, exist_ok=True)
-    reporter = Reporter(channel, blobs, spec, run)
-    if channel.cancel_requested(spec["job_id"]):
-        return reporter.finish("cancelled", None)
-    _restore_checkpoint(blobs, run, spec.get("checkpoint"))
-    run.cancel_file.unlink(missing_ok=True)
-    (run.root / "result.json").unlink(missing_ok=True)
-    # Resume whenever a checkpoint is here (restored or left by an earlier attempt on this
-    # machine); an attempt lost before its first checkpoint starts over.
-    resume = run.latest_checkpoint() is not None
-    spec_path = run.root / "job.json"
-    config = fetch_dataset(blobs, run, spec["config"])
-    write_json_atomic(spec_path, {**spec, "config": config, "run_dir": str(run.root), "resume": resume})
-    reporter.skip_existing_events()
+    return JobAttempt(spec, settings, channel or Channel(settings),
+                      blobs or BlobStore(settings.blob_location)).execute()
 
-    with (run.root / "job.log").open("ab") as job_log:
-        proc = subprocess.Popen(_job_command(spec["kind"], spec_path), stdout=job_log, stderr=subprocess.STDOUT,
-                                start_new_session=True, preexec_fn=_die_with_parent)
-    reporter.started(proc.pid)
-    log.info("job %s attempt %s started (pid %s)", spec["job_id"], spec["attempt"], proc.pid)
-    cancel_at = None
-    signalled = None
-    while proc.poll() is None:
-        reporter.pump()
-        reporter.heartbeat(settings.heartbeat_s)
-        if cancel_at is None and channel.cancel_requested(spec["job_id"]):
-            cancel_at = time.monotonic()
-            run.cancel_file.touch()  # cooperative first: the trainer stops at the next step
-        if cancel_at is not None:
-            waited = time.monotonic() - cancel_at
-            if waited > settings.cancel_grace_s + settings.kill_grace_s:
-                signalled = _kill_group(proc, signal.SIGKILL)
-            elif waited > settings.cancel_grace_s and signalled is None:
-                signalled = _kill_group(proc, signal.SIGTERM)
-        time.sleep(0.1)
-    reporter.pump()
-    status, error = _outcome(proc.returncode, run, cancelled=cancel_at is not None)
-    log.info("job %s attempt %s ended: %s %s", spec["job_id"], spec["attempt"], status, error or "")
-    return reporter.finish(status, error)
+
+class Superseded(Exception):
+    """The bot gave up on this attempt (it took its worker for lost) and counts on a later one."""
+
+
+class JobAttempt:
+    """One attempt of one job on this worker, from taking the task to reporting its end."""
+
+    def __init__(self, spec: dict, settings: Settings, channel: Channel, blobs: BlobStore):
+        self.spec, self.settings, self.channel, self.blobs = spec, settings, channel, blobs
+        self.job_id, self.attempt = spec["job_id"], spec["attempt"]
+        self.run = RunDir(settings.run_root / f"job-{self.job_id}")
+        self.run.root.mkdir(parents=True, exist_ok=True)
+        self.reporter = Reporter(channel, blobs, spec, self.run)
+        self.lock = RunLock(self.run.root / "worker.lock")
+        self.proc: subprocess.Popen | None = None
+        self.cancel_at: float | None = None
+        self.last_superseded_check = 0.0
+
+    def execute(self) -> str:
+        self.reporter.started()  # at once: from now on the bot expects our heartbeats
+        heartbeat = Heartbeat(self.settings, self.spec)
+        heartbeat.start()
+        try:
+            return self._run(heartbeat)
+        except Superseded:
+            log.warning("job %s attempt %s: the bot has moved on to a later attempt; stopped", self.job_id, self.attempt)
+            return "superseded"
+        except UserError as exc:  # e.g. a dataset blob that is not in the store
+            self._stop_trainer()
+            return self.reporter.finish("failed", str(exc))
+        except Exception as exc:
+            log.exception("job %s attempt %s: the worker failed", self.job_id, self.attempt)
+            self._stop_trainer()
+            return self.reporter.finish("failed", f"the worker failed: {type(exc).__name__}: {exc}", retry=True)
+        finally:
+            self._stop_trainer()  # no trainer outlives its task, whatever happened above
+            heartbeat.stop()
+            self.lock.release()
+
+    def _run(self, heartbeat: "Heartbeat") -> str:
+        run, spec = self.run, self.spec
+        if self._cancel_requested():
+            return self.reporter.finish("cancelled", None)
+        # An earlier attempt on this machine (a worker that was taken for lost) ends first.
+        self.lock.acquire(while_waiting=self._check_superseded, every_s=0.2)
+        RunLock(run.root / "trainer.lock").acquire(while_waiting=self._check_superseded, every_s=0.2).release()
+        self.reporter.begin()
+        finished = finished_run(run)
+        if finished is not None:  # it trained to the end, but its report never arrived
+            log.info("job %s attempt %s: collecting the run an earlier attempt finished", self.job_id, self.attempt)
+            return self.reporter.finish("done", None, result=finished)
+        _restore_checkpoint(self.blobs, run, spec.get("checkpoint"))
+        run.cancel_file.unlink(missing_ok=True)  # stale; a cancel asked for now is in the channel
+        (run.root / "result.json").unlink(missing_ok=True)
+        # Resume whenever a checkpoint is here (restored or left by an earlier attempt on this
+        # machine); an attempt lost before its first checkpoint starts over.
+        resume = run.latest_checkpoint() is not None
+        config = fetch_dataset(self.blobs, run, spec["config"])
+        spec_path = run.root / "job.json"
+        write_json_atomic(spec_path, {**spec, "config": config, "run_dir": str(run.root), "resume": resume})
+        self._check_superseded()
+
+        with (run.root / "job.log").open("ab") as job_log:
+            self.proc = subprocess.Popen(_job_command(spec["kind"], spec_path), stdout=job_log,
+                                         stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
+        heartbeat.pid = self.proc.pid
+        log.info("job %s attempt %s started (pid %s)", self.job_id, self.attempt, self.proc.pid)
+        while self.proc.poll() is None:
+            self.reporter.pump()
+            if self.cancel_at is None and self._cancel_requested():
+                self.cancel_at = time.monotonic()
+            if self.cancel_at is not None:
+                self._press_cancel()
+            self._check_superseded()
+            time.sleep(0.1)
+        self.reporter.pump()
+        status, error, retry = _outcome(self.proc.returncode, run, cancelled=self.cancel_at is not None)
+        log.info("job %s attempt %s ended: %s %s", self.job_id, self.attempt, status, error or "")
+        return self.reporter.finish(status, error, retry=retry)
+
+    def _cancel_requested(self) -> bool:
+        return self.channel.cancel_requested(self.job_id)
+
+    def _press_cancel(self) -> None:
+        """Keep the cancel asserted until the trainer stops: the CANCEL file first (the trainer
+        stops after its step with a checkpoint), then SIGTERM and SIGKILL after grace periods."""
+        if not self.run.cancel_file.exists():  # a trainer starting up may have cleared it
+            self.run.cancel_file.touch()
+        waited = time.monotonic() - self.cancel_at
+        if waited > self.settings.cancel_grace_s + self.settings.kill_grace_s:
+            _kill_group(self.proc, signal.SIGKILL)
+        elif waited > self.settings.cancel_grace_s:
+            _kill_group(self.proc, signal.SIGTERM)
+
+    def _check_superseded(self) -> None:
+        if time.monotonic() - self.last_superseded_check < 1.0:
+            return
+        self.last_superseded_check = time.monotonic()
+        if self.channel.superseded(self.job_id, self.attempt):
+            raise Superseded()
+
+    def _stop_trainer(self) -> None:
+        """End the trainer's process group (if it still runs) and wait until it has."""
+        if self.proc is None or self.proc.returncode is not None:
+            return
+        if self.proc.poll() is None:
+            _kill_group(self.proc, signal.SIGKILL)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            log.error("job %s: the trainer (pid %s) did not die", self.job_id, self.proc.pid)
+
+
+class Heartbeat(threading.Thread):
+    """Reports every ``heartbeat_s`` that this attempt is alive, from the moment the worker took
+    the task until it reported the end, whatever the worker's main thread is busy with."""
+
+    def __init__(self, settings: Settings, spec: dict):
+        super().__init__(daemon=True, name=f"heartbeat-{spec['job_id']}")
+        self.settings, self.job_id, self.attempt = settings, spec["job_id"], spec["attempt"]
+        self.pid: int | None = None
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        channel = Channel(self.settings)  # its own connection: the main thread's is busy
+        beat = 0
+        try:
+            while not self._stop_event.is_set():
+                beat += 1
+                try:
+                    channel.publish("h", self.job_id, self.attempt, {"beat": beat, "pid": self.pid, "worker": worker_id()})
+                except Exception:  # the queue's store is briefly unreachable: try at the next beat
+                    log.warning("job %s: heartbeat not sent", self.job_id, exc_info=True)
+                self._stop_event.wait(self.settings.heartbeat_s)
+        finally:
+            channel.close()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=10)
+
+
+def finished_run(run: RunDir) -> dict | None:
+    """What an earlier attempt left when it trained to the end (its report lost), else None."""
+    result_file = run.root / "result.json"
+    if result_file.is_file():
+        result = json.loads(result_file.read_text())
+        return result if result.get("status") == "done" else None
+    if run.metrics.is_file() and run.adapter.is_dir() and run.latest_checkpoint() is None:
+        if json.loads(run.metrics.read_text()).get("status") == "done":
+            return {"status": "done"}
+    return None
 
 
 def _job_command(kind: str, spec_path: Path) -> list[str]:
@@ -122,21 +252,21 @@ def _kill_group(proc: subprocess.Popen, sig: int) -> int:
     return sig
 
 
-def _outcome(returncode: int, run: RunDir, *, cancelled: bool) -> tuple[str, str | None]:
-    """Turn the job process's exit into (status, error)."""
+def _outcome(returncode: int, run: RunDir, *, cancelled: bool) -> tuple[str, str | None, bool]:
+    """Turn the job process's exit into (status, error, worth retrying)."""
     result_file = run.root / "result.json"
     result = json.loads(result_file.read_text()) if result_file.exists() else {}
-    if returncode == 0 and result.get("status") in ("done", "cancelled"):
-        return result["status"], None
+    if returncode == EXIT_DONE and result.get("status") in ("done", "cancelled"):
+        return result["status"], None, False
     if cancelled:
-        return "cancelled", None
-    if returncode == 2 and result.get("error"):
-        return "failed", result["error"]
+        return "cancelled", None, False
+    if returncode in (EXIT_PERMANENT, EXIT_TRANSIENT) and result.get("error"):
+        return "failed", result["error"], returncode == EXIT_TRANSIENT
     if returncode < 0:
         name = signal.Signals(-returncode).name
         hint = " (out of memory?)" if returncode == -signal.SIGKILL else ""
-        return "failed", f"the job process was killed by {name}{hint}"
-    return "failed", f"the job process crashed (exit {returncode}): {_last_line(run.root / 'job.log')}"
+        return "failed", f"the job process was killed by {name}{hint}", True
+    return "failed", f"the job process crashed (exit {returncode}): {_last_line(run.root / 'job.log')}", False
 
 
 def _last_line(path: Path) -> str:
@@ -150,56 +280,88 @@ def _restore_checkpoint(blobs: BlobStore, run: RunDir, checkpoint: str | None) -
         return
     name, tree = checkpoint.rsplit("/", 1)
     if not (run.checkpoints / name / "state.json").exists():
-        blobs.get_tree(tree, run.checkpoints / name)
+        with atomic_folder(run.checkpoints / name) as tmp:  # a worker killed meanwhile leaves no half checkpoint
+            blobs.get_tree(tree, tmp)
 
 
 class Reporter:
-    """Publishes one attempt's start, events, heartbeats and end on the channel."""
+    """Publishes one attempt's start, events, checkpoints and end on the channel.
+
+    Events are keyed by their line in RUN/events.jsonl: ``RUN/published.json`` records where
+    each attempt's lines begin and how far publishing got, so an attempt publishes what the
+    one before it (on this machine) wrote but could not publish, and a line published twice is
+    stored once.
+    """
 
     def __init__(self, channel: Channel, blobs: BlobStore, spec: dict, run: RunDir):
         self.channel, self.blobs, self.run = channel, blobs, run
         self.job_id, self.attempt = spec["job_id"], spec["attempt"]
         self.seed = spec.get("config", {}).get("seed")
-        self.offset = 0
-        self.seq = 0
-        self.beat = 0
-        self.last_beat = 0.0
-        self.pid = None
-        self.last_checkpoint = run.latest_checkpoint().name if run.latest_checkpoint() else None
+        self.state_file = run.root / "published.json"
+        self.state = {"attempts": [], "line": 0, "offset": 0}
+        self.last_checkpoint: str | None = None
 
-    def _publish(self, kind: str, payload: dict, seq: int | None = None) -> None:
-        self.channel.publish(kind, self.job_id, self.attempt, payload, seq)
+    def _publish(self, kind: str, payload: dict, seq: int | None = None, attempt: int | None = None) -> None:
+        self.channel.publish(kind, self.job_id, attempt or self.attempt, payload, seq)
 
-    def skip_existing_events(self) -> None:
-        """Events already in the file belong to an earlier attempt on this machine."""
-        self.offset = self.run.events.stat().st_size if self.run.events.exists() else 0
+    def started(self) -> None:
+        self._publish("s", {"worker": worker_id(), "time": time.time()})
 
-    def started(self, pid: int) -> None:
-        self.pid = pid
-        self._publish("s", {"worker": worker_id(), "pid": pid, "time": time.time()})
+    def begin(self) -> None:
+        """Publish what earlier attempts left unpublished, then start this attempt's lines."""
+        if self.state_file.is_file():
+            self.state = json.loads(self.state_file.read_text())
+        events = self.run.events
+        size = events.stat().st_size if events.exists() else 0
+        if size < self.state["offset"]:  # the file was replaced: publish it from the start
+            self.state.update(line=0, offset=0)
+        if size:
+            with events.open("rb+") as f:  # a trainer killed mid-line left half a line: drop it
+                data = f.read()
+                if not data.endswith(b"\n"):
+                    f.truncate(data.rfind(b"\n") + 1)
+        self.pump()
+        if not any(attempt == self.attempt for attempt, _ in self.state["attempts"]):
+            self.state["attempts"].append([self.attempt, self.state["line"]])
+        self._save_state()
+        latest = self.run.latest_checkpoint()
+        self.last_checkpoint = latest.name if latest else None
 
-    def heartbeat(self, every_s: float) -> None:
-        if time.monotonic() - self.last_beat >= every_s:
-            self.beat += 1
-            self.last_beat = time.monotonic()
-            self._publish("h", {"beat": self.beat, "pid": self.pid, "worker": worker_id()})
+    def _save_state(self) -> None:
+        write_json_atomic(self.state_file, self.state)
+
+    def _key(self, line: int) -> tuple[int, int] | None:
+        """(attempt, seq) of the events file's line ``line``, or None for a line no attempt wrote."""
+        owner = None
+        for attempt, first in self.state["attempts"]:
+            if first <= line:
+                owner = (attempt, line - first)
+        return owner
 
     def pump(self) -> None:
         """Publish the complete lines appended to events.jsonl since the last call."""
         if not self.run.events.exists():
             return
         with self.run.events.open("rb") as f:
-            f.seek(self.offset)
+            f.seek(self.state["offset"])
             chunk = f.read()
         end = chunk.rfind(b"\n")
         if end < 0:
             return
-        for line in chunk[: end + 1].splitlines():
-            if line.strip():
-                self._publish_event(json.loads(line))
-        self.offset += end + 1
+        for raw in chunk[: end + 1].split(b"\n")[:-1]:
+            key = self._key(self.state["line"])
+            if key is not None and raw.strip():
+                try:
+                    event = json.loads(raw)
+                except ValueError:
+                    log.warning("job %s: skipped a damaged line in events.jsonl", self.job_id)
+                else:
+                    self._publish_event(event, *key)
+            self.state["line"] += 1
+            self.state["offset"] += len(raw) + 1
+        self._save_state()
 
-    def _publish_event(self, event: dict) -> None:
+    def _publish_event(self, event: dict, attempt: int, seq: int) -> None:
         payload: dict = {"event": event, "blobs": {}}
         for name in event.get("artifacts") or []:
             path = self.run.root / name
@@ -208,21 +370,62 @@ class Reporter:
         if event.get("kind") == "sample":
             payload["samples"] = [{"blob": h, "prompt": event.get("message"), "seed": self.seed, "kind": _sample_kind(n)}
                                   for n, h in payload["blobs"].items()]
-        latest = self.run.latest_checkpoint()  # trainers checkpoint without always saying so
-        if latest is not None and latest.name != self.last_checkpoint:
-            payload["checkpoint"] = f"{latest.name}/{self.blobs.put_tree(latest)}"
-            self.last_checkpoint = latest.name
-        self._publish("e", payload, self.seq)
-        self.seq += 1
+        if attempt == self.attempt:
+            checkpoint = self._checkpoint_to_publish(event)
+            if checkpoint is not None:
+                payload["checkpoint"] = checkpoint
+        self._publish("e", payload, seq, attempt)
 
-    def finish(self, status: str, error: str | None) -> str:
-        payload: dict = {"status": status, "error": error, "files": {}, "samples": []}
+    def _checkpoint_to_publish(self, event: dict) -> str | None:
+        """Upload the checkpoint an event announces (or, as trainers may checkpoint without
+        saying so, the latest one when it is new); returns ``name/tree-hash`` or None."""
+        if event.get("kind") == "checkpoint" and event.get("step") is not None:
+            folder = self.run.checkpoint(int(event["step"]))
+        else:
+            folder = self.run.latest_checkpoint()
+        if folder is None or folder.name == self.last_checkpoint:
+            return None
+        snapshot = self._snapshot(folder)
+        if snapshot is None:  # pruned before we got to it: a newer one is announced next
+            return None
+        try:
+            tree = self.blobs.put_tree(snapshot)
+        finally:
+            shutil.rmtree(snapshot.parent, ignore_errors=True)
+        self.last_checkpoint = folder.name
+        return f"{folder.name}/{tree}"
+
+    def _snapshot(self, folder: Path) -> Path | None:
+        """Hard links to a checkpoint's files, which stay whole whatever the trainer does next
+        (checkpoints are written under a temporary name and renamed, never changed in place)."""
+        snapshot = self.run.root / ".upload" / folder.name
+        shutil.rmtree(snapshot.parent, ignore_errors=True)
+        try:
+            for path in sorted(folder.rglob("*")):
+                if path.is_file():
+                    target = snapshot / path.relative_to(folder)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    try:
+                        os.link(path, target)
+                    except FileNotFoundError:
+                        raise
+                    except OSError:  # a filesystem without hard links
+                        shutil.copy2(path, target)
+            if not (snapshot / "state.json").is_file():
+                raise FileNotFoundError(folder / "state.json")
+        except FileNotFoundError:
+            shutil.rmtree(snapshot.parent, ignore_errors=True)
+            return None
+        return snapshot
+
+    def finish(self, status: str, error: str | None, *, retry: bool = False, result: dict | None = None) -> str:
+        payload: dict = {"status": status, "error": error, "retry": retry, "files": {}, "samples": []}
         if status == "done":
-            payload.update(self._collect_outputs())
+            payload.update(self._collect_outputs(result))
         self._publish("r", payload)
         return status
 
-    def _collect_outputs(self) -> dict:
+    def _collect_outputs(self, result: dict | None = None) -> dict:
         run, out = self.run, {"files": {}, "samples": []}
         if run.adapter.is_dir():
             out["adapter"] = self.blobs.put_tree(run.adapter)
@@ -232,8 +435,10 @@ class Reporter:
         if run.metrics.is_file():
             metrics = json.loads(run.metrics.read_text())
             out["metrics"] = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
-        if (run.root / "result.json").is_file():  # e.g. a tuning job's table of trials
-            out["result"] = json.loads((run.root / "result.json").read_text())
+        if result is None and (run.root / "result.json").is_file():  # e.g. a tuning job's table of trials
+            result = json.loads((run.root / "result.json").read_text())
+        if result:
+            out["result"] = result
         samples_json = run.root / "samples.json"
         if samples_json.is_file():
             for row in json.loads(samples_json.read_text()):
@@ -247,10 +452,22 @@ class Reporter:
 def fetch_dataset(blobs: BlobStore, run: RunDir, config: dict) -> dict:
     """Fetch a job's dataset from the blob store into ``RUN/data`` and point ``data`` at it.
 
-    The bot names the dataset by blob hashes (``data_blobs``: ``[[sha256, filename], ...]``)
+    The bot names the dataset by blob hashes (a run spec's ``dataset`` manifest, see
+    ``trainer.spec``; jobs queued before it: ``data_blobs``, ``[[sha256, filename], ...]``)
     so that a worker on another machine, sharing only the blob store, can train on it. Files
-    keep their names (the extension decides how a file is read) and their order.
+    keep their names (the extension decides how a file is read) and their order; an image
+    dataset's captions are written beside them as ``metadata.jsonl``.
     """
+    if "spec" in config and config.get("dataset"):
+        from pydantic import ValidationError
+
+        from trainer.spec import RunSpec
+
+        try:
+            spec = RunSpec.model_validate(config)
+        except ValidationError:
+            return config  # the job process fails it, saying what does not read
+        return spec.materialized(run.root / "data", blobs.get_file).to_job()
     refs = config.get("data_blobs")
     if not refs:
         return config

@@ -107,12 +107,32 @@ def test_a_user_error_fails_the_job_with_its_message(queue):
 
 
 def test_a_crashing_job_fails_alone(queue):
+    """A job process killed by SIGKILL (what the out-of-memory killer sends) is retried from its
+    last checkpoint; killed on every attempt, it fails with the attempt count."""
     job = queue.submit("sleep", {"steps": 5, "crash_at": 2})
+    for attempt in (1, 2):
+        run_next_task_here(queue)
+        queue.tick()
+        job = queue.db.get_job(job.id)
+        assert (job.status, job.attempts) == ("dispatched", attempt)
+        assert "SIGKILL" in job.error and f"attempt {attempt} of 3; retrying" in job.error
     run_next_task_here(queue)
     queue.tick()
     job = queue.db.get_job(job.id)
-    assert job.status == "failed" and "SIGKILL" in job.error
-    assert [e.kind for e in queue.db.list_events(job.id)] == ["start", "step"]
+    assert job.status == "failed" and "SIGKILL" in job.error and "gave up after 3 attempts" in job.error
+    assert [e.kind for e in queue.db.list_events(job.id)] == ["start", "step"] * 3
+
+
+def test_a_passing_failure_is_retried_and_a_permanent_one_is_not(queue):
+    oom = queue.submit("sleep", {"steps": 2, "raise": "MemoryError"}, user_id=1)
+    bad = queue.submit("sleep", {"steps": 2, "raise": "ValueError", "message": "rank must be positive"}, user_id=2)
+    run_next_task_here(queue)
+    run_next_task_here(queue)
+    queue.tick()
+    oom, bad = queue.db.get_job(oom.id), queue.db.get_job(bad.id)
+    assert (oom.status, oom.attempts) == ("dispatched", 1) and "out of memory" in oom.error
+    assert (bad.status, bad.attempts) == ("failed", 0)
+    assert bad.error == "the job's data or settings were refused (ValueError: rank must be positive)"
 
 
 def test_cancel_before_start_revokes_the_task(queue):
@@ -148,9 +168,12 @@ def test_lost_workers_are_requeued_then_failed(queue, settings):
 
 def test_a_dispatched_task_that_vanished_is_requeued(queue, settings):
     job = queue.submit("noop", {})
+    assert queue.db.get_job(job.id).heartbeat_at is None  # waiting on huey's queue: no clock
     queue.huey.dequeue()  # taken by a worker that died before it could report
-    later = queue.db.get_job(job.id).heartbeat_at + settings.heartbeat_timeout_s + 1
-    assert queue.reap_lost(now=later) == [job.id]
+    assert queue.reap_lost(now=1000.0) == []  # the clock starts when the task is seen gone
+    assert queue.db.get_job(job.id).heartbeat_at == 1000.0
+    assert queue.reap_lost(now=1000.0 + settings.heartbeat_timeout_s + 1) == [job.id]
+    later = 2000.0
     queue.submit("noop", {})
     queue.dispatch()  # both tasks wait on the huey queue now: not lost, however long they wait
     assert queue.reap_lost(now=later + 100) == []

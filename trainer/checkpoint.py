@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -64,24 +63,29 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(folder: Path, *, model, optimizer, scheduler, step: int, extra: dict | None = None,
-                    generator: torch.Generator | None = None) -> Path:
-    """Write a checkpoint into ``folder`` atomically (a ``.partial`` folder renamed at the end)."""
-    partial = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    save_file(trainable_state(model), str(partial / "trainable.safetensors"))
-    torch.save(
-        {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "rng": rng_state(),
-            "generator": generator.get_state() if generator is not None else None,
-        },
-        partial / "training_state.pt",
-    )
-    (partial / "state.json").write_text(json.dumps({"step": step, **(extra or {})}, indent=2, default=str))
-    shutil.rmtree(folder, ignore_errors=True)
-    partial.rename(folder)
+                    generator: torch.Generator | None = None,
+                    tensors: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
+    """Write a checkpoint into ``folder`` atomically: it is filled under a temporary name and
+    renamed at the end, so ``folder`` is complete whenever it exists and never changes after.
+
+    ``tensors`` adds safetensors files to it, e.g. ``{"best": weights}`` -> ``best.safetensors``.
+    """
+    from .rundir import atomic_folder
+
+    with atomic_folder(folder) as tmp:
+        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+        for name, weights in (tensors or {}).items():
+            save_file(weights, str(tmp / f"{name}.safetensors"))
+        torch.save(
+            {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "rng": rng_state(),
+                "generator": generator.get_state() if generator is not None else None,
+            },
+            tmp / "training_state.pt",
+        )
+        (tmp / "state.json").write_text(json.dumps({"step": step, **(extra or {})}, indent=2, default=str))
     return folder
 
 

@@ -7,7 +7,9 @@ Layout (the same for text and image runs)::
       metrics.json        kind, config, data report, loss and validation curves, timings
       loss.png            loss and validation-loss curves
       events.jsonl        one ProgressEvent per line
-      checkpoints/        step-N/ folders for exact resume (kept: the latest one)
+      checkpoints/        step-N/ folders for exact resume (kept: the latest one); each is written
+                          under a hidden temporary name and renamed, so a step-N folder is complete
+                          and never changes (see ``atomic_folder``)
       CANCEL              present while a cancel is requested (see trainer.cancel)
 
 Text runs add ``samples.json`` (before/after generations); image runs add ``samples/``.
@@ -15,12 +17,14 @@ Text runs add ``samples.json`` (before/after generations); image runs add ``samp
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .errors import UserError
 
@@ -73,14 +77,19 @@ class RunDir:
     def checkpoint(self, step: int) -> Path:
         return self.checkpoints / f"step-{step:06d}"
 
-    def latest_checkpoint(self) -> Path | None:
+    def complete_checkpoints(self) -> list[Path]:
+        """The finished ``step-N`` folders, oldest first (temporary folders are not checkpoints)."""
         if not self.checkpoints.is_dir():
-            return None
-        done = sorted(p for p in self.checkpoints.glob("step-*") if (p / "state.json").exists())
+            return []
+        return sorted(p for p in self.checkpoints.iterdir()
+                      if _CHECKPOINT_NAME.fullmatch(p.name) and (p / "state.json").exists())
+
+    def latest_checkpoint(self) -> Path | None:
+        done = self.complete_checkpoints()
         return done[-1] if done else None
 
     def prune_checkpoints(self, keep: int = 1) -> None:
-        done = sorted(p for p in self.checkpoints.glob("step-*") if (p / "state.json").exists())
+        done = self.complete_checkpoints()
         for old in done[:-keep] if keep else done:
             shutil.rmtree(old, ignore_errors=True)
 
@@ -89,6 +98,36 @@ class RunDir:
 
     def write_metrics(self, data: dict[str, Any]) -> None:
         write_json_atomic(self.metrics, data)
+
+
+_CHECKPOINT_NAME = re.compile(r"step-\d+")
+
+
+@contextlib.contextmanager
+def atomic_folder(folder: Path) -> Iterator[Path]:
+    """Fill a folder under a hidden temporary name; it appears as ``folder`` only when complete.
+
+    ``with atomic_folder(run.checkpoint(step)) as tmp: ...write into tmp...``. On an error the
+    temporary folder is removed and ``folder`` stays as it was. Readers (a worker uploading the
+    latest checkpoint) thus never see a folder that is still being written.
+    """
+    folder = Path(folder)
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if folder.exists():  # rewriting a checkpoint of the same step (a resumed run cancelled at once)
+        old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        folder.rename(old)
+        tmp.rename(folder)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(folder)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -121,7 +160,7 @@ def start_run(config, on_event=None, cancel=None) -> RunStart:
 
     run = RunDir.create(config.out, resume=config.resume)
     cancel = cancel or CancelToken(run.cancel_file)
-    cancel.clear()
+    cancel.clear()  # a stale CANCEL of an earlier run; a queue worker's token keeps its file
     emit = fan_out(JsonlEventLog(run.events), on_event)
     checkpoint = run.latest_checkpoint() if config.resume else None
     if config.resume and checkpoint is None:
