@@ -276,12 +276,10 @@ def _fit(s: _Setup, run: RunDir, emit: EventCallback, cancel: CancelToken, check
     start_time, start_step, stop_reason = time.time(), state["step"], "completed"
 
     def snapshot(step: int) -> None:
-        folder = save_checkpoint(run.checkpoint(step), model=trainable, optimizer=optimizer, scheduler=scheduler,
-                                 step=step, generator=generator,
-                                 extra={k: v for k, v in state.items() if k != "step"} | {"config": cfg.model_dump()})
-        if best_weights is not None:
-            from safetensors.torch import save_file
-            save_file(best_weights, str(folder / "best.safetensors"))
+        save_checkpoint(run.checkpoint(step), model=trainable, optimizer=optimizer, scheduler=scheduler,
+                        step=step, generator=generator,
+                        extra={k: v for k, v in state.items() if k != "step"} | {"config": cfg.model_dump()},
+                        tensors={"best": best_weights} if best_weights is not None else None)
         run.prune_checkpoints(keep=1)
         emit(ProgressEvent("checkpoint", step, cfg.steps, message=f"checkpoint at step {step}"))
 

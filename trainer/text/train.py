@@ -193,12 +193,9 @@ def _fit(s: _Setup, run: RunDir, emit: EventCallback, cancel: CancelToken, check
         acc.wait_for_everyone()
         if not main:
             return
-        folder = save_checkpoint(run.checkpoint(step), model=acc.unwrap_model(model), optimizer=optimizer,
-                                 scheduler=scheduler, step=step, extra={k: v for k, v in state.items() if k != "step"}
-                                 | {"config": cfg.model_dump()})
-        if best_weights is not None:
-            from safetensors.torch import save_file
-            save_file(best_weights, str(folder / "best.safetensors"))
+        save_checkpoint(run.checkpoint(step), model=acc.unwrap_model(model), optimizer=optimizer,
+                        scheduler=scheduler, step=step, extra={k: v for k, v in state.items() if k != "step"}
+                        | {"config": cfg.model_dump()}, tensors={"best": best_weights} if best_weights is not None else None)
         run.prune_checkpoints(keep=1)
         emit(ProgressEvent("checkpoint", step, cfg.steps, message=f"checkpoint at step {step}"))
 
