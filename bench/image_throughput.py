@@ -11,7 +11,10 @@ times two loops on the same model, data, batch size, resolution and LoRA rank:
 
 Steps per second count the training loop only (setup, caching and export are reported apart
 as ``setup_s``). Peak RSS is the process's high-water mark right after the loracord run.
-Prints one JSON line. Run: ``.venv/bin/python bench/image_throughput.py``.
+The two loops alternate for ``--repeats`` rounds (the machine is shared and noisy); the JSON
+line gives the best and the median of each, with the CPU, its bf16 flags, threads and
+precision. Run: ``.venv/bin/python bench/image_throughput.py`` (the tiny 64 px setting), or
+``--resolution 128 --channels 32,64,128 --rank 4 --images 12`` for a small SD 1.x.
 """
 
 from __future__ import annotations
@@ -101,7 +104,8 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--precision", default="auto", help="loracord's precision: auto, bf16 or fp32")
-    parser.add_argument("--repeats", type=int, default=1, help="alternate both loops this often, keep the best of each")
+    parser.add_argument("--repeats", type=int, default=3, help="alternate both loops this often")
+    parser.add_argument("--channels", default="32,64,64", help="the UNet's block channels (size of the model)")
     args = parser.parse_args()
 
     import logging
@@ -117,21 +121,30 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="loracord-bench-"))
     try:
-        base = build_sd(work / "pipe", channels=(32, 64, 64))
+        base = build_sd(work / "pipe", channels=tuple(int(c) for c in args.channels.split(",")))
         data = write_image_folder(work / "data", count=args.images, size=(96, 80))
         ours, baseline, peak_rss = [], [], None
         for i in range(args.repeats):
+            if i % 2:  # alternate which side goes first, so drift hits both alike
+                baseline.append(run_baseline(base, data, args))
             ours.append(run_loracord(base, data, work / f"run{i}", args))
             if peak_rss is None:
                 peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            baseline.append(run_baseline(base, data, args))
+            if not i % 2:
+                baseline.append(run_baseline(base, data, args))
+        from bench.benchlib import machine, speedup, summary
+        from diffusers import UNet2DConditionModel
+
         best = max(ours, key=lambda r: r["steps_per_s"])
-        line = {"steps_per_s": round(best["steps_per_s"], 3), "baseline_steps_per_s": round(max(baseline), 3),
-                "speedup": round(best["steps_per_s"] / max(baseline), 2), "peak_rss_mb": round(peak_rss, 1),
+        rates = [r["steps_per_s"] for r in ours]
+        unet_params = sum(p.numel() for p in UNet2DConditionModel.from_pretrained(base / "unet").parameters())
+        line = {"bench": "image_throughput", "steps_per_s": summary(rates), "baseline_steps_per_s": summary(baseline),
+                "speedup": speedup(rates, baseline), "peak_rss_mb": round(peak_rss, 1),
                 "setup_s": round(best["setup_s"], 2), "precision": best["precision"], "steps": args.steps,
                 "batch_size": args.batch_size, "resolution": args.resolution, "rank": args.rank,
-                "images": args.images, "augment": 0.5, "threads": torch.get_num_threads(),
-                "device": "cuda" if torch.cuda.is_available() else "cpu"}
+                "images": args.images, "unet_params_m": round(unet_params / 1e6, 1), "augment": 0.5,
+                "repeats": args.repeats, "threads": torch.get_num_threads(),
+                "device": "cuda" if torch.cuda.is_available() else "cpu", **machine()}
         print(json.dumps(line))
     finally:
         shutil.rmtree(work, ignore_errors=True)

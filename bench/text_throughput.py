@@ -5,10 +5,15 @@ sequence length 128, batch 4, LoRA r=8, alpha=16, dropout 0.1 on q/k/v/o, 2 thre
 2 optimizer steps are warm-up and excluded. The baseline pads every example to 128 tokens, as
 a plain Trainer run does; only non-padding tokens count as real tokens for either side.
 
-Each side runs in its own subprocess so that peak RSS is measured separately. Prints one JSON
-line:
+The baseline is the better of the Trainer in fp32 and the Trainer with ``bf16=True`` (the
+latter where the CPU has native bf16, or on a GPU, or with ``--baseline-bf16``): what a user
+would otherwise run on that machine.
 
-    python bench/text_throughput.py [--steps 10]
+Each side runs in its own subprocess so that peak RSS is measured separately, and the sides
+alternate for ``--rounds`` rounds (the machine is shared and noisy): the JSON line gives the
+best and the median of each side, the CPU, its bf16 flags, threads and precision:
+
+    python bench/text_throughput.py [--steps 10] [--rounds 3] [--precision auto]
 """
 
 from __future__ import annotations
@@ -23,8 +28,10 @@ import tempfile
 import time
 from pathlib import Path
 
-# bench/queue.py would shadow the standard library's queue module for scripts run from bench/.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+# The repo root replaces this script's folder on the path: bench/queue.py would shadow the
+# standard library's queue module.
+sys.path[:] = [str(Path(__file__).resolve().parents[1])] + [
+    p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 WARMUP = 2
 SEQ_LEN, BATCH, RANK, ALPHA, DROPOUT = 128, 4, 8, 16.0, 0.1
@@ -39,7 +46,7 @@ def dataset(tmp: Path):
     return path, load_text_dataset([path], seed=0)
 
 
-def run_loracord(steps: int, tmp: Path) -> dict:
+def run_loracord(steps: int, tmp: Path, precision: str) -> dict:
     from trainer.text.config import TextTrainConfig
     from trainer.text.train import train_text
 
@@ -48,7 +55,7 @@ def run_loracord(steps: int, tmp: Path) -> dict:
     config = TextTrainConfig(data=[str(path)], out=str(tmp / "run"), steps=WARMUP + steps, eval_every=WARMUP + steps,
                              seq_len=SEQ_LEN, batch_size=BATCH, rank=RANK, alpha=ALPHA, lora_dropout=DROPOUT,
                              target_modules=",".join(TARGETS), augment=0.0, lr=2e-4, patience=0, threads=2,
-                             prompts=["MACBETH:\n"], max_new_tokens=1)
+                             prompts=["MACBETH:\n"], max_new_tokens=1, precision=precision)
     result = train_text(config, on_event=events.append)
     steps_ev = {e.step: e for e in events if e.kind == "step"}
     first, last = steps_ev[WARMUP], steps_ev[WARMUP + steps]
@@ -56,7 +63,7 @@ def run_loracord(steps: int, tmp: Path) -> dict:
             "precision": result.metrics["precision"]}
 
 
-def run_baseline(steps: int, tmp: Path) -> dict:
+def run_baseline(steps: int, tmp: Path, bf16: bool) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import Trainer, TrainerCallback, TrainingArguments
@@ -95,41 +102,66 @@ def run_baseline(steps: int, tmp: Path) -> dict:
 
     args = TrainingArguments(output_dir=str(tmp / "hf"), per_device_train_batch_size=BATCH, max_steps=WARMUP + steps,
                              learning_rate=2e-4, logging_steps=1000, save_strategy="no", report_to=[], use_cpu=True,
-                             dataloader_num_workers=0, seed=0, disable_tqdm=True)
+                             dataloader_num_workers=0, seed=0, disable_tqdm=True, bf16=bf16)
     CountingTrainer(model=model, args=args, train_dataset=Rows(), callbacks=[Clock()]).train()
     (t0, k0), (t1, k1) = marks[WARMUP - 1], marks[-1]
-    return {"real_tokens": k1 - k0, "seconds": t1 - t0, "precision": "fp32"}
+    return {"real_tokens": k1 - k0, "seconds": t1 - t0, "precision": "bf16" if bf16 else "fp32"}
 
 
-def side(name: str, steps: int) -> dict:
+def side(name: str, steps: int, precision: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        result = (run_loracord if name == "loracord" else run_baseline)(steps, Path(tmp))
+        if name == "loracord":
+            result = run_loracord(steps, Path(tmp), precision)
+        else:
+            result = run_baseline(steps, Path(tmp), bf16=name == "trainer_bf16")
     result["real_tokens_per_s"] = result["real_tokens"] / result["seconds"]
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
 
 
 def main() -> None:
+    from bench.benchlib import machine, speedup, summary
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=10, help="timed optimizer steps per side")
-    parser.add_argument("--side", choices=["loracord", "baseline"], help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, default=3, help="alternate the sides this many times")
+    parser.add_argument("--precision", default="auto", help="loracord's precision: auto, bf16 or fp32")
+    parser.add_argument("--threads", type=int, default=2, help="OMP threads for every side")
+    parser.add_argument("--baseline-bf16", action="store_true",
+                        help="also run the Trainer with bf16=True on a CPU without native bf16")
+    parser.add_argument("--side", choices=["loracord", "trainer_fp32", "trainer_bf16"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
-        print(json.dumps(side(args.side, args.steps)))
+        print(json.dumps(side(args.side, args.steps, args.precision)))
         return
-    env = {**os.environ, "OMP_NUM_THREADS": "2", "TOKENIZERS_PARALLELISM": "false"}
-    results = {}
-    for name in ("loracord", "baseline"):
-        out = subprocess.run([sys.executable, __file__, "--side", name, "--steps", str(args.steps)],
-                             capture_output=True, text=True, env=env, check=True)
-        results[name] = json.loads(out.stdout.strip().splitlines()[-1])
-    ours, base = results["loracord"], results["baseline"]
+    import torch
+
+    from trainer.precision import cpu_has_fast_bf16
+
+    sides = ["loracord", "trainer_fp32"]
+    if args.baseline_bf16 or cpu_has_fast_bf16() or torch.cuda.is_available():
+        sides.append("trainer_bf16")
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
+    runs: dict[str, list[dict]] = {name: [] for name in sides}
+    for round_ in range(args.rounds):
+        order = sides if round_ % 2 == 0 else sides[::-1]  # alternate, so drift hits every side alike
+        for name in order:
+            out = subprocess.run([sys.executable, __file__, "--side", name, "--steps", str(args.steps),
+                                  "--precision", args.precision], capture_output=True, text=True, env=env, check=True)
+            runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    tps = {name: [r["real_tokens_per_s"] for r in rs] for name, rs in runs.items()}
+    baseline = max((n for n in sides if n != "loracord"), key=lambda n: max(tps[n]))
     print(json.dumps({
-        "bench": "text_throughput", "model": "smollm2-135m", "seq_len": SEQ_LEN, "batch": BATCH, "timed_steps": args.steps,
-        "real_tokens_per_s": round(ours["real_tokens_per_s"], 1), "peak_rss_mb": round(ours["peak_rss_mb"]),
-        "precision": ours["precision"],
-        "baseline_real_tokens_per_s": round(base["real_tokens_per_s"], 1), "baseline_peak_rss_mb": round(base["peak_rss_mb"]),
-        "speedup": round(ours["real_tokens_per_s"] / base["real_tokens_per_s"], 2),
+        "bench": "text_throughput", "model": "smollm2-135m", "seq_len": SEQ_LEN, "batch": BATCH,
+        "timed_steps": args.steps, "rounds": args.rounds, "threads": args.threads, **machine(),
+        "precision": runs["loracord"][0]["precision"],
+        "real_tokens_per_s": summary(tps["loracord"], 1),
+        "peak_rss_mb": round(max(r["peak_rss_mb"] for r in runs["loracord"])),
+        "baselines": {n: {"real_tokens_per_s": summary(tps[n], 1),
+                          "peak_rss_mb": round(max(r["peak_rss_mb"] for r in runs[n]))}
+                      for n in sides if n != "loracord"},
+        "baseline": baseline,
+        "speedup": speedup(tps["loracord"], tps[baseline]),
     }))
 
 
