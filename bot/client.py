@@ -26,8 +26,9 @@ from storage.settings import Settings
 from trainer.errors import UserError
 
 from .config import BotSettings
-from .progress import Throttle, progress_embed
-from .sampling import Sampler
+from .display import scrub_paths
+from .progress import Throttle, headline, outcome, progress_embed
+from .sampling import Sampler, no_pings, sample_message
 from .services import Actor, Services
 from .views import JobButton, VoteButton, job_view, vote_view
 
@@ -88,7 +89,9 @@ class LoracordBot(commands.Bot):
         self.config = bot_settings or BotSettings()
         intents = discord.Intents.default()
         intents.message_content = self.config.message_content
-        super().__init__(command_prefix=commands.when_mentioned, intents=intents, help_command=None)
+        # Nothing the bot posts pings @everyone, @here or a role; messages that mention members say so themselves.
+        super().__init__(command_prefix=commands.when_mentioned, intents=intents, help_command=None,
+                         allowed_mentions=discord.AllowedMentions(everyone=False, roles=False, users=True))
         self.services = Services(settings or Settings(), self.config, embedded_worker=embedded_worker)
         self._db_thread = ThreadPoolExecutor(1, thread_name_prefix="loracord-db")
         self.throttle = Throttle(self.config.progress_edit_s)
@@ -179,20 +182,20 @@ class LoracordBot(commands.Bot):
         channel = self.get_channel(message.channel_id) or await self.fetch_channel(message.channel_id)
         adapter = await self.db(self.services.db.adapter_for_job, job_id)
         await channel.get_partial_message(message.message_id).edit(
-            embed=progress_embed(view), view=job_view(job_id, finished=job.finished, has_adapter=adapter is not None))
+            content=f"{message.intro} {headline(view)}".strip(), embed=progress_embed(view),
+            view=job_view(job_id, finished=job.finished, has_adapter=adapter is not None))
         await self.post_new_samples(channel, job_id)
         if job.finished and not message.final:
             await self.db(state.mark_final, job_id)
-            await self.post_results(channel, job)
+            await self.post_results(channel, view)
 
-    async def post_results(self, channel, job) -> None:
+    async def post_results(self, channel, view: dict) -> None:
+        job = view["job"]
         chart = job.result.get("files", {}).get("loss.png")
         if chart:
             data = await self.db(self.services.blob_bytes, chart)
             await channel.send(f"Loss curve of job #{job.id}", file=discord.File(io.BytesIO(data), f"loss-job-{job.id}.png"))
-        head = {"done": f"✅ Job #{job.id} finished.", "failed": f"❌ Job #{job.id} failed: {job.error}",
-                "cancelled": f"⏹ Job #{job.id} was cancelled."}[job.status]
-        await channel.send(f"{head}\n{NEXT_AFTER[job.status]}")
+        await channel.send(f"{outcome(view)}\n{NEXT_AFTER[job.status]}")
 
     async def post_new_samples(self, channel, job_id: int) -> None:
         samples = await self.db(self.services.samples, job_id)
@@ -206,16 +209,20 @@ class LoracordBot(commands.Bot):
         data = await self.db(self.services.blob_bytes, sample.blob_hash)
         source = f"job #{sample.job_id}" + (f", trial #{sample.trial}" if sample.trial is not None else "")
         head = f"**Sample #{sample.id}** ({source}, seed {sample.seed}) · prompt: {sample.prompt or '–'}"
+        # What a model wrote is posted cleaned (no control characters, no pings, cut to fit) and pings nobody.
+        quiet = discord.AllowedMentions.none()
         if sample.kind == "image":
-            await channel.send(head, file=discord.File(io.BytesIO(data), f"sample-{sample.id}.png"), view=vote_view(sample.id))
+            await channel.send(sample_message(head), file=discord.File(io.BytesIO(data), f"sample-{sample.id}.png"),
+                               view=vote_view(sample.id), allowed_mentions=quiet)
         else:
             text = data.decode("utf-8", "replace")
-            await channel.send(f"{head}\n```\n{text[:1800]}\n```", view=vote_view(sample.id))
+            await channel.send(sample_message(head, text), view=vote_view(sample.id), allowed_mentions=quiet)
 
     async def post_sampling(self, request) -> None:
         channel = self.get_channel(request.channel_id) or await self.fetch_channel(request.channel_id)
         if request.error:
-            await channel.send(f"<@{request.user_id}> sampling job #{request.job_id} failed: {request.error}")
+            await channel.send(f"<@{request.user_id}> sampling job #{request.job_id} failed: "
+                               f"{no_pings(scrub_paths(request.error))}")
             return
         job = await self.db(self.services.job, request.job_id)
         for row in request.results:

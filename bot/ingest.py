@@ -1,16 +1,25 @@
 """Checking uploads: what a member sent, which files the session accepts, and why not the others.
 
 Pure functions, no Discord and no database: the bot downloads the bytes, calls
-``check_uploads`` off the event loop, and records what it returns. Text files go through the
-trainer's own reader (``trainer.text.data.read_text_examples``) and images through
-``trainer.image.data.load_images``, so a file accepted here is a file the trainer can read.
-Zip archives are opened in memory; each member becomes its own dataset item (so it keeps its
-uploader and can be removed alone), after checks against path tricks and zip bombs.
+``check_uploads`` off the event loop, and records what it returns. Each file is classified by
+its content and its name together (``trainer.filetypes``): an archive the member named as one
+(``.zip``, ``.tar``, ``.tar.gz``...) is unpacked in memory, and each member becomes its own
+dataset item (so it keeps its uploader and can be removed alone), after checks against path
+tricks and bombs; a document that happens to be a zip container (``.docx``, ``.epub``...) is
+one file and is refused with what to upload instead; an archive or a program named ``.txt``
+is refused saying what it is. Text files then go through the trainer's own reader
+(``trainer.text.data.read_text_examples``) and images through ``trainer.image.data.load_images``,
+so a file accepted here is a file the trainer can read.
+
+Every reason speaks of the file it is shown beside without repeating its name, and never
+shows the temporary folder the checks ran in.
 """
 
 from __future__ import annotations
 
 import io
+import re
+import tarfile
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
@@ -18,12 +27,13 @@ from pathlib import Path, PurePosixPath
 
 from storage.blobs import BlobStore
 from trainer.errors import DataError
+from trainer.filetypes import (MAX_ARCHIVE_BYTES, MAX_ARCHIVE_MEMBERS, MAX_ARCHIVE_RATIO, FileType, extension,
+                               is_archive_name, sniff)
+
+from .display import scrub_paths
 
 TEXT_EXTENSIONS = (".txt", ".md", ".jsonl", ".csv")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
-MAX_ZIP_MEMBERS = 500
-MAX_ZIP_BYTES = 512 * 2**20
-MAX_ZIP_RATIO = 200
 _JUNK = ("__MACOSX/", ".DS_Store", "Thumbs.db", "desktop.ini")
 
 
@@ -53,36 +63,75 @@ def accepted_extensions(kind: str) -> tuple[str, ...]:
     return IMAGE_EXTENSIONS if kind == "image" else TEXT_EXTENSIONS
 
 
+def takes(kind: str) -> str:
+    """What a session of ``kind`` accepts, in a member's words."""
+    return f"{', '.join(accepted_extensions(kind))} files (or a .zip of them)"
+
+
+def session_words(kind: str) -> str:
+    """'a text session', 'an image session'."""
+    return f"{'an' if kind[:1] in 'aeiou' else 'a'} {kind} session"
+
+
 def check_uploads(kind: str, uploads: list[tuple[str, bytes]], blobs: BlobStore, *,
                   caption: str | None = None) -> CheckResult:
     """Check every ``(filename, bytes)`` for a session of ``kind`` and store the good ones."""
     result = CheckResult()
     for filename, data in uploads:
-        if filename.lower().endswith(".zip") or data[:4] == b"PK\x03\x04":
-            _check_zip(kind, filename, data, blobs, caption, result)
+        name = PurePosixPath(filename.replace("\\", "/")).name or "upload"
+        found = sniff(data, name)
+        if found.kind == "archive" and (is_archive_name(name) or not extension(name)):
+            _check_archive(kind, name, data, found, blobs, caption, result)
         else:
-            _check_file(kind, filename, data, blobs, caption, result)
+            _check_file(kind, name, data, blobs, caption, result)
     return result
 
 
 def _check_file(kind: str, filename: str, data: bytes, blobs: BlobStore, caption: str | None,
-                result: CheckResult) -> None:
+                result: CheckResult, *, shown: str | None = None) -> None:
+    """Check one file (an upload, or a member of an archive shown as ``shown``) and store it."""
     name = PurePosixPath(filename).name or "upload"
-    ext = PurePosixPath(name).suffix.lower()
-    if ext not in accepted_extensions(kind):
-        shown = ext or "a file without extension"
-        result.rejected.append(Rejected(name, f"{shown} is not accepted in an {kind} session; "
-                                              f"upload {', '.join(accepted_extensions(kind))} files (or a .zip of them)"))
-        return
+    shown = shown or name
     if not data:
-        result.rejected.append(Rejected(name, "the file is empty"))
+        result.rejected.append(Rejected(shown, "the file is empty"))
+        return
+    problem = _refusal(kind, name, sniff(data, name), inside_archive=shown != name)
+    if problem:
+        result.rejected.append(Rejected(shown, problem))
         return
     try:
         checks = _check_text(name, data) if kind == "text" else _check_image(name, data)
     except DataError as exc:
-        result.rejected.append(Rejected(name, str(exc).strip()))
+        result.rejected.append(Rejected(shown, _own_words(str(exc), name)))
         return
     result.accepted.append(Checked(name, blobs.put_bytes(data), len(data), caption, checks))
+
+
+def _refusal(kind: str, name: str, found: FileType, *, inside_archive: bool) -> str | None:
+    """Why a session of ``kind`` cannot take this file, from what it is and what it is called."""
+    ext = extension(name)
+    accepted = accepted_extensions(kind)
+    if found.kind == "archive":
+        if inside_archive:
+            return f"this is {found.what} inside the archive: unpack it and upload its files"
+        rename = ".zip" if found.format == "zip" else ".tar"
+        return (f"this is {found.what}, not a {ext} file: name it {rename} to have its files added, "
+                f"or upload the files inside it")
+    if found.kind in ("document", "binary"):
+        return f"this is {found.what}; {found.instead or 'upload ' + takes(kind)}"
+    if is_archive_name(name):
+        return f"not a readable {ext} archive; pack the files again and re-upload"
+    if found.kind == "image" and kind == "text":
+        return (f"this is {found.what}: {session_words(kind)} takes {takes(kind)}; "
+                f"images go in an image session")
+    if found.kind == "image" and kind == "image" and ext not in accepted:
+        return f"this is {found.what} named {ext or 'without an extension'}: rename it to .{found.format} and upload it again"
+    if ext not in accepted:
+        what = f"{ext} files are" if ext else "a file without an extension is"
+        return f"{what} not accepted in {session_words(kind)}; upload {takes(kind)}"
+    if kind == "image" and found.kind != "image":
+        return f"this is {found.what}, not an image; upload {takes(kind)}"
+    return None
 
 
 def _check_text(name: str, data: bytes) -> dict:
@@ -91,7 +140,10 @@ def _check_text(name: str, data: bytes) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / name
         path.write_bytes(data)
-        examples, report = read_text_examples([path])
+        try:
+            examples, report = read_text_examples([path])
+        except DataError as exc:
+            raise DataError(scrub_paths(str(exc), folder)) from None
     return {"examples": len(examples), "kinds": report.kinds, "duplicates": report.duplicates_dropped,
             "chars_median": report.chars_median, "warnings": report.warnings}
 
@@ -102,25 +154,43 @@ def _check_image(name: str, data: bytes) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / name
         path.write_bytes(data)
-        dataset = load_images([path], instance_prompt="")
+        try:
+            dataset = load_images([path], instance_prompt="")
+        except DataError as exc:
+            raise DataError(scrub_paths(str(exc), folder)) from None
     width, height = dataset.examples[0].image.size
     return {"examples": 1, "width": width, "height": height}
 
 
-def _check_zip(kind: str, filename: str, data: bytes, blobs: BlobStore, caption: str | None,
-               result: CheckResult) -> None:
+def _own_words(reason: str, name: str) -> str:
+    """A reader's message about ``name``, shown beside the name: without saying the name again.
+
+    ``poem.txt: not UTF-8 text`` becomes ``not UTF-8 text``; ``poem.jsonl line 3: ...`` becomes
+    ``line 3: ...``; a list of problems of this one file keeps its lines without the name.
+    """
+    lines = []
+    for line in reason.strip().splitlines():
+        bullet = re.match(r"^(\s*-\s*)", line)
+        lead = bullet.group(1) if bullet else ""
+        body = line[len(lead):]
+        body = re.sub(rf"^{re.escape(name)}:(\d+): ", r"line \1: ", body)
+        body = re.sub(rf"^{re.escape(name)}(:\s*| (?=line \d))", "", body)
+        lines.append(lead + body)
+    text = "\n".join(lines)
+    text = re.sub(r"^(\d+) problem\(s\) in the image dataset:", r"\1 problem(s):", text)
+    text = re.sub(r"^(\d+) problems with the dataset:", r"\1 problems:", text)
+    return text
+
+
+# ---------------------------------------------------------------- archives
+
+def _check_archive(kind: str, filename: str, data: bytes, found: FileType, blobs: BlobStore, caption: str | None,
+                   result: CheckResult) -> None:
     try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-        members = [m for m in archive.infolist() if not m.is_dir() and not any(j in m.filename for j in _JUNK)
-                   and not PurePosixPath(m.filename).name.startswith(".")]
-    except zipfile.BadZipFile:
-        result.rejected.append(Rejected(filename, "not a readable zip archive; zip the files again and re-upload"))
+        files = _zip_files(data) if found.format == "zip" else _tar_files(data)
+    except _Refused as exc:
+        result.rejected.append(Rejected(filename, str(exc)))
         return
-    problem = _unsafe_zip(members)
-    if problem:
-        result.rejected.append(Rejected(filename, problem))
-        return
-    files = {m.filename: archive.read(m) for m in members}
     captions = {}
     if kind == "image":  # sidecar captions: cat.png + cat.txt
         for path, content in list(files.items()):
@@ -132,23 +202,67 @@ def _check_zip(kind: str, filename: str, data: bytes, blobs: BlobStore, caption:
         return
     for path, content in files.items():
         own = captions.get(str(PurePosixPath(path).with_suffix(""))) or caption
-        before = len(result.rejected)
-        _check_file(kind, path, content, blobs, own, result)
-        for rejected in result.rejected[before:]:
-            rejected.filename = f"{filename}/{path}"
+        _check_file(kind, path, content, blobs, own, result, shown=f"{filename}/{path}")
 
 
-def _unsafe_zip(members: list[zipfile.ZipInfo]) -> str | None:
-    if len(members) > MAX_ZIP_MEMBERS:
-        return f"the archive holds {len(members)} files, over the limit of {MAX_ZIP_MEMBERS}; split it"
-    total = 0
+class _Refused(Exception):
+    """An archive refused as a whole; the message says why."""
+
+
+def _wanted(path: str) -> bool:
+    return not any(j in path for j in _JUNK) and not PurePosixPath(path).name.startswith(".")
+
+
+def _zip_files(data: bytes) -> dict[str, bytes]:
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        members = [m for m in archive.infolist() if not m.is_dir() and _wanted(m.filename)]
+    except (zipfile.BadZipFile, EOFError, ValueError):
+        raise _Refused("not a readable zip archive; zip the files again and re-upload") from None
+    _check_members([(m.filename, m.file_size) for m in members], len(data))
     for m in members:
-        parts = PurePosixPath(m.filename).parts
-        if m.filename.startswith("/") or ".." in parts:
-            return f"the archive names a path outside itself ({m.filename}); zip only the files"
-        if m.compress_size and m.file_size / m.compress_size > MAX_ZIP_RATIO:
-            return f"{m.filename} inflates {m.file_size // max(1, m.compress_size)}x: refusing a possible zip bomb"
-        total += m.file_size
-    if total > MAX_ZIP_BYTES:
-        return f"the archive unpacks to {total / 2**20:.0f} MiB, over the {MAX_ZIP_BYTES // 2**20} MiB limit"
-    return None
+        if m.file_size > 2**20 and m.file_size / max(1, m.compress_size) > MAX_ARCHIVE_RATIO:
+            raise _Refused(f"{m.filename} inflates {m.file_size // max(1, m.compress_size)}x: "
+                           f"refusing a possible zip bomb")
+        if m.flag_bits & 0x1:
+            raise _Refused(f"{m.filename} is encrypted; zip the files again without a password")
+    try:
+        return {m.filename: archive.read(m) for m in members}
+    except (zipfile.BadZipFile, EOFError, OSError, RuntimeError) as exc:
+        raise _Refused(f"the archive is damaged ({exc}); zip the files again and re-upload") from None
+
+
+def _tar_files(data: bytes) -> dict[str, bytes]:
+    """Regular files of a (compressed) tar archive; headers are checked one by one before reading."""
+    files: dict[str, bytes] = {}
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as archive:
+            members, total = [], 0
+            for m in archive:  # lazily: a bomb is refused at its first header, before inflating it
+                if m.isdir() or not _wanted(m.name):
+                    continue
+                if not m.isfile():
+                    raise _Refused(f"{m.name} is a link or a device, not a file; archive only the files themselves")
+                members.append((m.name, m.size))
+                total += m.size
+                _check_members(members, len(data))
+                reader = archive.extractfile(m)
+                files[m.name] = reader.read() if reader else b""
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise _Refused(f"not a readable tar archive ({exc}); pack the files again and re-upload") from None
+    return files
+
+
+def _check_members(members: list[tuple[str, int]], packed: int) -> None:
+    if len(members) > MAX_ARCHIVE_MEMBERS:
+        raise _Refused(f"the archive holds more than {MAX_ARCHIVE_MEMBERS} files; split it")
+    total = 0
+    for name, size in members:
+        parts = PurePosixPath(name.replace("\\", "/")).parts
+        if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) or ".." in parts:
+            raise _Refused(f"the archive names a path outside itself ({name}); archive only the files")
+        total += size
+    if total > MAX_ARCHIVE_BYTES:
+        raise _Refused(f"the archive unpacks to {total / 2**20:.0f} MiB, over the {MAX_ARCHIVE_BYTES // 2**20} MiB limit")
+    if total > 2**20 and total > packed * MAX_ARCHIVE_RATIO:
+        raise _Refused(f"the archive inflates {total // max(1, packed)}x: refusing a possible archive bomb")

@@ -3,6 +3,11 @@
 One message per job, posted when the job is queued and edited as worker reports arrive, at
 most once every ``min_interval_s`` (Discord rate-limits message edits; ~3 s keeps us well
 inside) except for the final edit, which is never held back.
+
+Its words (``headline``), its embed (``progress_embed``) and the line posted when the job ends
+(``outcome``) are all made from one view of the job (``Services.job_progress``), so they
+cannot disagree: a finished job never reads "queued", a starting one never "step 0/0", and a
+run that stopped early says where, and which step's adapter it kept.
 """
 
 from __future__ import annotations
@@ -11,9 +16,14 @@ import time
 
 import discord
 
+from .display import scrub_paths
+
 COLOURS = {"queued": 0x95A5A6, "dispatched": 0x95A5A6, "running": 0x3498DB, "done": 0x2ECC71,
            "failed": 0xE74C3C, "cancelled": 0xE67E22}
 TITLES = {"train_text": "Training (text)", "train_image": "Training (image)", "tune": "Quick tries (tuning)"}
+# A dispatched job waits for a free worker: to its members it is still queued.
+STATUS_WORDS = {"queued": "queued", "dispatched": "queued", "running": "running", "done": "finished",
+                "failed": "failed", "cancelled": "cancelled"}
 
 
 def progress_bar(done: int, total: int, width: int = 20) -> str:
@@ -36,22 +46,104 @@ def format_eta(seconds: float | None) -> str:
     return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
 
 
+def steps_of(view: dict) -> tuple[int, int]:
+    """(steps done, steps planned) as the latest report says; (0, 0) before any report."""
+    latest = view.get("latest")
+    if latest is None:
+        return 0, 0
+    return latest.step or 0, latest.total_steps or 0
+
+
+def early_stop(view: dict) -> dict | None:
+    """``{"step", "total", "best_step", "best_val"}`` of a finished run that stopped early, else None."""
+    job = view["job"]
+    metrics = (job.result or {}).get("metrics") or {}
+    if job.status != "done" or metrics.get("stop_reason") != "early_stopped":
+        return None
+    step, total = steps_of(view)
+    return {"step": int(metrics.get("steps_done") or step), "total": total,
+            "best_step": metrics.get("best_step"), "best_val": metrics.get("best_val_loss")}
+
+
+def why(job) -> str | None:
+    """A failed or cancelled job's reason, without host paths."""
+    return scrub_paths(job.error).strip() if job.error else None
+
+
+def headline(view: dict, *, live: bool = True) -> str:
+    """What a message about the job says above its embed, true for the job's state right now.
+
+    ``live``: the message is the job's progress message, which the pump keeps editing."""
+    job = view["job"]
+    status, n = job.status, job.id
+    follow = "; this message shows its progress" if live else ""
+    position = view.get("position")
+    if status == "queued" or (status == "dispatched" and position and not view.get("latest")):
+        # a dispatched job waits for a free worker: to its owner it is still in the queue
+        where = f" (position {position} in the queue)" if position else ""
+        return f"Job #{n} is queued{where}{follow}. **Next:** wait for the samples, then vote."
+    if status == "dispatched":
+        return f"Job #{n} is starting on a worker{follow}."
+    if status == "running":
+        return f"Job #{n} is running{follow}."
+    return outcome(view)
+
+
+def outcome(view: dict) -> str:
+    """The one line that says how a finished job ended (also posted in the thread when it ends)."""
+    job = view["job"]
+    n = job.id
+    if job.status == "done":
+        stopped = early_stop(view)
+        if stopped:
+            return (f"✅ Job #{n} finished: it stopped early at step {stopped['step']} of {stopped['total']} "
+                    f"and kept the adapter of step {stopped['best_step']}, where the validation loss was lowest.")
+        step, total = steps_of(view)
+        return f"✅ Job #{n} finished" + (f" after {total} steps." if total else ".")
+    if job.status == "failed":
+        return f"❌ Job #{n} failed: {why(job) or 'no reason was reported'}"
+    if job.status == "cancelled":
+        step, total = steps_of(view)
+        where = f" at step {step} of {total}" if total and step else ""
+        return f"⏹ Job #{n} was cancelled{where}."
+    return headline(view)
+
+
+def _description(view: dict) -> str:
+    job = view["job"]
+    status = job.status
+    step, total = steps_of(view)
+    if status in ("queued", "dispatched") and not view.get("latest"):
+        position = view.get("position")
+        return (f"Waiting in the queue{f' (position {position})' if position else ''}."
+                if status == "queued" or position else "Starting on a worker…")
+    if status == "done":
+        stopped = early_stop(view)
+        if stopped:
+            best = f" (validation loss {stopped['best_val']:.4f})" if stopped["best_val"] is not None else ""
+            return (f"`{progress_bar(1, 1)}`  stopped early at step {stopped['step']} of {stopped['total']}\n"
+                    f"Kept the adapter of step {stopped['best_step']}{best}: the validation loss did not improve "
+                    f"after it, so more steps would only have fitted the training data more closely.")
+        return f"`{progress_bar(1, 1)}`  step {total}/{total}" if total else "Finished."
+    if not total:
+        return "Nothing trained yet." if job.finished else "Starting: loading the base model and the data…"
+    ended = {"failed": f"  · failed at step {step}", "cancelled": f"  · cancelled at step {step}"}.get(status, "")
+    return f"`{progress_bar(step, total)}`  step {step}/{total}{ended}"
+
+
 def progress_embed(view: dict) -> discord.Embed:
     """The embed of a job's progress message, from ``Services.job_progress``."""
     job = view["job"]
     status = job.status
     embed = discord.Embed(title=f"{TITLES.get(job.kind, job.kind)} · job #{job.id}", colour=COLOURS.get(status, 0))
-    latest = view.get("latest")
-    if status in ("queued", "dispatched") and not latest:
-        position = view.get("position")
-        embed.description = f"Waiting in the queue{f' (position {position})' if position else ''}."
-    else:
-        step, total = (latest.step or 0, latest.total_steps or 0) if latest else (0, 0)
-        embed.description = f"`{progress_bar(step, total)}`  step {step}/{total}"
-    embed.add_field(name="Status", value=status)
+    embed.description = _description(view)
+    word = STATUS_WORDS.get(status, status)
+    if status == "dispatched" and not view.get("position"):
+        word = "starting"
+    embed.add_field(name="Status", value=f"{word} (stopped early)" if early_stop(view) else word)
     embed.add_field(name="Loss", value=f"{view['loss']:.4f}" if view.get("loss") is not None else "–")
     embed.add_field(name="Validation loss", value=f"{view['val_loss']:.4f}" if view.get("val_loss") is not None else "–")
-    if status == "running":
+    if status == "running" and steps_of(view)[1]:
         embed.add_field(name="ETA", value=format_eta(view.get("eta_s")))
     if view.get("trials"):
         votes = view.get("trial_votes") or {}
@@ -60,8 +152,8 @@ def progress_embed(view: dict) -> discord.Embed:
         lines = [f"#{t.number}: {t.value:.4f} ({t.status}){_votes(votes, t.number)} {t.params}" if t.value is not None
                  else f"#{t.number}: {t.status}" for t in ranked[:10]]
         embed.add_field(name="Trials", value="\n".join(lines)[:1024], inline=False)
-    if job.error and status in ("failed", "cancelled"):
-        embed.add_field(name="Why", value=job.error[:1024], inline=False)
+    if status in ("failed", "cancelled") and why(job):
+        embed.add_field(name="Why", value=why(job)[:1024], inline=False)
     embed.set_footer(text=f"started by member {job.user_id}")
     return embed
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from storage.blobs import BlobStore
 from storage.db import DatasetItem
 from trainer.errors import DataError
+from .display import scrub_paths
 
 # What works for each kind: (too few below, good from); sources in trainer presets' docstrings.
 TARGETS = {"text": (5, 20, "examples"), "image": (4, 10, "images")}
@@ -34,6 +35,10 @@ class ReportCard:
     grade: str = "empty"
     lines: list[str] = field(default_factory=list)
     advice: list[str] = field(default_factory=list)
+    problem: str | None = None
+    """Why the trainer cannot read the dataset as it is, when it cannot."""
+    count_advice: str | None = None
+    """The advice about how many examples there are (also first in ``advice``)."""
     preset: str = "quick"
     preset_why: str = ""
 
@@ -53,13 +58,15 @@ def report_card(kind: str, items: list[DatasetItem], blobs: BlobStore, members: 
     card = ReportCard(kind)
     few, good, unit = TARGETS[kind]
     if not items:
-        card.advice.append(f"Add {few}+ {unit} with `/data add` (or drop files in this thread).")
+        card.count_advice = f"Add {few}+ {unit} with `/data add` (or drop files in this thread)."
+        card.advice.append(card.count_advice)
         card.preset, card.preset_why = pick_preset(kind, 0)
         return card
     with tempfile.TemporaryDirectory() as folder:
         paths = []
         for item in items:
-            path = Path(folder) / f"{item.id}-{item.filename or 'file'}"
+            # one folder per item, so that the readers' messages name the file as it was uploaded
+            path = Path(folder) / str(item.id) / (item.filename or "file")
             blobs.get_file(item.blob_hash, path)
             paths.append(path)
         try:
@@ -68,7 +75,8 @@ def report_card(kind: str, items: list[DatasetItem], blobs: BlobStore, members: 
             else:
                 _images(card, items, paths)
         except DataError as exc:
-            card.lines.append(f"❌ The trainer cannot read the data as it is: {exc}")
+            card.problem = scrub_paths(str(exc), folder)
+            card.lines.append(f"❌ The trainer cannot read the data as it is: {card.problem}")
             card.advice.append("Remove the files named above with `/data remove` and upload fixed ones.")
     _grade(card, few, good, unit)
     _balance(card, items, members or {})
@@ -85,7 +93,9 @@ def _text(card: ReportCard, paths: list[Path]) -> None:
     card.lines.append(f"**Examples:** {report.n_examples} ({kinds}) from {len(paths)} file(s)")
     card.lines.append(f"**Duplicates dropped:** {report.duplicates_dropped}")
     card.lines.append(f"**Length:** {report.chars_min}–{report.chars_max} characters, median {report.chars_median}")
-    card.advice.extend(w[0].upper() + w[1:] for w in report.warnings)
+    # The count is graded with the session's own targets (``_grade``): the reader's count warning would repeat it.
+    card.advice.extend(w[0].upper() + w[1:] for w in report.warnings
+                       if not w.startswith(f"only {report.n_examples} examples"))
 
 
 def _images(card: ReportCard, items: list[DatasetItem], paths: list[Path]) -> None:
@@ -110,12 +120,15 @@ def _images(card: ReportCard, items: list[DatasetItem], paths: list[Path]) -> No
 def _grade(card: ReportCard, few: int, good: int, unit: str) -> None:
     if card.count < few:
         card.grade = "not enough yet"
-        card.advice.insert(0, f"Add at least {few - card.count} more {unit}: training needs {few}.")
+        card.count_advice = f"Add at least {few - card.count} more {unit}: training needs {few}."
     elif card.count < good:
         card.grade = "enough to try"
-        card.advice.insert(0, f"{good}+ {unit} give steadier results; {good - card.count} more would help.")
+        card.count_advice = (f"Only {card.count} {unit} in the whole dataset: {good}+ give steadier results; "
+                             f"{good - card.count} more would help.")
     else:
         card.grade = "good"
+    if card.count_advice:
+        card.advice.insert(0, card.count_advice)
     card.lines.insert(0, f"**Grade:** {card.grade} ({card.count} {unit}; {few} needed, {good}+ works well)")
 
 

@@ -27,6 +27,7 @@ from storage.settings import Settings
 from trainer.errors import UserError
 
 from .config import BotSettings
+from .display import model_name
 from .ingest import CheckResult
 from .state import BotState
 
@@ -125,6 +126,8 @@ class Services:
                           f"Start a new one with `/session new`.")
         if role in ("owner", "editor") or actor.manager:
             return
+        if role == "viewer":
+            raise Refusal("You are invited to this session but have not joined it yet: run `/session join` here first.")
         if session.visibility == "private":
             raise Refusal(f"This session is private. Ask its owner <@{session.owner_id}> to invite you "
                           f"(`/session settings invite:`), then `/session join`.")
@@ -145,9 +148,12 @@ class Services:
                           f"`/server settings allowed_models:`.")
         if base_model is None:
             return allowed[0]
+        by_name = [m for m in allowed if model_name(m) == base_model]  # members see local folders by name
+        if base_model not in allowed and len(by_name) == 1:
+            return by_name[0]
         if base_model not in allowed:
-            raise Refusal(f"`{base_model}` is not one of this server's {kind} models: pick one of "
-                          + ", ".join(f"`{m}`" for m in allowed) + ".")
+            raise Refusal(f"`{model_name(base_model)}` is not one of this server's {kind} models: pick one of "
+                          + ", ".join(f"`{model_name(m)}`" for m in allowed) + ".")
         return base_model
 
     def join(self, session: Session, actor: Actor) -> str:

@@ -20,6 +20,8 @@ class ProgressMessage:
     channel_id: int
     message_id: int
     final: bool = False
+    intro: str = ""
+    """What the message said before the job's state (e.g. why this preset), kept through edits."""
 
 
 class BotState:
@@ -31,23 +33,25 @@ class BotState:
         if "progress" not in self.db.table_names():
             self.db["progress"].create({"job_id": int, "channel_id": int, "message_id": int, "final": int},
                                        pk="job_id", defaults={"final": 0})
+        if "intro" not in self.db["progress"].columns_dict:
+            self.db["progress"].add_column("intro", str, not_null_default="")
         if "posted_samples" not in self.db.table_names():
             self.db["posted_samples"].create({"sample_id": int}, pk="sample_id")
 
-    def set_progress(self, job_id: int, channel_id: int, message_id: int) -> None:
+    def set_progress(self, job_id: int, channel_id: int, message_id: int, intro: str = "") -> None:
         self.db["progress"].upsert({"job_id": job_id, "channel_id": channel_id, "message_id": message_id,
-                                    "final": 0}, pk="job_id")
+                                    "final": 0, "intro": intro}, pk="job_id")
 
     def progress(self, job_id: int) -> ProgressMessage | None:
         rows = list(self.db["progress"].rows_where("job_id = ?", [job_id]))
         if not rows:
             return None
         r = rows[0]
-        return ProgressMessage(r["job_id"], r["channel_id"], r["message_id"], bool(r["final"]))
+        return ProgressMessage(r["job_id"], r["channel_id"], r["message_id"], bool(r["final"]), r.get("intro") or "")
 
     def open_progress(self) -> list[ProgressMessage]:
         """Progress messages of jobs that have not been shown finished yet."""
-        return [ProgressMessage(r["job_id"], r["channel_id"], r["message_id"], False)
+        return [ProgressMessage(r["job_id"], r["channel_id"], r["message_id"], False, r.get("intro") or "")
                 for r in self.db["progress"].rows_where("final = 0")]
 
     def mark_final(self, job_id: int) -> None:

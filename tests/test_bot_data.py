@@ -44,8 +44,8 @@ async def test_corrupt_wrong_type_and_duplicate_files_are_rejected_with_reasons(
                                      file2=("cat.png", b"\x89PNG not really"), file3=("fox-again.txt", text_bytes(6)))
     got, message = fields(result)
     assert message.embeds[0].title == "Dataset: 0 file(s) added, 2 rejected"
-    assert "`bad.txt`: bad.txt: not UTF-8 text" in got["Rejected"]
-    assert "`cat.png`: .png is not accepted in an text session" in got["Rejected"]
+    assert "`bad.txt`: not UTF-8 text (first bad byte at offset 3, line 1)" in got["Rejected"]  # named once
+    assert "`cat.png`: this is a PNG image: a text session takes .txt, .md, .jsonl, .csv files" in got["Rejected"]
     assert "`fox-again.txt`" in got["Already in the dataset"]
 
 
@@ -75,7 +75,7 @@ async def test_a_zip_becomes_one_item_per_member_and_unsafe_zips_are_refused(wor
     result = await world.alice.slash(thread, "data add", file=("stories.zip", buffer.getvalue()))
     got, _ = fields(result)
     assert "`a.txt` · 5 example(s)" in got["Accepted"] and "`b.md` · 5 example(s)" in got["Accepted"]
-    assert "`stories.zip/notes.pdf`: .pdf is not accepted" in got["Rejected"]
+    assert "`stories.zip/notes.pdf`: .pdf files are not accepted in a text session" in got["Rejected"]
 
     evil = io.BytesIO()
     with zipfile.ZipFile(evil, "w") as archive:
@@ -149,6 +149,6 @@ async def test_report_card_grades_and_picks_a_preset(world):
     assert "**Grade:** enough to try (12 examples; 5 needed, 20+ works well)" in embed.description
     assert "**Duplicates dropped:** 2" in embed.description
     assert "**Contributions:**" in embed.description
-    assert "Only 12 examples: 20+ gives steadier results" in got["Advice"]
+    assert got["Advice"] == "• Only 12 examples in the whole dataset: 20+ give steadier results; 8 more would help."
     assert got["Preset I would pick: quick"].startswith("Because with 12 examples, a quick run")
     assert got["Next"] == "`/train start preset:quick`"

@@ -91,13 +91,16 @@ async def test_settings_change_visibility_and_model(world):
     assert bad.ephemeral and "not one of this server's text models" in bad.response.content
 
 
-async def test_list_shows_sessions(world):
+async def test_list_shows_private_sessions_only_to_their_members_and_managers(world):
     await new_session(world)
     await new_session(world, who=world.bob, title="Cat haiku", visibility="private")
-    result = await world.carol.slash(world.channel, "session list")
-    assert result.ephemeral
-    text = result.response.embeds[0].description
-    assert "#1" in text and "#2" in text and "private" in text
+    stranger = await world.carol.slash(world.channel, "session list")
+    assert stranger.ephemeral
+    text = stranger.response.embeds[0].description
+    assert "#1 " in text and "#2 " not in text and "private" not in text and world.bob.mention not in text
+    for who in (world.bob, world.mod):  # its owner, and a server manager
+        text = (await who.slash(world.channel, "session list")).response.embeds[0].description
+        assert "#1 " in text and "#2 " in text and "private" in text
 
 
 async def test_close_refuses_contributors_and_stops_uploads(world):

@@ -10,6 +10,8 @@ from discord import app_commands
 from discord.ext import commands
 
 from ..client import LoracordBot
+from ..display import model_name
+from ..jobpick import pick_job
 from ..services import zip_adapter
 
 
@@ -18,28 +20,30 @@ class AdapterCog(commands.GroupCog, group_name="adapter", group_description="Tra
         self.bot = bot
         self.svc = bot.services
 
-    async def export(self, interaction: discord.Interaction, job) -> None:
+    async def export(self, interaction: discord.Interaction, job, note: str | None = None) -> None:
         adapter = await self.bot.db(self.svc.db.adapter_for_job, job.id)
         await interaction.response.defer(thinking=True)
         dest = self.svc.settings.data_dir / "exports" / f"loracord-job-{job.id}-adapter.zip"
         path = await asyncio.to_thread(zip_adapter, self.svc.blobs, adapter.blob_hash, dest)
         size, limit = path.stat().st_size, interaction.filesize_limit
-        base = f"base model `{adapter.base_model}`" if adapter.base_model else "its base model"
+        base = f"base model `{model_name(adapter.base_model)}`" if adapter.base_model else "its base model"
+        picked = f"\nI took {note}; `job:` picks another." if note else ""
         if size <= limit:
             await interaction.followup.send(f"📦 Adapter of job #{job.id} ({size / 1024:.0f} KiB): load it with peft "
-                                            f"on {base}.", file=discord.File(path))
+                                            f"on {base}.{picked}", file=discord.File(path))
         else:
+            # The file stays on the host; its path there is the host's business, not the members'.
             await interaction.followup.send(
                 f"📦 The adapter of job #{job.id} is {size / 2**20:.1f} MiB, over this channel's "
-                f"{limit / 2**20:.0f} MiB upload limit. It is on the bot's machine at `{path}` "
-                f"(blob tree `{adapter.blob_hash[:12]}…` in the blob store); ask the bot's host for it.")
+                f"{limit / 2**20:.0f} MiB upload limit. Ask the bot's host for `exports/{path.name}` in the bot's "
+                f"data folder (blob tree `{adapter.blob_hash[:12]}…` in the blob store).{picked}")
 
     @app_commands.command(name="export", description="Download a trained adapter (a zip of its peft folder)")
     @app_commands.describe(job="Which run (default: the newest with an adapter)")
     async def export_cmd(self, interaction: discord.Interaction, job: Optional[app_commands.Range[int, 1]] = None) -> None:
         session = await self.bot.db(self.svc.session_here, interaction.channel_id)
-        found = await self.bot.db(self.svc.job_for, session, job, need_adapter=True)
-        await self.export(interaction, found)
+        found, note = await self.bot.db(pick_job, self.svc, session, job, need="adapter")
+        await self.export(interaction, found, note)
 
     async def from_button(self, interaction: discord.Interaction, job_id: int) -> None:
         job = await self.bot.db(self.svc.job, job_id)

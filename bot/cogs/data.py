@@ -41,7 +41,9 @@ class UploadModal(discord.ui.Modal, title="Add files to the dataset"):
             await interaction.client.refuse(interaction, str(exc))
 
 
-def result_embed(kind: str, result: CheckResult, added: list, duplicates: list[str], total_examples: int) -> discord.Embed:
+def result_embed(kind: str, result: CheckResult, added: list, duplicates: list[str], total_examples: int,
+                 advice: list[str] | None = None) -> discord.Embed:
+    """The answer to an upload; ``total_examples`` and ``advice`` are about the whole dataset."""
     few, good, unit = TARGETS[kind]
     colour = 0x2ECC71 if added and not result.rejected else 0xE67E22 if added else 0xE74C3C
     embed = discord.Embed(title=f"Dataset: {len(added)} file(s) added, {len(result.rejected)} rejected", colour=colour)
@@ -53,9 +55,8 @@ def result_embed(kind: str, result: CheckResult, added: list, duplicates: list[s
     if result.rejected:
         lines = [f"`{r.filename}`: {r.reason}" for r in result.rejected[:10]]
         embed.add_field(name="Rejected", value="\n".join(lines)[:1024], inline=False)
-    warnings = [w for i in added for w in i.checks.get("warnings", [])][:3]
-    if warnings:
-        embed.add_field(name="Advice", value="\n".join(f"• {w}" for w in warnings)[:1024], inline=False)
+    if advice:
+        embed.add_field(name="Advice", value="\n".join(f"• {a}" for a in advice[:3])[:1024], inline=False)
     if total_examples < few:
         nxt = f"add {few - total_examples} more {unit} (training needs {few})."
     elif total_examples < good:
@@ -92,8 +93,17 @@ class DataCog(commands.GroupCog, group_name="data", group_description="The sessi
         result.rejected[:0] = too_big
         added, duplicates = await self.bot.db(self.svc.add_items, session, actor, result)
         items = await self.bot.db(self.svc.items, session)
-        total = sum(int(i.checks.get("examples", 1)) for i in items)
-        return result_embed(session.kind, result, added, duplicates, total)
+        total, advice = sum(int(i.checks.get("examples", 1)) for i in items), []
+        if session.kind == "text" and items and added:
+            # Advice about the dataset comes from the whole dataset (read as the trainer reads it),
+            # not from this upload alone. Images are not re-decoded on every upload: `/data report` does that.
+            card = await asyncio.to_thread(report_card, session.kind, items, self.svc.blobs)
+            if card.problem:
+                advice = [f"The dataset as a whole does not read yet: {card.problem} (`/data report` shows more)"]
+            else:
+                total = card.count
+                advice = [a for a in card.advice if a != card.count_advice]
+        return result_embed(session.kind, result, added, duplicates, total, advice)
 
     async def ingest_interaction(self, interaction: discord.Interaction, attachments: list[discord.Attachment],
                                  caption: str | None) -> None:

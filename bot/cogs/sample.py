@@ -10,6 +10,8 @@ from discord import app_commands
 from discord.ext import commands
 
 from ..client import LoracordBot, actor_of
+from ..jobpick import pick_job
+from ..sampling import no_pings
 
 DEFAULT_PROMPTS = {"text": "Once upon a time", "image": "a photo of sks"}
 
@@ -20,19 +22,22 @@ class SampleCog(commands.Cog):
         self.svc = bot.services
 
     async def _start(self, interaction: discord.Interaction, session, job, prompt: str, count: int, seed: int,
-                     trial: int | None = None) -> None:
+                     trial: int | None = None, note: str | None = None) -> None:
         await self.bot.db(self.svc.require, session, actor_of(interaction), "contribute")
         run = await self.bot.db(self.svc.run_folder, job, trial)
         self.bot.sampler.start(run, job_id=job.id, channel_id=interaction.channel_id, user_id=interaction.user.id,
                                kind=session.kind, prompt=prompt, count=count, seed=seed, trial=trial)
         source = f"trial #{trial} of job #{job.id}" if trial is not None else f"job #{job.id}"
+        picked = f"\nI took {note}; `job:` picks another." if note else ""
         await interaction.response.send_message(
-            f"🎲 Sampling {count} from {source} (seed {seed}) for “{prompt}”: the results appear here "
-            f"in a moment, with 👍/👎 buttons for everyone in the session.")
+            f"🎲 Sampling {count} from {source} (seed {seed}) for “{no_pings(prompt)}”: the results appear here "
+            f"in a moment, with 👍/👎 buttons for everyone in the session.{picked}",
+            allowed_mentions=discord.AllowedMentions.none())
 
     @app_commands.command(name="sample", description="Generate from a trained adapter with your prompt")
     @app_commands.describe(prompt="What to generate from", count="How many samples",
-                           seed="Random seed (same seed, same result)", job="Which run (default: the newest)",
+                           seed="Random seed (same seed, same result)",
+                           job="Which run (default: the newest with an adapter)",
                            trial="Quick tries only: which trial of that job (default: its best run)")
     @app_commands.checks.cooldown(1, 5.0)
     async def sample(self, interaction: discord.Interaction, prompt: app_commands.Range[str, 1, 500],
@@ -40,8 +45,8 @@ class SampleCog(commands.Cog):
                      job: Optional[app_commands.Range[int, 1]] = None,
                      trial: Optional[app_commands.Range[int, 0]] = None) -> None:
         session = await self.bot.db(self.svc.session_here, interaction.channel_id)
-        found = await self.bot.db(self.svc.job_for, session, job, need_adapter=True)
-        await self._start(interaction, session, found, prompt, count, seed, trial)
+        found, note = await self.bot.db(pick_job, self.svc, session, job, need="adapter")
+        await self._start(interaction, session, found, prompt, count, seed, trial, note)
 
     async def from_button(self, interaction: discord.Interaction, job_id: int) -> None:
         job = await self.bot.db(self.svc.job, job_id)

@@ -9,6 +9,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from ..client import LoracordBot, actor_of
+from ..display import model_name
 
 LIMITS = ("max_dataset_items", "max_dataset_mb", "max_file_mb", "max_pending_jobs_per_user", "runs_per_day", "guild_runs_per_day",
           "max_jobs_per_guild")
@@ -45,7 +46,8 @@ class ServerCog(commands.GroupCog, group_name="server", group_description="Serve
         settings = await self.bot.db(svc.set_guild_limits, interaction.guild_id, actor_of(interaction), **values)
         embed = discord.Embed(title="loracord limits on this server", colour=0x5865F2)
         models_now = settings.get("allowed_models") or self.bot.config.allowed_models
-        embed.add_field(name="Allowed models", value=", ".join(f"`{m}`" for m in models_now) or "none", inline=False)
+        embed.add_field(name="Allowed models", value=", ".join(f"`{model_name(m)}`" for m in models_now) or "none",
+                        inline=False)
         for name in LIMITS:
             default = getattr(self.bot.config, name, None)
             if default is None:

@@ -9,6 +9,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from ..client import LoracordBot, actor_of
+from ..display import model_name
 
 KIND_NEXT = {
     "text": "drop 20+ examples: `.txt`/`.md` files (a blank line between examples), `.jsonl` or `.csv` "
@@ -24,14 +25,15 @@ async def model_autocomplete(interaction: discord.Interaction, current: str) -> 
         session = await bot.db(bot.services.db.session_by_thread, interaction.channel_id)
         kind = session.kind if session else "text"
     models = await bot.db(bot.services.allowed_models, interaction.guild_id, kind or "text")
-    return [app_commands.Choice(name=m[:100], value=m[:100]) for m in models if current.lower() in m.lower()][:25]
+    return [app_commands.Choice(name=model_name(m)[:100], value=m[:100]) for m in models
+            if current.lower() in m.lower()][:25]
 
 
 def session_embed(info: dict) -> discord.Embed:
     s = info["session"]
     embed = discord.Embed(title=f"Session #{s.id}: {s.title or 'untitled'}", colour=0x5865F2)
     embed.add_field(name="Kind", value=s.kind)
-    embed.add_field(name="Base model", value=f"`{s.base_model}`")
+    embed.add_field(name="Base model", value=f"`{model_name(s.base_model)}`")
     embed.add_field(name="Visibility", value=s.visibility)
     embed.add_field(name="Status", value=s.status)
     embed.add_field(name="Owner", value=f"<@{s.owner_id}>")
@@ -91,9 +93,11 @@ class SessionCog(commands.GroupCog, group_name="session", group_description="Tra
             await thread.add_user(interaction.user)
         session = await self.bot.db(self.svc.new_session, guild_id=interaction.guild_id, actor=actor_of(interaction),
                                     kind=kind, base_model=base, visibility=visibility, title=title, thread_id=thread.id)
-        await interaction.followup.send(f"Started {visibility} {kind} session #{session.id} on `{base}`: {thread.mention}")
+        await interaction.followup.send(f"Started {visibility} {kind} session #{session.id} on `{model_name(base)}`: "
+                                        f"{thread.mention}")
         who = "anyone can `/session join`" if visibility == "public" else "invite members with `/session settings invite:`"
-        await thread.send(f"Welcome to **{title}**, {interaction.user.mention}'s {kind} session on `{base}` ({who}).\n"
+        await thread.send(f"Welcome to **{title}**, {interaction.user.mention}'s {kind} session on `{model_name(base)}` "
+                          f"({who}).\n"
                           f"**Step 1:** {KIND_NEXT[kind]} with `/data add`"
                           + (" or by posting the files here" if self.bot.intents.message_content else "")
                           + ".\n**Step 2:** `/data report` grades the data and picks a preset.\n"
@@ -123,11 +127,18 @@ class SessionCog(commands.GroupCog, group_name="session", group_description="Tra
     @app_commands.command(name="list", description="List this server's training sessions")
     @app_commands.guild_only()
     async def list_(self, interaction: discord.Interaction) -> None:
-        sessions = await self.bot.db(self.svc.list_sessions, interaction.guild_id)
+        actor = actor_of(interaction)
+
+        def visible():  # a private session is nobody else's business: listed to its members and managers only
+            return [s for s in self.svc.list_sessions(interaction.guild_id)
+                    if s.visibility != "private" or actor.manager or self.svc.role(s, actor) is not None]
+
+        sessions = await self.bot.db(visible)
         if not sessions:
             await interaction.response.send_message("No sessions yet: start one with `/session new`.", ephemeral=True)
             return
-        lines = [f"#{s.id} <#{s.thread_id}> · {s.kind} · `{s.base_model}` · {s.visibility} · {s.status} · owner <@{s.owner_id}>"
+        lines = [f"#{s.id} <#{s.thread_id}> · {s.kind} · `{model_name(s.base_model)}` · {s.visibility} · {s.status} · "
+                 f"owner <@{s.owner_id}>"
                  for s in sessions[-25:]]
         embed = discord.Embed(title="Training sessions", description="\n".join(lines), colour=0x5865F2)
         await interaction.response.send_message(embed=embed, ephemeral=True)

@@ -9,7 +9,9 @@ from discord import app_commands
 from discord.ext import commands
 
 from ..client import LoracordBot, actor_of
-from ..progress import progress_embed
+from ..jobpick import pick_job
+from ..progress import headline, progress_embed
+from ..sampling import no_pings
 from ..report import pick_preset
 from ..views import job_view
 
@@ -31,12 +33,11 @@ class TrainCog(commands.GroupCog, group_name="train", group_description="Train a
         await interaction.response.defer(thinking=True)  # copying the dataset may take a while
         submitted = await self.bot.db(start, session, actor_of(interaction))
         view = await self.bot.db(self.svc.job_progress, submitted.job.id)
-        position = f"position {submitted.position} in the queue" if submitted.position else "starting now"
+        # The pump edits this message as the job goes on: its words and embed come from the same view.
         message = await interaction.followup.send(
-            f"{intro} Job #{submitted.job.id} is queued ({position}); this message shows its progress. "
-            f"**Next:** wait for the samples, then vote.", embed=progress_embed(view),
-            view=job_view(submitted.job.id, finished=False), wait=True)
-        await self.bot.db(self.svc.state.set_progress, submitted.job.id, message.channel.id, message.id)
+            f"{intro} {headline(view)}".strip(), embed=progress_embed(view),
+            view=job_view(submitted.job.id, finished=view["job"].finished), wait=True)
+        await self.bot.db(self.svc.state.set_progress, submitted.job.id, message.channel.id, message.id, intro)
 
     @app_commands.command(name="start", description="Train a LoRA adapter on this session's data")
     @app_commands.describe(preset="auto: the one /data report recommends; quick: a short first run; balanced: "
@@ -68,16 +69,18 @@ class TrainCog(commands.GroupCog, group_name="train", group_description="Train a
                            f"{trials} quick tries, ranked by validation loss (and then by your votes on their samples).")
 
     @app_commands.command(name="status", description="Show a job's progress and the best-voted samples")
-    @app_commands.describe(job="A job number (default: the session's newest)")
+    @app_commands.describe(job="A job number (default: the newest running one, else the newest with results)")
     async def status(self, interaction: discord.Interaction, job: Optional[app_commands.Range[int, 1]] = None) -> None:
         session = await self.bot.db(self.svc.session_here, interaction.channel_id)
-        found = await self.bot.db(self.svc.job_for, session, job)
-        embed = progress_embed(await self.bot.db(self.svc.job_progress, found.id))
+        found, note = await self.bot.db(pick_job, self.svc, session, job, need="status")
+        view = await self.bot.db(self.svc.job_progress, found.id)
+        embed = progress_embed(view)
         ranking = await self.bot.db(self.svc.ranking, session)
         if ranking:
             embed.add_field(name="Best samples by votes", inline=False, value="\n".join(
-                f"#{s.id} (job #{s.job_id}) score {s.votes:+d}: {s.prompt or ''}"[:100] for s in ranking))
-        await interaction.response.send_message(embed=embed)
+                f"#{s.id} (job #{s.job_id}) score {s.votes:+d}: {no_pings(s.prompt or '')}"[:100] for s in ranking))
+        content = (f"Showing {note}; `/train status job:` shows another. " if note else "") + headline(view, live=False)
+        await interaction.response.send_message(content, embed=embed, allowed_mentions=discord.AllowedMentions.none())
 
     @app_commands.command(name="cancel", description="Cancel a queued or running job (its starter, owner or manager)")
     @app_commands.describe(job="A job number (default: the session's newest active one)")

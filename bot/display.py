@@ -1,0 +1,44 @@
+"""What members may see of the host: names, never paths.
+
+A base model given as a local folder is shown by the folder's name; any text that came from
+the machine (a trainer's error, a reader's refusal) is shown with its host paths cut to their
+last part, so a message never reveals where the bot keeps its data, its models or its
+temporary files.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import PurePath, PurePosixPath, PureWindowsPath
+
+# An absolute (or home) path of at least two parts, not inside a URL or a word ("and/or",
+# "org/model", "https://host/x" are left alone).
+_HOST_PATH = re.compile(r"(?<![\w.:/~\\-])~?/(?:[^\s/'\"`;,()\[\]<>]+/)+([^\s/'\"`;,()\[\]<>]*)")
+_WINDOWS_PATH = re.compile(r"(?<![\w])[A-Za-z]:\\(?:[^\s\\'\"`;,()\[\]<>]+\\)*([^\s\\'\"`;,()\[\]<>]*)")
+
+
+def is_local_path(ref: str) -> bool:
+    """Whether a model reference names a folder on the host rather than a hub id or a built-in name."""
+    return ref.startswith(("/", "~", "./", "../", "\\")) or bool(re.match(r"^[A-Za-z]:[\\/]", ref))
+
+
+def model_name(ref: str | None) -> str:
+    """A base model as members see it: a local folder by its name, anything else as given."""
+    if not ref:
+        return ""
+    if ref.startswith("image:"):  # the server's list marks image models so
+        return "image:" + model_name(ref[len("image:"):])
+    if not is_local_path(ref):
+        return ref
+    path: PurePath = PureWindowsPath(ref) if "\\" in ref else PurePosixPath(ref)
+    return path.name or ref.strip("/\\") or "a local model"
+
+
+def scrub_paths(text: str, *roots) -> str:
+    """``text`` with host paths cut to their last part, and each of ``roots`` (folders) dropped."""
+    for root in roots:
+        if root:
+            root = str(root).rstrip("/\\")
+            text = text.replace(root + "/", "").replace(root + "\\", "").replace(root, PurePath(root).name)
+    text = _HOST_PATH.sub(lambda m: m.group(1) or "…", text)
+    return _WINDOWS_PATH.sub(lambda m: m.group(1) or "…", text)
