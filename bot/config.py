@@ -11,6 +11,8 @@ from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from typing_extensions import Annotated
 
+from trainer.limits import MAX_FILE_BYTES, MiB
+
 IMAGE_PREFIX = "image:"
 
 
@@ -31,7 +33,8 @@ class BotSettings(BaseSettings):
     message_content: bool = Field(True, description="Ask for the message-content intent (plain attachments in threads).")
     max_dataset_items: int = Field(200, ge=1, description="Most files a session's dataset may hold.")
     max_dataset_mb: float = Field(200.0, gt=0, description="Largest total dataset size per session, in MiB.")
-    max_file_mb: float = Field(25.0, gt=0, description="Largest single upload, in MiB (Discord's own limit also applies).")
+    max_file_mb: float = Field(MAX_FILE_BYTES / MiB, gt=0, le=MAX_FILE_BYTES / MiB, description=(
+        "Largest single upload, in MiB, up to what the trainer reads (trainer.limits); Discord's own limit also applies."))
     max_pending_jobs_per_user: int = Field(2, ge=1, description="Queued or running jobs one member may have.")
     runs_per_day: int = Field(10, ge=1, description="Training runs one member may start per day.")
     guild_runs_per_day: int = Field(50, ge=1, description="Training runs one guild may start per day.")
@@ -40,6 +43,8 @@ class BotSettings(BaseSettings):
     pump_s: float = Field(1.0, gt=0, description="How often the bot collects worker reports.")
     text_train_defaults: dict = Field(default_factory=dict, description="Trainer settings every text run starts "
                                       "from (JSON, e.g. {\"seq_len\": 128} on small hosts); members' options win.")
+    image_train_defaults: dict = Field(default_factory=dict, description="Trainer settings every image run starts "
+                                       "from (JSON, e.g. {\"resolution\": 768}); members' options win.")
     train_threads: int | None = Field(None, ge=1, description="CPU threads per training job (None: torch's default).")
 
     @field_validator("allowed_models", mode="before")

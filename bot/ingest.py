@@ -18,6 +18,7 @@ shows the temporary folder the checks ran in.
 from __future__ import annotations
 
 import io
+import json
 import re
 import tarfile
 import tempfile
@@ -27,6 +28,7 @@ from pathlib import Path, PurePosixPath
 
 from storage.blobs import BlobStore
 from trainer.errors import DataError
+from trainer.limits import MAX_CAPTION_CHARS
 from trainer.filetypes import (MAX_ARCHIVE_BYTES, MAX_ARCHIVE_MEMBERS, MAX_ARCHIVE_RATIO, FileType, extension,
                                is_archive_name, sniff)
 
@@ -35,6 +37,7 @@ from .display import scrub_paths
 TEXT_EXTENSIONS = (".txt", ".md", ".jsonl", ".csv")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 _JUNK = ("__MACOSX/", ".DS_Store", "Thumbs.db", "desktop.ini")
+METADATA_FILE = "metadata.jsonl"  # captions inside an image archive (the imagefolder convention)
 
 
 @dataclass
@@ -73,17 +76,20 @@ def session_words(kind: str) -> str:
     return f"{'an' if kind[:1] in 'aeiou' else 'a'} {kind} session"
 
 
-def check_uploads(kind: str, uploads: list[tuple[str, bytes]], blobs: BlobStore, *,
+def check_uploads(kind: str, uploads: list[tuple], blobs: BlobStore, *,
                   caption: str | None = None) -> CheckResult:
-    """Check every ``(filename, bytes)`` for a session of ``kind`` and store the good ones."""
+    """Check every ``(filename, bytes)`` or ``(filename, bytes, caption)`` for a session of ``kind``
+    and store the good ones. A file's own caption (an attachment's description) wins over the
+    upload's ``caption``; inside an archive, a sidecar ``.txt`` or ``metadata.jsonl`` wins over both."""
     result = CheckResult()
-    for filename, data in uploads:
+    for filename, data, *own in uploads:
+        caption_here = _caption(own[0] if own else None) or _caption(caption)
         name = PurePosixPath(filename.replace("\\", "/")).name or "upload"
         found = sniff(data, name)
         if found.kind == "archive" and (is_archive_name(name) or not extension(name)):
-            _check_archive(kind, name, data, found, blobs, caption, result)
+            _check_archive(kind, name, data, found, blobs, caption_here, result)
         else:
-            _check_file(kind, name, data, blobs, caption, result)
+            _check_file(kind, name, data, blobs, caption_here, result)
     return result
 
 
@@ -192,10 +198,17 @@ def _check_archive(kind: str, filename: str, data: bytes, found: FileType, blobs
         result.rejected.append(Rejected(filename, str(exc)))
         return
     captions = {}
-    if kind == "image":  # sidecar captions: cat.png + cat.txt
+    if kind == "image":  # captions: metadata.jsonl rows (the imagefolder convention), sidecars (cat.png + cat.txt)
+        for path, content in list(files.items()):
+            if PurePosixPath(path).name == METADATA_FILE:
+                try:
+                    captions.update(_metadata_captions(path, content))
+                except _Refused as exc:
+                    result.rejected.append(Rejected(f"{filename}/{path}", str(exc)))
+                del files[path]
         for path, content in list(files.items()):
             if path.lower().endswith(".txt"):
-                captions[str(PurePosixPath(path).with_suffix(""))] = content.decode("utf-8", "replace").strip()
+                captions[str(PurePosixPath(path).with_suffix(""))] = _caption(content.decode("utf-8", "replace"))
                 del files[path]
     if not files:
         result.rejected.append(Rejected(filename, "the archive holds no files to train on"))
@@ -207,6 +220,30 @@ def _check_archive(kind: str, filename: str, data: bytes, found: FileType, blobs
 
 class _Refused(Exception):
     """An archive refused as a whole; the message says why."""
+
+
+def _caption(text: str | None) -> str | None:
+    """A caption as stored: stripped, at most ``MAX_CAPTION_CHARS``; None when empty."""
+    text = (text or "").strip()
+    return text[:MAX_CAPTION_CHARS] or None
+
+
+def _metadata_captions(path: str, content: bytes) -> dict[str, str]:
+    """Captions from a ``metadata.jsonl`` in an archive: ``{"file_name": ..., "text": ...}`` per line
+    (``caption`` is read too), keyed like sidecars (the image's path without its extension)."""
+    folder = PurePosixPath(path).parent
+    captions = {}
+    for number, line in enumerate(content.decode("utf-8-sig", "replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            name, text = row["file_name"], row.get("text", row.get("caption"))
+        except (ValueError, KeyError, TypeError):
+            raise _Refused(f"line {number}: expected a JSON object with 'file_name' and 'text'") from None
+        if isinstance(name, str) and isinstance(text, str) and _caption(text):
+            captions[str((folder / name).with_suffix(""))] = _caption(text)
+    return captions
 
 
 def _wanted(path: str) -> bool:

@@ -15,10 +15,12 @@ from pathlib import Path
 from storage.blobs import BlobStore
 from storage.db import DatasetItem
 from trainer.errors import DataError
+from trainer.limits import MIN_EXAMPLES
+
 from .display import scrub_paths
 
 # What works for each kind: (too few below, good from); sources in trainer presets' docstrings.
-TARGETS = {"text": (5, 20, "examples"), "image": (4, 10, "images")}
+TARGETS = {"text": (MIN_EXAMPLES["text"], 20, "examples"), "image": (MIN_EXAMPLES["image"], 10, "images")}
 
 # The trainer's presets (trainer.presets, docs/presets.md), in a member's words.
 PRESETS = {

@@ -24,7 +24,9 @@ from storage.db import ACTIVE, WAITING, Database, DatasetItem, Job, Session
 from storage.queue import JobQueue, TickResult
 from storage.service import QueueService
 from storage.settings import Settings
-from trainer.errors import UserError
+from trainer.errors import ConfigError, UserError
+from trainer.limits import MIN_EXAMPLES
+from trainer.spec import DataItem, DatasetManifest, RunSpec, TuneOptions
 
 from .config import BotSettings
 from .display import model_name
@@ -32,8 +34,6 @@ from .ingest import CheckResult
 from .state import BotState
 
 KINDS = ("text", "image")
-TRAIN_KIND = {"text": "train_text", "image": "train_image"}
-MIN_ITEMS = {"text": 1, "image": 4}
 DAY_S = 86_400
 
 
@@ -271,16 +271,14 @@ class Services:
         self.db.remove_dataset_item(item_id)
         return item
 
-    def dataset_files(self, session: Session) -> list[str]:
-        """Copy the dataset's blobs into a local folder, under their own names, for the trainer."""
-        folder = self.settings.data_dir / "datasets" / f"session-{session.id}"
-        paths = []
-        for item in self.db.list_dataset_items(session.id):
-            path = folder / f"{item.id}-{item.filename or 'file'}"
-            if not path.exists():
-                self.blobs.get_file(item.blob_hash, path)
-            paths.append(str(path.resolve()))
-        return paths
+    def dataset_manifest(self, session: Session) -> DatasetManifest:
+        """The dataset as the trainer gets it: blobs with their names, captions and uploaders.
+
+        Nothing is copied here: the worker that runs the job fetches the blobs and writes the
+        captions beside them (``trainer.spec.DatasetManifest.materialize``)."""
+        return DatasetManifest(items=[
+            DataItem(blob=i.blob_hash, filename=i.filename or "file", caption=i.caption, uploader=i.uploader_id)
+            for i in self.db.list_dataset_items(session.id)])
 
     # ---- training
     def check_quota(self, session: Session, actor: Actor) -> None:
@@ -304,58 +302,47 @@ class Services:
                           f"{guild_per_day}). Try again tomorrow.")
 
     def check_can_train(self, session: Session, actor: Actor) -> None:
-        """The quick checks before a run is prepared: permission, quotas, some data."""
+        """The quick checks before a run is prepared: permission, quotas, enough data."""
         self.require(session, actor, "train")
         self.check_quota(session, actor)
-        items = self.db.list_dataset_items(session.id)
-        if len(items) < MIN_ITEMS[session.kind]:
-            unit = "files" if session.kind == "text" else "images"
-            raise Refusal(f"The dataset has {len(items)} {unit}; training needs at least {MIN_ITEMS[session.kind]}. "
+        have = sum(int(i.checks.get("examples", 1)) for i in self.db.list_dataset_items(session.id))
+        need = MIN_EXAMPLES[session.kind]  # the trainer's own minimum (trainer.limits)
+        if have < need:
+            unit = "examples" if session.kind == "text" else "images"
+            raise Refusal(f"The dataset has {have} {unit}; training needs at least {need}. "
                           f"Add data with `/data add`, then check it with `/data report`.")
 
-    def train_config(self, session: Session, preset: str, overrides: dict) -> dict:
-        """A validated trainer config for the session's data (without ``out``, which the worker sets)."""
-        items = self.db.list_dataset_items(session.id)
-        if session.kind == "text":
-            from trainer.text.config import TextTrainConfig as Config
-        else:
-            from trainer.image.config import ImageTrainConfig as Config
-        config = {**(self.config.text_train_defaults if session.kind == "text" else {}),
-                  "data": self.dataset_files(session), "base": session.base_model}
-        if "preset" in Config.model_fields:
-            config["preset"] = preset  # the trainer sizes the knobs left empty with trainer.presets
-        else:
-            from trainer.presets import preset_overrides
+    def run_spec(self, session: Session, preset: str | None, chosen: dict, *,
+                 tune: TuneOptions | None = None) -> RunSpec:
+        """The run spec of a run (or search) on the session's data: built and checked once, here.
 
-            config.update(preset_overrides(session.kind, preset, len(items)))
-        config.update({k: v for k, v in overrides.items() if v is not None})
-        config.setdefault("seed", 0)  # explicit, so samples and the run record which seed made them
-        if self.config.train_threads and "threads" in Config.model_fields:
-            config.setdefault("threads", self.config.train_threads)
-        from pydantic import ValidationError
-
+        ``chosen`` holds the member's options (``None``: not chosen). They and the server's
+        defaults for the kind are the spec's ``settings``; the trainer sizes every other knob
+        from ``preset``, and a search varies the searched knobs among those.
+        """
+        chosen = {k: v for k, v in chosen.items() if v is not None}
+        seed = chosen.pop("seed", 0)  # explicit, so samples and the run record which seed made them
+        defaults = self.config.text_train_defaults if session.kind == "text" else self.config.image_train_defaults
+        settings = {**defaults, **chosen}
+        if self.config.train_threads:
+            settings.setdefault("threads", self.config.train_threads)
         try:
-            Config(**config, out="unused")
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            return RunSpec.build(kind=session.kind, base=session.base_model, preset=preset, seed=seed,
+                                 settings=settings, dataset=self.dataset_manifest(session), tune=tune)
+        except ConfigError as exc:
+            problems = str(exc).removeprefix("invalid training settings: ")
             raise Refusal(f"Those settings do not work: {problems}. Change them and try again.") from None
-        # Workers on other machines fetch the files from the shared blob store by these hashes.
-        config["data_blobs"] = [[item.blob_hash, item.filename or "file"] for item in items]
-        return config
 
     def start_training(self, session: Session, actor: Actor, preset: str, overrides: dict) -> Submitted:
         self.check_can_train(session, actor)
-        config = self.train_config(session, preset, overrides)
-        return self._submit(TRAIN_KIND[session.kind], config, session, actor)
+        spec = self.run_spec(session, preset, overrides)
+        return self._submit(spec.job_kind, spec.to_job(), session, actor)
 
     def start_tuning(self, session: Session, actor: Actor, trials: int, steps: int | None) -> Submitted:
-        """Queue a ``tune`` job whose config is ``trainer.tune.tune``'s keyword arguments."""
+        """Queue quick tries: short runs from the ``quick`` preset that vary what the member left open."""
         self.check_can_train(session, actor)
-        config = self.train_config(session, "quick", {"steps": steps})
-        fixed = {k: v for k, v in config.items() if k not in ("data", "data_blobs", "base", "preset")}
-        spec = {"kind": session.kind, "data": config["data"], "data_blobs": config["data_blobs"],
-                "base": config["base"], "trials": trials, "preset": "quick", "settings": fixed}
-        return self._submit("tune", spec, session, actor)
+        spec = self.run_spec(session, "quick", {"steps": steps}, tune=TuneOptions(trials=trials))
+        return self._submit(spec.job_kind, spec.to_job(), session, actor)
 
     def _submit(self, kind: str, config: dict, session: Session, actor: Actor) -> Submitted:
         job = self.queue.submit(kind, config, session_id=session.id, guild_id=session.guild_id, user_id=actor.user_id)

@@ -35,6 +35,7 @@ def train_text_cmd(
     data: list[Path] = typer.Argument(..., help="Text files: .txt/.md, .jsonl (text, prompt/completion or messages), .csv."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder to write (adapter, metrics, samples, chart)."),
     base: str = typer.Option("smollm2-135m", help="Base model: hub id, local folder, .gguf file or 'smollm2-135m'."),
+    preset: Optional[str] = typer.Option(None, help="'quick', 'balanced' (default) or 'best': sizes every knob you leave out."),
     steps: Optional[int] = typer.Option(None, help="Optimizer steps (default: sized to the dataset)."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate (default: sized to the dataset)."),
     rank: Optional[int] = typer.Option(None, help="LoRA rank."),
@@ -55,20 +56,19 @@ def train_text_cmd(
     resume: bool = typer.Option(False, help="Continue from the run folder's last checkpoint."),
 ) -> None:
     """LoRA-fine-tune a language model on a few texts."""
-    from trainer.text.config import TextTrainConfig
-    from trainer.text.train import train_text
+    from trainer.spec import RunSpec
     from .progress import RichProgress
 
-    overrides = {k: v for k, v in dict(
+    chosen = dict(
         steps=steps, lr=lr, rank=rank, alpha=alpha, lora_dropout=lora_dropout, augment=augment,
         batch_size=batch_size, grad_accum=grad_accum, seq_len=seq_len, val_fraction=val_fraction,
         eval_every=eval_every, patience=patience, precision=precision,
         target_modules=target_modules, prompts=prompt or None, threads=threads,
-    ).items() if v is not None}
-    config = TextTrainConfig.build(data=[str(p) for p in data], out=str(out), base=base, seed=seed, resume=resume,
-                             **overrides)
+    )
+    spec = RunSpec.build(kind="text", data=[str(p) for p in data], base=base, preset=preset, seed=seed,
+                         settings=chosen)
     with RichProgress() as progress:
-        result = train_text(config, on_event=progress, cancel=cancel_on_ctrl_c(out))
+        result = spec.train(out, resume=resume, on_event=progress, cancel=cancel_on_ctrl_c(out))
     _print_text_result(result)
 
 

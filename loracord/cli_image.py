@@ -17,6 +17,7 @@ def train_image(
     base: str = typer.Option(..., help="Base pipeline: hub id or local folder (SD 1.x/2.x or SDXL, diffusers layout)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder to write (adapter, metrics, samples, chart)."),
     instance_prompt: Optional[str] = typer.Option(None, help="Caption for images without one, with the trigger word."),
+    preset: Optional[str] = typer.Option(None, help="'quick', 'balanced' (default) or 'best': sizes every knob you leave out."),
     steps: Optional[int] = typer.Option(None, help="Optimizer steps (default: sized to the dataset)."),
     resolution: Optional[int] = typer.Option(None, help="Training side in pixels (512 for SD 1.x, 1024 for SDXL)."),
     batch_size: Optional[int] = typer.Option(None, help="Images per step."),
@@ -40,23 +41,22 @@ def train_image(
     resume: bool = typer.Option(False, help="Continue from the run folder's last checkpoint."),
 ) -> None:
     """LoRA-fine-tune a Stable Diffusion or SDXL pipeline on a few images."""
-    from trainer.image.config import ImageTrainConfig
-    from trainer.image.train import train_image as run_training
+    from trainer.spec import RunSpec
 
     from .cli import cancel_on_ctrl_c
     from .progress import RichProgress
 
-    overrides = {k: v for k, v in dict(
+    chosen = dict(
         instance_prompt=instance_prompt, steps=steps, resolution=resolution, batch_size=batch_size, lr=lr, rank=rank,
         alpha=alpha, lora_dropout=lora_dropout, augment=augment, caption_dropout=caption_dropout,
         min_snr_gamma=min_snr_gamma, noise_offset=noise_offset, val_fraction=val_fraction, eval_every=eval_every,
         patience=patience, sample_every=sample_every, sample_prompts=sample_prompt or None, sample_steps=sample_steps,
-        precision=precision,
-    ).items() if v is not None}
-    config = ImageTrainConfig.build(data=[str(p) for p in data], out=str(out), base=base, seed=seed, resume=resume,
-                                    train_text_encoder=train_text_encoder, **overrides)
+        precision=precision, train_text_encoder=train_text_encoder or None,
+    )
+    spec = RunSpec.build(kind="image", data=[str(p) for p in data], base=base, preset=preset, seed=seed,
+                         settings=chosen)
     with RichProgress() as progress:
-        result = run_training(config, on_event=progress, cancel=cancel_on_ctrl_c(out))
+        result = spec.train(out, resume=resume, on_event=progress, cancel=cancel_on_ctrl_c(out))
     typer.echo(f"run folder: {result.run_dir}")
     if result.val_loss is not None:
         typer.echo(f"validation loss {result.val_loss:.4f} at step {result.best_step}, stopped: {result.stop_reason}")

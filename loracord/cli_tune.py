@@ -60,17 +60,20 @@ def tune_cmd(
     """Search learning rate, rank, dropout, augmentation and steps with short pruned trials."""
     from rich.console import Console
 
-    from trainer.tune import tune
+    from trainer.spec import RunSpec
 
     console = Console()
     settings = parse_settings(set_ or [])
     if base is None and kind == Kind.image:
         raise typer.BadParameter("image searches need --base (a diffusers pipeline folder or hub id)")
+    run_seed = settings.pop("seed", 0)  # --set seed=N is the runs' seed; --seed the sampler's
+    spec = RunSpec.build(kind=kind.value, data=[str(p) for p in data], base=base, preset=preset.value, seed=run_seed,
+                         settings=settings, tune=dict(
+                             trials=trials, budget_minutes=budget_minutes, grid=parse_grid(grid or []) or None,
+                             storage=storage, study_name=study_name, pruner=pruner.value, seed=seed,
+                             full_run=full_run, full_steps=full_steps))
     console.print(_line(HEADER), style="bold")
-    result = tune(kind.value, [str(p) for p in data], out, base=base, trials=trials, budget_minutes=budget_minutes,
-                  preset=preset.value, settings=settings, grid=parse_grid(grid or []) or None, storage=storage,
-                  study_name=study_name, pruner=pruner.value, seed=seed, full_run=full_run, full_steps=full_steps,
-                  on_trial=lambda row: console.print(_line(_cells(row))))
+    result = spec.search(out, on_trial=lambda row: console.print(_line(_cells(row))))
     _print_summary(console, result)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.bot_world import *  # noqa: F401,F403
+from trainer.spec import RunSpec
 
 pytestmark = pytest.mark.asyncio
 
@@ -34,21 +35,27 @@ async def test_start_queues_a_job_and_posts_its_progress_message(world):
     assert [c["label"] for row in result.response.components for c in row["components"]] == ["Cancel"]
     [job] = jobs(world)
     assert job.kind == "train_text" and job.user_id == world.alice.id
-    assert job.config["preset"] == "quick" and job.config["steps"] == 4 and job.config["seed"] == 3
-    assert job.config["base"] == "smollm2-135m" and job.config["data"][0].endswith("1-fox.txt")
+    spec = RunSpec.from_job(job.kind, job.config)  # the run spec, stored once as the job's config
+    assert spec.preset == "quick" and spec.settings == {"steps": 4, "threads": 1} and spec.seed == 3
+    assert spec.base == "smollm2-135m" and spec.data == []  # the worker fetches the blobs
+    [item] = world.env.bot.services.db.list_dataset_items(job.session_id)
+    assert [(i.blob, i.filename, i.uploader) for i in spec.dataset.items] == [(item.blob_hash, "fox.txt", world.alice.id)]
 
 
 async def test_start_refusals_say_why_and_what_to_do(world):
     await world.alice.slash(world.channel, "session new", kind="text", title="Empty")
     thread = world.channel.threads[-1]
     empty = await world.alice.slash(thread, "train start")
-    assert empty.ephemeral and "training needs at least 1" in empty.response.content and "/data add" in empty.response.content
+    assert empty.ephemeral and "training needs at least 5" in empty.response.content and "/data add" in empty.response.content
     stranger = await world.bob.slash(thread, "train start")
     assert stranger.ephemeral and "/session join" in stranger.response.content
     await world.alice.slash(thread, "data add", file=("fox.txt", text_bytes(12)))
     bad = await world.alice.slash(thread, "train start", lr=0.9, steps=5)
     assert not bad.ephemeral  # lr 0.9 is within the trainer's range: accepted
-    assert jobs(world)[0].config["lr"] == 0.9
+    assert jobs(world)[0].config["settings"]["lr"] == 0.9
+    await world.env.advance_time(1)
+    too_high = await world.alice.slash(thread, "train start", lr=1.0, rank=256, steps=5, seed=1)
+    assert not too_high.ephemeral  # the edge's ranges and the trainer's agree: one check, at the edge
 
 
 async def test_quotas_refuse_with_the_limit_and_a_way_out(world):
@@ -83,9 +90,10 @@ async def test_tune_queues_a_tune_job_with_the_tuners_arguments(world):
     assert result.response.embeds[0].title == "Quick tries (tuning) · job #1"
     [job] = jobs(world)
     assert job.kind == "tune"
-    assert job.config["kind"] == "text" and job.config["trials"] == 3 and job.config["preset"] == "quick"
-    assert job.config["settings"]["steps"] == 6 and job.config["base"] == "smollm2-135m"
-    assert len(job.config["data"]) == 1
+    spec = RunSpec.from_job("tune", job.config)
+    assert spec.kind == "text" and spec.tune.trials == 3 and spec.preset == "quick"
+    assert spec.settings == {"steps": 6, "threads": 1} and spec.base == "smollm2-135m"  # what was chosen is fixed
+    assert len(spec.dataset.items) == 1
 
 
 async def test_status_and_cancel_then_the_pump_edits_the_progress_message(world):

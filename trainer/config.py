@@ -11,6 +11,20 @@ from .errors import ConfigError
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 
 
+def problems(exc: ValidationError, prefix: str = "") -> list[str]:
+    """pydantic's errors as ``field: what is wrong`` lines, the one format every edge shows."""
+    lines = []
+    for e in exc.errors():
+        where = ".".join(map(str, e["loc"]))
+        message = e["msg"].removeprefix("Value error, ")
+        lines.append(f"{prefix}{where}: {message}" if where else f"{prefix.rstrip('.') or 'config'}: {message}")
+    return lines
+
+
+def settings_error(lines: list[str]) -> ConfigError:
+    return ConfigError("invalid training settings: " + "; ".join(lines))
+
+
 class TrainConfig(BaseModel):
     """Base of ``TextTrainConfig`` and ``ImageTrainConfig``: unknown fields are refused."""
 
@@ -26,5 +40,4 @@ class TrainConfig(BaseModel):
         try:
             return cls(**kwargs)
         except ValidationError as exc:
-            lines = [f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors()]
-            raise ConfigError("invalid training settings: " + "; ".join(lines)) from exc
+            raise settings_error(problems(exc)) from exc

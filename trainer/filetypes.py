@@ -27,10 +27,8 @@ from typing import Literal
 
 import filetype
 
-# Unpacked archives: how many files, how many bytes, and how much they may inflate.
-MAX_ARCHIVE_MEMBERS = 500
-MAX_ARCHIVE_BYTES = 512 * 2**20
-MAX_ARCHIVE_RATIO = 200
+from .limits import MAX_ARCHIVE_BYTES, MAX_ARCHIVE_MEMBERS  # noqa: F401 (unpacked archives: files, bytes)
+from .limits import MAX_COMPRESSION_RATIO as MAX_ARCHIVE_RATIO  # noqa: F401 (how much they may inflate)
 
 ARCHIVE_EXTENSIONS = (".zip", ".tar", ".tgz", ".tar.gz", ".tbz2", ".tar.bz2", ".txz", ".tar.xz")
 TEXT_INSTEAD = "save its text as a .txt or .md file (in your editor: Save As, plain text) and upload that"

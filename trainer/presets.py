@@ -2,8 +2,9 @@
 
 ``preset_overrides(kind, preset, n_examples, ...)`` returns the knobs a preset sets for a
 dataset of that size: ``steps``, ``rank``, ``alpha``, ``lr``, ``lora_dropout`` and ``augment``.
-``balanced`` is what a run uses when nobody names a preset (the text trainer's
-``size_defaults`` calls this function to fill the knobs a user left empty); ``quick`` trades
+``balanced`` is what a run uses when nobody names a preset (both trainers' ``size_defaults``,
+in ``trainer.text.presets`` and ``trainer.image.presets``, call this function to fill the knobs
+a user left empty, whether the run came from the bot or the CLI); ``quick`` trades
 quality for a run a few times shorter, ``best`` spends more steps and capacity for the last
 bit of validation loss. The reasoning and sources behind every number are in
 ``docs/presets.md``; a change here belongs there too.

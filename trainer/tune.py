@@ -35,7 +35,7 @@ from typing import Any, Callable, Literal, Sequence
 from .cancel import CancelToken
 from .errors import Cancelled, ConfigError, TrainingError
 from .events import EventCallback, ProgressEvent
-from .presets import Preset, preset_overrides
+from .presets import Preset
 
 Kind = Literal["text", "image"]
 Pruner = Literal["successive-halving", "hyperband", "median", "none"]
@@ -115,11 +115,13 @@ def tune(kind: Kind, data: Sequence[str | Path], out: str | Path, *, base: str |
 
     out = Path(out)
     settings = dict(settings or {})
-    problems = _check(kind, trials, budget_minutes, grid, settings, pruner)
+    problems = check_search(kind, trials, budget_minutes, grid, settings, pruner)
     if problems:
         raise ConfigError("invalid search settings: " + "; ".join(problems))
     out.mkdir(parents=True, exist_ok=True)
-    fixed = {**settings, "data": [str(p) for p in data], **({"base": base} if base else {})}
+    # Trials are built with the search's preset, so knobs that are neither searched nor fixed
+    # (alpha, and any a grid leaves out) are sized the way the baseline was.
+    fixed = {**settings, "data": [str(p) for p in data], "preset": preset, **({"base": base} if base else {})}
     probe = probe_data(kind, fixed, preset)
     space = _space(probe, settings, grid)
     started = time.monotonic()
@@ -197,15 +199,15 @@ def _probe_text(fixed: dict[str, Any], preset: Preset) -> Probe:
 
 
 def _probe_image(fixed: dict[str, Any], preset: Preset) -> Probe:
-    from .image.data import DataLimits, load_images
+    from .image.data import load_images, training_limits
+    from .image.presets import size_defaults
     from .image.train import split
 
-    config = _build_config("image", {**fixed, "out": "probe"})
-    limits = DataLimits(min_side=config.min_image_side or config.resolution // 2, max_pixels=config.max_pixels)
-    dataset = load_images(config.data, instance_prompt=config.instance_prompt, limits=limits)
+    config = _build_config("image", {**fixed, "out": "probe", "preset": preset})
+    dataset = load_images(config.data, instance_prompt=config.instance_prompt, limits=training_limits(config))
     train, _ = split(dataset.examples, config.val_fraction, config.seed)
-    sized = preset_overrides("image", preset, len(train))
-    baseline = {k: fixed.get(k, sized[k]) for k in SEARCHED}
+    sized = size_defaults(config, len(train))  # the same sizing a training run does
+    baseline = {k: getattr(sized, k) for k in SEARCHED}
     return Probe(len(train), baseline, _eval_every(fixed, baseline["steps"]))
 
 
@@ -215,7 +217,7 @@ def _eval_every(fixed: dict[str, Any], steps: int) -> int:
 
 
 def _space(probe: Probe, settings: dict[str, Any], grid: dict[str, list] | None) -> dict[str, Any]:
-    """Optuna distributions of the searched knobs, or the grid's value lists."""
+    """Optuna distributions of the searched knobs nobody fixed in ``settings``, or the grid's value lists."""
     from optuna.distributions import CategoricalDistribution, FloatDistribution
 
     if grid:
@@ -230,10 +232,11 @@ def _space(probe: Probe, settings: dict[str, Any], grid: dict[str, list] | None)
         "augment": FloatDistribution(0.0, 0.6),
         "steps": CategoricalDistribution(steps),
     }
-    return {k: v for k, v in space.items() if k not in settings}
+    return {k: v for k, v in space.items() if settings.get(k) is None}
 
 
-def _check(kind, trials, budget_minutes, grid, settings, pruner) -> list[str]:
+def check_search(kind, trials, budget_minutes, grid, settings, pruner) -> list[str]:
+    """Every problem with a search's options, as lines (``trainer.spec`` checks specs with it)."""
     problems = []
     if kind not in ("text", "image"):
         problems.append(f"kind must be 'text' or 'image', not {kind!r}")

@@ -19,6 +19,7 @@ from ..ingest import CheckResult, Rejected, accepted_extensions, check_uploads
 from ..report import TARGETS, report_card
 from ..services import Actor
 from trainer.errors import UserError
+from trainer.limits import MAX_FILE_BYTES
 
 MAX_MODAL_FILES = 10
 
@@ -86,9 +87,10 @@ class DataCog(commands.GroupCog, group_name="data", group_description="The sessi
     async def ingest(self, session, actor: Actor, attachments: list[discord.Attachment], caption: str | None,
                      limit: int) -> discord.Embed:
         gs = await self.bot.db(self.svc.guild_settings, session.guild_id)
-        limit = min(limit, int(float(self.bot.config.limit("max_file_mb", gs)) * 2**20))
+        limit = min(limit, int(float(self.bot.config.limit("max_file_mb", gs)) * 2**20), MAX_FILE_BYTES)
         keep, too_big = self._split_by_size(attachments, limit)
-        uploads = [(a.filename, await a.read()) for a in keep]  # URLs expire: download now
+        # URLs expire: download now. An attachment's description (its alt text) is its caption.
+        uploads = [(a.filename, await a.read(), a.description) for a in keep]
         result = await asyncio.to_thread(check_uploads, session.kind, uploads, self.svc.blobs, caption=caption)
         result.rejected[:0] = too_big
         added, duplicates = await self.bot.db(self.svc.add_items, session, actor, result)

@@ -61,7 +61,9 @@ class TrainCog(commands.GroupCog, group_name="train", group_description="Train a
         await self._submit(interaction, lambda s, a: self.svc.start_training(s, a, preset, overrides), why)
 
     @app_commands.command(name="tune", description="Quick tries: several short runs with different settings, ranked")
-    @app_commands.describe(trials="How many settings to try", steps="Steps per try (short: these are quick tries)")
+    @app_commands.describe(trials="How many settings to try",
+                           steps="Steps per try (left out: the tries vary it too, with rate, rank, dropout, "
+                                 "augmentation)")
     @app_commands.checks.dynamic_cooldown(_train_cooldown)
     async def tune(self, interaction: discord.Interaction, trials: app_commands.Range[int, 2, 20] = 4,
                    steps: Optional[app_commands.Range[int, 5, 1000]] = None) -> None:

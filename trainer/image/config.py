@@ -1,7 +1,10 @@
 """The settings of one image training run, validated once at the edge.
 
 Every field has a default and a description; ``ImageTrainConfig.build`` turns pydantic's
-validation errors into one ``ConfigError`` that lists every bad field.
+validation errors into one ``ConfigError`` that lists every bad field. Fields left as ``None``
+are sized to the dataset by ``trainer.image.presets.size_defaults`` once the images have been
+read, from the run's ``preset`` (the same ``trainer.presets`` table text runs use): a user only
+names what they want to change.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator, model_validator
 
 from ..config import Precision, TrainConfig
+from ..presets import Preset
 
 
 class ImageTrainConfig(TrainConfig):
@@ -18,15 +22,20 @@ class ImageTrainConfig(TrainConfig):
     data: list[str] = Field(description="Image files, folders or zip archives (png/jpg/webp, optional captions).")
     base: str = Field(description="Base pipeline: hub id or local folder of an SD 1.x/2.x or SDXL pipeline.")
     instance_prompt: str = Field("a photo of sks", description="Caption for images without one; put the trigger word in it.")
-    steps: int | None = Field(None, ge=1, le=100_000, description="Optimizer steps; None: 100 per training image, 200 to 1500.")
+    preset: Preset | None = Field(
+        None, description="Which preset sizes the None knobs (docs/presets.md); None means 'balanced'.")
+    steps: int | None = Field(None, ge=1, le=100_000, description="Optimizer steps; None sizes it to the data "
+                                                                 "(balanced: 100 per training image, 200 to 1500).")
     resolution: int = Field(512, ge=16, le=2048, description="Training side in pixels (a multiple of 8).")
     batch_size: int = Field(2, ge=1, le=64, description="Images per optimizer step.")
-    lr: float = Field(1e-4, gt=0, le=1.0, description="Peak learning rate (AdamW, cosine decay after warm-up).")
-    rank: int = Field(8, ge=1, le=256, description="LoRA rank.")
+    lr: float | None = Field(None, gt=0, le=1.0, description="Peak learning rate (AdamW, cosine decay after "
+                                                             "warm-up); None sizes it (balanced: 1e-4).")
+    rank: int | None = Field(None, ge=1, le=256, description="LoRA rank; None sizes it (balanced: 8).")
     alpha: float | None = Field(None, gt=0, description="LoRA alpha; None means equal to rank (scale 1).")
-    lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA path.")
+    lora_dropout: float | None = Field(None, ge=0, lt=1, description="Dropout on the LoRA path; None sizes it.")
     train_text_encoder: bool = Field(False, description="Also put LoRA on the text encoder(s) (no embedding cache).")
-    augment: float = Field(0.5, ge=0, le=1, description="Augmentation strength, 0 = off.")
+    augment: float | None = Field(None, ge=0, le=1, description="Augmentation strength, 0 = off; None sizes it "
+                                                                "(balanced: 0.5).")
     augment_variants: int = Field(4, ge=1, le=32, description="Augmented copies per image whose latents are cached.")
     caption_dropout: float = Field(0.1, ge=0, lt=1, description="Share of steps' captions replaced by the empty one (for CFG).")
     min_snr_gamma: float | None = Field(5.0, gt=0, description="Min-SNR loss weighting gamma; None turns it off.")
@@ -81,4 +90,5 @@ class ImageTrainConfig(TrainConfig):
 
     @property
     def lora_alpha(self) -> float:
+        """Alpha as LoRA reads it (after ``size_defaults`` has filled ``rank``)."""
         return self.alpha if self.alpha is not None else float(self.rank)

@@ -24,6 +24,7 @@ from typing import Iterable, Iterator
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .. import limits as L
 from ..errors import DataError
 
 IMAGE_FORMATS = {"PNG", "JPEG", "MPO", "WEBP"}  # MPO: the JPEG variant many phones write
@@ -34,14 +35,21 @@ _JUNK = re.compile(r"(^|/)(\.[^/]*|__MACOSX|Thumbs\.db|desktop\.ini)(/|$)", re.I
 
 @dataclass(frozen=True)
 class DataLimits:
-    """Safety and quality limits applied while reading a dataset."""
+    """Safety and quality limits applied while reading a dataset (defaults: ``trainer.limits``)."""
 
     min_side: int = 64  # shorter side in pixels; smaller images upscale into mush
-    max_pixels: int = 50_000_000  # decompression-bomb cap, checked from the header before decoding
-    max_file_bytes: int = 50 * 2**20  # one image or caption file
-    max_archive_bytes: int = 2 * 2**30  # all members of one zip, uncompressed
-    max_compression_ratio: float = 200.0  # a member that inflates more than this is a zip bomb
-    max_images: int = 1000
+    max_pixels: int = L.MAX_IMAGE_PIXELS  # decompression-bomb cap, checked from the header before decoding
+    max_file_bytes: int = L.MAX_FILE_BYTES  # one image or caption file
+    max_archive_bytes: int = L.MAX_ARCHIVE_BYTES  # all members of one zip, uncompressed
+    max_compression_ratio: float = L.MAX_COMPRESSION_RATIO  # a member that inflates more than this is a zip bomb
+    max_images: int = L.MAX_IMAGES
+    min_images: int = 1  # training asks for ``limits.MIN_EXAMPLES["image"]``; one file alone can be checked
+
+
+def training_limits(config) -> DataLimits:
+    """The limits a training run (or a search's probe) reads its images with."""
+    return DataLimits(min_side=config.min_image_side or config.resolution // 2, max_pixels=config.max_pixels,
+                      min_images=L.MIN_EXAMPLES["image"])
 
 
 @dataclass
@@ -62,6 +70,7 @@ class DataReport:
     sources: list[str] = field(default_factory=list)
     caption_sources: dict[str, int] = field(default_factory=lambda: {"sidecar": 0, "metadata": 0, "instance_prompt": 0})
     missing_captions: list[str] = field(default_factory=list)
+    captions: dict[str, str] = field(default_factory=dict)  # image name -> the caption it trains with
     duplicates: list[dict[str, str]] = field(default_factory=list)  # {"dropped": name, "same_as": name}
     ignored: list[str] = field(default_factory=list)  # hidden files and OS clutter
     unmatched_metadata: list[str] = field(default_factory=list)  # metadata rows naming no image
@@ -142,11 +151,15 @@ def load_images(paths: Iterable[str | Path], *, instance_prompt: str, limits: Da
         if source == "instance_prompt" and (captions or metadata):
             report.missing_captions.append(entry.name)
         report.caption_sources[source] += 1
+        report.captions[entry.name] = caption
         examples.append(ImageExample(entry.name, image, caption, digest))
 
     report.unmatched_metadata = sorted(f"{c}/{k}" for c, k in metadata if (c, k) not in used_metadata)
     if len(examples) > limits.max_images:
         problems.append(f"{len(examples)} images is more than the limit of {limits.max_images}")
+    if examples and len(examples) < limits.min_images:
+        problems.append(f"{len(examples)} usable image(s): training needs at least {limits.min_images} "
+                        f"(one is held out to check the run); add {limits.min_images - len(examples)} more")
     if problems:
         shown = "\n  - ".join(problems[:20])
         more = f"\n  (and {len(problems) - 20} more)" if len(problems) > 20 else ""
@@ -194,7 +207,7 @@ def _zip_entries(path: Path, limits: DataLimits, problems: list[str]) -> Iterato
         return
     for m in members:
         ratio = m.file_size / max(m.compress_size, 1)
-        if m.file_size > 2**20 and ratio > limits.max_compression_ratio:
+        if m.file_size > L.RATIO_CHECKED_ABOVE and ratio > limits.max_compression_ratio:
             problems.append(f"{path}:{m.filename}: compressed {ratio:.0f}:1, refusing a likely zip bomb")
             return
         if m.flag_bits & 0x1:

@@ -90,14 +90,6 @@ def split(examples: list, val_fraction: float, seed: int) -> tuple[list, list]:
     return [e for i, e in enumerate(examples) if i not in val], [examples[i] for i in val]
 
 
-def size_defaults(config: ImageTrainConfig, n_train: int) -> ImageTrainConfig:
-    steps = config.steps or min(1500, max(200, 100 * n_train))
-    update = {"steps": steps,
-              "eval_every": min(config.eval_every or max(1, steps // 8), steps),
-              "sample_every": config.sample_every if config.sample_every is not None else max(1, steps // 4)}
-    return config.model_copy(update=update)
-
-
 def _setup(config: ImageTrainConfig) -> _Setup:
     import torch
     from accelerate.utils import set_seed
@@ -105,16 +97,16 @@ def _setup(config: ImageTrainConfig) -> _Setup:
     from peft import LoraConfig
 
     from ..precision import make_accelerator, pick_precision
-    from .data import DataLimits, load_images
+    from .data import load_images, training_limits
     from .pipelines import load_pipeline
+    from .presets import size_defaults
 
     started = time.time()
     if config.train_text_encoder:
         check_text_encoder_lora()
     if config.threads:
         torch.set_num_threads(config.threads)
-    limits = DataLimits(min_side=config.min_image_side or config.resolution // 2, max_pixels=config.max_pixels)
-    dataset = load_images(config.data, instance_prompt=config.instance_prompt, limits=limits)
+    dataset = load_images(config.data, instance_prompt=config.instance_prompt, limits=training_limits(config))
     train, val = split(dataset.examples, config.val_fraction, config.seed)
     config = size_defaults(config, len(train))
     precision = pick_precision(config.precision)

@@ -31,10 +31,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, Literal, Sequence
 
+from .. import limits as L
 from ..errors import DataError
 from ..filetypes import not_text
 
-MIN_EXAMPLES = 5
+MIN_EXAMPLES = L.MIN_EXAMPLES["text"]
 ACCEPTED_EXTENSIONS = (".txt", ".md", ".jsonl", ".csv")
 CHAT_ROLES = ("system", "user", "assistant")
 JSONL_SHAPES = ('{"text"}', '{"prompt", "completion"}', '{"messages"}')
@@ -49,13 +50,13 @@ _MAX_DUPLICATE_SOURCES = 50  # report lists at most this many; duplicates_droppe
 class TextLimits:
     """Size limits for text datasets; defaults suit a Discord upload of a few files."""
 
-    max_file_bytes: int = 20 * 1024 * 1024
+    max_file_bytes: int = L.MAX_FILE_BYTES
     """Largest accepted file, in bytes."""
-    max_example_chars: int = 20_000
+    max_example_chars: int = L.MAX_EXAMPLE_CHARS
     """Longest accepted .jsonl/.csv example, in characters (prompt and completion together)."""
     window_chars: int = 2_000
     """A .txt/.md block longer than this is cut into windows of at most this many characters."""
-    max_examples: int = 10_000
+    max_examples: int = L.MAX_TEXT_EXAMPLES
     """Most examples a dataset may hold after dropping duplicates."""
 
     def __post_init__(self):

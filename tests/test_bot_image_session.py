@@ -1,0 +1,138 @@
+"""An image session through SimCord with the real queue, worker and trainer on a tiny SD pipeline:
+captions given at upload reach the trainer, and quick tries vary the settings the member left open.
+
+Captions come in the three ways a member gives them: an attachment's description (its alt
+text), the upload's ``caption`` option, and a zip holding sidecar ``.txt`` files and a
+``metadata.jsonl``. The test reads back what the trainer actually trained with: the run's
+``metrics.json`` (caption of every image) and the ``metadata.jsonl`` the worker wrote.
+
+SimCord's members upload attachments without descriptions (only a bot's own uploads carry
+them), so ``describe`` sets the description on the fake CDN's record, as a Discord client
+would when a member types alt text; everything after that is the real bot.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+
+import pytest
+
+from bot.config import BotSettings
+from tests.bot_world import *  # noqa: F401,F403
+from tests.image_fixtures import RESOLUTION, image_bytes, pattern_image, tiny_sd  # noqa: F401
+
+pytestmark = pytest.mark.asyncio
+
+# Small and fast on 2 CPU cores: the tiny pipeline's side, few denoising steps, one grid at the end.
+IMAGE_DEFAULTS = {"resolution": RESOLUTION, "sample_steps": 2, "sample_seeds": [0], "sample_every": 0,
+                  "precision": "fp32", "augment_variants": 1}
+
+
+@pytest.fixture
+def bot_config(tiny_sd) -> BotSettings:
+    return BotSettings(_env_file=None, allowed_models=[f"image:{tiny_sd}"], progress_edit_s=0, train_cooldown_s=0,
+                       train_threads=1, image_train_defaults=IMAGE_DEFAULTS)
+
+
+@pytest.fixture
+def simcord_bot(make_bot):
+    return make_bot(worker=True)
+
+
+def png(seed: int) -> bytes:
+    return image_bytes(pattern_image(seed, size=(72, 64)))  # the bot refuses images under 64 px
+
+
+def describe(env, descriptions: dict[str, str]) -> None:
+    """Give attachments named in ``descriptions`` that alt text when they are uploaded."""
+    cdn = env.backend.cdn
+    store = cdn.store_attachment
+
+    def store_with_description(attachment_id, channel_id, filename, data, description):
+        return store(attachment_id, channel_id, filename, data, description or descriptions.get(filename))
+
+    cdn.store_attachment = store_with_description
+
+
+def captioned_zip() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("set/blue.png", png(2))
+        archive.writestr("set/blue.txt", "sks pattern in blue, sidecar")
+        archive.writestr("set/green.png", png(3))
+        archive.writestr("set/violet.png", png(4))
+        archive.writestr("set/metadata.jsonl", json.dumps({"file_name": "green.png", "text": "sks pattern in green, "
+                                                           "metadata"}) + "\n" + json.dumps(
+            {"file_name": "violet.png", "caption": "sks pattern in violet, metadata"}) + "\n")
+    return buffer.getvalue()
+
+
+CAPTIONS = {
+    "red.png": "sks pattern in red, alt text",
+    "amber.png": "sks pattern in amber, upload caption",
+    "blue.png": "sks pattern in blue, sidecar",
+    "green.png": "sks pattern in green, metadata",
+    "violet.png": "sks pattern in violet, metadata",
+}
+
+
+async def image_thread(w, tiny_sd):
+    describe(w.env, {"red.png": CAPTIONS["red.png"]})
+    await w.alice.slash(w.channel, "session new", kind="image", title="Patterns", base_model=str(tiny_sd))
+    thread = w.channel.threads[-1]
+    await w.alice.slash(thread, "data add", file=("red.png", png(0)))
+    await w.alice.slash(thread, "data add", file=("amber.png", png(1)), caption=CAPTIONS["amber.png"])
+    added = await w.alice.slash(thread, "data add", file=("set.zip", captioned_zip()))
+    message = added.followups[0] if added.followups else added.response
+    assert message.embeds[0].title == "Dataset: 3 file(s) added, 0 rejected", message.embeds[0].fields
+    db = w.env.bot.services.db
+    items = db.list_dataset_items(db.session_by_thread(thread.id).id)
+    assert {i.filename: i.caption for i in items} == CAPTIONS  # recorded at upload
+    return thread
+
+
+async def test_captions_given_at_upload_are_the_captions_the_trainer_used(world, tiny_sd):
+    w, db = world, world.env.bot.services.db
+    thread = await image_thread(w, tiny_sd)
+    started = await w.alice.slash(thread, "train start", preset="quick", steps=2)
+    assert "Job #1 is queued" in started.response.content
+    await pump_until(w.env, lambda: db.get_job(1).finished, timeout=300, what="the image training job")
+    job = db.get_job(1)
+    assert job.status == "done", job.error
+
+    run = w.env.bot.services.settings.run_root / "job-1"
+    metrics = json.loads((run / "metrics.json").read_text())
+    used = {name.rsplit("/", 1)[-1].split("-", 1)[1]: caption for name, caption in
+            metrics["data_report"]["captions"].items()}
+    assert used == CAPTIONS  # every image trained on its own caption, none on the instance prompt
+    assert metrics["data_report"]["caption_sources"] == {"sidecar": 0, "metadata": 5, "instance_prompt": 0}
+    rows = [json.loads(line) for line in (run / "data" / "metadata.jsonl").read_text().splitlines()]
+    assert sorted(r["text"] for r in rows) == sorted(CAPTIONS.values())
+    # the preset was sized in the trainer: the member's steps, the quick preset's rank and rate
+    assert (metrics["config"]["preset"], metrics["config"]["steps"], metrics["config"]["rank"]) == ("quick", 2, 4)
+    assert metrics["config"]["resolution"] == RESOLUTION  # the server's default for image runs
+
+
+async def test_quick_tries_from_the_bot_vary_the_settings_the_member_left_open(world, tiny_sd):
+    w, db = world, world.env.bot.services.db
+    thread = await image_thread(w, tiny_sd)
+    started = await w.alice.slash(thread, "train tune", trials=2, steps=5)
+    assert "2 quick tries" in started.response.content
+    await pump_until(w.env, lambda: db.get_job(1).finished, timeout=400, what="the image tuning job")
+    job = db.get_job(1)
+    assert job.status == "done", job.error
+
+    trials = db.list_trials(job.id)
+    assert len(trials) == 2
+    searched = {"lr", "rank", "lora_dropout", "augment"}  # steps was the member's: it stays fixed
+    assert all(set(t.params) == searched for t in trials)
+    assert trials[0].params != trials[1].params
+    # and the trainer ran each trial with its own settings
+    folder = w.env.bot.services.settings.run_root / "job-1" / "tune" / "trials"
+    configs = [json.loads((folder / f"{t.number:04d}" / "metrics.json").read_text())["config"] for t in trials]
+    for t, config in zip(trials, configs):
+        assert {k: config[k] for k in searched} == t.params
+        assert config["steps"] == 5 or t.status == "pruned"
+    assert configs[0]["lr"] != configs[1]["lr"]
