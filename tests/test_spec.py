@@ -170,3 +170,33 @@ def test_limits_are_one_place_and_the_bot_never_imports_torch():
         imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names} | \
                    {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
         assert not {m for m in imported if m.split(".")[0] in ("torch", "PIL", "diffusers", "transformers")}, module
+
+
+def test_upload_checks_read_captions_from_descriptions_sidecars_and_metadata(tmp_path):
+    import io
+    import zipfile
+
+    from bot.ingest import check_uploads
+    from storage.blobs import BlobStore
+
+    def png(seed):
+        return image_bytes(pattern_image(seed, size=(72, 64)))
+
+    def archive(files: dict[str, bytes | str]) -> bytes:
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as z:
+            for name, content in files.items():
+                z.writestr(name, content)
+        return buffer.getvalue()
+
+    good = archive({"a.png": png(0), "a.txt": "sidecar wins", "b.png": png(1), "c.png": png(2),
+                    "metadata.jsonl": '{"file_name": "a.png", "text": "metadata loses"}\n'
+                                      '{"file_name": "b.png", "caption": "from metadata"}\n'})
+    bad = archive({"d.png": png(3), "metadata.jsonl": "not json\n"})
+    result = check_uploads("image", [("set.zip", good), ("alone.png", png(4), " alt text "), ("e.png", png(5)),
+                                     ("bad.zip", bad)], BlobStore(tmp_path / "blobs"), caption="upload caption")
+    assert {c.filename: c.caption for c in result.accepted} == {
+        "a.png": "sidecar wins", "b.png": "from metadata", "c.png": "upload caption", "alone.png": "alt text",
+        "e.png": "upload caption", "d.png": "upload caption"}
+    assert [(r.filename, r.reason) for r in result.rejected] == [
+        ("bad.zip/metadata.jsonl", "line 1: expected a JSON object with 'file_name' and 'text'")]
