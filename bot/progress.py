@@ -61,8 +61,18 @@ def early_stop(view: dict) -> dict | None:
     if job.status != "done" or metrics.get("stop_reason") != "early_stopped":
         return None
     step, total = steps_of(view)
-    return {"step": int(metrics.get("steps_done") or step), "total": total,
-            "best_step": metrics.get("best_step"), "best_val": metrics.get("best_val_loss")}
+    step = int(metrics.get("steps_done") or step)
+    if total and step >= total:
+        return None  # patience ran out on the last planned step: the run was complete anyway
+    return {"step": step, "total": total, "best_step": metrics.get("best_step"), "best_val": metrics.get("best_val_loss")}
+
+
+def kept_step(view: dict) -> int | None:
+    """The step whose adapter a finished run kept, when it is not its last step."""
+    job = view["job"]
+    metrics = (job.result or {}).get("metrics") or {}
+    best, done = metrics.get("best_step"), metrics.get("steps_done") or steps_of(view)[0]
+    return int(best) if job.status == "done" and best and done and int(best) != int(done) else None
 
 
 def why(job) -> str | None:
@@ -99,7 +109,9 @@ def outcome(view: dict) -> str:
             return (f"✅ Job #{n} finished: it stopped early at step {stopped['step']} of {stopped['total']} "
                     f"and kept the adapter of step {stopped['best_step']}, where the validation loss was lowest.")
         step, total = steps_of(view)
-        return f"✅ Job #{n} finished" + (f" after {total} steps." if total else ".")
+        kept = kept_step(view)
+        return (f"✅ Job #{n} finished" + (f" after {total} steps" if total else "")
+                + (f" and kept the adapter of step {kept}, where the validation loss was lowest." if kept else "."))
     if job.status == "failed":
         return f"❌ Job #{n} failed: {why(job) or 'no reason was reported'}"
     if job.status == "cancelled":
@@ -124,7 +136,9 @@ def _description(view: dict) -> str:
             return (f"`{progress_bar(1, 1)}`  stopped early at step {stopped['step']} of {stopped['total']}\n"
                     f"Kept the adapter of step {stopped['best_step']}{best}: the validation loss did not improve "
                     f"after it, so more steps would only have fitted the training data more closely.")
-        return f"`{progress_bar(1, 1)}`  step {total}/{total}" if total else "Finished."
+        kept = kept_step(view)
+        done = f"`{progress_bar(1, 1)}`  step {total}/{total}" if total else "Finished."
+        return done + (f"\nKept the adapter of step {kept}, where the validation loss was lowest." if kept else "")
     if not total:
         return "Nothing trained yet." if job.finished else "Starting: loading the base model and the data…"
     ended = {"failed": f"  · failed at step {step}", "cancelled": f"  · cancelled at step {step}"}.get(status, "")

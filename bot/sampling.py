@@ -103,7 +103,9 @@ def parse_text_samples(output: str, prompt: str, seed: int) -> list[dict]:
 # ---------------------------------------------------------------- what a sample may look like in Discord
 
 MESSAGE_LIMIT = 2000  # characters in one Discord message
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# Control characters (tabs and newlines stay), direction overrides, and U+FFFD: a model that emits
+# half a character leaves a replacement mark that says nothing to a member.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\ufffd]")
 _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")  # terminal colour and cursor codes
 _BROADCAST = re.compile(r"@(everyone|here)", re.IGNORECASE)
 _MENTION = re.compile(r"<(@[!&]?|#)(\d+)>")

@@ -58,8 +58,9 @@ async def test_two_members_train_vote_sample_and_export(world, tiny_llama):
 
     progress = next(m for m in thread.history() if m.id == started.response.id)
     fields = embed_fields(progress)
-    assert fields["Status"] == "done"
-    assert progress.embeds[0].description == "`▰▰▰▰▰▰▰▰▰▰▰▰▰▰▰▰▰▰▰▰ 100%`  step 4/4"
+    assert fields["Status"] == "finished"
+    assert progress.embeds[0].description.startswith("`▰▰▰▰▰▰▰▰▰▰▰▰▰▰▰▰▰▰▰▰ 100%`  step 4/4")
+    assert "✅ Job #1 finished after 4 steps" in progress.content and "queued" not in progress.content
     assert float(fields["Loss"]) > 0 and float(fields["Validation loss"]) > 0
     assert labels(progress) == ["Sample again", "Export"]
 
@@ -68,7 +69,8 @@ async def test_two_members_train_vote_sample_and_export(world, tiny_llama):
     assert chart.attachments[0].filename == "loss-job-1.png"
     sample_message = next(m for m in history if m.content.startswith("**Sample #1** (job #1, seed 0) · prompt: To be"))
     assert "```" in sample_message.content
-    assert history[-1].content.startswith("✅ Job #1 finished.\n**Next:** vote on the samples")
+    assert history[-1].content.startswith("✅ Job #1 finished after 4 steps")
+    assert "\n**Next:** vote on the samples" in history[-1].content
 
     # Votes from both members rank the sample; a stranger cannot vote.
     await w.alice.click(sample_message, custom_id="lc:vote:1:up")
