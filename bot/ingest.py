@@ -182,8 +182,10 @@ def _own_words(reason: str, name: str) -> str:
         body = re.sub(rf"^{re.escape(name)}:(\d+): ", r"line \1: ", body)
         body = re.sub(rf"^{re.escape(name)}(:\s*| (?=line \d))", "", body)
         lines.append(lead + body)
+    if len(lines) == 2 and re.match(r"^1 problem", lines[0]):  # "1 problem(s) in ...:\n - x" says x
+        return re.sub(r"^\s*-\s*", "", lines[1])
     text = "\n".join(lines)
-    text = re.sub(r"^(\d+) problem\(s\) in the image dataset:", r"\1 problem(s):", text)
+    text = re.sub(r"^(\d+) problem\(s\) in the image dataset:", r"\1 problems:", text)
     text = re.sub(r"^(\d+) problems with the dataset:", r"\1 problems:", text)
     return text
 

@@ -168,10 +168,13 @@ async def test_wording_names_each_file_once_and_uses_a_and_an(world):
     assert "a text session" in text and "an text" not in text
     await world.alice.slash(world.channel, "session new", kind="image", title="Pics")
     image_thread = world.channel.threads[-1]
-    result = await world.alice.slash(image_thread, "data add", file=("notes.md", b"# hello\n"))
+    result = await world.alice.slash(image_thread, "data add", file=("notes.md", b"# hello\n"),
+                                     file2=("broken.png", b"\x89PNG\r\n\x1a\n garbage"))
     got, _ = upload_fields(result)
-    assert got["Rejected"] == ("`notes.md`: .md files are not accepted in an image session; upload .png, .jpg, "
-                               ".jpeg, .webp files (or a .zip of them)")
+    assert got["Rejected"].splitlines() == [
+        "`notes.md`: .md files are not accepted in an image session; upload .png, .jpg, .jpeg, .webp files "
+        "(or a .zip of them)",
+        "`broken.png`: corrupt image (Truncated File Read)"]  # one problem: no "1 problem(s)" list, no temp path
 
 
 async def test_upload_advice_speaks_of_the_whole_dataset(world):
@@ -381,3 +384,22 @@ async def test_clean_sample_cut_and_scrub_paths():
     assert model_name("image:/srv/sd/tiny") == "image:tiny"
     assert scrub_paths("kept in /tmp/abc/runs/job-1/checkpoints; see https://x.org/a/b and/or org/model") == \
         "kept in checkpoints; see https://x.org/a/b and/or org/model"
+
+
+async def test_progress_messages_recorded_before_intros_keep_working(tmp_path):
+    """bot.db files from before the progress message kept its intro gain the column, empty."""
+    import sqlite3
+
+    from bot.state import BotState
+
+    old = sqlite3.connect(tmp_path / "bot.db")
+    old.execute("create table progress (job_id integer primary key, channel_id integer, message_id integer, "
+                "final integer default 0)")
+    old.execute("insert into progress values (7, 1, 2, 0)")
+    old.commit()
+    old.close()
+    state = BotState(tmp_path / "bot.db")
+    assert state.progress(7).intro == "" and [p.job_id for p in state.open_progress()] == [7]
+    state.set_progress(8, 1, 3, "Preset **quick**.")
+    assert state.progress(8).intro == "Preset **quick**."
+    state.close()
