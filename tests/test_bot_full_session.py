@@ -11,6 +11,7 @@ import pytest
 
 from bot.config import BotSettings
 from tests.bot_world import *  # noqa: F401,F403
+from trainer.spec import RunSpec
 
 pytestmark = pytest.mark.asyncio
 
@@ -52,9 +53,11 @@ async def test_two_members_train_vote_sample_and_export(world, tiny_llama):
     job = db.get_job(1)
     assert job.status == "done", job.error
     # the worker trained on files it fetched from the blob store by hash, not on the bot's copies
-    assert [h for h, _ in job.config["data_blobs"]] == [i.blob_hash for i in db.list_dataset_items(job.session_id)]
+    manifest = RunSpec.from_job(job.kind, job.config).dataset
+    items = db.list_dataset_items(job.session_id)
+    assert [(i.blob, i.uploader) for i in manifest.items] == [(i.blob_hash, i.uploader_id) for i in items]
     fetched = sorted((w.env.bot.services.settings.run_root / "job-1" / "data").iterdir())
-    assert len(fetched) == len(job.config["data_blobs"]) and all(p.stat().st_size > 0 for p in fetched)
+    assert len(fetched) == len(manifest.items) and all(p.stat().st_size > 0 for p in fetched)
 
     progress = next(m for m in thread.history() if m.id == started.response.id)
     fields = embed_fields(progress)
