@@ -31,6 +31,9 @@ class BotSettings(BaseSettings):
         description="Base models members may pick, comma-separated; prefix image models with 'image:'.")
     dev_guild_id: int | None = Field(None, description="Sync commands to this guild at start-up (instant).")
     message_content: bool = Field(True, description="Ask for the message-content intent (plain attachments in threads).")
+    session_threads: bool = Field(True, description="Open each session in a new thread of the channel; False keeps "
+                                  "it in the channel where /session new ran, one session per channel (the offline "
+                                  "playground, whose page shows one channel).")
     max_dataset_items: int = Field(200, ge=1, description="Most files a session's dataset may hold.")
     max_dataset_mb: float = Field(200.0, gt=0, description="Largest total dataset size per session, in MiB.")
     max_file_mb: float = Field(MAX_FILE_BYTES / MiB, gt=0, le=MAX_FILE_BYTES / MiB, description=(

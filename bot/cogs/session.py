@@ -83,14 +83,22 @@ class SessionCog(commands.GroupCog, group_name="session", group_description="Tra
                                                "the bot opens a thread there.")
             return
         base = await self.bot.db(self.svc.check_model, interaction.guild_id, kind, base_model)
+        here = None if self.bot.config.session_threads else await self.bot.db(self.svc.db.session_by_thread, channel.id)
+        if here is not None:
+            await self.bot.refuse(interaction, f"{channel.mention} holds session #{here.id} already, and here each "
+                                               f"session keeps its channel. `/session delete confirm:True` frees it.")
+            return
         await interaction.response.defer(thinking=True)
         # A private session lives in a private thread: only invited members see it at all.
         private = visibility == "private"
-        thread = await channel.create_thread(
-            name=title, auto_archive_duration=10080, invitable=False if private else None,
-            type=discord.ChannelType.private_thread if private else discord.ChannelType.public_thread)
-        if private:
-            await thread.add_user(interaction.user)
+        if not self.bot.config.session_threads:
+            thread = channel  # the session lives where it was started (the offline playground shows one channel)
+        else:
+            thread = await channel.create_thread(
+                name=title, auto_archive_duration=10080, invitable=False if private else None,
+                type=discord.ChannelType.private_thread if private else discord.ChannelType.public_thread)
+            if private:
+                await thread.add_user(interaction.user)
         session = await self.bot.db(self.svc.new_session, guild_id=interaction.guild_id, actor=actor_of(interaction),
                                     kind=kind, base_model=base, visibility=visibility, title=title, thread_id=thread.id)
         await interaction.followup.send(f"Started {visibility} {kind} session #{session.id} on `{model_name(base)}`: "
@@ -161,7 +169,8 @@ class SessionCog(commands.GroupCog, group_name="session", group_description="Tra
             return
         await self.bot.db(self.svc.delete, session, actor_of(interaction))
         await interaction.response.send_message(f"Session #{session.id} deleted.", ephemeral=True)
-        await interaction.channel.delete()
+        if isinstance(interaction.channel, discord.Thread):  # a session kept in a channel leaves the channel be
+            await interaction.channel.delete()
 
     @app_commands.command(name="settings", description="Change this session: visibility, title, model, members (owner or manager)")
     @app_commands.describe(visibility="public: anyone may join; private: by invitation", title="A new thread name",
