@@ -9,6 +9,7 @@ that ``loracord --help`` stays fast.
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -23,6 +24,8 @@ app.add_typer(train_app, name="train")
 
 
 def main() -> None:
+    # peft still asks models `is_gradient_checkpointing`, which transformers 5 deprecates: nothing for a user to do.
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     try:
         app()
     except LoracordError as exc:

@@ -113,6 +113,8 @@ class JobAttempt:
         self.lock.acquire(while_waiting=self._check_superseded, every_s=0.2)
         RunLock(run.root / "trainer.lock").acquire(while_waiting=self._check_superseded, every_s=0.2).release()
         self.reporter.begin()
+        if self._cancel_requested():  # asked while we waited
+            return self.reporter.finish("cancelled", None)
         finished = finished_run(run)
         if finished is not None:  # it trained to the end, but its report never arrived
             log.info("job %s attempt %s: collecting the run an earlier attempt finished", self.job_id, self.attempt)
