@@ -19,7 +19,6 @@ import re
 import tarfile
 import zipfile
 
-import discord
 import pytest
 
 from bot.config import BotSettings
