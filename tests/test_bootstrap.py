@@ -24,7 +24,6 @@ def _checkout(folder: Path) -> Path:
 
 
 def _bootstrap(root: Path) -> subprocess.CompletedProcess:
-    # PATH without pip's reach: an install attempt would show on stderr before anything is changed.
     return subprocess.run(["bash", "-c", f'source "{root}/scripts/bootstrap.sh" && echo "$ROOT"'],
                           capture_output=True, text=True, timeout=120)
 
