@@ -11,6 +11,7 @@ from bot.config import BotSettings
 from bot.playground import run_playground
 from storage.settings import Settings
 from storage.testing import free_port
+from tests.bot_world import *  # noqa: F401,F403
 
 pytestmark = pytest.mark.asyncio
 
@@ -30,3 +31,37 @@ async def test_playground_serves_the_preview_page(tmp_path, capsys):
     await asyncio.wait_for(task, timeout=30)
     assert b"SimCord Preview" in page
     assert (tmp_path / "data" / "loracord.db").exists()
+
+
+def answer(result):
+    """The bot's answer to a deferred command: its first follow-up, or the response it edited."""
+    return result.followups[0] if result.followups else result.response
+
+
+class TestSessionsKeptInTheChannel:
+    """With ``session_threads`` off (the playground: its page shows one channel) a session lives where it started."""
+
+    @pytest.fixture
+    def bot_config(self) -> BotSettings:
+        return BotSettings(_env_file=None, allowed_models=["smollm2-135m"], session_threads=False, train_cooldown_s=0)
+
+    async def test_the_session_and_its_commands_stay_in_the_channel(self, world):
+        w = world
+        started = await w.alice.slash(w.channel, "session new", kind="text", title="My verses")
+        assert "Started public text session #1" in answer(started).content
+        assert not w.channel.threads
+        assert w.channel.last_message.content.startswith("Welcome to **My verses**")
+        added = await w.alice.slash(w.channel, "data add", file=("verses.txt", text_bytes(8)))
+        assert "1 file(s) added" in answer(added).embeds[0].title
+        info = await w.alice.slash(w.channel, "session info")
+        assert info.response.embeds[0].title == "Session #1: My verses"
+
+    async def test_a_second_session_is_refused_until_the_first_is_deleted(self, world):
+        w = world
+        await w.alice.slash(w.channel, "session new", kind="text", title="First")
+        again = await w.alice.slash(w.channel, "session new", kind="text", title="Second")
+        assert again.ephemeral and "holds session #1 already" in again.response.content
+        await w.alice.slash(w.channel, "session delete", confirm=True)
+        assert w.channel.name == "training"  # the channel stays
+        second = await w.alice.slash(w.channel, "session new", kind="text", title="Second")
+        assert "session #2" in answer(second).content
