@@ -70,15 +70,18 @@ def test_two_processes_with_accelerate_launch(tiny_llama, text_file, tmp_path):
 
     run = tmp_path / "run"
     out = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu", "--num_machines", "1",
+        # accelerate's --cpu starts one process; its torchrun launcher (--multi_gpu) starts two,
+        # and ACCELERATE_USE_CPU makes them join over gloo on the CPU.
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
          "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "loracord", "train", "text", str(text_file),
          "--out", str(run), "--base", str(tiny_llama), "--steps", "4", "--eval-every", "2", "--seq-len", "64",
          "--batch-size", "2", "--precision", "fp32", "--threads", "1"],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"})
     assert out.returncode == 0, out.stderr[-2000:]
     events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
     assert [e["step"] for e in events if e["kind"] == "step"] == [1, 2, 3, 4]  # one writer, not two
-    assert json.loads((run / "metrics.json").read_text())["steps_done"] == 4
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["steps_done"] == 4 and metrics["processes"] == 2
     assert (run / "adapter" / "adapter_model.safetensors").exists()
 
 

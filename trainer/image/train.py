@@ -1,7 +1,8 @@
 """Train a LoRA adapter for a Stable Diffusion 1.x/2.x or SDXL pipeline on a few images.
 
-``train_image`` reads the data, loads the pipeline, caches what stays fixed and runs ``_fit``,
-one loop read top to bottom. Speed comes from caching, not from cutting corners:
+``train_image`` reads the data, loads the pipeline and caches what stays fixed (``_setup``);
+``ImageTask.train_step`` is one optimizer step, run by the loop shared with text runs
+(``trainer/loop.py``). Speed comes from caching, not from cutting corners:
 
 - VAE latents are encoded once per image and augmented variant (augmentation is in pixel
   space, so ``augment_variants`` augmented copies are encoded up front and each step picks one;
@@ -11,21 +12,22 @@ one loop read top to bottom. Speed comes from caching, not from cutting corners:
 - bf16 autocast where the hardware has fast bf16 (LoRA weights and the optimizer stay fp32).
 
 All randomness of a step (batch, variant, noise, timesteps, caption dropout) comes from one
-``torch.Generator`` saved in checkpoints, so a resumed run continues exactly.
+``torch.Generator`` saved in checkpoints, so a resumed run continues exactly. Under
+``accelerate launch`` each process trains on its own rows of every step's batch.
 """
 
 from __future__ import annotations
 
 import random
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..cancel import CancelToken
-from ..errors import Cancelled, ConfigError, TrainingError
-from ..events import EventCallback, ProgressEvent
+from ..errors import ConfigError
+from ..events import EventCallback
+from ..loop import LoopState, Task, fit
 from ..rundir import RunDir, start_run
 from .config import ImageTrainConfig
 
@@ -57,7 +59,10 @@ def train_image(config: ImageTrainConfig, on_event: EventCallback | None = None,
     ``Cancelled`` (after writing a checkpoint) when ``cancel`` is set mid-run.
     """
     start = start_run(config, on_event, cancel)
-    return _fit(_setup(start.config), start.run, start.emit, start.cancel, start.checkpoint)
+    task = ImageTask(_setup(start.config), start.run)
+    out = fit(task, start)
+    return ImageTrainResult(start.run.root, out.state.step, out.stop_reason, out.state.best_val, out.state.best_step,
+                            task.adapter_files, [start.run.root / p for p in out.state.samples], out.metrics)
 
 
 # --------------------------------------------------------------------------------------------
@@ -231,161 +236,116 @@ def _embed_captions(loaded, captions: list[str], device) -> dict[str, tuple]:
 
 
 # --------------------------------------------------------------------------------------------
-# the loop
+# the step: what trainer/loop.py's ``fit`` runs for an image run
 
 
-def _fit(s: _Setup, run: RunDir, emit: EventCallback, cancel: CancelToken, checkpoint: Path | None) -> ImageTrainResult:
+class ImageTask(Task):
+    """The UNet's LoRA (and the text encoders' with ``train_text_encoder``) on cached latents."""
+
+    def __init__(self, s: _Setup, run: RunDir):
+        import torch
+
+        from ..checkpoint import lr_factor
+
+        cfg, acc, pipe = s.config, s.accelerator, s.loaded.pipe
+        self.s, self.run, self.config, self.accelerator = s, run, cfg, acc
+        self.model = torch.nn.ModuleDict({name: getattr(pipe, name) for name in ("unet", "text_encoder", "text_encoder_2")
+                                          if getattr(getattr(pipe, name, None), "peft_config", None)})
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=0.0)
+        warmup = int(cfg.warmup_ratio * cfg.steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, cfg.steps))
+        # Under accelerate launch the UNet is wrapped to average its gradients over processes
+        # (DDP); text-encoder LoRA runs outside that wrapper, so its gradients are averaged here.
+        self.unet, self.optimizer = acc.prepare(pipe.unet, optimizer)
+        self.unsynced = [p for name, module in self.model.items() if name != "unet"
+                         for p in module.parameters() if p.requires_grad] if acc.num_processes > 1 else []
+        self.generator = torch.Generator().manual_seed(cfg.seed)  # all of a step's randomness
+        self.adapter_files: dict[str, Path] = {}
+
+    def describe(self) -> str:
+        s, cfg = self.s, self.config
+        return (f"training {cfg.steps} steps on {len(s.train)} images ({len(s.val)} held out; {s.loaded.family}, "
+                f"{s.loaded.prediction_type}, {s.precision}, rank {cfg.rank}, lr {cfg.lr:g}, augment {cfg.augment:g})")
+
+    def train_step(self) -> tuple[float, None]:
+        """One batch of cached latents with fresh noise and timesteps: forward, backward, clip, step."""
+        acc = self.accelerator
+        self.unet.train()
+        self.model.train()
+        batch = _draw_batch(self.s, self.generator)
+        with acc.autocast():
+            loss = diffusion_loss(self.s, self.unet, batch, weighted=True)
+        acc.backward(loss)
+        if self.unsynced:
+            _average_gradients(self.unsynced, acc)
+        acc.clip_grad_norm_(self.params, self.config.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.item(), None
+
+    def evaluate(self) -> float | None:
+        return validation_loss(self.s, self.s.loaded.pipe.unet) if self.s.val else None
+
+    def sample(self, name: str) -> str:
+        path = self.run.root / "samples" / f"{name}.png"
+        path.parent.mkdir(exist_ok=True)
+        sample_grid_for(self.s, autocast=self.accelerator.autocast).save(path)
+        return str(path.relative_to(self.run.root))
+
+    def finish(self, run: RunDir, state: LoopState) -> tuple[list[str], dict]:
+        """Both adapter formats, each loaded back into a fresh pipeline by ``export_adapter``."""
+        from .export import export_adapter
+        from .pipelines import load_pipeline
+
+        self.model.eval()
+        fresh = load_pipeline(self.s.loaded.path)
+        self.adapter_files = export_adapter(self.s.loaded, fresh, run.adapter, rank=self.config.rank,
+                                            alpha=self.config.lora_alpha)
+        del fresh
+        return ["adapter"], {"adapter_files": {k: str(v.relative_to(run.root)) for k, v in self.adapter_files.items()}}
+
+    def metrics(self, state: LoopState) -> dict:
+        s = self.s
+        return {"kind": "image", "base": s.config.base, "base_path": str(s.loaded.path), "family": s.loaded.family,
+                "prediction_type": s.loaded.prediction_type, "precision": s.precision,
+                "data_report": s.dataset.report.to_dict() | {"train_images": len(s.train), "val_images": len(s.val)},
+                "sample_prompts": s.sample_prompts, "samples": state.samples, "setup_time_s": s.setup_s}
+
+
+def _average_gradients(params: list, acc) -> None:
+    """Average gradients over processes in one collective (for parameters outside the DDP wrapper)."""
     import torch
 
-    from ..charts import plot_curves
-    from ..checkpoint import load_checkpoint, load_trainable, lr_factor, save_checkpoint, trainable_state
-
-    cfg, acc, pipe = s.config, s.accelerator, s.loaded.pipe
-    trainable = torch.nn.ModuleDict({name: getattr(pipe, name) for name in ("unet", "text_encoder", "text_encoder_2")
-                                     if getattr(pipe, name, None) is not None and getattr(getattr(pipe, name),
-                                                                                            "peft_config", None)})
-    params = [p for p in trainable.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    warmup = int(cfg.warmup_ratio * cfg.steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, cfg.steps))
-    unet, optimizer = acc.prepare(pipe.unet, optimizer)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    state: dict[str, Any] = {"step": 0, "curves": {"train_loss": [], "val_loss": [], "lr": []}, "best_val": None,
-                             "best_step": None, "bad_evals": 0, "samples": []}
-    best_weights = None
-    if checkpoint is not None:
-        saved = load_checkpoint(checkpoint, model=trainable, optimizer=optimizer, scheduler=scheduler,
-                                generator=generator)
-        saved.pop("config", None)
-        state.update(saved)
-        if (checkpoint / "best.safetensors").exists():
-            from safetensors.torch import load_file
-            best_weights = load_file(str(checkpoint / "best.safetensors"))
-    emit(ProgressEvent("start", state["step"], cfg.steps, message=(
-        f"training {cfg.steps} steps on {len(s.train)} images ({len(s.val)} held out; {s.loaded.family}, "
-        f"{s.loaded.prediction_type}, {s.precision}, rank {cfg.rank}, lr {cfg.lr:g}, augment {cfg.augment:g})"
-        + (f", resumed at step {state['step']}" if checkpoint else ""))))
-    start_time, start_step, stop_reason = time.time(), state["step"], "completed"
-
-    def snapshot(step: int) -> None:
-        save_checkpoint(run.checkpoint(step), model=trainable, optimizer=optimizer, scheduler=scheduler,
-                        step=step, generator=generator,
-                        extra={k: v for k, v in state.items() if k != "step"} | {"config": cfg.model_dump()},
-                        tensors={"best": best_weights} if best_weights is not None else None)
-        run.prune_checkpoints(keep=1)
-        emit(ProgressEvent("checkpoint", step, cfg.steps, message=f"checkpoint at step {step}"))
-
-    def draw(name: str) -> str:
-        grid = sample_grid_for(s, autocast=acc.autocast)
-        path = run.root / "samples" / f"{name}.png"
-        path.parent.mkdir(exist_ok=True)
-        grid.save(path)
-        rel = str(path.relative_to(run.root))
-        state["samples"].append(rel)
-        emit(ProgressEvent("sample", state["step"], cfg.steps, artifacts=[rel], message=f"samples: {rel}"))
-        return rel
-
-    while state["step"] < cfg.steps:
-        # cooperative cancel: keep a checkpoint so the run can resume
-        if cancel.is_set():
-            snapshot(state["step"])
-            emit(ProgressEvent("cancelled", state["step"], cfg.steps, message="cancelled; resume with --resume"))
-            _write_metrics(s, run, state, status="cancelled", stop_reason="cancelled")
-            raise Cancelled(f"run cancelled at step {state['step']}; its checkpoint is kept in {run.checkpoints}")
-
-        # one batch: cached latents of random images and variants, fresh noise and timesteps
-        trainable.train()
-        batch = _draw_batch(s, generator)
-        with acc.autocast():
-            loss = diffusion_loss(s, unet, batch, weighted=True)
-        if not torch.isfinite(loss):
-            raise TrainingError(f"loss became {loss.item()} at step {state['step'] + 1}: "
-                                "lower the learning rate (--lr) and try again.")
-
-        # backward, clip, step
-        acc.backward(loss)
-        acc.clip_grad_norm_(params, cfg.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        state["step"] += 1
-        step = state["step"]
-
-        # log
-        lr = scheduler.get_last_lr()[0]
-        state["curves"]["train_loss"].append([step, loss.item()])
-        state["curves"]["lr"].append([step, lr])
-        elapsed = time.time() - start_time
-        emit(ProgressEvent("step", step, cfg.steps, loss=loss.item(), lr=lr,
-                           eta_s=elapsed / (step - start_step) * (cfg.steps - step)))
-
-        # samples every N steps (the final grid is drawn after export)
-        if cfg.sample_every and step % cfg.sample_every == 0 and step < cfg.steps:
-            draw(f"step-{step:06d}")
-
-        # validate, keep the best adapter, checkpoint, stop early
-        if s.val and (step % cfg.eval_every == 0 or step == cfg.steps):
-            val = validation_loss(s, unet)
-            state["curves"]["val_loss"].append([step, val])
-            if state["best_val"] is None or val < state["best_val"] - cfg.min_delta:
-                state["best_val"], state["best_step"], state["bad_evals"] = val, step, 0
-                best_weights = trainable_state(trainable)
-            else:
-                state["bad_evals"] += 1
-            emit(ProgressEvent("eval", step, cfg.steps, loss=loss.item(), val_loss=val, lr=lr,
-                               message=f"validation loss {val:.4f}"))
-            if cfg.patience and state["bad_evals"] >= cfg.patience:
-                stop_reason = "early_stopped"
-                emit(ProgressEvent("stopped_early", step, cfg.steps, val_loss=val, message=(
-                    f"validation loss has not improved for {cfg.patience} evaluations; "
-                    f"keeping the adapter from step {state['best_step']}")))
-                break
-        if step % cfg.eval_every == 0 and step < cfg.steps:
-            snapshot(step)
-    train_s = time.time() - start_time
-
-    # outputs: best adapter in both formats (each loaded back), final samples, chart, metrics
-    from .export import export_adapter
-    from .pipelines import load_pipeline
-
-    if best_weights is not None:
-        load_trainable(trainable, best_weights)
-    trainable.eval()
-    fresh = load_pipeline(s.loaded.path)
-    files = export_adapter(s.loaded, fresh, run.adapter, rank=cfg.rank, alpha=cfg.lora_alpha)
-    del fresh
-    final = draw("final")
-    plot_curves(run.loss_chart, {"train loss": state["curves"]["train_loss"],
-                                 "validation loss": state["curves"]["val_loss"]}, title=f"{Path(run.root).name}: loss")
-    steps_here = state["step"] - start_step
-    metrics = _write_metrics(s, run, state, status="done", stop_reason=stop_reason, train_time_s=train_s,
-                             steps_per_s=steps_here / train_s if train_s > 0 else None,
-                             adapter_files={k: str(v.relative_to(run.root)) for k, v in files.items()})
-    shutil.rmtree(run.checkpoints, ignore_errors=True)  # a finished run needs no resume point
-    best = state["best_val"]
-    emit(ProgressEvent("done", state["step"], cfg.steps, val_loss=best,
-                       artifacts=["adapter", "loss.png", final],
-                       message="done" + (f": best validation loss {best:.4f} at step {state['best_step']}"
-                                         if best is not None else "")))
-    return ImageTrainResult(run.root, state["step"], stop_reason, best, state["best_step"], files,
-                            [run.root / p for p in state["samples"]], metrics)
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = acc.reduce(torch.cat([g.flatten() for g in grads]), reduction="mean")
+    for p, g in zip(params, flat.split([g.numel() for g in grads])):
+        p.grad = g.view_as(p)
 
 
 def _draw_batch(s: _Setup, generator) -> dict[str, Any]:
-    """Everything random about one step, drawn from ``generator`` in a fixed order."""
+    """This process's share of one step's batch; everything random, drawn from ``generator`` in a fixed order.
+
+    Every process draws the whole batch (``batch_size`` per process) from the same generator
+    and keeps its own rows, so processes train on disjoint rows, and n processes of
+    ``batch_size`` b train exactly as one process of ``batch_size`` n*b would.
+    """
     import torch
 
-    cfg, cache = s.config, s.cache
+    cfg, cache, acc = s.config, s.cache, s.accelerator
     mean, std = cache["latent_mean"], cache["latent_std"]
     n_variants, n_images = mean.shape[:2]
-    idx = torch.randint(n_images, (cfg.batch_size,), generator=generator)
-    variant = torch.randint(n_variants, (cfg.batch_size,), generator=generator)
-    eps = torch.randn((cfg.batch_size, *mean.shape[2:]), generator=generator)
-    noise = torch.randn((cfg.batch_size, *mean.shape[2:]), generator=generator)
+    size = cfg.batch_size * acc.num_processes
+    idx = torch.randint(n_images, (size,), generator=generator)
+    variant = torch.randint(n_variants, (size,), generator=generator)
+    eps = torch.randn((size, *mean.shape[2:]), generator=generator)
+    noise = torch.randn((size, *mean.shape[2:]), generator=generator)
     if cfg.noise_offset:
-        noise += cfg.noise_offset * torch.randn((cfg.batch_size, mean.shape[2], 1, 1), generator=generator)
-    timesteps = torch.randint(0, s.noise_scheduler.config.num_train_timesteps, (cfg.batch_size,), generator=generator)
-    dropped = torch.rand(cfg.batch_size, generator=generator) < cfg.caption_dropout
+        noise += cfg.noise_offset * torch.randn((size, mean.shape[2], 1, 1), generator=generator)
+    timesteps = torch.randint(0, s.noise_scheduler.config.num_train_timesteps, (size,), generator=generator)
+    dropped = torch.rand(size, generator=generator) < cfg.caption_dropout
+    mine = slice(acc.process_index, None, acc.num_processes)
+    idx, variant, eps, noise, timesteps, dropped = idx[mine], variant[mine], eps[mine], noise[mine], timesteps[mine], dropped[mine]
     device = mean.device
     latents = mean[variant, idx] + std[variant, idx] * eps.to(device)
     captions = ["" if d else cache["captions"][i] for i, d in zip(idx.tolist(), dropped.tolist())]
@@ -440,21 +400,25 @@ def validation_loss(s: _Setup, unet) -> float:
     """Unweighted loss on held-out images at fixed timesteps with fixed noise: the same number every time."""
     import torch
 
-    val = s.cache["val"]
+    val, acc = s.cache["val"], s.accelerator
+    mine = torch.arange(acc.process_index, len(val["latents"]), acc.num_processes)  # this process's images
+    chunks = mine.split(s.config.batch_size) if len(mine) else []  # fewer images than processes: none here
     was_training = unet.training
     unet.eval()
     total, count = 0.0, 0
-    with torch.no_grad(), s.accelerator.autocast():
+    with torch.no_grad(), acc.autocast():
         for k in range(len(val["timesteps"])):
-            for i in range(0, len(val["latents"]), s.config.batch_size):
-                n = len(val["latents"][i:i + s.config.batch_size])
-                batch = {"latents": val["latents"][i:i + n], "noise": val["noise"][i:i + n, k],
-                         "timesteps": val["timesteps"][k].repeat(n), "captions": val["captions"][i:i + n]}
+            for rows in chunks:
+                n = len(rows)
+                batch = {"latents": val["latents"][rows], "noise": val["noise"][rows, k],
+                         "timesteps": val["timesteps"][k].repeat(n), "captions": [val["captions"][i] for i in rows.tolist()]}
                 if "time_ids" in val:
-                    batch["time_ids"] = val["time_ids"][i:i + n]
+                    batch["time_ids"] = val["time_ids"][rows]
                 total += diffusion_loss(s, unet, batch, weighted=False).item() * n
                 count += n
     unet.train(was_training)
+    if acc.num_processes > 1:
+        total, count = acc.reduce(torch.tensor([total, count], device=acc.device), reduction="sum").tolist()
     return total / count
 
 
@@ -463,28 +427,3 @@ def sample_grid_for(s: _Setup, autocast=None):
 
     return sample_grid(s.loaded, s.sample_prompts, s.config.sample_seeds, resolution=s.config.resolution,
                        steps=s.config.sample_steps, guidance_scale=s.config.guidance_scale, autocast=autocast)
-
-
-def _write_metrics(s: _Setup, run: RunDir, state: dict, *, status: str, stop_reason: str, **extra) -> dict:
-    metrics = {
-        "kind": "image",
-        "status": status,
-        "base": s.config.base,
-        "base_path": str(s.loaded.path),
-        "family": s.loaded.family,
-        "prediction_type": s.loaded.prediction_type,
-        "precision": s.precision,
-        "config": s.config.model_dump(),
-        "data_report": s.dataset.report.to_dict() | {"train_images": len(s.train), "val_images": len(s.val)},
-        "steps_done": state["step"],
-        "stop_reason": stop_reason,
-        "best_step": state["best_step"],
-        "best_val_loss": state["best_val"],
-        "curves": state["curves"],
-        "sample_prompts": s.sample_prompts,
-        "samples": state["samples"],
-        "setup_time_s": s.setup_s,
-        **extra,
-    }
-    run.write_metrics(metrics)
-    return metrics

@@ -1,24 +1,23 @@
 """LoRA fine-tuning of a causal language model on a few texts: ``train_text``.
 
-The loop lives in one function, ``_fit``, read top to bottom: each optimizer step takes
-``grad_accum`` packed micro-batches, clips, steps, logs; every ``eval_every`` steps it
-validates, keeps the best adapter, checkpoints, and checks for early stopping. Everything that
-decides *what* to train on (data, defaults, precision) is settled before it starts.
+``_setup`` settles everything that decides *what* to train on (data, defaults, model,
+precision); ``TextTask.train_step`` is one optimizer step (``grad_accum`` packed micro-batches,
+clip, step), and the shared loop in ``trainer/loop.py`` runs it: logging, validation, the best
+adapter, checkpoints, early stopping, cancel and the outputs.
 """
 
 from __future__ import annotations
 
 import math
 import random
-import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 from ..cancel import CancelToken
-from ..errors import Cancelled, ConfigError, TrainingError
-from ..events import EventCallback, ProgressEvent
+from ..errors import ConfigError
+from ..events import EventCallback
+from ..loop import LoopState, Task, fit
 from ..rundir import RunDir, start_run, write_json_atomic
 from .config import TextTrainConfig
 
@@ -62,7 +61,12 @@ def train_text(config: TextTrainConfig, on_event: EventCallback | None = None,
     and ``Cancelled`` (after writing a checkpoint) when ``cancel`` is set mid-run.
     """
     start = start_run(config, on_event, cancel)
-    return _fit(_setup(start.config), start.run, start.emit, start.cancel, start.checkpoint)
+    task = TextTask(_setup(start.config))
+    out = fit(task, start)
+    best = out.state.best_val
+    return TextTrainResult(start.run.root, out.state.step, out.stop_reason, best,
+                           math.exp(min(best, 50)) if best is not None else None, out.state.best_step,
+                           task.samples, out.metrics)
 
 
 # --------------------------------------------------------------------------------------------
@@ -149,71 +153,54 @@ def default_prompts(examples, tokenizer, n: int = 3, words: int = 8) -> list[str
 
 
 # --------------------------------------------------------------------------------------------
-# the loop
+# the step: what trainer/loop.py's ``fit`` runs for a text run
 
 
-def _fit(s: _Setup, run: RunDir, emit: EventCallback, cancel: CancelToken, checkpoint: Path | None) -> TextTrainResult:
-    import torch
+class TextTask(Task):
+    """A causal LM's LoRA trained on packed token rows; ``train_step`` is one optimizer step."""
 
-    from ..checkpoint import load_checkpoint, load_trainable, lr_factor, save_checkpoint, trainable_state
-    from ..charts import plot_curves
-    from .packing import collate
+    def __init__(self, s: _Setup):
+        import torch
 
-    cfg, model, acc = s.config, s.model, s.accelerator
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warmup = int(cfg.warmup_ratio * cfg.steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, cfg.steps))
-    model, optimizer = acc.prepare(model, optimizer)
-    val_rows = _val_rows(s)
-    state: dict[str, Any] = {"step": 0, "epoch": 0, "micro": 0, "curves": {"train_loss": [], "val_loss": [], "lr": []},
-                             "best_val": None, "best_step": None, "bad_evals": 0, "tokens": 0, "samples_before": None}
-    best_weights = None
-    if checkpoint is not None:
-        saved = load_checkpoint(checkpoint, model=acc.unwrap_model(model), optimizer=optimizer, scheduler=scheduler)
-        saved.pop("config", None)
-        state.update(saved)
-        best_path = checkpoint / "best.safetensors"
-        if best_path.exists():
-            from safetensors.torch import load_file
-            best_weights = load_file(str(best_path))
-    if state["samples_before"] is None:
-        state["samples_before"] = generate(acc.unwrap_model(model), s.tokenizer, s.prompts, cfg.max_new_tokens, cfg.seed)
-    stream = _micro_batches(s, state["epoch"], state["micro"])
-    # With several processes (accelerate launch), only the main one reports and writes files.
-    main = acc.is_main_process
-    if not main:
-        emit = _ignore
-    emit(ProgressEvent("start", state["step"], cfg.steps, message=(
-        f"training {cfg.steps} steps on {len(s.dataset.train)} examples ({s.precision}, rank {cfg.rank}, "
-        f"lr {cfg.lr:g}, augment {cfg.augment:g})" + (f", resumed at step {state['step']}" if checkpoint else ""))))
-    start_time, start_step, session_tokens, stop_reason = time.time(), state["step"], 0, "completed"
+        from ..checkpoint import lr_factor
 
-    def snapshot(step: int) -> None:
-        acc.wait_for_everyone()
-        if not main:
-            return
-        save_checkpoint(run.checkpoint(step), model=acc.unwrap_model(model), optimizer=optimizer,
-                        scheduler=scheduler, step=step, extra={k: v for k, v in state.items() if k != "step"}
-                        | {"config": cfg.model_dump()}, tensors={"best": best_weights} if best_weights is not None else None)
-        run.prune_checkpoints(keep=1)
-        emit(ProgressEvent("checkpoint", step, cfg.steps, message=f"checkpoint at step {step}"))
+        cfg = s.config
+        self.s, self.config, self.accelerator = s, cfg, s.accelerator
+        self.params = [p for p in s.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        warmup = int(cfg.warmup_ratio * cfg.steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, cfg.steps))
+        # Under accelerate launch, `wrapped` syncs gradients between processes (DDP); `model` is
+        # the module itself, whose LoRA weights checkpoints save and evaluation and sampling use.
+        self.wrapped, self.optimizer = s.accelerator.prepare(s.model, optimizer)
+        self.model = s.accelerator.unwrap_model(self.wrapped)
+        # Validation rows are shared out between processes; evaluate_rows sums their losses.
+        self.val_rows = _val_rows(s)[s.accelerator.process_index::s.accelerator.num_processes]
+        self.epoch, self.micro, self.stream = 0, 0, None
+        self.samples_before: list[str] = []
+        self.samples: list[dict] = []
 
-    while state["step"] < cfg.steps:
-        # cooperative cancel: keep a checkpoint so the run can resume
-        if cancel.is_set():
-            snapshot(state["step"])
-            emit(ProgressEvent("cancelled", state["step"], cfg.steps, message="cancelled; resume with --resume"))
-            if main:
-                _write_metrics(s, run, state, status="cancelled", stop_reason="cancelled")
-            raise Cancelled(f"run cancelled at step {state['step']}; its checkpoint is kept in {run.checkpoints}")
+    def describe(self) -> str:
+        cfg = self.config
+        return (f"training {cfg.steps} steps on {len(self.s.dataset.train)} examples ({self.s.precision}, "
+                f"rank {cfg.rank}, lr {cfg.lr:g}, augment {cfg.augment:g})")
 
-        # forward/backward over grad_accum packed micro-batches, then clip and step
+    def before_training(self) -> None:
+        self.samples_before = generate(self.model, self.s.tokenizer, self.s.prompts, self.config.max_new_tokens,
+                                       self.config.seed)
+
+    def train_step(self) -> tuple[float, int]:
+        """grad_accum packed micro-batches: forward, backward (gradients synced on the last), clip, step."""
+        from .packing import collate
+
+        cfg, acc, model = self.config, self.accelerator, self.wrapped
+        if self.stream is None:  # started here so that a resume picks up where the data stream was
+            self.stream = _micro_batches(self.s, self.epoch, self.micro)
         model.train()
         step_loss, step_tokens = 0.0, 0
         for _ in range(cfg.grad_accum):
-            rows, state["epoch"], state["micro"] = next(stream)
-            batch = collate(rows, s.tokenizer.pad_token_id)
+            rows, self.epoch, self.micro = next(self.stream)
+            batch = collate(rows, self.s.tokenizer.pad_token_id)
             with acc.accumulate(model):
                 # The logits (batch x length x vocabulary, the largest tensor of the step) are not
                 # kept in a variable: autograd keeps only what backward needs, so they are freed
@@ -222,78 +209,42 @@ def _fit(s: _Setup, run: RunDir, emit: EventCallback, cancel: CancelToken, check
                     loss = token_loss(model(input_ids=batch["input_ids"].to(acc.device),
                                             position_ids=batch["position_ids"].to(acc.device), use_cache=False).logits,
                                       batch["labels"].to(acc.device))
-                if not torch.isfinite(loss):
-                    raise TrainingError(f"loss became {loss.item()} at step {state['step'] + 1}: "
-                                        "lower the learning rate (--lr) and try again.")
                 acc.backward(loss)
                 if acc.sync_gradients:
-                    acc.clip_grad_norm_(params, cfg.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                    acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
             step_loss += loss.item() / cfg.grad_accum
             step_tokens += batch["real_tokens"]
-        scheduler.step()
-        state["step"] += 1
-        state["tokens"] += step_tokens
-        session_tokens += step_tokens
-        step = state["step"]
+        return step_loss, step_tokens
 
-        # log
-        lr = scheduler.get_last_lr()[0]
-        state["curves"]["train_loss"].append([step, step_loss])
-        state["curves"]["lr"].append([step, lr])
-        elapsed = time.time() - start_time
-        done_here = step - start_step
-        emit(ProgressEvent("step", step, cfg.steps, loss=step_loss, lr=lr,
-                           tokens_per_s=session_tokens / elapsed if elapsed else None,
-                           eta_s=elapsed / done_here * (cfg.steps - step), tokens=state["tokens"]))
+    def evaluate(self) -> float:
+        return evaluate_rows(self.model, self.val_rows, self.s.tokenizer.pad_token_id, self.config.batch_size,
+                             self.accelerator)
 
-        # validate, keep the best adapter, checkpoint, stop early
-        if step % cfg.eval_every == 0 or step == cfg.steps:
-            val = evaluate_rows(model, val_rows, s.tokenizer.pad_token_id, cfg.batch_size, acc)
-            state["curves"]["val_loss"].append([step, val])
-            improved = state["best_val"] is None or val < state["best_val"] - cfg.min_delta
-            if improved:
-                state["best_val"], state["best_step"], state["bad_evals"] = val, step, 0
-                best_weights = trainable_state(acc.unwrap_model(model))
-            else:
-                state["bad_evals"] += 1
-            emit(ProgressEvent("eval", step, cfg.steps, loss=step_loss, val_loss=val, lr=lr,
-                               message=f"validation loss {val:.4f} (perplexity {math.exp(min(val, 50)):.2f})"))
-            if step < cfg.steps:
-                snapshot(step)
-            if cfg.patience and state["bad_evals"] >= cfg.patience:
-                stop_reason = "early_stopped"
-                emit(ProgressEvent("stopped_early", step, cfg.steps, val_loss=val, message=(
-                    f"validation loss has not improved for {cfg.patience} evaluations; "
-                    f"keeping the adapter from step {state['best_step']}")))
-                break
+    def eval_message(self, val: float) -> str:
+        return f"validation loss {val:.4f} (perplexity {math.exp(min(val, 50)):.2f})"
 
-    # outputs: best adapter, samples after, metrics, chart
-    unwrapped = acc.unwrap_model(model)
-    if best_weights is not None:
-        load_trainable(unwrapped, best_weights)
-    acc.wait_for_everyone()
-    samples, metrics = [], {}
-    if main:
-        unwrapped.save_pretrained(run.adapter, safe_serialization=True)
-        after = generate(unwrapped, s.tokenizer, s.prompts, cfg.max_new_tokens, cfg.seed)
-        samples = [{"prompt": p, "before": b, "after": a} for p, b, a in zip(s.prompts, state["samples_before"], after)]
-        write_json_atomic(run.root / "samples.json", samples)
-        plot_curves(run.loss_chart, {"train loss": state["curves"]["train_loss"],
-                                     "validation loss": state["curves"]["val_loss"]}, title=f"{Path(run.root).name}: loss")
-        metrics = _write_metrics(s, run, state, status="done", stop_reason=stop_reason,
-                                 train_time_s=time.time() - start_time)
-        shutil.rmtree(run.checkpoints, ignore_errors=True)  # a finished run needs no resume point
-    best = state["best_val"]
-    emit(ProgressEvent("done", state["step"], cfg.steps, val_loss=best, artifacts=["adapter", "samples.json", "loss.png"],
-                       message=f"done: best validation loss {best:.4f} at step {state['best_step']}"))
-    return TextTrainResult(run.root, state["step"], stop_reason, best, math.exp(min(best, 50)),
-                           state["best_step"], samples, metrics)
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "micro": self.micro, "samples_before": self.samples_before}
 
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.micro = state["epoch"], state["micro"]
+        self.samples_before = state.get("samples_before") or []
 
-def _ignore(event: ProgressEvent) -> None:
-    """The event callback of processes other than the main one."""
+    def finish(self, run: RunDir, state: LoopState) -> tuple[list[str], dict]:
+        s = self.s
+        self.model.save_pretrained(run.adapter, safe_serialization=True)
+        after = generate(self.model, s.tokenizer, s.prompts, self.config.max_new_tokens, self.config.seed)
+        self.samples = [{"prompt": p, "before": b, "after": a} for p, b, a in zip(s.prompts, self.samples_before, after)]
+        write_json_atomic(run.root / "samples.json", self.samples)
+        return ["adapter", "samples.json"], {}
+
+    def metrics(self, state: LoopState) -> dict:
+        s, best = self.s, state.best_val
+        return {"kind": "text", "base": s.config.base, "base_path": str(s.base_path), "precision": s.precision,
+                "data_report": s.dataset.report.to_dict(), "tokens_trained": state.tokens, "prompts": s.prompts,
+                "val_perplexity": math.exp(min(best, 50)) if best is not None else None}
 
 
 def token_loss(logits, labels, reduction: str = "mean"):
@@ -377,27 +328,3 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, seed: in
                                  temperature=SAMPLE_TEMPERATURE, top_p=0.95, pad_token_id=tokenizer.pad_token_id)
             outputs.append(tokenizer.decode(ids[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
     return outputs
-
-
-def _write_metrics(s: _Setup, run: RunDir, state: dict, *, status: str, stop_reason: str, **extra) -> dict:
-    best = state["best_val"]
-    metrics = {
-        "kind": "text",
-        "status": status,
-        "base": s.config.base,
-        "base_path": str(s.base_path),
-        "precision": s.precision,
-        "config": s.config.model_dump(),
-        "data_report": s.dataset.report.to_dict(),
-        "steps_done": state["step"],
-        "stop_reason": stop_reason,
-        "best_step": state["best_step"],
-        "best_val_loss": best,
-        "val_perplexity": math.exp(min(best, 50)) if best is not None else None,
-        "tokens_trained": state["tokens"],
-        "curves": state["curves"],
-        "prompts": s.prompts,
-        **extra,
-    }
-    run.write_metrics(metrics)
-    return metrics

@@ -1,0 +1,267 @@
+"""The training loop of every run, text or image: ``fit(task, start)``.
+
+``fit`` is the skeleton a single-file training script would have, read top to bottom:
+resume, then per step: cancel? -> the kind's step -> log -> samples -> validate, keep the best
+adapter, stop early -> checkpoint; then the outputs. What differs between kinds lives in a
+``Task`` (``TextTask`` in ``trainer/text/train.py``, ``ImageTask`` in ``trainer/image/train.py``),
+whose ``train_step`` holds the whole forward/backward/clip/step of one optimizer step inline.
+
+Several processes (``accelerate launch``): every process runs this loop on its own share of
+each step's batch (the task shards it); only the main process emits events and writes files,
+and the decisions that end the loop (cancel, divergence, early stopping) are taken from
+numbers all processes agree on, so no process waits on a collective the others never reach.
+
+A new kind of run is a ``Task`` subclass and a ``train_<kind>`` function calling ``fit``;
+see docs/trainer.md for where a new model family or augmentation goes.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import Cancelled, TrainingError
+from .events import ProgressEvent
+from .rundir import RunDir, RunStart
+
+
+class Task:
+    """What one kind of run supplies to ``fit``. Subclasses set the attributes in ``__init__``.
+
+    ``config`` has ``steps``, ``eval_every``, ``patience`` and ``min_delta`` (``sample_every``
+    too where the kind draws samples during training). ``model`` holds the trainable (LoRA)
+    parameters: they are what checkpoints and the best-adapter copy save, under the names
+    ``model.named_parameters()`` gives, so it is the unwrapped module, never a DDP wrapper.
+    ``generator`` is the kind's own ``torch.Generator`` (batches, noise), saved in checkpoints.
+    """
+
+    config: Any
+    accelerator: Any
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    generator: Any = None
+
+    def describe(self) -> str:
+        """One line for the start event: what is trained on what."""
+        raise NotImplementedError
+
+    def train_step(self) -> tuple[float, int | None]:
+        """One optimizer step on this process's share of the batch: (its loss, tokens or None)."""
+        raise NotImplementedError
+
+    def evaluate(self) -> float | None:
+        """Validation loss, the same number on every process; None without held-out data."""
+        return None
+
+    def eval_message(self, val: float) -> str:
+        return f"validation loss {val:.4f}"
+
+    def before_training(self) -> None:
+        """Main process, fresh runs only: anything to record before the first step."""
+
+    def sample(self, name: str) -> str | None:
+        """Main process: draw samples now; returns the file written (relative to the run folder)."""
+        return None
+
+    def state_dict(self) -> dict:
+        """JSON-able state beyond weights, optimizer and RNG (where the data stream is)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def finish(self, run: RunDir, state: "LoopState") -> tuple[list[str], dict]:
+        """Main process, after the best weights are back: write the adapter (and text samples).
+
+        Returns the files written (relative to the run folder) and extra metrics.
+        """
+        raise NotImplementedError
+
+    def metrics(self, state: "LoopState") -> dict:
+        """What metrics.json says about this kind of run (kind, base, data report, ...)."""
+        raise NotImplementedError
+
+
+@dataclass
+class LoopState:
+    """Everything the loop itself knows; saved in each checkpoint's state.json."""
+
+    step: int = 0
+    tokens: int = 0
+    curves: dict[str, list] = field(default_factory=lambda: {"train_loss": [], "val_loss": [], "lr": []})
+    best_val: float | None = None
+    best_step: int | None = None
+    bad_evals: int = 0
+    samples: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Outcome:
+    """What ``fit`` hands back to the kind's ``train_<kind>``."""
+
+    state: LoopState
+    stop_reason: str  # "completed", "early_stopped"
+    metrics: dict  # as written to metrics.json (empty on other processes than the main one)
+    artifacts: list[str]
+
+
+def fit(task: Task, start: RunStart) -> Outcome:
+    """Train ``task`` in ``start.run`` to the end (or an early stop); raise ``Cancelled`` on cancel."""
+    from .checkpoint import load_checkpoint, load_trainable, save_checkpoint, trainable_state
+    from .charts import plot_curves
+
+    cfg, acc, run = task.config, task.accelerator, start.run
+    main = acc.is_main_process
+    emit = start.emit if main else _ignore  # several processes: only the main one reports
+    state, best_weights = LoopState(), None
+
+    # resume: weights, optimizer, scheduler, RNGs, the loop's and the task's state
+    if start.checkpoint is not None:
+        saved = load_checkpoint(start.checkpoint, model=task.model, optimizer=task.optimizer,
+                                scheduler=task.scheduler, generator=task.generator)
+        task.load_state_dict(saved.get("task", saved))
+        state = LoopState(**{k: v for k, v in saved.items() if k in LoopState.__dataclass_fields__})
+        if (start.checkpoint / "best.safetensors").exists():
+            from safetensors.torch import load_file
+            best_weights = load_file(str(start.checkpoint / "best.safetensors"))
+    elif main:
+        task.before_training()
+    emit(ProgressEvent("start", state.step, cfg.steps, message=task.describe() + (
+        f", resumed at step {state.step}" if start.checkpoint else "")))
+
+    def checkpoint(step: int) -> None:
+        acc.wait_for_everyone()
+        if main:
+            extra = asdict(state) | {"task": task.state_dict(), "config": cfg.model_dump()}
+            extra.pop("step")
+            save_checkpoint(run.checkpoint(step), model=task.model, optimizer=task.optimizer,
+                            scheduler=task.scheduler, step=step, generator=task.generator, extra=extra,
+                            tensors={"best": best_weights} if best_weights is not None else None)
+            run.prune_checkpoints(keep=1)
+            emit(ProgressEvent("checkpoint", step, cfg.steps, message=f"checkpoint at step {step}"))
+
+    def write_metrics(status: str, stop_reason: str, **extra) -> dict:
+        metrics = {**task.metrics(state), "status": status, "config": cfg.model_dump(), "steps_done": state.step,
+                   "stop_reason": stop_reason, "best_step": state.best_step, "best_val_loss": state.best_val,
+                   "curves": state.curves, "processes": acc.num_processes, **extra}
+        run.write_metrics(metrics)
+        return metrics
+
+    def draw(name: str) -> str | None:
+        drawn = task.sample(name)
+        if drawn:
+            state.samples.append(drawn)
+            emit(ProgressEvent("sample", state.step, cfg.steps, artifacts=[drawn], message=f"samples: {drawn}"))
+        return drawn
+
+    start_time, start_step, session_tokens, stop_reason = time.time(), state.step, 0, "completed"
+    sample_every = getattr(cfg, "sample_every", 0) or 0
+    while state.step < cfg.steps:
+        # cooperative cancel, decided together: keep a checkpoint so the run can resume
+        if _any_process(acc, start.cancel.is_set()):
+            checkpoint(state.step)
+            emit(ProgressEvent("cancelled", state.step, cfg.steps, message="cancelled; resume with --resume"))
+            if main:
+                write_metrics("cancelled", "cancelled")
+            raise Cancelled(f"run cancelled at step {state.step}; its checkpoint is kept in {run.checkpoints}")
+
+        # one optimizer step of the kind (forward, backward, clip, step), then the schedule
+        loss, tokens = task.train_step()
+        task.scheduler.step()
+        loss, tokens = _across_processes(acc, loss, tokens)
+        if not math.isfinite(loss):
+            raise TrainingError(f"loss became {loss} at step {state.step + 1}: "
+                                "lower the learning rate (--lr) and try again.")
+        state.step += 1
+        step = state.step
+
+        # log
+        lr = task.scheduler.get_last_lr()[0]
+        state.curves["train_loss"].append([step, loss])
+        state.curves["lr"].append([step, lr])
+        elapsed = time.time() - start_time
+        if tokens is not None:
+            state.tokens += tokens
+            session_tokens += tokens
+        emit(ProgressEvent("step", step, cfg.steps, loss=loss, lr=lr,
+                           tokens_per_s=session_tokens / elapsed if tokens is not None and elapsed else None,
+                           eta_s=elapsed / (step - start_step) * (cfg.steps - step),
+                           tokens=state.tokens if tokens is not None else None))
+
+        # samples every N steps (the final ones are drawn with the outputs)
+        if main and sample_every and step % sample_every == 0 and step < cfg.steps:
+            draw(f"step-{step:06d}")
+
+        # validate, keep the best adapter, stop early
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            val = task.evaluate()
+            if val is not None:
+                state.curves["val_loss"].append([step, val])
+                if state.best_val is None or val < state.best_val - cfg.min_delta:
+                    state.best_val, state.best_step, state.bad_evals = val, step, 0
+                    best_weights = trainable_state(task.model)
+                else:
+                    state.bad_evals += 1
+                emit(ProgressEvent("eval", step, cfg.steps, loss=loss, val_loss=val, lr=lr,
+                                   message=task.eval_message(val)))
+                if cfg.patience and state.bad_evals >= cfg.patience:
+                    stop_reason = "early_stopped"
+                    emit(ProgressEvent("stopped_early", step, cfg.steps, val_loss=val, message=(
+                        f"validation loss has not improved for {cfg.patience} evaluations; "
+                        f"keeping the adapter from step {state.best_step}")))
+                    break
+
+        # checkpoint (a finished run needs none)
+        if step % cfg.eval_every == 0 and step < cfg.steps:
+            checkpoint(step)
+    train_s = time.time() - start_time
+
+    # outputs, main process only: best adapter, final samples, chart, metrics
+    if best_weights is not None:
+        load_trainable(task.model, best_weights)
+    acc.wait_for_everyone()
+    artifacts, metrics = [], {}
+    if main:
+        artifacts, extra = task.finish(run, state)
+        final = draw("final")
+        artifacts += [final] if final else []
+        plot_curves(run.loss_chart, {"train loss": state.curves["train_loss"],
+                                     "validation loss": state.curves["val_loss"]}, title=f"{Path(run.root).name}: loss")
+        artifacts.append(run.loss_chart.name)
+        steps_here = state.step - start_step
+        metrics = write_metrics("done", stop_reason, train_time_s=train_s,
+                                steps_per_s=steps_here / train_s if train_s > 0 else None, **extra)
+        shutil.rmtree(run.checkpoints, ignore_errors=True)  # a finished run needs no resume point
+    best = state.best_val
+    emit(ProgressEvent("done", state.step, cfg.steps, val_loss=best, artifacts=artifacts, message="done" + (
+        f": best validation loss {best:.4f} at step {state.best_step}" if best is not None else "")))
+    return Outcome(state, stop_reason, metrics, artifacts)
+
+
+def _ignore(event: ProgressEvent) -> None:
+    """The event callback of processes other than the main one."""
+
+
+def _any_process(acc, flag: bool) -> bool:
+    """True on every process when ``flag`` is true on any (a cancel file may appear between checks)."""
+    if acc.num_processes == 1:
+        return flag
+    import torch
+
+    return bool(acc.reduce(torch.tensor([float(flag)], device=acc.device), reduction="sum").item())
+
+
+def _across_processes(acc, loss, tokens: int | None) -> tuple[float, int | None]:
+    """The step's loss averaged and its tokens summed over processes, as plain numbers."""
+    if acc.num_processes == 1:
+        return float(loss), tokens
+    import torch
+
+    both = torch.tensor([float(loss), float(tokens or 0)], device=acc.device)
+    loss_sum, token_sum = acc.reduce(both, reduction="sum").tolist()
+    return loss_sum / acc.num_processes, int(token_sum) if tokens is not None else None
