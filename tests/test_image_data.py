@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.image_fixtures import image_bytes, pattern_image, write_image_folder, write_metadata
+from tests.image_fixtures import image_bytes, pattern_image, tiny_sd, write_image_folder, write_metadata  # noqa: F401
 from trainer.errors import DataError
 from trainer.image.augment import augment
 from trainer.image.data import DataLimits, load_images, normalize, resize_and_crop, to_tensor
@@ -146,3 +146,130 @@ def test_augmentation_changes_pixels_but_keeps_shape_and_range():
     assert torch.equal(augment(batch, strength=0.0), batch)
     weak = (augment(batch.clone(), strength=0.1, generator_seed=0) - batch).abs().mean()
     assert weak < (out - batch).abs().mean()
+
+
+# ---- what a file is, by content and name (trainer.filetypes)
+
+def _docx() -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        z.writestr("[Content_Types].xml", "<Types/>")
+        z.writestr("word/document.xml", "<w:document>poems</w:document>")
+    return buffer.getvalue()
+
+
+def _zip_of_images() -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        for i in range(2):
+            z.writestr(f"img{i}.png", image_bytes(pattern_image(i)))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("poems.docx", _docx(), "this is a Word document (.docx), not an image"),
+    ("photo.png", _zip_of_images(), "this is a zip archive, not a .png file: name it .zip"),
+    ("notes.txt.png", _docx(), "Word document"),
+])
+def test_documents_and_disguised_archives_are_not_opened_as_archives(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DataError, match="problem") as info:
+        load(path)
+    assert message in str(info.value)
+    assert "img0.png" not in str(info.value)  # the disguised zip's images were not read
+
+
+def test_a_zip_named_zip_or_without_extension_is_unpacked(tmp_path):
+    for name in ("set.zip", "set"):
+        path = tmp_path / name
+        path.write_bytes(_zip_of_images())
+        assert load(path).report.images == 2
+
+
+# ---- one minimum and one size rule for every entry (trainer.limits)
+
+def test_training_needs_five_images_whatever_the_entry(tmp_path, tiny_sd):
+    from trainer.image.config import ImageTrainConfig
+    from trainer.image.data import training_limits
+    from trainer.limits import MIN_EXAMPLES
+
+    assert MIN_EXAMPLES["image"] == 5
+    folder = write_image_folder(tmp_path / "three", count=3, size=(48, 40))
+    config = ImageTrainConfig(data=[str(folder)], base=str(tiny_sd), out=str(tmp_path / "run"), resolution=32)
+    with pytest.raises(DataError, match="3 usable image\\(s\\): training needs at least 5"):
+        load_images([folder], instance_prompt="x", limits=training_limits(config))
+
+
+def test_the_size_rule_reads_the_same_at_training_and_upload(tmp_path, tiny_sd):
+    from trainer.image.config import ImageTrainConfig
+    from trainer.image.data import training_limits
+    from trainer.limits import image_size_problem, min_image_side
+
+    folder = write_image_folder(tmp_path / "d", count=5, size=(48, 40))
+    (folder / "small.png").write_bytes(image_bytes(pattern_image(9, size=(30, 20))))
+    config = ImageTrainConfig(data=[str(folder)], base=str(tiny_sd), out=str(tmp_path / "run"), resolution=64)
+    limits = training_limits(config)
+    assert limits.min_side == min_image_side(64) == 32
+    with pytest.raises(DataError) as info:
+        load_images([folder], instance_prompt="x", limits=limits)
+    rule = image_size_problem(30, 20, 32, 64)
+    assert rule == "30x20 px is too small to train at 64 px; the shorter side must be at least 32 px"
+    assert rule in str(info.value)
+
+
+# ---- sizes per base family and device (trainer.image.sizes), read without torch
+
+def _pipeline_configs(folder, cls, sample_size, prediction="epsilon"):
+    import json
+
+    for name, data in {"model_index.json": {"_class_name": cls},
+                       "unet/config.json": {"sample_size": sample_size},
+                       "vae/config.json": {"block_out_channels": [128, 256, 512, 512]},
+                       "scheduler/scheduler_config.json": {"prediction_type": prediction}}.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(json.dumps(data))
+    return folder
+
+
+@pytest.mark.parametrize("cls, sample_size, prediction, native, cpu, gpu_batch, allowed", [
+    ("StableDiffusionPipeline", 64, "epsilon", 512, 256, 2, (128, 1024)),
+    ("StableDiffusionPipeline", 96, "v_prediction", 768, 256, 2, (192, 1536)),
+    ("StableDiffusionXLPipeline", 128, "epsilon", 1024, 256, 1, (256, 2048)),
+])
+def test_each_family_has_its_size_on_each_device(tmp_path, cls, sample_size, prediction, native, cpu, gpu_batch,
+                                                 allowed):
+    from trainer.image.sizes import guess_family, resolution_problem, sizes_for
+
+    family = guess_family(str(_pipeline_configs(tmp_path, cls, sample_size, prediction)))
+    assert family.native == native
+    assert sizes_for(family, "gpu", {}) == {"resolution": native, "batch_size": gpu_batch, "sample_steps": 25}
+    assert sizes_for(family, "cpu", {}) == {"resolution": cpu, "batch_size": 1, "sample_steps": 8}
+    assert sizes_for(family, "cpu", {"resolution": 384, "sample_steps": 3})["resolution"] == 384
+    assert resolution_problem(family, allowed[0]) is None and resolution_problem(family, allowed[1]) is None
+    problem = resolution_problem(family, allowed[1] + 8)
+    assert f"choose a multiple of 8 from {allowed[0]} to {allowed[1]} px" in problem
+
+
+def test_hub_names_give_a_family_without_fetching():
+    from trainer.image.sizes import guess_family
+
+    assert guess_family("stabilityai/stable-diffusion-xl-base-1.0").native == 1024
+    assert guess_family("stabilityai/stable-diffusion-2-1").native == 768
+    assert guess_family("stable-diffusion-v1-5/stable-diffusion-v1-5").native == 512
+
+
+def test_the_trainer_sizes_a_run_nobody_sized_to_its_base_and_device(tmp_path, tiny_sd):
+    from trainer.errors import ConfigError
+    from trainer.image.config import ImageTrainConfig
+    from trainer.image.presets import size_defaults
+
+    config = ImageTrainConfig(data=["x"], base=str(tiny_sd), out=str(tmp_path))
+    sized = size_defaults(config, 4)  # this machine has no GPU: the CPU defaults of a 32 px base
+    assert (sized.resolution, sized.batch_size, sized.sample_steps) == (16, 1, 8)
+    with pytest.raises(ConfigError, match="resolution 128 px does not suit .* from 8 to 64 px"):
+        size_defaults(config.model_copy(update={"resolution": 128}), 4)

@@ -33,9 +33,26 @@ MAX_EXAMPLE_CHARS = 20_000
 MAX_CAPTION_CHARS = 1000
 """Longest image caption; longer ones are cut (the text encoders read 77 tokens anyway)."""
 
-MIN_EXAMPLES = {"text": 5, "image": 4}
-"""Fewest training examples a run takes: text needs a held-out example and four to train on;
-images need four so that one is held out for validation (early stopping, quick tries)."""
+MIN_EXAMPLES = {"text": 5, "image": 5}
+"""Fewest training examples a run takes: a held-out example (validation: early stopping, quick
+tries) and four to train on, for text and images alike."""
+MIN_IMAGE_SIDE = 64
+"""Shortest image side any reader takes; training asks for more (``min_image_side``)."""
+
+
+def min_image_side(resolution: int | None) -> int:
+    """The shortest side an image may have to train at ``resolution``: half of it (smaller
+    images upscale into mush); ``MIN_IMAGE_SIDE`` when no resolution is known."""
+    return MIN_IMAGE_SIDE if resolution is None else max(8, resolution // 2)
+
+
+def image_size_problem(width: int, height: int, min_side: int, resolution: int | None = None) -> str | None:
+    """The one rule for image size, in the words the bot's upload check and the trainer both show:
+    why a ``width`` x ``height`` image is too small (None when it is fine)."""
+    if min(width, height) >= min_side:
+        return None
+    at = f" to train at {resolution} px" if resolution else ""
+    return f"{width}x{height} px is too small{at}; the shorter side must be at least {min_side} px"
 
 
 def looks_like_zip_bomb(file_size: int, compress_size: int) -> bool:

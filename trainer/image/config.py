@@ -26,8 +26,11 @@ class ImageTrainConfig(TrainConfig):
         None, description="Which preset sizes the None knobs (docs/presets.md); None means 'balanced'.")
     steps: int | None = Field(None, ge=1, le=100_000, description="Optimizer steps; None sizes it to the data "
                                                                  "(balanced: 100 per training image, 200 to 1500).")
-    resolution: int = Field(512, ge=16, le=2048, description="Training side in pixels (a multiple of 8).")
-    batch_size: int = Field(2, ge=1, le=64, description="Images per optimizer step.")
+    resolution: int | None = Field(None, ge=8, le=2048, description=(
+        "Training and sampling side in pixels (a multiple of 8); None sizes it to the base and the device "
+        "(trainer.image.sizes: the base's native side on a GPU, at most 256 px on a CPU)."))
+    batch_size: int | None = Field(None, ge=1, le=64, description="Images per optimizer step; None: 2 on a GPU "
+                                                                   "(1 for SDXL), 1 on a CPU.")
     lr: float | None = Field(None, gt=0, le=1.0, description="Peak learning rate (AdamW, cosine decay after "
                                                              "warm-up); None sizes it (balanced: 1e-4).")
     rank: int | None = Field(None, ge=1, le=256, description="LoRA rank; None sizes it (balanced: 8).")
@@ -47,11 +50,13 @@ class ImageTrainConfig(TrainConfig):
     sample_every: int | None = Field(None, ge=0, description="Draw a sample grid every N steps (0: only at the end); None: ~4 times a run.")
     sample_prompts: list[str] | None = Field(None, description="Prompts of the sample grids; None: the instance prompt and a held-out caption.")
     sample_seeds: list[int] = Field([0, 1], description="One grid column per seed.")
-    sample_steps: int = Field(25, ge=1, le=200, description="Denoising steps per sample.")
+    sample_steps: int | None = Field(None, ge=1, le=200, description="Denoising steps per sample; None: 25 on a "
+                                                                     "GPU, 8 on a CPU.")
     guidance_scale: float = Field(7.0, ge=0, le=30, description="Classifier-free guidance scale of samples.")
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of steps with linear learning-rate warm-up.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
-    min_image_side: int | None = Field(None, ge=8, description="Refuse smaller images; None: half the resolution.")
+    min_image_side: int | None = Field(None, ge=8, description="Refuse smaller images; None: half the resolution "
+                                                               "(trainer.limits.min_image_side).")
     max_pixels: int = Field(50_000_000, ge=1, description="Pixel cap per image (decompression bombs).")
     precision: Precision = Field("auto", description="'auto' picks bf16 where the hardware runs it fast, else fp32.")
     seed: int = Field(0, description="Seed for the split, augmentation, LoRA init, noise and samples.")
@@ -72,8 +77,8 @@ class ImageTrainConfig(TrainConfig):
 
     @field_validator("resolution")
     @classmethod
-    def _multiple_of_8(cls, value: int) -> int:
-        if value % 8:
+    def _multiple_of_8(cls, value: int | None) -> int | None:
+        if value is not None and value % 8:
             raise ValueError(f"resolution {value} is not a multiple of 8")
         return value
 

@@ -6,8 +6,14 @@ of precedence: a sidecar ``.txt`` with the image's stem, a ``metadata.jsonl`` be
 prompt, which also fills any caption that is missing (and the report lists those images).
 
 ``load_images`` collects every problem it finds into one ``DataError`` instead of stopping at
-the first, so a user fixes a dataset in one go. Archives are read in memory, never extracted,
-and are checked for path traversal and zip bombs before anything is decompressed.
+the first, so a user fixes a dataset in one go. Each file is classified by its content and its
+name together (``trainer.filetypes``): a zip archive named as one (or without an extension) is
+read in memory, never extracted, and checked for path traversal and zip bombs before anything
+is decompressed; a document that is a zip container (``.docx``, ``.epub``...) or another
+archive, a program or a zip named ``.png`` is refused saying what it is.
+
+How small an image may be is one rule (``trainer.limits.image_size_problem``) that the bot's
+upload check shows in the same words, against the same training resolution.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .. import limits as L
 from ..errors import DataError
+from ..filetypes import extension, is_archive_name, sniff
 
 IMAGE_FORMATS = {"PNG", "JPEG", "MPO", "WEBP"}  # MPO: the JPEG variant many phones write
 CAPTION_SUFFIX = ".txt"
@@ -37,7 +44,8 @@ _JUNK = re.compile(r"(^|/)(\.[^/]*|__MACOSX|Thumbs\.db|desktop\.ini)(/|$)", re.I
 class DataLimits:
     """Safety and quality limits applied while reading a dataset (defaults: ``trainer.limits``)."""
 
-    min_side: int = 64  # shorter side in pixels; smaller images upscale into mush
+    min_side: int = L.MIN_IMAGE_SIDE  # shorter side in pixels; smaller images upscale into mush
+    resolution: int | None = None  # the training side min_side was derived from, for the message
     max_pixels: int = L.MAX_IMAGE_PIXELS  # decompression-bomb cap, checked from the header before decoding
     max_file_bytes: int = L.MAX_FILE_BYTES  # one image or caption file
     max_archive_bytes: int = L.MAX_ARCHIVE_BYTES  # all members of one zip, uncompressed
@@ -47,9 +55,13 @@ class DataLimits:
 
 
 def training_limits(config) -> DataLimits:
-    """The limits a training run (or a search's probe) reads its images with."""
-    return DataLimits(min_side=config.min_image_side or config.resolution // 2, max_pixels=config.max_pixels,
-                      min_images=L.MIN_EXAMPLES["image"])
+    """The limits a training run (or a search's probe) reads its images with, at the resolution
+    it will train at (sized to the base and this machine's device when nobody chose one)."""
+    from .presets import hardware_sizes
+
+    resolution = config.resolution or hardware_sizes(config)["resolution"]
+    return DataLimits(min_side=config.min_image_side or L.min_image_side(resolution), resolution=resolution,
+                      max_pixels=config.max_pixels, min_images=L.MIN_EXAMPLES["image"])
 
 
 @dataclass
@@ -178,14 +190,32 @@ def _file_entries(path: Path, key: str, container: str, limits: DataLimits, prob
     if _JUNK.search(key):
         yield _Entry(str(path), key, container, lambda: b"")
         return
-    if zipfile.is_zipfile(path):
+    with path.open("rb") as f:
+        found = sniff(f.read(2**16), path.name)
+    if found.kind == "archive" and found.format == "zip" and (is_archive_name(path.name) or not extension(path.name)):
         yield from _zip_entries(path, limits, problems)
+        return
+    refusal = _not_an_image_file(found, path.name)
+    if refusal:
+        problems.append(f"{path}: {refusal}")
         return
     size = path.stat().st_size
     if size > limits.max_file_bytes:
         problems.append(f"{path}: {size / 2**20:.0f} MiB is over the {limits.max_file_bytes / 2**20:.0f} MiB file limit")
         return
     yield _Entry(str(path), key, container, path.read_bytes)
+
+
+def _not_an_image_file(found, name: str) -> str | None:
+    """Why a file that is an archive, a document or a program cannot be read as an image (or a caption)."""
+    ext = extension(name)
+    if found.kind == "archive":
+        if found.format == "zip":
+            return f"this is {found.what}, not a {ext} file: name it .zip to have its images read"
+        return f"this is {found.what}: unpack it, or pack the images as a .zip"
+    if found.kind in ("document", "binary"):
+        return f"this is {found.what}, not an image; give png, jpg or webp images (captions as .txt or metadata.jsonl)"
+    return None
 
 
 def _zip_entries(path: Path, limits: DataLimits, problems: list[str]) -> Iterator[_Entry]:
@@ -304,13 +334,17 @@ def _decode(entry: _Entry, limits: DataLimits, problems: list[str]) -> tuple[Ima
         problems.append(f"{entry.name}: over Pillow's pixel cap (decompression bomb?)")
         return None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
-        reason = "not an image" if isinstance(exc, UnidentifiedImageError) else f"corrupt image ({exc})"
+        if isinstance(exc, UnidentifiedImageError):
+            found = sniff(data, PurePosixPath(entry.key).name)
+            reason = "not an image" if found.kind in ("text", "image") else f"this is {found.what}, not an image"
+        else:
+            reason = f"corrupt image ({exc})"
         problems.append(f"{entry.name}: {reason}")
         return None
     image = to_rgb(ImageOps.exif_transpose(image))
-    if min(image.size) < limits.min_side:
-        problems.append(f"{entry.name}: {image.width}x{image.height} px is too small; the shorter side must be "
-                        f"at least {limits.min_side} px")
+    too_small = L.image_size_problem(image.width, image.height, limits.min_side, limits.resolution)
+    if too_small:
+        problems.append(f"{entry.name}: {too_small}")
         return None
     return image, hashlib.sha256(data).hexdigest()
 

@@ -1,22 +1,30 @@
-"""Defaults sized to the dataset for image runs.
+"""Defaults sized to the dataset, the base and the device for image runs.
 
-The numbers live in ``trainer.presets`` (one table for text and image runs) and are explained,
-with sources, in docs/presets.md. Every knob a user left as ``None`` is filled from
-``config.preset`` (``balanced`` when none is named), sized to the number of training images;
-what the user set is kept as is.
+The dataset-sized numbers live in ``trainer.presets`` (one table for text and image runs) and
+are explained, with sources, in docs/presets.md. Every knob a user left as ``None`` is filled
+from ``config.preset`` (``balanced`` when none is named), sized to the number of training
+images; resolution, batch size and sampling steps are sized to the base pipeline's family and
+the device this process trains on (``trainer.image.sizes``). What the user set is kept as is,
+but a resolution the base cannot take is refused, saying the allowed range.
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
+
+from ..errors import ConfigError
 from ..presets import preset_overrides
 from .config import ImageTrainConfig
+from .sizes import ImageFamily, guess_family, read_family, resolution_problem, sizes_for
 
 
 def size_defaults(config: ImageTrainConfig, n_train: int) -> ImageTrainConfig:
-    """Return a copy of ``config`` with every ``None`` knob filled from its preset and the data's size."""
+    """Return a copy of ``config`` with every ``None`` knob filled from its preset, the data's size,
+    the base and the device."""
     preset = preset_overrides("image", config.preset, n_train)
     steps = config.steps or preset["steps"]
     filled = {
+        **hardware_sizes(config),
         "steps": steps,
         "rank": config.rank or preset["rank"],
         "lr": config.lr or preset["lr"],
@@ -26,3 +34,38 @@ def size_defaults(config: ImageTrainConfig, n_train: int) -> ImageTrainConfig:
         "sample_every": config.sample_every if config.sample_every is not None else max(1, steps // 4),
     }
     return config.model_copy(update=filled)
+
+
+def hardware_sizes(config: ImageTrainConfig) -> dict:
+    """``resolution``, ``batch_size`` and ``sample_steps`` of this run: what the config chose, else
+    the defaults of its base's family on this machine's device. Raises ``ConfigError`` when the
+    resolution does not suit the base."""
+    family = base_family(config.base)
+    sizes = sizes_for(family, device(), config.model_dump(include={"resolution", "batch_size", "sample_steps"}))
+    problem = resolution_problem(family, sizes["resolution"])
+    if problem:
+        raise ConfigError(f"invalid training settings: {problem}")
+    return sizes
+
+
+@lru_cache(maxsize=16)
+def base_family(base: str) -> ImageFamily:
+    """The family of ``base`` (resolved as the trainer loads it: local folder or hub snapshot).
+
+    A base that does not resolve is sized by its name: loading it fails next, with the loader's
+    own message, so sizing never hides that error behind another."""
+    from ..errors import ModelError
+    from ..models import resolve_base
+
+    try:
+        path = resolve_base(str(base))
+    except ModelError:
+        return guess_family(str(base))
+    return read_family(path) or guess_family(str(base))
+
+
+def device() -> str:
+    """'gpu' when this process trains on a CUDA device, else 'cpu'."""
+    import torch
+
+    return "gpu" if torch.cuda.is_available() else "cpu"

@@ -1,0 +1,161 @@
+"""How big an image run is: resolution, batch and sampling steps, per base family and per device.
+
+A base pipeline was trained at one side (its *native* resolution: SD 1.x 512, SD 2.x 768 for
+its v-prediction bases, SDXL 1024), read from the pipeline's own configs (the UNet's
+``sample_size`` times the VAE's downscale) so that any diffusers folder, tiny test pipelines
+included, gets its own numbers. A run that nobody sized trains at:
+
+- on a GPU: the native side, 2 images a step (1 for SDXL), 25 denoising steps per sample;
+- on a CPU: a small side (half the native one, at most 256 px), 1 image a step, 8 denoising
+  steps, so that a step takes seconds rather than minutes.
+
+Somebody may choose any side from a quarter to twice the native one (a multiple of 8);
+``resolution_problem`` says the allowed range otherwise. The device is the one the job runs
+on: the trainer resolves the sizes itself (``hardware_sizes``); the bot, which never imports
+torch, says what it expects from where its jobs run (``bot.config.BotSettings.worker_device``).
+
+Nothing here imports torch or diffusers: the bot reads the same table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+Device = Literal["cpu", "gpu"]
+GPU_SAMPLE_STEPS, CPU_SAMPLE_STEPS = 25, 8
+CPU_MAX_RESOLUTION = 256
+_CLASSES = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl"}
+
+
+@dataclass(frozen=True)
+class ImageFamily:
+    """What a base pipeline is, as far as sizes go."""
+
+    family: str  # "sd" or "sdxl"
+    native: int  # the side it was trained at, in pixels
+    prediction_type: str = "epsilon"
+
+    @property
+    def label(self) -> str:
+        if self.family == "sdxl":
+            return "SDXL"
+        return "SD 2.x (v-prediction)" if self.prediction_type == "v_prediction" else "SD 1.x/2.x"
+
+    @property
+    def min_resolution(self) -> int:
+        return max(8, self.native // 4 // 8 * 8)
+
+    @property
+    def max_resolution(self) -> int:
+        return min(2048, self.native * 2)
+
+    def defaults(self, device: Device) -> dict:
+        """Resolution, batch size and sampling steps of a run nobody sized, on ``device``."""
+        if device == "gpu":
+            return {"resolution": self.native, "batch_size": 1 if self.family == "sdxl" else 2,
+                    "sample_steps": GPU_SAMPLE_STEPS}
+        side = max(self.min_resolution, min(CPU_MAX_RESOLUTION, self.native // 2) // 8 * 8)
+        return {"resolution": side, "batch_size": 1, "sample_steps": CPU_SAMPLE_STEPS}
+
+
+def resolution_problem(family: ImageFamily, resolution: int) -> str | None:
+    """Why ``resolution`` does not suit ``family`` (with the allowed range), or None."""
+    low, high = family.min_resolution, family.max_resolution
+    if resolution % 8 or not low <= resolution <= high:
+        return (f"resolution {resolution} px does not suit this {family.label} base (trained at {family.native} px): "
+                f"choose a multiple of 8 from {low} to {high} px")
+    return None
+
+
+def sizes_for(family: ImageFamily, device: Device, chosen: dict) -> dict:
+    """``resolution``, ``batch_size`` and ``sample_steps``: what is in ``chosen`` (not None), else the
+    family's default on ``device``."""
+    defaults = family.defaults(device)
+    return {key: chosen.get(key) if chosen.get(key) is not None else value for key, value in defaults.items()}
+
+
+# Rough seconds per optimizer step at the native side with one image, by family and device;
+# a step scales with pixels and batch. Measured orders of magnitude, not promises.
+_STEP_S = {("sd", "gpu"): 0.25, ("sdxl", "gpu"): 0.8, ("sd", "cpu"): 30.0, ("sdxl", "cpu"): 120.0}
+
+
+def rough_step_seconds(family: ImageFamily, device: Device, resolution: int, batch_size: int) -> float:
+    """A rough guess of one training step's seconds (real pipelines; tiny test ones are faster)."""
+    base = _STEP_S[(family.family, device)]
+    native = 1024 if family.family == "sdxl" else 512
+    return base * (resolution / native) ** 2 * batch_size
+
+
+def describe_step_time(seconds: float) -> str:
+    """'about 2 s', 'about 0.3 s', 'about 4 min'."""
+    if seconds >= 90:
+        return f"about {seconds / 60:.0f} min"
+    return f"about {seconds:.0f} s" if seconds >= 2 else f"about {seconds:.1g} s"
+
+
+def read_family(folder: str | Path) -> ImageFamily | None:
+    """The family of a diffusers pipeline folder from its JSON configs; None when it is not one."""
+    folder = Path(folder)
+    index = _json(folder / "model_index.json")
+    family = _CLASSES.get(index.get("_class_name", "")) if index else None
+    if family is None:
+        return None
+    scheduler = _json(folder / "scheduler" / "scheduler_config.json") or {}
+    return ImageFamily(family, _native(folder, family, scheduler), scheduler.get("prediction_type") or "epsilon")
+
+
+def guess_family(base: str) -> ImageFamily:
+    """The family of ``base`` without fetching anything: its local folder or the hub cache when
+    they hold its configs, else its name (SDXL names say "xl"; SD 2.x 768 bases say "2" without "base")."""
+    if os.path.isdir(base):
+        found = read_family(base)
+        if found:
+            return found
+    cached = _cached_configs(base)
+    if cached:
+        return cached
+    name = base.lower()
+    if "xl" in name:
+        return ImageFamily("sdxl", 1024)
+    if "stable-diffusion-2" in name and "base" not in name:
+        return ImageFamily("sd", 768, "v_prediction")
+    return ImageFamily("sd", 512)
+
+
+def _native(folder: Path, family: str, scheduler: dict) -> int:
+    unet = _json(folder / "unet" / "config.json") or {}
+    vae = _json(folder / "vae" / "config.json") or {}
+    sample_size, blocks = unet.get("sample_size"), vae.get("block_out_channels")
+    if isinstance(sample_size, list):
+        sample_size = sample_size[0]
+    if isinstance(sample_size, int) and blocks:
+        return sample_size * 2 ** (len(blocks) - 1)
+    if family == "sdxl":
+        return 1024
+    return 768 if scheduler.get("prediction_type") == "v_prediction" else 512
+
+
+def _cached_configs(repo_id: str) -> ImageFamily | None:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - a dependency of the trainer stack
+        return None
+    try:
+        index = try_to_load_from_cache(repo_id, "model_index.json")
+    except Exception:  # noqa: BLE001 - not a hub id: nothing cached to read
+        return None
+    if not isinstance(index, str):
+        return None
+    return read_family(Path(index).parent)
+
+
+def _json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
