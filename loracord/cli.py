@@ -17,6 +17,9 @@ import typer
 
 from trainer.errors import LoracordError
 
+from . import registry
+from .interrupt import cancel_on_ctrl_c
+
 app = typer.Typer(help="loracord: LoRA fine-tuning on small data, from Discord or the command line.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 train_app = typer.Typer(help="Train a LoRA adapter on a dataset.", no_args_is_help=True)
@@ -73,25 +76,6 @@ def train_text_cmd(
     with RichProgress() as progress:
         result = spec.train(out, resume=resume, on_event=progress, cancel=cancel_on_ctrl_c(out))
     _print_text_result(result)
-
-
-def cancel_on_ctrl_c(out: Path):
-    """A cancel token set by the first Ctrl-C: the run stops after its step, with a checkpoint
-    to ``--resume`` from. A second Ctrl-C stops at once."""
-    import signal
-
-    from trainer.cancel import CancelToken
-
-    token = CancelToken(Path(out) / "CANCEL")
-
-    def on_interrupt(signum, frame):
-        if token.is_set():
-            raise KeyboardInterrupt
-        token.cancel()
-        typer.secho("cancelling after this step (Ctrl-C again to stop at once)", fg=typer.colors.YELLOW, err=True)
-
-    signal.signal(signal.SIGINT, on_interrupt)
-    return token
 
 
 def _print_text_result(result) -> None:
@@ -165,5 +149,5 @@ def demo_cmd(
     _print_text_result(result)
 
 
-# Commands from other parts register here (image training, queue, bot).
-from . import registry  # noqa: E402,F401
+# Commands from other parts (image training, queue, bot).
+registry.register(app, train_app)

@@ -43,7 +43,7 @@ def train_image(
     """LoRA-fine-tune a Stable Diffusion or SDXL pipeline on a few images."""
     from trainer.spec import RunSpec
 
-    from .cli import cancel_on_ctrl_c
+    from .interrupt import cancel_on_ctrl_c
     from .progress import RichProgress
 
     chosen = dict(

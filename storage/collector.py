@@ -4,7 +4,8 @@
 database in one transaction, and only then deletes the reports. Replaying a report is
 harmless: events are keyed by (job, attempt, seq), samples by (job, blob, prompt, seed),
 adapters by job, and a job's start and end are ignored unless they come from its current
-attempt. So a bot killed at any moment loses and duplicates nothing.
+attempt. A sample job's samples are recorded as its source job's (and trial's), and the job's
+result lists their ids. So a bot killed at any moment loses and duplicates nothing.
 
 An attempt that ends ``failed`` with ``retry`` set (the worker judged the cause passing: out
 of memory, a killed job process) is queued again while attempts remain; any other failure is
@@ -75,11 +76,13 @@ class JobCollector:
 
     def _finish(self, job, attempt: int, payload: dict, result: PollResult) -> None:
         status = payload.get("status", "failed")
+        sample_ids: list[int] = []
         if status == "done" and attempt == job.attempts + 1:
-            self._add_samples(job, payload.get("samples", []))
+            sample_ids = self._add_samples(job, payload.get("samples", []))
             for trial in (payload.get("result") or {}).get("trials", []):
                 self.db.record_trial(job.id, trial["number"], params=trial.get("params"), value=trial.get("val_loss"),
-                                     status=trial.get("status", "complete"))
+                                     status=trial.get("status", "complete"), adapter=trial.get("adapter"),
+                                     metrics=trial.get("metrics"))
             if payload.get("adapter"):
                 self.db.add_adapter(job_id=job.id, session_id=job.session_id, blob_hash=payload["adapter"],
                                     base_model=job.config.get("base"), metrics=payload.get("metrics") or {})
@@ -92,13 +95,26 @@ class JobCollector:
                 return
             error = f"{error} (gave up after {attempt} attempts)"
         outputs = {k: payload[k] for k in ("files", "adapter", "metrics") if payload.get(k)}
+        if sample_ids:
+            outputs["samples"] = sample_ids  # the sample rows this job made (a sample job's answer)
         if self.db.finish_job(job.id, status, error=error, result=outputs, attempt=attempt):
             result.finished.append(job.id)
 
-    def _add_samples(self, job, samples: list[dict]) -> None:
+    def _add_samples(self, job, samples: list[dict]) -> list[int]:
+        """Record samples; one that names another ``job`` (a sample job's) is that job's, of its ``trial``."""
+        ids = []
         for sample in samples:
-            self.db.add_sample(blob_hash=sample["blob"], job_id=job.id, session_id=job.session_id,
-                               kind=sample.get("kind"), prompt=sample.get("prompt"), seed=sample.get("seed"))
+            owner = job
+            if sample.get("job") is not None and sample["job"] != job.id:
+                try:
+                    owner = self.db.get_job(sample["job"])
+                except JobNotFound:
+                    continue
+            row = self.db.add_sample(blob_hash=sample["blob"], job_id=owner.id, session_id=owner.session_id,
+                                     kind=sample.get("kind"), prompt=sample.get("prompt"), seed=sample.get("seed"),
+                                     trial=sample.get("trial"))
+            ids.append(row.id)
+        return ids
 
 
 def _event_columns(event: dict) -> dict:

@@ -27,13 +27,15 @@ from sqlite_utils.migrations import Migrations
 
 from trainer.errors import UserError
 
+from . import jobkinds
+
 # Job statuses. A job is ``queued`` in this database until the dispatcher hands it to huey
 # (``dispatched``); a worker reports ``running``; it ends ``done``, ``failed`` or ``cancelled``.
 QUEUED, DISPATCHED, RUNNING, DONE, FAILED, CANCELLED = "queued", "dispatched", "running", "done", "failed", "cancelled"
 WAITING = (QUEUED, DISPATCHED)
 ACTIVE = (DISPATCHED, RUNNING)
 FINISHED = (DONE, FAILED, CANCELLED)
-JOB_KINDS = ("train_text", "train_image", "tune", "noop", "sleep")
+JOB_KINDS = jobkinds.names()  # see storage.jobkinds
 ROLES = ("owner", "editor", "viewer")
 
 
@@ -115,6 +117,13 @@ def m002_job_retries(db: sqlite_utils.Database) -> None:
 def m003_sample_trials(db: sqlite_utils.Database) -> None:
     """Samples can come from one trial of a tuning job, so that votes rank trials too."""
     db["samples"].add_column("trial", int)
+
+
+@migrations()
+def m004_trial_adapters(db: sqlite_utils.Database) -> None:
+    """A trial's adapter and metrics are kept in the blob store, so any worker can sample it."""
+    db["trials"].add_column("adapter", str)
+    db["trials"].add_column("metrics", str)
 
 
 # --------------------------------------------------------------------------------------------
@@ -227,6 +236,8 @@ class Trial(_Row):
     value: float | None = None
     status: str = "running"
     created_at: float | None = None
+    adapter: str | None = None  # tree manifest of its adapter in the blob store (complete trials)
+    metrics: str | None = None  # blob of its metrics.json
     _json = ("params",)
 
 
@@ -461,8 +472,7 @@ class Database:
                     guild_id: int | None = None, user_id: int | None = None, priority: int = 0,
                     max_attempts: int = 3) -> Job:
         """Record a job as ``queued``; the dispatcher (``storage.queue``) hands it to a worker."""
-        if kind not in JOB_KINDS:
-            raise UserError(f"unknown job kind {kind!r}; expected one of {', '.join(JOB_KINDS)}")
+        jobkinds.get(kind)  # a UserError naming the known kinds
         table = self.db["jobs"].insert(
             {"kind": kind, "config": json.dumps(config or {}), "session_id": session_id, "guild_id": guild_id,
              "user_id": user_id, "priority": priority, "status": QUEUED, "queued_at": time.time(),
@@ -567,10 +577,11 @@ class Database:
 
     # ---- trials
     def record_trial(self, job_id: int, number: int, *, params: dict | None = None, value: float | None = None,
-                     status: str = "running") -> Trial:
-        """Create or update trial ``number`` of a tuning job."""
+                     status: str = "running", adapter: str | None = None, metrics: str | None = None) -> Trial:
+        """Create or update trial ``number`` of a tuning job (``adapter``, ``metrics``: its blobs)."""
         existing = list(self._rows("trials", "job_id = ? and number = ?", [job_id, number]))
         row = {"job_id": job_id, "number": number, "status": status, "value": value}
+        row.update({k: v for k, v in (("adapter", adapter), ("metrics", metrics)) if v is not None})
         if params is not None:
             row["params"] = json.dumps(params)
         if existing:

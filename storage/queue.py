@@ -22,34 +22,15 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from . import jobkinds
 from .blobs import BlobStore
 from .channel import Channel
 from .collector import JobCollector, PollResult
 from .db import CANCELLED, DISPATCHED, FAILED, QUEUED, RUNNING, Database, Job, JobNotFound
 from .settings import Settings
+from .worker import make_huey
 
 log = logging.getLogger("loracord.queue")
-
-
-def make_huey(settings: Settings):
-    """The huey instance for these settings and its one task, ``run_job(spec)``."""
-    if settings.uses_redis:
-        from huey import PriorityRedisHuey
-
-        huey = PriorityRedisHuey(settings.queue_name, url=settings.queue_url, results=False, clean_name=False)
-    else:
-        from huey import SqliteHuey
-
-        settings.queue_path.parent.mkdir(parents=True, exist_ok=True)
-        huey = SqliteHuey(settings.queue_name, filename=str(settings.queue_path), results=False, timeout=30)
-
-    @huey.task(name="run_job")
-    def run_job(spec: dict) -> str:
-        from .worker import execute_job
-
-        return execute_job(spec, settings)
-
-    return huey, run_job
 
 
 @dataclass
@@ -78,8 +59,13 @@ class JobQueue:
 
     # ---- what the bot calls
     def submit(self, kind: str, config: dict | None = None, *, session_id: int | None = None,
-               guild_id: int | None = None, user_id: int | None = None, priority: int = 0) -> Job:
-        """Record a job and dispatch it if the limits allow; returns the job row."""
+               guild_id: int | None = None, user_id: int | None = None, priority: int | None = None) -> Job:
+        """Record a job and dispatch it if the limits allow; returns the job row.
+
+        ``priority`` defaults to the kind's (``storage.jobkinds``): a sample job goes ahead of
+        waiting training runs."""
+        if priority is None:
+            priority = jobkinds.get(kind).priority
         job = self.db.enqueue_job(kind, config, session_id=session_id, guild_id=guild_id, user_id=user_id,
                                   priority=priority, max_attempts=self.settings.max_attempts)
         self.dispatch()

@@ -9,8 +9,8 @@ each GPU machine; the bot starts one itself for the embedded SQLite queue
    worker has really stopped,
 2. takes the run folder's lock, so an earlier attempt on this machine has really ended first,
    publishes the events that attempt left unpublished, and collects its run if it finished,
-3. fetches the job's last checkpoint and its dataset from the blob store when this machine
-   lacks them,
+3. fetches the job's last checkpoint, and its inputs (a dataset, an adapter to sample: the job
+   kind's ``prepare``, see ``storage.jobkinds``), from the blob store when this machine lacks them,
 4. starts ``python -m storage.jobrun RUN/job.json`` (``accelerate launch`` with several GPUs)
    in its own process group, set to die with the worker,
 5. tails RUN/events.jsonl and publishes each event (artifacts and checkpoints go to the blob
@@ -20,7 +20,8 @@ each GPU machine; the bot starts one itself for the embedded SQLite queue
    SIGTERM and SIGKILL to the group after grace periods; when the bot has given up on this
    attempt (``Channel.superseded``) it kills the group at once,
 7. publishes the end: status, error (and whether it is worth retrying), and the blobs of the
-   adapter, samples, metrics and chart.
+   adapter, samples, metrics and chart, plus what the job kind's ``publish`` adds (a search's
+   trial adapters, a sample job's samples).
 
 Whatever goes wrong in the worker itself, the trainer's process group ends before the task
 does. Workers never open the database; see ``storage.channel``.
@@ -44,6 +45,7 @@ from pathlib import Path
 from trainer.errors import UserError
 from trainer.rundir import RunDir, atomic_folder, write_json_atomic
 
+from . import jobkinds
 from .blobs import BlobStore
 from .channel import Channel
 from .lock import RunLock
@@ -51,7 +53,6 @@ from .settings import Settings
 
 log = logging.getLogger("loracord.worker")
 
-_TRAIN_KINDS = ("train_text", "train_image", "tune")
 EXIT_DONE, EXIT_PERMANENT, EXIT_TRANSIENT = 0, 2, 3  # how storage.jobrun ends
 
 
@@ -125,7 +126,7 @@ class JobAttempt:
         # Resume whenever a checkpoint is here (restored or left by an earlier attempt on this
         # machine); an attempt lost before its first checkpoint starts over.
         resume = run.latest_checkpoint() is not None
-        config = fetch_dataset(self.blobs, run, spec["config"])
+        config = jobkinds.get(spec["kind"]).prepare_inputs(self.blobs, run, spec["config"])  # its dataset, adapter, ...
         spec_path = run.root / "job.json"
         write_json_atomic(spec_path, {**spec, "config": config, "run_dir": str(run.root), "resume": resume})
         self._check_superseded()
@@ -223,7 +224,7 @@ def finished_run(run: RunDir) -> dict | None:
 
 
 def _job_command(kind: str, spec_path: Path) -> list[str]:
-    gpus = _gpu_count() if kind in _TRAIN_KINDS else 0
+    gpus = _gpu_count() if jobkinds.get(kind).multi_gpu else 0
     if gpus > 1:
         return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(gpus),
                 "-m", "storage.jobrun", str(spec_path)]
@@ -298,6 +299,7 @@ class Reporter:
     def __init__(self, channel: Channel, blobs: BlobStore, spec: dict, run: RunDir):
         self.channel, self.blobs, self.run = channel, blobs, run
         self.job_id, self.attempt = spec["job_id"], spec["attempt"]
+        self.kind = jobkinds.get(spec["kind"])
         self.seed = spec.get("config", {}).get("seed")
         self.state_file = run.root / "published.json"
         self.state = {"attempts": [], "line": 0, "offset": 0}
@@ -448,39 +450,8 @@ class Reporter:
                 if text:
                     out["samples"].append({"blob": self.blobs.put_bytes(text.encode()), "prompt": row.get("prompt"),
                                            "seed": self.seed, "kind": "text"})
+        self.kind.publish_outputs(self.blobs, run, out)  # what only this kind makes (trial adapters, samples)
         return out
-
-
-def fetch_dataset(blobs: BlobStore, run: RunDir, config: dict) -> dict:
-    """Fetch a job's dataset from the blob store into ``RUN/data`` and point ``data`` at it.
-
-    The bot names the dataset by blob hashes (a run spec's ``dataset`` manifest, see
-    ``trainer.spec``; jobs queued before it: ``data_blobs``, ``[[sha256, filename], ...]``)
-    so that a worker on another machine, sharing only the blob store, can train on it. Files
-    keep their names (the extension decides how a file is read) and their order; an image
-    dataset's captions are written beside them as ``metadata.jsonl``.
-    """
-    if "spec" in config and config.get("dataset"):
-        from pydantic import ValidationError
-
-        from trainer.spec import RunSpec
-
-        try:
-            spec = RunSpec.model_validate(config)
-        except ValidationError:
-            return config  # the job process fails it, saying what does not read
-        return spec.materialized(run.root / "data", blobs.get_file).to_job()
-    refs = config.get("data_blobs")
-    if not refs:
-        return config
-    folder = run.root / "data"
-    paths = []
-    for index, (digest, name) in enumerate(refs):
-        path = folder / f"{index:04d}-{Path(name).name or 'file'}"
-        if not path.exists():
-            blobs.get_file(digest, path)
-        paths.append(str(path))
-    return {**{k: v for k, v in config.items() if k != "data_blobs"}, "data": paths}
 
 
 def _sample_kind(name: str) -> str:
@@ -489,10 +460,30 @@ def _sample_kind(name: str) -> str:
 
 # --------------------------------------------------------------------------------------------
 
+def make_huey(settings: Settings):
+    """The huey instance for these settings and its one task, ``run_job(spec)``: ``execute_job``.
+
+    The bot enqueues with it (``storage.queue``), workers consume with it (``run_worker``).
+    """
+    if settings.uses_redis:
+        from huey import PriorityRedisHuey
+
+        huey = PriorityRedisHuey(settings.queue_name, url=settings.queue_url, results=False, clean_name=False)
+    else:
+        from huey import SqliteHuey
+
+        settings.queue_path.parent.mkdir(parents=True, exist_ok=True)
+        huey = SqliteHuey(settings.queue_name, filename=str(settings.queue_path), results=False, timeout=30)
+
+    @huey.task(name="run_job")
+    def run_job(spec: dict) -> str:
+        return execute_job(spec, settings)
+
+    return huey, run_job
+
+
 def run_worker(settings: Settings) -> None:
     """Consume jobs until SIGINT (finish running jobs) or SIGTERM (stop now)."""
-    from .queue import make_huey
-
     huey, _ = make_huey(settings)
     log.info("worker %s on %s, %d job(s) at a time", worker_id(), settings.describe_queue(), settings.workers)
     consumer = huey.create_consumer(workers=settings.workers, worker_type="thread", periodic=False,
@@ -527,4 +518,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run the imported module's copy, so that huey names the task ``storage.worker.run_job`` as the bot does.
+    from storage.worker import main as worker_main
+
+    worker_main()

@@ -1,6 +1,6 @@
 """The job queue on SQLite: driven by hand, then end to end with a real consumer process.
 
-Jobs are the trivial ``sleep`` kind (storage.jobrun.run_sleep): a real subprocess that writes
+Jobs are the trivial ``sleep`` kind (storage.jobkinds.sleep.run_sleep): a real subprocess that writes
 a run folder like a trainer does, honours RUN/CANCEL and resumes from its checkpoints.
 """
 
@@ -253,7 +253,7 @@ def test_a_text_training_job_through_the_consumer(queue, worker, tiny_llama, tex
 def test_a_worker_fetches_the_dataset_from_the_blob_store(tmp_path):
     """Jobs name their files by blob hash, so a worker that shares only the blob store can train."""
     from storage.blobs import BlobStore
-    from storage.worker import fetch_dataset
+    from storage.jobkinds.train import fetch_dataset
     from trainer.rundir import RunDir
 
     blobs = BlobStore(str(tmp_path / "blobs"))

@@ -2,7 +2,7 @@
 
 Each test is the bot (it ticks a ``JobQueue`` in this process, or runs ``storage.service`` as a
 child) and drives real ``storage.worker`` processes running the trivial ``sleep`` job kind
-(``storage.jobrun.run_sleep``: a subprocess that writes events, checkpoints, an adapter and a
+(``storage.jobkinds.sleep.run_sleep``: a subprocess that writes events, checkpoints, an adapter and a
 sample like a trainer, with hooks to pause mid-checkpoint or in evaluation). After each fault
 it asserts, and reports in a table at the end of the module:
 

@@ -136,8 +136,9 @@ def test_migration_from_the_first_schema_keeps_data(tmp_path):
     old.close()
 
     with Database(path, migrate=False) as db:
-        assert db.pending_migrations() == ["m002_job_retries", "m003_sample_trials"]
-        assert db.migrate() == ["m002_job_retries", "m003_sample_trials"]
+        later = ["m002_job_retries", "m003_sample_trials", "m004_trial_adapters"]
+        assert db.pending_migrations() == later
+        assert db.migrate() == later
         job = db.get_job(1)
         sample = db.get_sample(1)
     assert (job.kind, job.config, job.status, job.attempts, job.max_attempts) == ("train_text", {"steps": 5}, "done", 0, 3)

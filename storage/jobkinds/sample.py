@@ -1,0 +1,94 @@
+"""``sample``: generate from a finished run's adapter, or from one trial of quick tries.
+
+The job names its adapter by blob hashes (``adapter``: a tree, ``metrics``: the run's
+metrics.json, which says the kind and the base model), so any worker that shares the blob
+store serves it, whichever machine trained the adapter. Config::
+
+    {"source_job": 12, "trial": 3 | None, "kind": "text" | "image", "base": "...",
+     "adapter": TREE_HASH, "metrics": BLOB_HASH | None,
+     "prompts": ["..."], "count": 1, "seed": 0, "max_new_tokens": 60}
+
+The samples are published as the source job's (and trial's), so votes on them rank that run.
+Sampling is short, so a sample job goes ahead of waiting training runs (``priority``); it still
+waits for a worker that is busy training to finish its job.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from .base import JobKind
+
+KIND = JobKind("sample", run="storage.jobkinds.sample:run_sample", prepare="storage.jobkinds.sample:fetch_adapter",
+               publish="storage.jobkinds.sample:publish_samples", priority=10, summary="sample an adapter")
+
+
+def source_folder(run):
+    return run.root / "source"
+
+
+def fetch_adapter(blobs, run, config: dict) -> dict:
+    """Rebuild the adapter's run folder (``RUN/source``: adapter/ and metrics.json) from the blob store."""
+    from trainer.errors import UserError
+    from trainer.rundir import atomic_folder
+
+    if not config.get("adapter"):
+        raise UserError("this sample job names no adapter")
+    source = source_folder(run)
+    if not (source / "adapter").is_dir():
+        source.mkdir(parents=True, exist_ok=True)
+        with atomic_folder(source / "adapter") as tmp:
+            blobs.get_tree(config["adapter"], tmp)
+    metrics = source / "metrics.json"
+    if not metrics.is_file():
+        if config.get("metrics"):
+            blobs.get_file(config["metrics"], metrics)
+        else:
+            metrics.write_text(json.dumps({"kind": config.get("kind", "text"), "base": config.get("base")}))
+    return config
+
+
+def run_sample(config: dict, run, *, resume: bool, cancel) -> dict:
+    """Generate ``count`` samples per prompt into ``RUN/samples``; returns them in the result."""
+    from trainer.errors import UserError
+
+    prompts = [str(p) for p in config.get("prompts") or []]
+    if not prompts:
+        raise UserError("give at least one prompt")
+    seed, count = int(config.get("seed", 0)), max(1, int(config.get("count", 1)))
+    source, out = source_folder(run), run.root / "samples"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    if cancel.is_set():
+        return {"status": "cancelled"}
+    rows = []
+    if config.get("kind") == "image":
+        from trainer.image.sample import sample_run as sample_images
+
+        for index, (prompt, path) in enumerate(zip(prompts, sample_images(source, prompts, seed=seed, count=count))):
+            target = out / f"sample-{index}.png"  # one grid per prompt, seeds seed .. seed+count-1
+            shutil.move(str(path), target)
+            rows.append({"file": f"samples/{target.name}", "prompt": prompt, "seed": seed, "kind": "image"})
+    else:
+        from trainer.text.sample import sample_run as sample_text
+
+        generated = sample_text(source, prompts, seed=seed, count=count,
+                                max_new_tokens=int(config.get("max_new_tokens", 60)))
+        for index, row in enumerate(generated):
+            target = out / f"sample-{index}.txt"
+            target.write_text(row["text"], encoding="utf-8")
+            rows.append({"file": f"samples/{target.name}", "prompt": row["prompt"], "seed": row["seed"], "kind": "text"})
+    return {"status": "done", "samples": rows,
+            "source": {"job": config.get("source_job"), "trial": config.get("trial")}}
+
+
+def publish_samples(blobs, run, outputs: dict) -> None:
+    """Each sample file to the blob store, reported as a sample of the source job (and trial)."""
+    result = outputs.get("result") or {}
+    source = result.get("source") or {}
+    for row in result.get("samples", []):
+        path = run.root / row["file"]
+        if path.is_file():
+            outputs["samples"].append({"blob": blobs.put_file(path), "prompt": row.get("prompt"), "seed": row.get("seed"),
+                                       "kind": row.get("kind"), "job": source.get("job"), "trial": source.get("trial")})

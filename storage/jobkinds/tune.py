@@ -1,0 +1,55 @@
+"""``tune``: quick tries, an Optuna search over short runs, then a full run of the best settings.
+
+The study lives in ``RUN/tune`` (a retry resumes it there). The best run's adapter, metrics,
+chart and samples are put where a training job's would be, so they are published like any
+run's; each finished trial's adapter and metrics are published too, so that ``sample`` jobs
+on any worker can generate from one trial.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+from .base import JobKind
+
+KIND = JobKind("tune", run="storage.jobkinds.tune:run_tune", prepare="storage.jobkinds.train:fetch_dataset",
+               publish="storage.jobkinds.tune:publish_trials", multi_gpu=True, summary="quick tries")
+
+
+def run_tune(config: dict, run, *, resume: bool, cancel) -> dict:
+    from trainer.events import JsonlEventLog
+    from trainer.rundir import RunDir
+    from trainer.spec import RunSpec
+
+    spec = RunSpec.from_job("tune", config)
+    result = spec.search(trials_root(run), cancel=cancel, on_event=JsonlEventLog(run.events))
+    if result.full_run is not None:
+        best = RunDir(result.full_run)
+        shutil.rmtree(run.adapter, ignore_errors=True)
+        shutil.copytree(best.adapter, run.adapter)
+        for name in ("metrics.json", "loss.png", "samples.json"):
+            if (best.root / name).is_file():
+                shutil.copy2(best.root / name, run.root / name)
+    return {"status": "done", "best_params": result.best_params, "val_loss": result.full_val_loss,
+            "trials": [{"number": t.number, "status": t.status, "val_loss": t.val_loss, "params": t.params}
+                       for t in result.trials]}
+
+
+def trials_root(run):
+    return run.root / "tune"
+
+
+def trial_folder(run, number: int):
+    return trials_root(run) / "trials" / f"{number:04d}"
+
+
+def publish_trials(blobs, run, outputs: dict) -> None:
+    """Put each complete trial's adapter (a tree) and metrics.json in the blob store and name
+    them in its row of the result (``adapter``, ``metrics``)."""
+    for trial in (outputs.get("result") or {}).get("trials", []):
+        folder = trial_folder(run, int(trial["number"]))
+        if trial.get("status") != "complete" or not (folder / "adapter").is_dir():
+            continue
+        trial["adapter"] = blobs.put_tree(folder / "adapter")
+        if (folder / "metrics.json").is_file():
+            trial["metrics"] = blobs.put_file(folder / "metrics.json")
