@@ -22,6 +22,10 @@ older revision, and an action that overlaps another SimCord operation (``advance
   a read), and only between pump rounds, when the bot is idle and the operation takes
   microseconds. New messages and progress edits reach the open page within a second.
 
+What remains is SimCord's own check, and it is about the bot, not the clock: a command sent in
+the half second after the bot changed the page (a progress edit during training) is refused
+as "Action was not completed"; the page keeps the command, and Enter sends it again.
+
 The simulated clock therefore stays where the world started (messages show that time);
 nothing in the bot waits on it: the pump follows the wall clock, cooldowns and the progress
 throttle read real time.
@@ -96,7 +100,7 @@ def welcome(url: str) -> str:
             "  In the page, type in the message box at the bottom:\n"
             "    /help            how training works here, step by step\n"
             "    /session new     start a text session (kind: text, any title), then follow what the bot says:\n"
-            "                     /data add a .txt file, /data report, /train start preset:quick, /sample\n"
+            "                     /data add a .txt file, /data report, /train start steps:10, /sample\n"
             "  Stop with Ctrl+C here. Each start is a fresh simulated server; what you trained stays in the data "
             "folder.\n")
 
@@ -118,7 +122,6 @@ async def run_playground(settings: Settings, bot_settings: BotSettings, *, port:
             finally:
                 await env.shutdown()
     finally:
-        bot.sampler.stop()
         bot.services.stop()
 
 

@@ -215,7 +215,9 @@ def test_a_newcomer_trains_samples_and_downloads_in_the_browser(playground, tmp_
             assert final != first and "100%" in final and "step 4/4" in final
             assert "Refresh preview" in page.locator("#refresh").inner_text()  # there, and never clicked
             p.wait_for("Sample #1 (job #1")
-            p.shot("08-trained.png", p.wait_for("Loss curve of job #1"))
+            chart = p.wait_for("Loss curve of job #1").locator("img").first
+            page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=chart.element_handle())
+            p.shot("08-trained.png", chart)
 
             p.command("sample", {"prompt": "Once upon a time"})
             sample = p.wait_for("prompt: Once upon a time", timeout_s=120)
