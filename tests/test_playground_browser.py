@@ -36,7 +36,8 @@ SCREENSHOTS = ["01-start.png", "02-help.png", "03-session.png", "04-refused-uplo
                "06-report.png", "07-training.png", "08-trained.png", "09-sample.png", "10-export.png"]
 
 
-def _sync_playwright():
+@pytest.fixture
+def sync_playwright():
     """Playwright's sync API and the browser, or a clear fail (CI) / skip (elsewhere) naming what is missing."""
     missing = []
     try:
@@ -55,7 +56,7 @@ def _sync_playwright():
 
 
 @pytest.fixture
-def playground(tmp_path, tiny_llama):
+def playground(sync_playwright, tmp_path, tiny_llama):
     """``loracord run`` without a token, on a free port, in a fresh folder; yields (url, console log path)."""
     port, log_path = free_port(), tmp_path / "console.log"
     env = {k: v for k, v in os.environ.items() if k not in ("DISCORD_TOKEN", "LORACORD_DISCORD_TOKEN")}
@@ -157,8 +158,7 @@ class Page:
         page.locator("#channel-composer-input").wait_for(state="visible")  # the composer is back for the next one
 
 
-def test_a_newcomer_trains_samples_and_downloads_in_the_browser(playground, tmp_path):
-    sync_playwright = _sync_playwright()
+def test_a_newcomer_trains_samples_and_downloads_in_the_browser(sync_playwright, playground, tmp_path):
     url, console = playground
     shots = tmp_path / "screenshots"
     shots.mkdir()
