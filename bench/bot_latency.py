@@ -110,7 +110,6 @@ async def main(n: int, base: str) -> dict:
             status = db.get_job(1).status
             await alice.slash(thread, "train cancel")
     finally:
-        bot.sampler.stop()
         bot.services.stop()
     return {"bench": "bot_latency", "n": n, "cpus": os.cpu_count(), "base": base, "session_info": info,
             "data_add": add, "training_job": {"status_during": status, "optimizer_steps_during": steps_during,

@@ -3,11 +3,11 @@
 ``LoracordBot`` loads one cog per feature, registers the persistent buttons, syncs the slash
 commands in ``setup_hook`` (to the development guild when one is set: instant) and starts the
 pump: every ``pump_s`` it ticks the queue (worker reports in, jobs dispatched), edits progress
-messages (throttled), posts samples, charts and next steps, and collects finished samplings.
+messages (throttled), posts samples, charts and next steps, and posts what sample jobs made.
 
 Threads: the event loop only awaits. Database and queue calls run on one dedicated thread
 (``await bot.db(fn, ...)``); checking uploads, reading datasets and zipping adapters run on
-``asyncio.to_thread``; training and sampling run in other processes.
+``asyncio.to_thread``; training and sampling are jobs on the queue's workers.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from trainer.errors import UserError
 from .config import BotSettings
 from .display import scrub_paths
 from .progress import Throttle, headline, outcome, progress_embed
-from .sampling import Sampler, no_pings, sample_message
+from .sampling import no_pings, sample_message
 from .services import Actor, Services
 from .views import JobButton, VoteButton, job_view, vote_view
 
@@ -95,7 +95,6 @@ class LoracordBot(commands.Bot):
         self.services = Services(settings or Settings(), self.config, embedded_worker=embedded_worker)
         self._db_thread = ThreadPoolExecutor(1, thread_name_prefix="loracord-db")
         self.throttle = Throttle(self.config.progress_edit_s)
-        self.sampler = Sampler()
         self.dirty: set[int] = set()
         self.tree.on_error = self.on_app_command_error
 
@@ -124,7 +123,6 @@ class LoracordBot(commands.Bot):
 
     async def close(self) -> None:
         self.pump_loop.cancel()
-        self.sampler.stop()
         try:
             await self.db(self.services.stop)
         finally:
@@ -165,8 +163,8 @@ class LoracordBot(commands.Bot):
         self.dirty |= set(result.dispatched) | set(result.started) | set(result.finished) | {e.job_id for e in result.events}
         for job_id in sorted(self.dirty):
             await self.refresh_job(job_id)
-        for request in self.sampler.poll():
-            await self.post_sampling(request)
+        for job_id in result.finished:
+            await self.post_sampling(job_id)
 
     async def refresh_job(self, job_id: int) -> None:
         state = self.services.state
@@ -208,7 +206,10 @@ class LoracordBot(commands.Bot):
     async def send_sample(self, channel, sample) -> None:
         data = await self.db(self.services.blob_bytes, sample.blob_hash)
         source = f"job #{sample.job_id}" + (f", trial #{sample.trial}" if sample.trial is not None else "")
-        head = f"**Sample #{sample.id}** ({source}, seed {sample.seed}) · prompt: {sample.prompt or '–'}"
+        if sample.seed is None:  # a training grid: its "prompt" says its prompts (rows) and seeds (columns)
+            head = f"**Sample #{sample.id}** ({source}) · {sample.prompt or 'grid'}"
+        else:
+            head = f"**Sample #{sample.id}** ({source}, seed {sample.seed}) · prompt: {sample.prompt or '–'}"
         # What a model wrote is posted cleaned (no control characters, no pings, cut to fit) and pings nobody.
         quiet = discord.AllowedMentions.none()
         if sample.kind == "image":
@@ -218,20 +219,21 @@ class LoracordBot(commands.Bot):
             text = data.decode("utf-8", "replace")
             await channel.send(sample_message(head, text), view=vote_view(sample.id), allowed_mentions=quiet)
 
-    async def post_sampling(self, request) -> None:
-        channel = self.get_channel(request.channel_id) or await self.fetch_channel(request.channel_id)
-        if request.error:
-            await channel.send(f"<@{request.user_id}> sampling job #{request.job_id} failed: "
-                               f"{no_pings(scrub_paths(request.error))}")
+    async def post_sampling(self, job_id: int) -> None:
+        """Post what a finished ``sample`` job made into the thread it was asked in (other jobs: nothing)."""
+        job = await self.db(self.services.job, job_id)
+        if job.kind != "sample" or not job.config.get("channel"):
             return
-        job = await self.db(self.services.job, request.job_id)
-        for row in request.results:
-            if request.kind == "image":
-                data = await asyncio.to_thread(lambda p=row["path"]: open(p, "rb").read())
-            else:
-                data = row["text"].encode()
-            sample = await self.db(self.services.record_sample, job, data, request.kind, request.prompt, row["seed"],
-                                   request.trial)
+        asked = job.config
+        channel = self.get_channel(asked["channel"]) or await self.fetch_channel(asked["channel"])
+        source = f"job #{asked.get('source_job')}" + (f", trial #{asked['trial']}" if asked.get("trial") is not None else "")
+        if job.status != "done":
+            why = "was cancelled" if job.status == "cancelled" else f"failed: {no_pings(scrub_paths(job.error or 'no reason given'))}"
+            await channel.send(f"<@{asked.get('requested_by')}> sampling {source} {why}",
+                               allowed_mentions=discord.AllowedMentions(users=True, everyone=False, roles=False))
+            return
+        for sample_id in job.result.get("samples", []):
+            sample = await self.db(self.services.db.get_sample, sample_id)
             await self.send_sample(channel, sample)
             await self.db(self.services.state.mark_posted, sample.id)
 

@@ -12,7 +12,6 @@ Heavy work (checking uploads, reading a whole dataset, zipping adapters) is in `
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -35,6 +34,7 @@ from .state import BotState
 
 KINDS = ("text", "image")
 DAY_S = 86_400
+MAX_SAMPLINGS_PER_USER = 2  # sample jobs one member may have waiting or running
 
 
 
@@ -417,46 +417,50 @@ class Services:
     def blob_bytes(self, blob_hash: str) -> bytes:
         return self.blobs.get_bytes(blob_hash)
 
-    def run_folder(self, job: Job, trial: int | None = None) -> Path:
-        """A local run folder (adapter + metrics.json) for sampling or export, rebuilt from blobs if needed.
-
-        ``trial`` picks one trial of a tuning job instead of its best run; trial folders stay
-        where the search ran (this machine's embedded worker)."""
-        if trial is not None:
-            return self.trial_folder(job, trial)
-        local = self.settings.run_root / f"job-{job.id}"
-        if (local / "metrics.json").exists() and (local / "adapter").is_dir():
-            return local
-        adapter = self.db.adapter_for_job(job.id)
-        folder = self.settings.data_dir / "adapters" / f"job-{job.id}"
-        if not (folder / "metrics.json").exists():
-            self.blobs.get_tree(adapter.blob_hash, folder / "adapter")
-            metrics = job.result.get("files", {}).get("metrics.json")
-            if metrics:
-                self.blobs.get_file(metrics, folder / "metrics.json")
-            else:
-                (folder / "metrics.json").write_text(json.dumps({"kind": job.kind.removeprefix("train_"),
-                                                                 "base": job.config.get("base")}))
-        return folder
-
-    def trial_folder(self, job: Job, trial: int) -> Path:
+    # ---- sampling: a ``sample`` job on any worker (storage.jobkinds.sample)
+    def sample_source(self, job: Job, trial: int | None = None) -> tuple[str, str | None]:
+        """The blobs to sample from: (adapter tree, metrics.json or None) of a finished run, or of
+        one trial of quick tries when ``trial`` is given."""
+        if trial is None:
+            adapter = self.db.adapter_for_job(job.id)
+            if adapter is None:
+                raise Refusal(f"Job #{job.id} has no adapter ({job.status}); pick a finished run, or wait for this one.")
+            return adapter.blob_hash, job.result.get("files", {}).get("metrics.json")
         if job.kind != "tune":
             raise Refusal(f"Job #{job.id} is a training run, not quick tries: leave out `trial`.")
         numbers = {t.number: t for t in self.db.list_trials(job.id)}
         if trial not in numbers:
             known = ", ".join(f"#{n}" for n in sorted(numbers)) or "none recorded yet"
             raise Refusal(f"Job #{job.id} has no trial #{trial} (its trials: {known}).")
-        folder = self.settings.run_root / f"job-{job.id}" / "tune" / "trials" / f"{trial:04d}"
-        if not (folder / "adapter" / "adapter_config.json").exists():
-            why = (f"it was {numbers[trial].status}" if numbers[trial].status != "complete"
-                   else "its files stay on the worker machine that ran the search")
+        found = numbers[trial]
+        if found.adapter is None:
+            why = (f"it was {found.status}" if found.status != "complete"
+                   else "its search ran before trial adapters were kept")
             raise Refusal(f"Trial #{trial} of job #{job.id} has no adapter to sample ({why}). "
                           f"Sample the job's best run by leaving out `trial`.")
-        return folder
+        return found.adapter, found.metrics
 
-    def record_sample(self, job: Job, data: bytes, kind: str, prompt: str, seed: int, trial: int | None = None):
-        return self.db.add_sample(blob_hash=self.blobs.put_bytes(data), job_id=job.id, session_id=job.session_id,
-                                  kind=kind, prompt=prompt, seed=seed, trial=trial)
+    def request_sample(self, session: Session, actor: Actor, job: Job, *, prompt: str, count: int, seed: int,
+                       trial: int | None = None, channel_id: int | None = None) -> Submitted:
+        """Queue a ``sample`` job for ``job``'s adapter (or one trial's); the bot posts its samples
+        into ``channel_id`` when it ends. It is not one of the session's runs (no session, member or
+        server on its row: it neither counts against run limits nor waits for them) and goes ahead
+        of waiting runs."""
+        self.require(session, actor, "contribute")
+        adapter, metrics = self.sample_source(job, trial)
+        waiting = [j for j in self.db.list_jobs(status=[*WAITING, *ACTIVE])
+                   if j.kind == "sample" and j.config.get("requested_by") == actor.user_id]
+        if len(waiting) >= MAX_SAMPLINGS_PER_USER:
+            raise Refusal(f"{len(waiting)} samplings of yours are waiting already; ask again once they are posted.")
+        config = {"source_job": job.id, "trial": trial, "kind": session.kind, "base": session.base_model,
+                  "adapter": adapter, "metrics": metrics, "prompts": [prompt], "count": count, "seed": seed,
+                  "requested_by": actor.user_id, "session": session.id, "channel": channel_id}
+        sample_job = self.queue.submit("sample", config)
+        return Submitted(sample_job, self.queue.position(sample_job.id))
+
+    def busy_runs(self) -> list[Job]:
+        """Runs that hold a worker now (what a sample job may have to wait for)."""
+        return [j for j in self.db.list_jobs(status=list(ACTIVE)) if j.kind != "sample"]
 
 
 def zip_adapter(blobs, manifest_hash: str, dest: Path) -> Path:

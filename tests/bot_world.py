@@ -34,7 +34,7 @@ def bot_config() -> BotSettings:
 
 @pytest.fixture
 def make_bot(storage_settings, bot_config):
-    """Build bots on this test's data folder; they are stopped (worker, samplers) at teardown.
+    """Build bots on this test's data folder; they are stopped (worker) at teardown.
 
     SimCord never calls ``bot.close()`` (a restart is like a crash), so this does it.
     """
@@ -47,7 +47,6 @@ def make_bot(storage_settings, bot_config):
 
     yield make
     for bot in bots:
-        bot.sampler.stop()
         bot.services.stop()
 
 

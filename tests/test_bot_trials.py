@@ -40,7 +40,7 @@ async def test_sample_a_trial_refusals_say_why(world):
     assert pruned.ephemeral and "has no adapter to sample (it was pruned)" in pruned.response.content
     await world.env.advance_time(6)
     elsewhere = await world.alice.slash(thread, "sample", prompt="hi", job=job.id, trial=1)
-    assert elsewhere.ephemeral and "stay on the worker machine" in elsewhere.response.content
+    assert elsewhere.ephemeral and "its search ran before trial adapters were kept" in elsewhere.response.content
 
 
 async def test_train_status_ranks_trials_and_shows_votes(world):
