@@ -7,6 +7,10 @@ any of the ``guild_*`` limits with ``/server settings`` (kept in the guild's set
 
 from __future__ import annotations
 
+import os
+import shutil
+from typing import Literal
+
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from typing_extensions import Annotated
@@ -49,6 +53,9 @@ class BotSettings(BaseSettings):
     image_train_defaults: dict = Field(default_factory=dict, description="Trainer settings every image run starts "
                                        "from (JSON, e.g. {\"resolution\": 768}); members' options win.")
     train_threads: int | None = Field(None, ge=1, description="CPU threads per training job (None: torch's default).")
+    worker_device: Literal["auto", "cpu", "gpu"] = Field("auto", description=(
+        "Where image jobs are expected to train, for the sizes the bot checks uploads against and announces "
+        "(the worker sizes the run itself); auto: a GPU when this machine has an NVIDIA driver, else a CPU."))
 
     @field_validator("allowed_models", mode="before")
     @classmethod
@@ -63,6 +70,12 @@ class BotSettings(BaseSettings):
         if kind == "image":
             return [n[len(IMAGE_PREFIX):] for n in names if n.startswith(IMAGE_PREFIX)]
         return [n for n in names if not n.startswith(IMAGE_PREFIX)]
+
+    def expected_device(self) -> str:
+        """'gpu' or 'cpu': where this bot's image jobs are expected to train (without importing torch)."""
+        if self.worker_device != "auto":
+            return self.worker_device
+        return "gpu" if os.path.exists("/dev/nvidia0") or shutil.which("nvidia-smi") else "cpu"
 
     def limit(self, name: str, guild_settings: dict | None = None):
         """A limit, overridden by the guild's setting of the same name when it has one."""

@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 
 from storage.blobs import BlobStore
 from trainer.errors import DataError
-from trainer.limits import MAX_CAPTION_CHARS
+from trainer.limits import MAX_CAPTION_CHARS, min_image_side
 from trainer.filetypes import (MAX_ARCHIVE_BYTES, MAX_ARCHIVE_MEMBERS, MAX_ARCHIVE_RATIO, FileType, extension,
                                is_archive_name, sniff)
 
@@ -77,24 +77,30 @@ def session_words(kind: str) -> str:
 
 
 def check_uploads(kind: str, uploads: list[tuple], blobs: BlobStore, *,
-                  caption: str | None = None) -> CheckResult:
+                  caption: str | None = None, resolution: int | None = None) -> CheckResult:
     """Check every ``(filename, bytes)`` or ``(filename, bytes, caption)`` for a session of ``kind``
     and store the good ones. A file's own caption (an attachment's description) wins over the
-    upload's ``caption``; inside an archive, a sidecar ``.txt`` or ``metadata.jsonl`` wins over both."""
+    upload's ``caption``; inside an archive, a sidecar ``.txt`` or ``metadata.jsonl`` wins over both.
+    Images are checked against ``resolution``, the side the session trains at (the trainer's own
+    rule, ``trainer.limits.image_size_problem``). Each accepted file's ``checks["caption_from"]``
+    says where its caption came from: description, caption, sidecar or metadata."""
     result = CheckResult()
     for filename, data, *own in uploads:
-        caption_here = _caption(own[0] if own else None) or _caption(caption)
+        own_caption = _caption(own[0] if own else None)
+        caption_here = own_caption or _caption(caption)
+        source = "description" if own_caption else "caption" if caption_here else None
         name = PurePosixPath(filename.replace("\\", "/")).name or "upload"
         found = sniff(data, name)
         if found.kind == "archive" and (is_archive_name(name) or not extension(name)):
-            _check_archive(kind, name, data, found, blobs, caption_here, result)
+            _check_archive(kind, name, data, found, blobs, caption_here, result, source, resolution)
         else:
-            _check_file(kind, name, data, blobs, caption_here, result)
+            _check_file(kind, name, data, blobs, caption_here, result, source=source, resolution=resolution)
     return result
 
 
 def _check_file(kind: str, filename: str, data: bytes, blobs: BlobStore, caption: str | None,
-                result: CheckResult, *, shown: str | None = None) -> None:
+                result: CheckResult, *, shown: str | None = None, source: str | None = None,
+                resolution: int | None = None) -> None:
     """Check one file (an upload, or a member of an archive shown as ``shown``) and store it."""
     name = PurePosixPath(filename).name or "upload"
     shown = shown or name
@@ -106,10 +112,12 @@ def _check_file(kind: str, filename: str, data: bytes, blobs: BlobStore, caption
         result.rejected.append(Rejected(shown, problem))
         return
     try:
-        checks = _check_text(name, data) if kind == "text" else _check_image(name, data)
+        checks = _check_text(name, data) if kind == "text" else _check_image(name, data, resolution)
     except DataError as exc:
         result.rejected.append(Rejected(shown, _own_words(str(exc), name)))
         return
+    if kind == "image" and caption:
+        checks["caption_from"] = source or "caption"
     result.accepted.append(Checked(name, blobs.put_bytes(data), len(data), caption, checks))
 
 
@@ -154,14 +162,15 @@ def _check_text(name: str, data: bytes) -> dict:
             "chars_median": report.chars_median, "warnings": report.warnings}
 
 
-def _check_image(name: str, data: bytes) -> dict:
-    from trainer.image.data import load_images
+def _check_image(name: str, data: bytes, resolution: int | None = None) -> dict:
+    from trainer.image.data import DataLimits, load_images
 
+    limits = DataLimits(min_side=min_image_side(resolution), resolution=resolution)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / name
         path.write_bytes(data)
         try:
-            dataset = load_images([path], instance_prompt="")
+            dataset = load_images([path], instance_prompt="", limits=limits)
         except DataError as exc:
             raise DataError(scrub_paths(str(exc), folder)) from None
     width, height = dataset.examples[0].image.size
@@ -193,31 +202,34 @@ def _own_words(reason: str, name: str) -> str:
 # ---------------------------------------------------------------- archives
 
 def _check_archive(kind: str, filename: str, data: bytes, found: FileType, blobs: BlobStore, caption: str | None,
-                   result: CheckResult) -> None:
+                   result: CheckResult, source: str | None = None, resolution: int | None = None) -> None:
     try:
         files = _zip_files(data) if found.format == "zip" else _tar_files(data)
     except _Refused as exc:
         result.rejected.append(Rejected(filename, str(exc)))
         return
-    captions = {}
+    captions: dict[str, tuple[str | None, str]] = {}  # image path without extension -> (caption, source)
     if kind == "image":  # captions: metadata.jsonl rows (the imagefolder convention), sidecars (cat.png + cat.txt)
         for path, content in list(files.items()):
             if PurePosixPath(path).name == METADATA_FILE:
                 try:
-                    captions.update(_metadata_captions(path, content))
+                    captions.update({k: (v, "metadata") for k, v in _metadata_captions(path, content).items()})
                 except _Refused as exc:
                     result.rejected.append(Rejected(f"{filename}/{path}", str(exc)))
                 del files[path]
         for path, content in list(files.items()):
-            if path.lower().endswith(".txt"):
-                captions[str(PurePosixPath(path).with_suffix(""))] = _caption(content.decode("utf-8", "replace"))
+            if path.lower().endswith(".txt"):  # a sidecar wins over a metadata row, as in the trainer's reader
+                text = _caption(content.decode("utf-8", "replace"))
+                if text:
+                    captions[str(PurePosixPath(path).with_suffix(""))] = (text, "sidecar")
                 del files[path]
     if not files:
         result.rejected.append(Rejected(filename, "the archive holds no files to train on"))
         return
     for path, content in files.items():
-        own = captions.get(str(PurePosixPath(path).with_suffix(""))) or caption
-        _check_file(kind, path, content, blobs, own, result, shown=f"{filename}/{path}")
+        own, own_source = captions.get(str(PurePosixPath(path).with_suffix("")), (None, None))
+        _check_file(kind, path, content, blobs, own or caption, result, shown=f"{filename}/{path}",
+                    source=own_source if own else source, resolution=resolution)
 
 
 class _Refused(Exception):

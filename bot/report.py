@@ -15,7 +15,8 @@ from pathlib import Path
 from storage.blobs import BlobStore
 from storage.db import DatasetItem
 from trainer.errors import DataError
-from trainer.limits import MIN_EXAMPLES
+from trainer.image.sizes import describe_step_time
+from trainer.limits import MIN_EXAMPLES, min_image_side
 
 from .display import scrub_paths
 
@@ -56,9 +57,28 @@ def pick_preset(kind: str, count: int) -> tuple[str, str]:
     return "best", f"{count} {unit} can carry a longer, gentler run with more capacity"
 
 
-def report_card(kind: str, items: list[DatasetItem], blobs: BlobStore, members: dict[int, str] | None = None) -> ReportCard:
+CAPTION_SOURCES = {"description": "descriptions (alt text)", "caption": "the upload's caption",
+                   "sidecar": "sidecar .txt files", "metadata": "metadata.jsonl"}
+
+
+def size_line(sizes) -> str:
+    """What an image run will train at and roughly how long a step takes there (``Services.image_sizes``)."""
+    where = "a GPU" if sizes.device == "gpu" else "a CPU"
+    chosen = ", ".join(k.replace("_", " ") for k in sizes.chosen)
+    how = f"{chosen} as set here, the rest sized" if chosen else "sized"
+    return (f"**Training size:** {sizes.resolution} px, batch {sizes.batch_size}, {sizes.sample_steps} sampling steps "
+            f"({how} for {where} and this {sizes.family.label} base, trained at {sizes.family.native} px); "
+            f"a step takes {describe_step_time(sizes.step_s)} there (a rough guess)")
+
+
+def report_card(kind: str, items: list[DatasetItem], blobs: BlobStore, members: dict[int, str] | None = None,
+                sizes=None) -> ReportCard:
+    """``sizes`` (``Services.image_sizes``) is what an image session trains at: the images are read
+    against its resolution, as the trainer will read them."""
     card = ReportCard(kind)
     few, good, unit = TARGETS[kind]
+    if sizes is not None:
+        card.lines.append(size_line(sizes))
     if not items:
         card.count_advice = f"Add {few}+ {unit} with `/data add` (or drop files in this thread)."
         card.advice.append(card.count_advice)
@@ -75,7 +95,7 @@ def report_card(kind: str, items: list[DatasetItem], blobs: BlobStore, members: 
             if kind == "text":
                 _text(card, paths)
             else:
-                _images(card, items, paths)
+                _images(card, items, paths, sizes)
         except DataError as exc:
             card.problem = scrub_paths(str(exc), folder)
             card.lines.append(f"❌ The trainer cannot read the data as it is: {card.problem}")
@@ -100,23 +120,28 @@ def _text(card: ReportCard, paths: list[Path]) -> None:
                        if not w.startswith(f"only {report.n_examples} examples"))
 
 
-def _images(card: ReportCard, items: list[DatasetItem], paths: list[Path]) -> None:
-    from trainer.image.data import load_images
+def _images(card: ReportCard, items: list[DatasetItem], paths: list[Path], sizes=None) -> None:
+    from trainer.image.data import DataLimits, load_images
 
-    dataset = load_images(paths, instance_prompt="")
+    resolution = sizes.resolution if sizes else None
+    dataset = load_images(paths, instance_prompt="", limits=DataLimits(min_side=min_image_side(resolution),
+                                                                       resolution=resolution))
     report = dataset.report
     card.count = report.images
     card.lines.append(f"**Images:** {report.images} from {len(paths)} file(s)")
     card.lines.append(f"**Duplicates dropped:** {len(report.duplicates)}")
     if report.sizes:
         card.lines.append(f"**Sizes:** shortest side {report.sizes['min_side']} px, longest {report.sizes['max_side']} px")
-        if report.sizes["min_side"] < 512:
-            card.advice.append("Some images are under 512 px on a side: they train blurrier; use larger originals.")
-    captioned = sum(1 for item in items if item.caption)
-    card.lines.append(f"**Captions:** {captioned} of {len(items)} images")
+        if resolution and report.sizes["min_side"] < resolution:
+            card.advice.append(f"Some images are under {resolution} px on a side, the size this session trains at: "
+                               "they are upscaled and train blurrier; use larger originals.")
+    sources = Counter(item.checks.get("caption_from") or ("caption" if item.caption else None) for item in items)
+    captioned = sum(n for source, n in sources.items() if source)
+    by_source = ", ".join(f"{sources[k]} from {words}" for k, words in CAPTION_SOURCES.items() if sources[k])
+    card.lines.append(f"**Captions:** {captioned} of {len(items)} images" + (f" ({by_source})" if by_source else ""))
     if captioned < len(items):
         card.advice.append("Caption every image (what is in it besides your subject): add captions with "
-                           "`/data add caption:` or .txt files beside the images in a zip.")
+                           "`/data add caption:`, or sidecar .txt files or a metadata.jsonl beside the images in a zip.")
 
 
 def _grade(card: ReportCard, few: int, good: int, unit: str) -> None:

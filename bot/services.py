@@ -24,6 +24,7 @@ from storage.queue import JobQueue, TickResult
 from storage.service import QueueService
 from storage.settings import Settings
 from trainer.errors import ConfigError, UserError
+from trainer.image.sizes import ImageFamily, guess_family, resolution_problem, rough_step_seconds, sizes_for
 from trainer.limits import MIN_EXAMPLES
 from trainer.spec import DataItem, DatasetManifest, RunSpec, TuneOptions
 
@@ -47,6 +48,22 @@ class Actor:
     """Who is asking: their user id, and whether they may manage the server (Manage Server)."""
     user_id: int
     manager: bool = False
+
+
+SIZE_KEYS = ("resolution", "batch_size", "sample_steps")
+"""Image run sizes a server, a session or a run may choose (``trainer.image.sizes`` sizes the rest)."""
+
+
+@dataclass(frozen=True)
+class ImageSizes:
+    """The size an image session's next run will use, where it was chosen, and a rough step time."""
+    family: ImageFamily
+    device: str
+    resolution: int
+    batch_size: int
+    sample_steps: int
+    chosen: dict  # the sizes somebody chose (run > session > server > bot defaults); the rest are the device's
+    step_s: float
 
 
 @dataclass
@@ -102,6 +119,60 @@ class Services:
             if value is not None:
                 settings = self.db.set_guild_setting(guild_id, key, value)
         return settings or self.db.guild_settings(guild_id)
+
+    # ---- image sizes: server (guild setting "image_sizes"), session ("session_sizes"), run
+    def image_sizes(self, session: Session, run: dict | None = None) -> ImageSizes:
+        """What the session's next image run trains at: the sizes chosen for the run, the session,
+        the server or the bot, else the base family's defaults on the device jobs are expected to run
+        on (the worker resolves those itself). Refuses a resolution the base cannot take."""
+        family = guess_family(session.base_model or "")
+        chosen = self.chosen_sizes(session, run)
+        device = self.config.expected_device()
+        sizes = sizes_for(family, device, chosen)
+        problem = resolution_problem(family, sizes["resolution"])
+        if problem:
+            raise Refusal(f"This session cannot train at that size: {problem[0].upper()}{problem[1:]}. Change it "
+                          f"with `/train start resolution:`, `/session settings resolution:` or "
+                          f"`/server settings image_resolution:`.")
+        return ImageSizes(family, device, sizes["resolution"], sizes["batch_size"], sizes["sample_steps"], chosen,
+                          rough_step_seconds(family, device, sizes["resolution"], sizes["batch_size"]))
+
+    def chosen_sizes(self, session: Session, run: dict | None = None) -> dict:
+        """The image sizes somebody chose for a run of ``session``, the run's own winning."""
+        gs = self.db.guild_settings(session.guild_id)
+        layers = [self.config.image_train_defaults, gs.get("image_sizes") or {},
+                  (gs.get("session_sizes") or {}).get(str(session.id)) or {}, run or {}]
+        chosen = {}
+        for layer in layers:
+            chosen.update({k: layer[k] for k in SIZE_KEYS if layer.get(k) is not None})
+        return chosen
+
+    def set_image_sizes(self, guild_id: int, actor: Actor, session: Session | None = None, **values) -> dict:
+        """Store image sizes for the server (``session`` None: managers) or one session (owner or manager).
+        A resolution is checked against every base it may train (the server's image models, or the session's)."""
+        values = {k: v for k, v in values.items() if k in SIZE_KEYS and v is not None}
+        if session is None and not actor.manager:
+            raise Refusal("Only server managers (Manage Server permission) can change the server's limits.")
+        if session is not None:
+            self.require(session, actor, "manage")
+            if values and session.kind != "image":
+                raise Refusal("Resolution, batch size and sampling steps are settings of image sessions.")
+        gs = self.db.guild_settings(guild_id)
+        if not values:
+            return (gs.get("image_sizes") or {}) if session is None else \
+                (gs.get("session_sizes") or {}).get(str(session.id)) or {}
+        if "resolution" in values:
+            bases = [session.base_model] if session is not None else self.allowed_models(guild_id, "image")
+            for base in bases:
+                problem = resolution_problem(guess_family(base or ""), values["resolution"])
+                if problem:
+                    raise Refusal(f"`{model_name(base)}`: {problem}.")
+        if session is None:
+            current = {**(gs.get("image_sizes") or {}), **values}
+            return self.db.set_guild_setting(guild_id, "image_sizes", current or None).get("image_sizes") or {}
+        by_session = dict(gs.get("session_sizes") or {})
+        by_session[str(session.id)] = {**(by_session.get(str(session.id)) or {}), **values}
+        return self.db.set_guild_setting(guild_id, "session_sizes", by_session)["session_sizes"][str(session.id)]
 
     # ---- sessions
     def session_here(self, channel_id: int | None) -> Session:
@@ -324,6 +395,8 @@ class Services:
         seed = chosen.pop("seed", 0)  # explicit, so samples and the run record which seed made them
         defaults = self.config.text_train_defaults if session.kind == "text" else self.config.image_train_defaults
         settings = {**defaults, **chosen}
+        if session.kind == "image":  # sizes the server or session chose; the worker sizes the others to its device
+            settings.update(self.image_sizes(session, chosen).chosen)
         if self.config.train_threads:
             settings.setdefault("threads", self.config.train_threads)
         try:

@@ -43,6 +43,7 @@ import time
 from pathlib import Path
 
 from trainer.errors import UserError
+from trainer.events import grid_words
 from trainer.rundir import RunDir, atomic_folder, write_json_atomic
 
 from . import jobkinds
@@ -372,7 +373,9 @@ class Reporter:
             if path.is_file():
                 payload["blobs"][name] = self.blobs.put_file(path)
         if event.get("kind") == "sample":
-            payload["samples"] = [{"blob": h, "prompt": event.get("message"), "seed": self.seed, "kind": _sample_kind(n)}
+            shows = event.get("shows")  # a grid says its prompts and seeds; its file name is no prompt
+            prompt, seed = (grid_words(shows), None) if shows else (event.get("message"), self.seed)
+            payload["samples"] = [{"blob": h, "prompt": prompt, "seed": seed, "kind": _sample_kind(n)}
                                   for n, h in payload["blobs"].items()]
         if attempt == self.attempt:
             checkpoint = self._checkpoint_to_publish(event)

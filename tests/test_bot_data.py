@@ -54,7 +54,7 @@ async def test_images_are_checked_by_decoding_them(world):
 
     thread = await session_thread(world, kind="image")
     buffer = io.BytesIO()
-    Image.new("RGB", (96, 80), "red").save(buffer, "PNG")
+    Image.new("RGB", (160, 144), "red").save(buffer, "PNG")  # at least half the 256 px a CPU trains "tiny/sd" at
     result = await world.alice.slash(thread, "data add", file=("red.png", buffer.getvalue()),
                                      file2=("broken.png", b"\x89PNG\r\n\x1a\n garbage"), caption="a red square")
     got, message = fields(result)

@@ -141,7 +141,7 @@ async def test_an_image_session_unpacks_a_tar_with_sidecar_captions(world):
     await world.alice.slash(world.channel, "session new", kind="image", title="Squares")
     thread = world.channel.threads[-1]
     buffer = io.BytesIO()
-    Image.new("RGB", (64, 64), "red").save(buffer, "PNG")
+    Image.new("RGB", (128, 128), "red").save(buffer, "PNG")
     packed = tar_bytes({"red.png": buffer.getvalue(), "red.txt": b"a red square"})
     result = await world.alice.slash(thread, "data add", file=("squares.tar", packed),
                                      file2=("photo.txt", buffer.getvalue()))

@@ -38,6 +38,7 @@ class ProgressEvent:
     message: str | None = None
     artifacts: list[str] = field(default_factory=list)
     time: float = field(default_factory=time.time)
+    shows: dict | None = None  # a sample grid's rows and columns: {"prompts": [...], "seeds": [...]}
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -48,6 +49,13 @@ class ProgressEvent:
 
 
 EventCallback = Callable[[ProgressEvent], None]
+
+
+def grid_words(shows: dict) -> str:
+    """What a sample grid shows, in a member's words: its prompts (rows) and seeds (columns)."""
+    prompts = " · ".join(f"{i}. “{p}”" for i, p in enumerate(shows.get("prompts") or [], 1))
+    seeds = ", ".join(str(s) for s in shows.get("seeds") or [])
+    return f"grid: rows are prompts {prompts}; columns are seeds {seeds}"
 
 
 class JsonlEventLog:

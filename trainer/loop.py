@@ -68,6 +68,10 @@ class Task:
         """Main process: draw samples now; returns the file written (relative to the run folder)."""
         return None
 
+    def sample_shows(self) -> dict | None:
+        """What ``sample`` draws, for whoever posts it: ``{"prompts": rows, "seeds": columns}``."""
+        return None
+
     def state_dict(self) -> dict:
         """JSON-able state beyond weights, optimizer and RNG (where the data stream is)."""
         return {}
@@ -156,7 +160,8 @@ def fit(task: Task, start: RunStart) -> Outcome:
         drawn = task.sample(name)
         if drawn:
             state.samples.append(drawn)
-            emit(ProgressEvent("sample", state.step, cfg.steps, artifacts=[drawn], message=f"samples: {drawn}"))
+            emit(ProgressEvent("sample", state.step, cfg.steps, artifacts=[drawn], message=f"samples: {drawn}",
+                               shows=task.sample_shows()))
         return drawn
 
     start_time, start_step, session_tokens, stop_reason = time.time(), state.step, 0, "completed"

@@ -91,7 +91,10 @@ class DataCog(commands.GroupCog, group_name="data", group_description="The sessi
         keep, too_big = self._split_by_size(attachments, limit)
         # URLs expire: download now. An attachment's description (its alt text) is its caption.
         uploads = [(a.filename, await a.read(), a.description) for a in keep]
-        result = await asyncio.to_thread(check_uploads, session.kind, uploads, self.svc.blobs, caption=caption)
+        # Images are checked against the size the session trains at, by the trainer's own rule.
+        sizes = await self.bot.db(self.svc.image_sizes, session) if session.kind == "image" else None
+        result = await asyncio.to_thread(check_uploads, session.kind, uploads, self.svc.blobs, caption=caption,
+                                         resolution=sizes and sizes.resolution)
         result.rejected[:0] = too_big
         added, duplicates = await self.bot.db(self.svc.add_items, session, actor, result)
         items = await self.bot.db(self.svc.items, session)
@@ -158,8 +161,9 @@ class DataCog(commands.GroupCog, group_name="data", group_description="The sessi
     async def report(self, interaction: discord.Interaction) -> None:
         session = await self.bot.db(self.svc.session_here, interaction.channel_id)
         items = await self.bot.db(self.svc.items, session)
+        sizes = await self.bot.db(self.svc.image_sizes, session) if session.kind == "image" else None
         await interaction.response.defer(thinking=True)
-        card = await asyncio.to_thread(report_card, session.kind, items, self.svc.blobs)
+        card = await asyncio.to_thread(report_card, session.kind, items, self.svc.blobs, sizes=sizes)
         embed = discord.Embed(title=f"Report card · session #{session.id} ({session.kind})",
                               description="\n".join(card.lines) or "No data yet.",
                               colour=0x2ECC71 if card.grade == "good" else 0xE67E22)

@@ -27,7 +27,11 @@ class ServerCog(commands.GroupCog, group_name="server", group_description="Serve
                            max_pending_jobs_per_user="Jobs one member may have queued or running",
                            runs_per_day="Runs one member may start per day",
                            guild_runs_per_day="Runs this server may start per day",
-                           max_jobs_per_guild="Jobs of this server that may run at once")
+                           max_jobs_per_guild="Jobs of this server that may run at once",
+                           image_resolution="Image runs' training side in pixels (default: sized to each base and "
+                                            "the worker's device)",
+                           image_batch_size="Images per step of image runs (default: sized to the device)",
+                           image_sample_steps="Denoising steps per image sample (default: sized to the device)")
     @app_commands.default_permissions(manage_guild=True)
     @app_commands.guild_only()
     async def settings(self, interaction: discord.Interaction, allowed_models: Optional[str] = None,
@@ -37,12 +41,18 @@ class ServerCog(commands.GroupCog, group_name="server", group_description="Serve
                        max_pending_jobs_per_user: Optional[app_commands.Range[int, 1, 100]] = None,
                        runs_per_day: Optional[app_commands.Range[int, 1, 1000]] = None,
                        guild_runs_per_day: Optional[app_commands.Range[int, 1, 10000]] = None,
-                       max_jobs_per_guild: Optional[app_commands.Range[int, 1, 100]] = None) -> None:
+                       max_jobs_per_guild: Optional[app_commands.Range[int, 1, 100]] = None,
+                       image_resolution: Optional[app_commands.Range[int, 8, 2048]] = None,
+                       image_batch_size: Optional[app_commands.Range[int, 1, 64]] = None,
+                       image_sample_steps: Optional[app_commands.Range[int, 1, 200]] = None) -> None:
         models = [m.strip() for m in allowed_models.split(",") if m.strip()] if allowed_models else None
         values = dict(allowed_models=models, max_dataset_items=max_dataset_items, max_dataset_mb=max_dataset_mb, max_file_mb=max_file_mb,
                       max_pending_jobs_per_user=max_pending_jobs_per_user, runs_per_day=runs_per_day,
                       guild_runs_per_day=guild_runs_per_day, max_jobs_per_guild=max_jobs_per_guild)
         svc = self.bot.services
+        sizes = await self.bot.db(svc.set_image_sizes, interaction.guild_id, actor_of(interaction),
+                                  resolution=image_resolution, batch_size=image_batch_size,
+                                  sample_steps=image_sample_steps)
         settings = await self.bot.db(svc.set_guild_limits, interaction.guild_id, actor_of(interaction), **values)
         embed = discord.Embed(title="loracord limits on this server", colour=0x5865F2)
         models_now = settings.get("allowed_models") or self.bot.config.allowed_models
@@ -53,6 +63,9 @@ class ServerCog(commands.GroupCog, group_name="server", group_description="Serve
             if default is None:
                 default = getattr(svc.settings, name)
             embed.add_field(name=name.replace("_", " "), value=str(settings.get(name, default)))
+        embed.add_field(name="Image run sizes", inline=False, value=", ".join(
+            f"{k.replace('_', ' ')} {v}" for k, v in sizes.items()) or "sized to each base and the worker's device "
+            "(CPU: at most 256 px, batch 1, 8 sampling steps; GPU: the base's native side)")
         await interaction.response.send_message(embed=embed, ephemeral=True)
 
 

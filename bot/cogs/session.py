@@ -10,6 +10,7 @@ from discord.ext import commands
 
 from ..client import LoracordBot, actor_of
 from ..display import model_name
+from ..report import size_line
 
 KIND_NEXT = {
     "text": "drop 20+ examples: `.txt`/`.md` files (a blank line between examples), `.jsonl` or `.csv` "
@@ -175,12 +176,20 @@ class SessionCog(commands.GroupCog, group_name="session", group_description="Tra
     @app_commands.command(name="settings", description="Change this session: visibility, title, model, members (owner or manager)")
     @app_commands.describe(visibility="public: anyone may join; private: by invitation", title="A new thread name",
                            base_model="Another allowed base model for the next runs",
-                           invite="Invite a member to this (private) session", remove="Remove a member from the session")
+                           invite="Invite a member to this (private) session", remove="Remove a member from the session",
+                           resolution="Image sessions: training and sample side in pixels for the next runs",
+                           batch_size="Image sessions: images per step", sample_steps="Image sessions: denoising "
+                                                                                       "steps per sample")
     @app_commands.autocomplete(base_model=model_autocomplete)
     async def settings(self, interaction: discord.Interaction, visibility: Optional[Literal["public", "private"]] = None,
                        title: Optional[app_commands.Range[str, 1, 90]] = None, base_model: Optional[str] = None,
-                       invite: Optional[discord.Member] = None, remove: Optional[discord.Member] = None) -> None:
+                       invite: Optional[discord.Member] = None, remove: Optional[discord.Member] = None,
+                       resolution: Optional[app_commands.Range[int, 8, 2048]] = None,
+                       batch_size: Optional[app_commands.Range[int, 1, 64]] = None,
+                       sample_steps: Optional[app_commands.Range[int, 1, 200]] = None) -> None:
         session = await self.bot.db(self.svc.session_here, interaction.channel_id)
+        await self.bot.db(self.svc.set_image_sizes, session.guild_id, actor_of(interaction), session,
+                          resolution=resolution, batch_size=batch_size, sample_steps=sample_steps)
         updated = await self.bot.db(self.svc.update_settings, session, actor_of(interaction), visibility=visibility,
                                     title=title, base_model=base_model, invite=invite and invite.id,
                                     remove=remove and remove.id)
@@ -196,6 +205,8 @@ class SessionCog(commands.GroupCog, group_name="session", group_description="Tra
             notes.append(f"{invite.mention} is invited: they can `/session join` now.")
         if remove:
             notes.append(f"{remove.mention} was removed.")
+        if updated.kind == "image":
+            notes.append(size_line(await self.bot.db(self.svc.image_sizes, updated)) + ".")
         info = await self.bot.db(self.svc.info, updated)
         await interaction.response.send_message("Session updated. " + " ".join(notes), embed=session_embed(info))
 

@@ -12,7 +12,7 @@ from ..client import LoracordBot, actor_of
 from ..jobpick import pick_job
 from ..progress import headline, progress_embed
 from ..sampling import no_pings
-from ..report import pick_preset
+from ..report import pick_preset, size_line
 from ..views import job_view
 
 
@@ -43,14 +43,19 @@ class TrainCog(commands.GroupCog, group_name="train", group_description="Train a
     @app_commands.describe(preset="auto: the one /data report recommends; quick: a short first run; balanced: "
                                   "sized to the data; best: longer, for 100+ examples",
                            steps="Optimizer steps (overrides the preset)", lr="Peak learning rate (overrides the preset)",
-                           rank="LoRA rank: capacity of the adapter", seed="Random seed, for a repeatable run")
+                           rank="LoRA rank: capacity of the adapter", seed="Random seed, for a repeatable run",
+                           resolution="Image sessions: training and sample side in pixels (default: sized to the "
+                                      "base and the worker's device)",
+                           sample_steps="Image sessions: denoising steps per sample (default: sized to the device)")
     @app_commands.checks.dynamic_cooldown(_train_cooldown)
     async def start(self, interaction: discord.Interaction,
                     preset: Literal["auto", "quick", "balanced", "best"] = "auto",
                     steps: Optional[app_commands.Range[int, 1, 100_000]] = None,
                     lr: Optional[app_commands.Range[float, 1e-6, 1.0]] = None,
                     rank: Optional[app_commands.Range[int, 1, 256]] = None,
-                    seed: Optional[int] = None) -> None:
+                    seed: Optional[int] = None,
+                    resolution: Optional[app_commands.Range[int, 8, 2048]] = None,
+                    sample_steps: Optional[app_commands.Range[int, 1, 200]] = None) -> None:
         session = await self.bot.db(self.svc.session_here, interaction.channel_id)
         why = ""
         if preset == "auto":
@@ -58,6 +63,14 @@ class TrainCog(commands.GroupCog, group_name="train", group_description="Train a
             preset, reason = pick_preset(session.kind, sum(int(i.checks.get("examples", 1)) for i in items))
             why = f"Preset **{preset}**: {reason}."
         overrides = {"steps": steps, "lr": lr, "rank": rank, "seed": seed}
+        sizes = {"resolution": resolution, "sample_steps": sample_steps}
+        if session.kind == "image":
+            overrides.update(sizes)
+            why = f"{why}\n{size_line(await self.bot.db(self.svc.image_sizes, session, overrides))}.".strip()
+        elif any(v is not None for v in sizes.values()):
+            await self.bot.refuse(interaction, "`resolution` and `sample_steps` size image runs; this is a text "
+                                               "session. Leave them out.")
+            return
         await self._submit(interaction, lambda s, a: self.svc.start_training(s, a, preset, overrides), why)
 
     @app_commands.command(name="tune", description="Quick tries: several short runs with different settings, ranked")
@@ -67,8 +80,11 @@ class TrainCog(commands.GroupCog, group_name="train", group_description="Train a
     @app_commands.checks.dynamic_cooldown(_train_cooldown)
     async def tune(self, interaction: discord.Interaction, trials: app_commands.Range[int, 2, 20] = 4,
                    steps: Optional[app_commands.Range[int, 5, 1000]] = None) -> None:
-        await self._submit(interaction, lambda s, a: self.svc.start_tuning(s, a, trials, steps),
-                           f"{trials} quick tries, ranked by validation loss (and then by your votes on their samples).")
+        intro = f"{trials} quick tries, ranked by validation loss (and then by your votes on their samples)."
+        session = await self.bot.db(self.svc.session_here, interaction.channel_id)
+        if session.kind == "image":
+            intro += f"\n{size_line(await self.bot.db(self.svc.image_sizes, session))}."
+        await self._submit(interaction, lambda s, a: self.svc.start_tuning(s, a, trials, steps), intro)
 
     @app_commands.command(name="status", description="Show a job's progress and the best-voted samples")
     @app_commands.describe(job="A job number (default: the newest running one, else the newest with results)")

@@ -293,6 +293,9 @@ class ImageTask(Task):
         sample_grid_for(self.s, autocast=self.accelerator.autocast).save(path)
         return str(path.relative_to(self.run.root))
 
+    def sample_shows(self) -> dict:
+        return {"prompts": list(self.s.sample_prompts), "seeds": list(self.config.sample_seeds)}
+
     def finish(self, run: RunDir, state: LoopState) -> tuple[list[str], dict]:
         """Both adapter formats, each loaded back into a fresh pipeline by ``export_adapter``."""
         from .export import export_adapter
