@@ -21,6 +21,7 @@ from storage.settings import Settings
 from storage.testing import redis_url
 from storage.worker import start_worker_process
 from tests.bot_world import *  # noqa: F401,F403
+from tests.image_fixtures import image_folder, tiny_sd  # noqa: F401
 
 pytestmark = pytest.mark.asyncio
 
@@ -118,3 +119,40 @@ async def test_a_trial_and_a_finished_run_are_sampled_on_another_machine(world, 
     assert len(runs) == 2 and all(j.worker.endswith(f":{worker.pid}") for j in runs)
     # sample jobs are not runs of the session: its job list and /train status leave them out
     assert [j.id for j in db.list_jobs(session_id=tune.session_id)] == [1]
+
+
+def test_an_image_run_is_sampled_by_the_sample_kind_from_its_blobs(tiny_sd, image_folder, tmp_path):
+    """The ``sample`` kind as a worker runs it, for an image run: the adapter and metrics come from
+    the blob store into a fresh run folder, the job process draws one grid per prompt, and the
+    worker publishes each grid as a sample of the source job."""
+    from PIL import Image
+
+    from storage import jobkinds
+    from storage.blobs import BlobStore
+    from storage.jobrun import run_job
+    from tests.image_fixtures import RESOLUTION
+    from trainer.image.train import ImageTrainConfig, train_image
+    from trainer.rundir import RunDir
+
+    trained = tmp_path / "trained-elsewhere"
+    train_image(ImageTrainConfig(data=[str(image_folder)], out=str(trained), base=str(tiny_sd), resolution=RESOLUTION,
+                                 steps=2, rank=4, batch_size=2, eval_every=2, sample_every=0, sample_steps=2,
+                                 sample_seeds=[0], min_image_side=16, augment=0.0, precision="fp32"))
+    blobs = BlobStore(str(tmp_path / "blobs"))
+    config = {"source_job": 4, "trial": None, "kind": "image", "base": str(tiny_sd),
+              "adapter": blobs.put_tree(trained / "adapter"), "metrics": blobs.put_file(trained / "metrics.json"),
+              "prompts": ["a photo of sks", "a red sks"], "count": 2, "seed": 3}
+    kind = jobkinds.get("sample")
+    run = RunDir(tmp_path / "worker" / "job-9")
+    run.root.mkdir(parents=True)
+    config = kind.prepare_inputs(blobs, run, config)
+    result = run_job("sample", config, run, resume=False)
+    assert result["status"] == "done"
+    assert [(r["prompt"], r["seed"], r["kind"]) for r in result["samples"]] == [("a photo of sks", 3, "image"),
+                                                                                ("a red sks", 3, "image")]
+    outputs = {"samples": [], "result": result}
+    kind.publish_outputs(blobs, run, outputs)
+    assert [(s["job"], s["trial"], s["prompt"]) for s in outputs["samples"]] == [(4, None, "a photo of sks"),
+                                                                                 (4, None, "a red sks")]
+    grid = Image.open(blobs.get_file(outputs["samples"][0]["blob"], tmp_path / "grid.png"))
+    assert grid.size == (2 * RESOLUTION, RESOLUTION)  # seeds 3 and 4 side by side
