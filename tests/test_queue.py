@@ -16,6 +16,7 @@ from storage.queue import JobQueue
 from storage.settings import Settings
 from storage.testing import tick_until
 from storage.worker import start_worker_process
+from trainer.errors import UserError
 
 
 @pytest.fixture
@@ -60,6 +61,18 @@ def test_limits_hold_jobs_back_and_priority_orders_dispatch(queue):
     # huey hands out the high-priority job first; our line counts waiting jobs the same way.
     assert queue.position(urgent.id) == 1 and queue.position(c1.id) == 5
     assert queue.huey.dequeue().args[0]["job_id"] == urgent.id
+
+
+def test_a_sample_job_goes_ahead_of_waiting_runs_by_its_kind(queue):
+    """A kind's priority (storage.jobkinds) is the job's when the caller gives none: a sample job asked
+    while runs wait on huey for the one worker is handed out before them."""
+    runs = [queue.submit("sleep", {"steps": 1}, user_id=i, guild_id=i) for i in (1, 2)]
+    sample = queue.submit("sample", {"source_job": runs[0].id, "adapter": "0" * 64, "prompts": ["hi"]})
+    assert [queue.db.get_job(j.id).priority for j in (*runs, sample)] == [0, 0, 10]
+    assert queue.db.get_job(sample.id).status == "dispatched"
+    assert queue.huey.dequeue().args[0]["job_id"] == sample.id
+    with pytest.raises(UserError, match="unknown job kind 'paint'; expected one of train_text, train_image, tune, sample"):
+        queue.submit("paint", {})
 
 
 def test_a_guild_setting_overrides_the_guild_limit(queue):
