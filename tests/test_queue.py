@@ -75,6 +75,15 @@ def test_a_sample_job_goes_ahead_of_waiting_runs_by_its_kind(queue):
         queue.submit("paint", {})
 
 
+def test_a_sample_job_whose_adapter_is_gone_fails_at_once_saying_so(queue):
+    sample = queue.submit("sample", {"source_job": 1, "adapter": "ab" * 32, "prompts": ["hi"], "kind": "text"})
+    run_next_task_here(queue)
+    queue.tick()
+    job = queue.db.get_job(sample.id)
+    assert (job.status, job.attempts) == ("failed", 0)  # permanent: no retry
+    assert job.error == "the adapter to sample is not in the blob store any more; train the run again"
+
+
 def test_a_guild_setting_overrides_the_guild_limit(queue):
     queue.db.set_guild_setting(7, "max_jobs_per_guild", 1)
     first = queue.submit("sleep", {}, user_id=1, guild_id=7)

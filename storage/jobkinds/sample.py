@@ -33,8 +33,8 @@ def fetch_adapter(blobs, run, config: dict) -> dict:
     from trainer.errors import UserError
     from trainer.rundir import atomic_folder
 
-    if not config.get("adapter"):
-        raise UserError("this sample job names no adapter")
+    if not config.get("adapter") or not blobs.exists(config["adapter"]):
+        raise UserError("the adapter to sample is not in the blob store any more; train the run again")
     source = source_folder(run)
     if not (source / "adapter").is_dir():
         source.mkdir(parents=True, exist_ok=True)
