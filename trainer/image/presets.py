@@ -39,29 +39,31 @@ def size_defaults(config: ImageTrainConfig, n_train: int) -> ImageTrainConfig:
 def hardware_sizes(config: ImageTrainConfig) -> dict:
     """``resolution``, ``batch_size`` and ``sample_steps`` of this run: what the config chose, else
     the defaults of its base's family on this machine's device. Raises ``ConfigError`` when the
-    resolution does not suit the base."""
+    resolution does not suit the base.
+
+    A base that is not a readable pipeline is sized by its name and not checked: loading it fails
+    next, with the loader's own message, so sizing never hides that error behind another."""
     family = base_family(config.base)
-    sizes = sizes_for(family, device(), config.model_dump(include={"resolution", "batch_size", "sample_steps"}))
-    problem = resolution_problem(family, sizes["resolution"])
+    sizes = sizes_for(family or guess_family(str(config.base)), device(),
+                      config.model_dump(include={"resolution", "batch_size", "sample_steps"}))
+    problem = family and resolution_problem(family, sizes["resolution"])
     if problem:
         raise ConfigError(f"invalid training settings: {problem}")
     return sizes
 
 
 @lru_cache(maxsize=16)
-def base_family(base: str) -> ImageFamily:
-    """The family of ``base`` (resolved as the trainer loads it: local folder or hub snapshot).
-
-    A base that does not resolve is sized by its name: loading it fails next, with the loader's
-    own message, so sizing never hides that error behind another."""
+def base_family(base: str) -> ImageFamily | None:
+    """The family of ``base`` (resolved as the trainer loads it: local folder or hub snapshot), or
+    None when it does not resolve to a pipeline folder."""
     from ..errors import ModelError
     from ..models import resolve_base
 
     try:
         path = resolve_base(str(base))
     except ModelError:
-        return guess_family(str(base))
-    return read_family(path) or guess_family(str(base))
+        return None
+    return read_family(path)
 
 
 def device() -> str:
