@@ -58,8 +58,9 @@ def test_text_runs_of_each_precision_follow_one_another(monkeypatch, tiny_llama,
     for i, (asked, expected) in enumerate(order):
         train_text(_text(tiny_llama, text_file, tmp_path / f"run{i}", asked))
         metrics = json.loads((tmp_path / f"run{i}" / "metrics.json").read_text())
-        assert metrics["precision"] == expected
+        assert metrics["precision"] == expected == metrics["precision_choice"]["picked"]
         assert (tmp_path / f"run{i}" / "adapter" / "adapter_model.safetensors").is_file()
+    assert CPU_BF16_ENV in metrics["precision_choice"]["reason"] or "asked" in metrics["precision_choice"]["reason"]
 
 
 @no_gpu
@@ -165,3 +166,39 @@ def test_bf16_image_validation_loss_close_to_fp32(tiny_sd, image_folder, tmp_pat
                                   augment=0.0, precision=precision, threads=1)
         losses[precision] = train_image(config).val_loss
     assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.05)
+
+
+@no_gpu
+def test_a_run_on_a_bf16_cpu_probes_its_model_and_says_why_in_metrics(monkeypatch, probe_cache, tiny_llama, text_file,
+                                                                      tmp_path):
+    from trainer import precision as module
+
+    monkeypatch.delenv(CPU_BF16_ENV, raising=False)
+    monkeypatch.setattr(module, "cpu_has_fast_bf16", lambda: True)  # as on an AMX / AVX-512 BF16 CPU
+    train_text(_text(tiny_llama, text_file, tmp_path / "run", "auto"))
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    choice = metrics["precision_choice"]
+    assert choice["picked"] == metrics["precision"] in {"bf16", "fp32"}
+    assert choice["reason"].startswith("measured") and set(choice["probe_step_s"]) == {"fp32", "bf16"}
+    assert not choice["cached"]
+    assert len(json.loads(probe_cache.read_text())) == 1  # the verdict is kept for the next run
+
+    train_text(_text(tiny_llama, text_file, tmp_path / "again", "auto"))
+    again = json.loads((tmp_path / "again" / "metrics.json").read_text())["precision_choice"]
+    assert again["cached"] and again["picked"] == choice["picked"]
+
+
+@no_gpu
+def test_an_image_run_records_why_its_precision_was_picked(monkeypatch, probe_cache, tiny_sd, image_folder, tmp_path):
+    from trainer import precision as module
+
+    monkeypatch.delenv(CPU_BF16_ENV, raising=False)
+    monkeypatch.setattr(module, "cpu_has_fast_bf16", lambda: True)
+    config = ImageTrainConfig(data=[str(image_folder)], out=str(tmp_path / "run"), base=str(tiny_sd),
+                              resolution=RESOLUTION, steps=2, rank=4, batch_size=2, eval_every=2, sample_every=0,
+                              sample_steps=1, sample_seeds=[0], min_image_side=16, augment=0.0, precision="auto",
+                              threads=1)
+    train_image(config)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["precision_choice"]["picked"] == metrics["precision"]
+    assert set(metrics["precision_choice"]["probe_step_s"]) == {"fp32", "bf16"}

@@ -126,7 +126,9 @@ def choose_precision(requested: str, *, key: str, probe: Callable[[str], float] 
         return PrecisionChoice("fp32", "this CPU has no native bf16 (AVX-512 BF16 or AMX): bf16 would be emulated "
                                        "and slower than fp32")
     half = pick_precision("auto") if on_gpu else "bf16"
-    if probe is None:
+    if probe is None or several_processes():
+        # Under ``accelerate launch`` each process would measure on its own and could pick
+        # differently; every process takes the hardware's native half precision instead.
         return PrecisionChoice(half, f"{half} runs natively here (not measured)")
     full_key = f"{machine_signature()}|threads={torch.get_num_threads()}|{key}"
     cache = _cache_path()
@@ -148,6 +150,11 @@ def choose_precision(requested: str, *, key: str, probe: Callable[[str], float] 
     known[full_key] = choice.as_dict()
     _write_cache(cache, known)
     return choice
+
+
+def several_processes() -> bool:
+    """True under ``accelerate launch`` with more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def machine_signature() -> str:
@@ -252,31 +259,41 @@ def image_probe(loaded, *, resolution: int, batch_size: int, rank: int) -> Calla
     from peft import LoraConfig, get_peft_model
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    unet = get_peft_model(copy.deepcopy(loaded.pipe.unet),
-                          LoraConfig(r=rank, lora_alpha=rank, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
-    unet.to(device)
-    cfg = loaded.pipe.unet.config
-    scale = 2 ** (len(loaded.pipe.vae.config.block_out_channels) - 1)
-    side = max(resolution // scale, 8)
-    latents = torch.randn(batch_size, cfg.in_channels, side, side, device=device)
-    context = torch.randn(batch_size, 77, cfg.cross_attention_dim, device=device)
-    timesteps = torch.randint(0, 1000, (batch_size,), device=device)
-    extra = {}
-    if cfg.get("addition_embed_type") == "text_time":
-        pooled = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
-        extra["added_cond_kwargs"] = {"text_embeds": torch.randn(batch_size, pooled, device=device),
-                                      "time_ids": torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]]
-                                                               * batch_size, dtype=torch.float32, device=device)}
+    built: dict = {}
+
+    def build() -> dict:
+        """The LoRA copy of the UNet and a batch, made on the first call only."""
+        if built:
+            return built
+        unet = get_peft_model(copy.deepcopy(loaded.pipe.unet),
+                              LoraConfig(r=rank, lora_alpha=rank, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+        unet.to(device)
+        cfg = loaded.pipe.unet.config
+        scale = 2 ** (len(loaded.pipe.vae.config.block_out_channels) - 1)
+        side = max(resolution // scale, 8)
+        extra = {}
+        if cfg.get("addition_embed_type") == "text_time":
+            pooled = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
+            time_ids = [[resolution, resolution, 0, 0, resolution, resolution]] * batch_size
+            extra["added_cond_kwargs"] = {"text_embeds": torch.randn(batch_size, pooled, device=device),
+                                          "time_ids": torch.tensor(time_ids, dtype=torch.float32, device=device)}
+        built.update(unet=unet, extra=extra,
+                     latents=torch.randn(batch_size, cfg.in_channels, side, side, device=device),
+                     context=torch.randn(batch_size, 77, cfg.cross_attention_dim, device=device),
+                     timesteps=torch.randint(0, 1000, (batch_size,), device=device))
+        return built
 
     def probe(precision: str) -> float:
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
 
+        b = build()
+
         def step() -> None:
             with torch.autocast(device, dtype=dtype, enabled=precision != "fp32"):
-                out = unet(latents, timesteps, context, **extra).sample
-                loss = torch.nn.functional.mse_loss(out.float(), latents)
+                out = b["unet"](b["latents"], b["timesteps"], b["context"], **b["extra"]).sample
+                loss = torch.nn.functional.mse_loss(out.float(), b["latents"])
             loss.backward()
-            unet.zero_grad(set_to_none=True)
+            b["unet"].zero_grad(set_to_none=True)
 
         return _timed(step)
 

@@ -82,6 +82,7 @@ class _Setup:
     cache: dict[str, Any]
     sample_prompts: list[str]
     setup_s: float = 0.0
+    precision_choice: dict = field(default_factory=dict)  # what auto picked and why
 
 
 def split(examples: list, val_fraction: float, seed: int) -> tuple[list, list]:
@@ -101,7 +102,7 @@ def _setup(config: ImageTrainConfig) -> _Setup:
     from diffusers import DDPMScheduler
     from peft import LoraConfig
 
-    from ..precision import make_accelerator, pick_precision
+    from ..precision import choose_precision, image_probe, make_accelerator, model_key
     from .data import load_images, training_limits
     from .pipelines import load_pipeline
     from .presets import size_defaults
@@ -114,9 +115,13 @@ def _setup(config: ImageTrainConfig) -> _Setup:
     dataset = load_images(config.data, instance_prompt=config.instance_prompt, limits=training_limits(config))
     train, val = split(dataset.examples, config.val_fraction, config.seed)
     config = size_defaults(config, len(train))
-    precision = pick_precision(config.precision)
-    accelerator = make_accelerator(precision)
     loaded = load_pipeline(config.base)
+    shape = dict(resolution=config.resolution, batch_size=config.batch_size, rank=config.rank)
+    probe = image_probe(loaded, **shape)
+    choice = choose_precision(config.precision, probe=probe,
+                              key=f"image|{model_key(loaded.path)}|" + ",".join(f"{k}={v}" for k, v in shape.items()))
+    precision = choice.precision
+    accelerator = make_accelerator(precision)
     pipe = loaded.pipe.to(accelerator.device)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
 
@@ -139,7 +144,7 @@ def _setup(config: ImageTrainConfig) -> _Setup:
     cache = _build_cache(config, loaded, train, val, accelerator.device)
     prompts = config.sample_prompts or list(dict.fromkeys([config.instance_prompt] + [e.caption for e in val[:1]]))
     return _Setup(config, dataset, train, val, loaded, noise_scheduler, accelerator, precision, cache, prompts,
-                  setup_s=time.time() - started)
+                  setup_s=time.time() - started, precision_choice=choice.as_dict())
 
 
 def check_text_encoder_lora() -> None:
@@ -312,6 +317,7 @@ class ImageTask(Task):
         s = self.s
         return {"kind": "image", "base": s.config.base, "base_path": str(s.loaded.path), "family": s.loaded.family,
                 "prediction_type": s.loaded.prediction_type, "precision": s.precision,
+                "precision_choice": s.precision_choice,
                 "data_report": s.dataset.report.to_dict() | {"train_images": len(s.train), "val_images": len(s.val)},
                 "sample_prompts": s.sample_prompts, "samples": state.samples, "setup_time_s": s.setup_s}
 

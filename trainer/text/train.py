@@ -83,6 +83,7 @@ class _Setup:
     precision: str
     base_path: Path
     prompts: list[str]
+    precision_choice: dict = field(default_factory=dict)  # what auto picked and why
 
 
 def _setup(config: TextTrainConfig) -> _Setup:
@@ -90,8 +91,8 @@ def _setup(config: TextTrainConfig) -> _Setup:
     from accelerate.utils import set_seed
 
     from ..memory import pin_mmap_threshold
-    from ..precision import make_accelerator, pick_precision
     from ..models import load_causal_lm, resolve_base
+    from ..precision import choose_precision, make_accelerator, model_key, text_probe
     from .data import load_text_dataset
     from .packing import CHATML_TEMPLATE, encode
     from .presets import size_defaults
@@ -101,7 +102,11 @@ def _setup(config: TextTrainConfig) -> _Setup:
     pin_mmap_threshold()
     dataset = load_text_dataset(config.data, val_fraction=config.val_fraction, seed=config.seed)
     base_path = resolve_base(config.base)
-    precision = pick_precision(config.precision)
+    shape = dict(seq_len=config.seq_len or 256, batch_size=config.batch_size or 4, rank=config.rank or 8)
+    probe = text_probe(base_path, **shape)
+    choice = choose_precision(config.precision, probe=probe,
+                              key=f"text|{model_key(base_path)}|" + ",".join(f"{k}={v}" for k, v in shape.items()))
+    precision = choice.precision
     accelerator = make_accelerator(precision, gradient_accumulation_steps=config.grad_accum)
     # The frozen base is stored in the compute dtype: half the memory and no per-step casts.
     # LoRA weights stay in float32 (peft upcasts adapters), so updates keep full precision.
@@ -114,7 +119,8 @@ def _setup(config: TextTrainConfig) -> _Setup:
     set_seed(config.seed)
     model = _add_lora(model, config)
     prompts = config.prompts or default_prompts(dataset.val, tokenizer)
-    return _Setup(config, dataset, model, tokenizer, accelerator, precision, base_path, prompts)
+    return _Setup(config, dataset, model, tokenizer, accelerator, precision, base_path, prompts, choice.as_dict())
+
 
 
 def _add_lora(model, config: TextTrainConfig):
@@ -243,6 +249,7 @@ class TextTask(Task):
     def metrics(self, state: LoopState) -> dict:
         s, best = self.s, state.best_val
         return {"kind": "text", "base": s.config.base, "base_path": str(s.base_path), "precision": s.precision,
+                "precision_choice": s.precision_choice,
                 "data_report": s.dataset.report.to_dict(), "tokens_trained": state.tokens, "prompts": s.prompts,
                 "val_perplexity": math.exp(min(best, 50)) if best is not None else None}
 
