@@ -518,7 +518,7 @@ class Services:
         """Queue a ``sample`` job for ``job``'s adapter (or one trial's); the bot posts its samples
         into ``channel_id`` when it ends. It is not one of the session's runs (no session, member or
         server on its row: it neither counts against run limits nor waits for them) and goes ahead
-        of waiting runs."""
+        of waiting runs on a lane of its own (``storage.jobkinds``)."""
         self.require(session, actor, "contribute")
         adapter, metrics = self.sample_source(job, trial)
         waiting = [j for j in self.db.list_jobs(status=[*WAITING, *ACTIVE])
@@ -530,10 +530,6 @@ class Services:
                   "requested_by": actor.user_id, "session": session.id, "channel": channel_id}
         sample_job = self.queue.submit("sample", config)
         return Submitted(sample_job, self.queue.position(sample_job.id))
-
-    def busy_runs(self) -> list[Job]:
-        """Runs that hold a worker now (what a sample job may have to wait for)."""
-        return [j for j in self.db.list_jobs(status=list(ACTIVE)) if j.kind != "sample"]
 
 
 def zip_adapter(blobs, manifest_hash: str, dest: Path) -> Path:

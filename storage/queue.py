@@ -5,7 +5,8 @@ queued jobs to huey in priority order, as long as the member and the guild stay 
 concurrency limits (``max_jobs_per_user``, ``max_jobs_per_guild``; a guild may lower or raise
 its own with the ``max_jobs_per_guild`` guild setting). huey is ``SqliteHuey`` in DATA/queue.db
 by default and ``PriorityRedisHuey`` when ``queue_url`` names a Redis server; the consumer is
-``storage.worker``.
+``storage.worker``. Each job kind travels on its lane (``storage.jobkinds``): runs on one huey
+queue, quick jobs (sampling) on another that every worker serves with a thread of its own.
 
 The bot calls ``JobQueue.tick()`` every second or so: it ingests worker reports
 (``JobCollector``; an attempt that failed for a passing reason is retried there), honours
@@ -46,7 +47,9 @@ class JobQueue:
     def __init__(self, settings: Settings, db: Database | None = None):
         self.settings = settings
         self.db = db or Database(settings.db_path)
-        self.huey, self.run_job = make_huey(settings)
+        # One huey queue per lane (storage.jobkinds): runs, and quick jobs that never wait behind them.
+        self.lanes = {lane: make_huey(settings, lane) for lane in jobkinds.LANES}
+        self.huey, self.run_job = self.lanes["runs"]
         self.channel = Channel(settings)
         self.collector = JobCollector(self.db, self.channel)
         self._blobs: BlobStore | None = None
@@ -89,7 +92,7 @@ class JobQueue:
             self.db.finish_job(job_id, CANCELLED, error="cancelled before it started")
         elif job.status == DISPATCHED:
             if job.task_id:
-                self.huey.revoke_by_id(job.task_id)
+                self._huey_of(job).revoke_by_id(job.task_id)
             self.channel.request_cancel(job_id)  # in case a worker took it just now
             self.db.request_job_cancel(job_id)
             self.db.finish_job(job_id, CANCELLED, error="cancelled before it started")
@@ -122,12 +125,16 @@ class JobQueue:
                 continue
             spec = {"job_id": job.id, "attempt": job.attempts + 1, "kind": job.kind, "config": job.config,
                     "checkpoint": job.checkpoint, "resume": job.attempts > 0}
-            task = self.run_job.s(spec, priority=job.priority)
-            self.huey.enqueue(task)
+            huey, run_job = self.lanes[jobkinds.get(job.kind).lane]
+            task = run_job.s(spec, priority=job.priority)
+            huey.enqueue(task)
             self.db.mark_job_dispatched(job.id, task.id)
             dispatched.append(job.id)
             log.info("job %s (%s) dispatched, attempt %s", job.id, job.kind, job.attempts + 1)
         return dispatched
+
+    def _huey_of(self, job: Job):
+        return self.lanes[jobkinds.get(job.kind).lane][0]
 
     def _may_start(self, job: Job) -> bool:
         if job.user_id is not None and self.db.count_active_jobs(user_id=job.user_id) >= self.settings.max_jobs_per_user:
@@ -172,7 +179,7 @@ class JobQueue:
         for job in self.db.list_jobs(status=[DISPATCHED, RUNNING]):
             if job.status == DISPATCHED:
                 if pending is None:
-                    pending = {task.id for task in self.huey.pending()}
+                    pending = {task.id for huey, _ in self.lanes.values() for task in huey.pending()}
                 if job.task_id in pending:
                     continue  # still waiting for a free worker, not lost
                 if job.heartbeat_at is None:

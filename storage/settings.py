@@ -27,7 +27,7 @@ class Settings(BaseSettings):
     max_jobs_per_user: int = Field(1, ge=1, description="Jobs one member may have dispatched or running at once.")
     max_jobs_per_guild: int = Field(2, ge=1, description="Jobs one guild may have dispatched or running at once.")
     max_attempts: int = Field(3, ge=1, description="Starts a job gets before a lost worker fails it.")
-    workers: int = Field(1, ge=1, description="Jobs one worker process runs at once (huey worker threads).")
+    workers: int = Field(1, ge=1, description="Runs one worker process trains at once (huey worker threads; quick jobs such as sampling get one more).")
     heartbeat_s: float = Field(2.0, gt=0, description="How often a worker reports that a job is alive.")
     heartbeat_timeout_s: float = Field(30.0, gt=0, description="Silence after which a job's worker counts as lost.")
     cancel_grace_s: float = Field(20.0, ge=0, description="Time a cancelled job gets to stop by itself before SIGTERM.")

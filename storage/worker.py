@@ -463,20 +463,23 @@ def _sample_kind(name: str) -> str:
 
 # --------------------------------------------------------------------------------------------
 
-def make_huey(settings: Settings):
-    """The huey instance for these settings and its one task, ``run_job(spec)``: ``execute_job``.
+def make_huey(settings: Settings, lane: str = "runs"):
+    """The huey instance of one lane (see ``storage.jobkinds.base.JobKind.lane``) and its one task,
+    ``run_job(spec)``: ``execute_job``.
 
     The bot enqueues with it (``storage.queue``), workers consume with it (``run_worker``).
+    The ``runs`` lane is the queue named ``queue_name``; another lane is ``<queue_name>.<lane>``.
     """
+    name = settings.queue_name if lane == "runs" else f"{settings.queue_name}.{lane}"
     if settings.uses_redis:
         from huey import PriorityRedisHuey
 
-        huey = PriorityRedisHuey(settings.queue_name, url=settings.queue_url, results=False, clean_name=False)
+        huey = PriorityRedisHuey(name, url=settings.queue_url, results=False, clean_name=False)
     else:
         from huey import SqliteHuey
 
         settings.queue_path.parent.mkdir(parents=True, exist_ok=True)
-        huey = SqliteHuey(settings.queue_name, filename=str(settings.queue_path), results=False, timeout=30)
+        huey = SqliteHuey(name, filename=str(settings.queue_path), results=False, timeout=30)
 
     @huey.task(name="run_job")
     def run_job(spec: dict) -> str:
@@ -486,13 +489,23 @@ def make_huey(settings: Settings):
 
 
 def run_worker(settings: Settings) -> None:
-    """Consume jobs until SIGINT (finish running jobs) or SIGTERM (stop now)."""
-    huey, _ = make_huey(settings)
-    log.info("worker %s on %s, %d job(s) at a time", worker_id(), settings.describe_queue(), settings.workers)
-    consumer = huey.create_consumer(workers=settings.workers, worker_type="thread", periodic=False,
-                                    initial_delay=settings.poll_s, backoff=1.0, max_delay=settings.poll_s,
-                                    check_worker_health=True)
-    consumer.run()
+    """Consume jobs until SIGINT (finish running jobs) or SIGTERM (stop now).
+
+    One consumer per lane: ``settings.workers`` threads take runs, one more thread takes quick
+    jobs (sampling), so those never wait behind a run. The quick lane's consumer is started
+    first; the runs lane's consumer owns the signals and the main thread, and stops the other.
+    """
+    log.info("worker %s on %s, %d run(s) at a time and one quick job", worker_id(), settings.describe_queue(),
+             settings.workers)
+    quick, runs = (make_huey(settings, lane)[0].create_consumer(
+        workers=settings.workers if lane == "runs" else 1, worker_type="thread", periodic=False,
+        initial_delay=settings.poll_s, backoff=1.0, max_delay=settings.poll_s, check_worker_health=True)
+        for lane in ("quick", "runs"))
+    quick.start()
+    try:
+        runs.run()
+    finally:
+        quick.stop(graceful=False)  # a sample in flight dies with this process; the bot retries it
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

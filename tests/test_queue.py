@@ -40,11 +40,12 @@ def worker(settings):
     proc.wait()
 
 
-def run_next_task_here(queue: JobQueue) -> None:
-    """Be the consumer for one task: take it off huey and execute it in this process."""
-    task = queue.huey.dequeue()
+def run_next_task_here(queue: JobQueue, lane: str = "runs") -> None:
+    """Be the consumer for one task: take it off huey (the lane's queue) and execute it in this process."""
+    huey = queue.lanes[lane][0]
+    task = huey.dequeue()
     assert task is not None, "nothing on the huey queue"
-    queue.huey.execute(task)
+    huey.execute(task)
 
 
 # ---- by hand -----------------------------------------------------------------------------
@@ -63,21 +64,25 @@ def test_limits_hold_jobs_back_and_priority_orders_dispatch(queue):
     assert queue.huey.dequeue().args[0]["job_id"] == urgent.id
 
 
-def test_a_sample_job_goes_ahead_of_waiting_runs_by_its_kind(queue):
-    """A kind's priority (storage.jobkinds) is the job's when the caller gives none: a sample job asked
-    while runs wait on huey for the one worker is handed out before them."""
+def test_a_sample_job_travels_on_the_quick_lane_ahead_of_runs(queue):
+    """A kind's lane and priority (storage.jobkinds) are the job's: a sample job asked while runs wait
+    for the worker is on a huey queue of its own, which workers serve beside the runs."""
     runs = [queue.submit("sleep", {"steps": 1}, user_id=i, guild_id=i) for i in (1, 2)]
     sample = queue.submit("sample", {"source_job": runs[0].id, "adapter": "0" * 64, "prompts": ["hi"]})
     assert [queue.db.get_job(j.id).priority for j in (*runs, sample)] == [0, 0, 10]
     assert queue.db.get_job(sample.id).status == "dispatched"
-    assert queue.huey.dequeue().args[0]["job_id"] == sample.id
+    quick = queue.lanes["quick"][0]
+    assert [t.args[0]["job_id"] for t in quick.pending()] == [sample.id]
+    assert [t.args[0]["job_id"] for t in queue.huey.pending()] == [r.id for r in runs]
+    queue.cancel(sample.id)  # revoked on its own lane
+    assert queue.db.get_job(sample.id).status == "cancelled" and quick.is_revoked(quick.dequeue())
     with pytest.raises(UserError, match="unknown job kind 'paint'; expected one of train_text, train_image, tune, sample"):
         queue.submit("paint", {})
 
 
 def test_a_sample_job_whose_adapter_is_gone_fails_at_once_saying_so(queue):
     sample = queue.submit("sample", {"source_job": 1, "adapter": "ab" * 32, "prompts": ["hi"], "kind": "text"})
-    run_next_task_here(queue)
+    run_next_task_here(queue, lane="quick")
     queue.tick()
     job = queue.db.get_job(sample.id)
     assert (job.status, job.attempts) == ("failed", 0)  # permanent: no retry
@@ -212,6 +217,19 @@ def test_end_to_end_with_a_consumer(queue, worker):
         assert [e.step for e in queue.db.list_events(job.id, kind="step")] == [1, 2, 3, 4]
         assert len(queue.db.list_samples(job_id=job.id)) == 1 and queue.db.adapter_for_job(job.id)
     assert worker.poll() is None
+
+
+def test_a_sample_job_runs_beside_a_long_run_on_the_same_worker(queue, worker):
+    """The embedded worker serves the quick lane with a thread of its own: a sample job asked during a
+    run ends (here it fails at once: its adapter is not in the store) while the run still trains."""
+    run = queue.submit("sleep", {"steps": 400, "step_s": 0.05}, user_id=1)
+    tick_until(queue, lambda: queue.db.latest_event(run.id) is not None, what="the run training")
+    sample = queue.submit("sample", {"source_job": run.id, "adapter": "ab" * 32, "prompts": ["hi"]})
+    tick_until(queue, lambda: queue.db.get_job(sample.id).finished, what="the sample job")
+    assert queue.db.get_job(sample.id).error.startswith("the adapter to sample is not in the blob store")
+    assert queue.db.get_job(run.id).status == "running"
+    queue.cancel(run.id)
+    tick_until(queue, lambda: queue.db.get_job(run.id).finished, what="the cancelled run")
 
 
 def test_cancel_a_running_job_cooperatively(queue, worker):

@@ -23,9 +23,6 @@ from storage.worker import start_worker_process
 from tests.bot_world import *  # noqa: F401,F403
 from tests.image_fixtures import image_folder, tiny_sd  # noqa: F401
 
-pytestmark = pytest.mark.asyncio
-
-
 @pytest.fixture
 def redis():
     try:
@@ -59,6 +56,7 @@ def gpu_machine(storage_settings, tmp_path):
     proc.wait()
 
 
+@pytest.mark.asyncio
 async def test_a_trial_and_a_finished_run_are_sampled_on_another_machine(world, tiny_llama, gpu_machine, tmp_path):
     machine, worker = gpu_machine
     w, services = world, world.env.bot.services
@@ -80,7 +78,7 @@ async def test_a_trial_and_a_finished_run_are_sampled_on_another_machine(world, 
     asked = await w.alice.slash(thread, "sample", prompt="To be @everyone", job=1, trial=trial, seed=5)
     assert not asked.ephemeral
     assert asked.response.content.startswith(f"🎲 Sampling 1 from trial #{trial} of job #1 (seed 5)")
-    assert "starts on the next free worker" in asked.response.content
+    assert "a worker runs it beside any training" in asked.response.content
     sample_job = next(j for j in db.list_jobs() if j.kind == "sample")
     assert sample_job.session_id is None and sample_job.priority > tune.priority  # not a run; ahead of runs
     await pump_until(w.env, lambda: any(s.trial == trial for s in db.list_samples(job_id=1)), timeout=120,

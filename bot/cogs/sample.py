@@ -16,16 +16,6 @@ from ..sampling import no_pings
 DEFAULT_PROMPTS = {"text": "Once upon a time", "image": "a photo of sks"}
 
 
-def waiting_words(busy) -> str:
-    """Where a new sample job stands: it goes ahead of waiting runs, but a worker that is
-    training finishes its run first."""
-    if not busy:
-        return "it starts on the next free worker"
-    runs = ", ".join(f"#{j.id}" for j in busy[:3])
-    return (f"it goes ahead of waiting runs and starts when a worker is free (training now: job {runs}; "
-            f"a worker finishes its run first)")
-
-
 class SampleCog(commands.Cog):
     def __init__(self, bot: LoracordBot):
         self.bot = bot
@@ -33,16 +23,16 @@ class SampleCog(commands.Cog):
 
     async def _start(self, interaction: discord.Interaction, session, job, prompt: str, count: int, seed: int,
                      trial: int | None = None, note: str | None = None) -> None:
-        """Queue a sample job (it runs on a worker, see ``storage.jobkinds.sample``) and say where it
-        stands; the bot posts the samples into this thread when the job ends (``LoracordBot.post_sampling``)."""
-        asked = await self.bot.db(self.svc.request_sample, session, actor_of(interaction), job, prompt=prompt,
-                                  count=count, seed=seed, trial=trial, channel_id=interaction.channel_id)
-        busy = await self.bot.db(self.svc.busy_runs)
+        """Queue a sample job (it runs on a worker, see ``storage.jobkinds.sample``) and say so; the bot
+        posts the samples into this thread when the job ends (``LoracordBot.post_sampling``)."""
+        await self.bot.db(self.svc.request_sample, session, actor_of(interaction), job, prompt=prompt,
+                          count=count, seed=seed, trial=trial, channel_id=interaction.channel_id)
         source = f"trial #{trial} of job #{job.id}" if trial is not None else f"job #{job.id}"
         picked = f"\nI took {note}; `job:` picks another." if note else ""
         await interaction.response.send_message(
-            f"🎲 Sampling {count} from {source} (seed {seed}) for “{no_pings(prompt)}”: {waiting_words(busy)}; "
-            f"the results appear here with 👍/👎 buttons for everyone in the session.{picked}",
+            f"🎲 Sampling {count} from {source} (seed {seed}) for “{no_pings(prompt)}”: a worker runs it beside "
+            f"any training (sampling has a lane of its own); the results appear here with 👍/👎 buttons for "
+            f"everyone in the session.{picked}",
             allowed_mentions=discord.AllowedMentions.none())
 
     @app_commands.command(name="sample", description="Generate from a trained adapter with your prompt")

@@ -17,7 +17,7 @@ from __future__ import annotations
 from trainer.errors import UserError
 
 from . import sample, sleep, train, tune
-from .base import JobKind
+from .base import LANES, JobKind
 
 _MODULES = (train, tune, sample, sleep)
 
@@ -37,4 +37,4 @@ def get(name: str) -> JobKind:
         raise UserError(f"unknown job kind {name!r}; expected one of {', '.join(KINDS)}") from None
 
 
-__all__ = ["JobKind", "KINDS", "get", "names"]
+__all__ = ["JobKind", "KINDS", "LANES", "get", "names"]

@@ -11,6 +11,8 @@ import importlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
+LANES = ("runs", "quick")  # the huey queues; see JobKind.lane
+
 
 @dataclass(frozen=True)
 class JobKind:
@@ -29,6 +31,9 @@ class JobKind:
       (adapter, metrics, chart, samples.json).
     - ``multi_gpu``: started under ``accelerate launch`` on a machine with several GPUs.
     - ``priority``: the job's place in the queue when the bot gives none (higher goes first).
+    - ``lane``: the huey queue it travels on. ``runs`` (training, searches) is served by
+      ``Settings.workers`` threads per worker; ``quick`` (sampling) by a thread of its own in
+      every worker, so a short job never waits behind a long run.
     """
 
     name: str
@@ -37,6 +42,7 @@ class JobKind:
     publish: str | None = None
     multi_gpu: bool = False
     priority: int = 0
+    lane: str = "runs"
     summary: str = ""
 
     def run_job(self, config: dict, run, *, resume: bool, cancel) -> dict:

@@ -9,8 +9,8 @@ store serves it, whichever machine trained the adapter. Config::
      "prompts": ["..."], "count": 1, "seed": 0, "max_new_tokens": 60}
 
 The samples are published as the source job's (and trial's), so votes on them rank that run.
-Sampling is short, so a sample job goes ahead of waiting training runs (``priority``); it still
-waits for a worker that is busy training to finish its job.
+Sampling is short: it travels on the ``quick`` lane, which every worker serves with a thread of
+its own, so it runs beside a training run instead of waiting for it to end.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import shutil
 from .base import JobKind
 
 KIND = JobKind("sample", run="storage.jobkinds.sample:run_sample", prepare="storage.jobkinds.sample:fetch_adapter",
-               publish="storage.jobkinds.sample:publish_samples", priority=10, summary="sample an adapter")
+               publish="storage.jobkinds.sample:publish_samples", priority=10, lane="quick",
+               summary="sample an adapter")
 
 
 def source_folder(run):
