@@ -1,4 +1,4 @@
-"""No import cycles among loracord's own modules (bot/, trainer/, storage/, loracord/).
+"""No import cycles among loracord's own modules (bot/, trainer/, storage/, loracord/), and its packages are layers.
 
 The graph is built from the source with ``ast``: one node per module, one edge per ``import``
 statement anywhere in the file, at module level or inside a function, class or ``if`` block
@@ -86,3 +86,12 @@ def test_a_cycle_is_reported(edges):
 def test_no_import_cycles():
     cycles = sorted(" -> ".join([*c, c[0]]) for c in nx.simple_cycles(import_graph()))
     assert cycles == [], "import cycles:\n" + "\n".join(cycles)
+
+
+def test_the_packages_are_layers():
+    """Top-level packages import only downwards: loracord -> bot -> storage -> trainer (so the
+    package graph is acyclic too, and the trainer never needs Discord or the queue)."""
+    order = {"trainer": 0, "storage": 1, "bot": 2, "loracord": 3}
+    upwards = sorted(f"{a} -> {b}" for a, b in import_graph().edges()
+                     if order[b.split(".")[0]] > order[a.split(".")[0]])
+    assert upwards == []
