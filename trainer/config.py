@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError
 
@@ -33,6 +33,16 @@ class TrainConfig(BaseModel):
     out: str = Field(description="Run folder to write.")
     resume: bool = Field(False, description="Continue from the run folder's latest checkpoint.")
     threads: int | None = Field(None, ge=1, description="CPU threads for torch; None keeps torch's default.")
+    holdout: str | None = Field(None, description="'I/K': validate on fold I of K (trainer.folds), train on the "
+                                                  "rest; 'none': train on every example, no validation; None: "
+                                                  "the val_fraction split.")
+
+    @field_validator("holdout")
+    @classmethod
+    def _holdout(cls, value: str | None) -> str | None:
+        from .folds import check_holdout
+
+        return check_holdout(value)
 
     @classmethod
     def build(cls, **kwargs):

@@ -18,6 +18,14 @@ checkpoint (on other machines the storage's heartbeat fails it after a grace per
 At the end ``tune`` writes the trial table, a chart of validation loss per trial, the best
 parameters and the samples of the top trials (see ``trainer.tune_report``), then trains the
 best parameters once more, in full, into ``OUT/best-run``.
+
+Tiny datasets (fewer than ``trainer.folds.FOLDS_BELOW`` examples) are cross-validated: each
+trial trains its setting once per fold (``trials/NNNN/fold-I/``, holding out fold ``I``), its
+score is the mean over the folds of each fold's best validation loss, and ``steps`` is not
+searched but read from the folds' curves (the mean best step, scaled from the folds' training
+share to all examples). Fewer settings are tried (``cv_trials``) so the steps trained stay
+about the single-split budget; the preset's own setting is always one of them. The full run
+then trains on every example (``holdout="none"``) at the chosen steps. See docs/tune.md.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from typing import Any, Callable, Literal, Sequence
 from .cancel import CancelToken
 from .errors import Cancelled, ConfigError, TrainingError
 from .events import EventCallback, ProgressEvent
+from .folds import folds_for
 from .presets import Preset
 
 Kind = Literal["text", "image"]
@@ -59,6 +68,9 @@ class TrialRow:
     run_dir: str | None
     note: str = ""
     curve: list[tuple[int, float]] = field(default_factory=list)  # (step, validation loss)
+    fold_losses: list[float] = field(default_factory=list)  # cross-validated: each fold's best validation loss
+    fold_steps: list[int] = field(default_factory=list)  # ... and the step it was reached at
+    cv_steps: int | None = None  # cross-validated: the steps a run on every example should train
 
 
 @dataclass
@@ -75,6 +87,8 @@ class TuneResult:
     full_run: Path | None = None
     full_val_loss: float | None = None
     files: dict[str, Path] = field(default_factory=dict)
+    folds: int = 0  # cross-validation folds per trial; 0: one validation split
+    cv: dict[str, Any] | None = None  # cross-validated: how sure the choice is (``cv_summary``)
 
     @property
     def steps_spent(self) -> int:
@@ -91,6 +105,8 @@ class Probe:
     eval_every: int
     train_tokens: int | None = None  # text only: turns a grid's "epochs" into steps
     shape: dict[str, int] = field(default_factory=dict)  # text only: batch_size, seq_len, grad_accum
+    n_examples: int = 0  # train and validation together
+    folds: int = 0  # cross-validation folds per trial (``trainer.folds.folds_for``); 0: one split
 
 
 def tune(kind: Kind, data: Sequence[str | Path], out: str | Path, *, base: str | None = None,
@@ -99,7 +115,8 @@ def tune(kind: Kind, data: Sequence[str | Path], out: str | Path, *, base: str |
          storage: str | None = None, study_name: str = "tune", pruner: Pruner = "successive-halving",
          seed: int = 0, enqueue: Sequence[dict[str, Any]] = (), full_run: bool = True,
          full_steps: int | None = None, top_k: int = 3, on_trial: Callable[[TrialRow], None] | None = None,
-         on_event: EventCallback | None = None, cancel: CancelToken | None = None) -> TuneResult:
+         on_event: EventCallback | None = None, cancel: CancelToken | None = None,
+         folds: int | None = None) -> TuneResult:
     """Search LoRA settings for ``data`` and train the best one in full; see the module docstring.
 
     ``trials`` is how many finished trials the study should hold (a resumed study runs only the
@@ -108,14 +125,18 @@ def tune(kind: Kind, data: Sequence[str | Path], out: str | Path, *, base: str |
     searched knob given there is not searched. ``grid`` maps settings (or ``epochs`` for text)
     to value lists and replaces the TPE search by a grid search. ``enqueue`` lists parameter
     sets to try first. ``on_trial`` gets each trial's row as it finishes, ``on_event`` every
-    trainer event. Raises ``UserError`` for bad input, ``Cancelled`` when ``cancel`` is set
-    (the running trial keeps its checkpoint and is retried on resume).
+    trainer event. ``folds`` sets the cross-validation folds per trial (0: one split); None
+    leaves it to the data's size (``trainer.folds.folds_for``). Raises ``UserError`` for bad
+    input, ``Cancelled`` when ``cancel`` is set (the running trial keeps its checkpoint and is
+    retried on resume).
     """
     import optuna
 
     out = Path(out)
     settings = dict(settings or {})
     problems = check_search(kind, trials, budget_minutes, grid, settings, pruner)
+    if folds is not None and (folds < 0 or folds == 1):
+        problems.append(f"folds must be 0 (one validation split) or at least 2, not {folds}")
     if problems:
         raise ConfigError("invalid search settings: " + "; ".join(problems))
     out.mkdir(parents=True, exist_ok=True)
@@ -123,7 +144,18 @@ def tune(kind: Kind, data: Sequence[str | Path], out: str | Path, *, base: str |
     # (alpha, and any a grid leaves out) are sized the way the baseline was.
     fixed = {**settings, "data": [str(p) for p in data], "preset": preset, **({"base": base} if base else {})}
     probe = probe_data(kind, fixed, preset)
+    if folds is not None:
+        if folds > probe.n_examples:
+            raise ConfigError(f"folds ({folds}) cannot exceed the {probe.n_examples} examples")
+        probe.folds = folds
     space = _space(probe, settings, grid)
+    if probe.folds:
+        # Cross-validated trials read the step count from their curves; fewer, better-measured settings.
+        trials = cv_trials(trials, probe.folds)
+        if not grid:
+            space.pop("steps", None)
+            # the preset's own setting is always scored, so the choice is never worse than it on the folds
+            enqueue = [*enqueue, {k: v for k, v in probe.baseline.items() if k in space and _inside(space[k], v)}]
     started = time.monotonic()
     deadline = started + budget_minutes * 60 if budget_minutes else None
 
@@ -154,10 +186,16 @@ def tune(kind: Kind, data: Sequence[str | Path], out: str | Path, *, base: str |
     best = min((r for r in rows if r.status == "complete" and r.val_loss is not None),
                key=lambda r: r.val_loss, default=None)
     result = TuneResult(out, study_name, storage_url, probe.baseline, rows, best,
-                        dict(best.params) if best else {})
+                        dict(best.params) if best else {}, folds=probe.folds)
+    if probe.folds:
+        result.cv = cv_summary(rows, probe)
+        if best is not None and best.cv_steps:
+            result.best_params["steps"] = best.cv_steps
     result.files = write_report(result, kind=kind, top_k=top_k)
     if full_run and best is not None:
-        params = {**best.params, **({"steps": full_steps} if full_steps else {})}
+        params = {**result.best_params, **({"steps": full_steps} if full_steps else {})}
+        if probe.folds:
+            params["holdout"] = "none"  # the chosen setting trains on every example
         result.full_val_loss = _full_run(kind, out / "best-run", fixed, probe, params, on_event, cancel)
         result.full_run = out / "best-run"
     return result
@@ -173,6 +211,7 @@ def probe_data(kind: Kind, fixed: dict[str, Any], preset: Preset) -> Probe:
         probe = _probe_text(fixed, preset)
     else:
         probe = _probe_image(fixed, preset)
+    probe.folds = 0 if fixed.get("holdout") else folds_for(probe.n_examples)
     return probe
 
 
@@ -195,7 +234,8 @@ def _probe_text(fixed: dict[str, Any], preset: Preset) -> Probe:
     assert isinstance(sized, TextTrainConfig)
     baseline = {k: getattr(sized, k) for k in SEARCHED}
     shape = {"batch_size": config.batch_size, "seq_len": config.seq_len, "grad_accum": config.grad_accum}
-    return Probe(len(dataset.train), baseline, _eval_every(fixed, baseline["steps"]), tokens, shape)
+    return Probe(len(dataset.train), baseline, _eval_every(fixed, baseline["steps"]), tokens, shape,
+                 n_examples=len(dataset.train) + len(dataset.val))
 
 
 def _probe_image(fixed: dict[str, Any], preset: Preset) -> Probe:
@@ -208,7 +248,7 @@ def _probe_image(fixed: dict[str, Any], preset: Preset) -> Probe:
     train, _ = split(dataset.examples, config.val_fraction, config.seed)
     sized = size_defaults(config, len(train))  # the same sizing a training run does
     baseline = {k: getattr(sized, k) for k in SEARCHED}
-    return Probe(len(train), baseline, _eval_every(fixed, baseline["steps"]))
+    return Probe(len(train), baseline, _eval_every(fixed, baseline["steps"]), n_examples=len(dataset.examples))
 
 
 def _eval_every(fixed: dict[str, Any], steps: int) -> int:
@@ -235,6 +275,34 @@ def _space(probe: Probe, settings: dict[str, Any], grid: dict[str, list] | None)
     return {k: v for k, v in space.items() if settings.get(k) is None}
 
 
+def cv_trials(trials: int | None, folds: int) -> int | None:
+    """Settings a cross-validated search tries: each costs ``folds`` runs of the preset's length,
+    so ``trials / folds`` of them (at least 2: the preset's setting and one other) spend about
+    the steps of ``trials`` single-split trials."""
+    return None if trials is None else max(2, round(trials / folds))
+
+
+def cv_summary(rows: list[TrialRow], probe: Probe) -> dict[str, Any] | None:
+    """How sure a cross-validated choice is: the best and runner-up settings' mean and standard
+    deviation of their folds' losses, and the gap between them in units of the best's spread."""
+    import statistics
+
+    done = sorted((r for r in rows if r.status == "complete" and r.fold_losses and r.val_loss is not None),
+                  key=lambda r: r.val_loss)
+    if not done:
+        return None
+
+    def one(row: TrialRow) -> dict[str, Any]:
+        sd = statistics.stdev(row.fold_losses) if len(row.fold_losses) > 1 else 0.0
+        return {"trial": row.number, "mean": row.val_loss, "sd": sd, "fold_losses": list(row.fold_losses),
+                "params": dict(row.params)}
+
+    best = one(done[0])
+    runner = one(done[1]) if len(done) > 1 else None
+    return {"folds": probe.folds, "n_examples": probe.n_examples, "steps": done[0].cv_steps, "best": best,
+            "runner_up": runner, "clear": bool(runner and runner["mean"] - best["mean"] > max(best["sd"], runner["sd"]))}
+
+
 def check_search(kind, trials, budget_minutes, grid, settings, pruner) -> list[str]:
     """Every problem with a search's options, as lines (``trainer.spec`` checks specs with it)."""
     problems = []
@@ -248,7 +316,7 @@ def check_search(kind, trials, budget_minutes, grid, settings, pruner) -> list[s
         problems.append(f"budget_minutes must be positive, not {budget_minutes}")
     if pruner not in ("successive-halving", "hyperband", "median", "none"):
         problems.append(f"unknown pruner {pruner!r}")
-    for key in ("out", "resume"):
+    for key in ("out", "resume", "holdout"):
         if key in settings:
             problems.append(f"'{key}' is set by the search, not in settings")
     for name, values in (grid or {}).items():
@@ -275,6 +343,8 @@ def _pruner(name: Pruner, probe: Probe):
     import optuna
 
     every = probe.eval_every
+    if probe.folds:
+        return optuna.pruners.NopPruner()  # a cross-validated trial reports its mean curve at its end
     if name == "successive-halving":
         # rungs at the 1st, 3rd and 9th validation: a third of the trials go on at each
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=every, reduction_factor=3)
@@ -399,7 +469,8 @@ def to_row(t) -> TrialRow:
         note = f"retry of {t.user_attrs['retry_of']}"
     seconds = t.duration.total_seconds() if t.duration else None
     return TrialRow(t.number, status, dict(t.params), val, int(t.user_attrs.get("steps", 0)), seconds,
-                    t.user_attrs.get("run_dir"), note, curve)
+                    t.user_attrs.get("run_dir"), note, curve, list(t.user_attrs.get("fold_losses", [])),
+                    list(t.user_attrs.get("fold_steps", [])), t.user_attrs.get("cv_steps"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -423,6 +494,8 @@ class _Objective:
         trial.set_user_attr("pid", os.getpid())
         trial.set_user_attr("run_dir", str(folder))
         resume = self._adopt(trial, folder)
+        if self.probe.folds:
+            return self._cross_validate(trial, params, folder)
         config = _build_config(self.kind, {**self.fixed, **trial_settings(params, self.probe), "out": str(folder),
                                            "eval_every": self.probe.eval_every, "resume": resume})
         token, why = CancelToken(), {}
@@ -471,6 +544,77 @@ class _Objective:
             raise TrainingError("the trial produced no finite validation loss")
         return float(result.val_loss)
 
+    def _cross_validate(self, trial, params: dict, folder: Path) -> float:
+        """Train ``params`` once per fold; the score is the mean of the folds' best validation losses.
+
+        A fold that finished (a retried trial) is read back, one with a checkpoint resumes."""
+        import statistics
+
+        import optuna
+
+        from .rundir import RunDir
+
+        k = self.probe.folds
+        settings = trial_settings(params, self.probe)
+        settings.setdefault("steps", self.fixed.get("steps") or self.probe.baseline["steps"])
+        cadence = min(self.probe.eval_every, settings["steps"])
+        spent, curves, losses, best_steps = 0, [], [], []
+        for i in range(k):
+            run = RunDir(folder / f"fold-{i}")
+            metrics = run.read_metrics() if run.metrics.exists() else {}
+            if metrics.get("status") != "done":
+                config = _build_config(self.kind, {**self.fixed, **settings, "holdout": f"{i}/{k}", "eval_every": cadence,
+                                                   "out": str(run.root), "resume": run.latest_checkpoint() is not None})
+                steps, why, token = {"first": None, "last": 0}, {}, CancelToken()
+                try:
+                    _train(self.kind, config, self._fold_watch(steps, why, token), token)
+                except Cancelled:
+                    trial.set_user_attr("steps", spent + _spent(steps))
+                    if "cancelled" in why:
+                        trial.set_user_attr("interrupted", True)
+                        raise
+                    trial.set_user_attr("note", why["pruned"])
+                    for old in folder.glob("fold-*/checkpoints"):
+                        shutil.rmtree(old, ignore_errors=True)  # a pruned trial is never resumed
+                    raise optuna.TrialPruned(why["pruned"])
+                except TrainingError as exc:
+                    trial.set_user_attr("steps", spent + _spent(steps))
+                    trial.set_user_attr("error", str(exc))
+                    raise
+                spent += _spent(steps)
+                trial.set_user_attr("steps", spent)
+                metrics = run.read_metrics()
+            curve = [(int(s), float(v)) for s, v in metrics.get("curves", {}).get("val_loss", [])]
+            if metrics.get("best_val_loss") is None or not math.isfinite(metrics["best_val_loss"]):
+                raise TrainingError(f"fold {i} of {k} produced no finite validation loss")
+            curves.append(dict(curve))
+            losses.append(float(metrics["best_val_loss"]))
+            best_steps.append(int(metrics.get("best_step") or settings["steps"]))
+        # the mean validation curve over the folds that reached each step, for the chart
+        for step in sorted({s for c in curves for s in c}):
+            trial.report(statistics.fmean(c[step] for c in curves if step in c), step)
+        # The folds trained on (k-1)/k of the examples: the run on all of them keeps the epochs.
+        chosen = max(1, round(statistics.fmean(best_steps) * k / (k - 1)))
+        for key, value in {"run_dir": str(folder / "fold-0"), "fold_losses": losses, "fold_steps": best_steps,
+                           "cv_steps": chosen}.items():
+            trial.set_user_attr(key, value)
+        return statistics.fmean(losses)
+
+    def _fold_watch(self, steps: dict, why: dict, token: CancelToken) -> EventCallback:
+        def watch(event: ProgressEvent) -> None:
+            if event.kind == "step":
+                steps["first"] = steps["first"] or event.step
+                steps["last"] = event.step
+            if self.deadline is not None and time.monotonic() > self.deadline:
+                why.setdefault("pruned", "out of time")
+            if self.cancel is not None and self.cancel.is_set():
+                why["cancelled"] = "search cancelled"
+            if why:
+                token.cancel()
+            if self.on_event is not None:
+                self.on_event(event)
+        return watch
+
     def _adopt(self, trial, folder: Path) -> bool:
         """A retry continues from the interrupted trial's checkpoint, with its reports replayed."""
         old = trial.user_attrs.get("retry_of")
@@ -493,6 +637,13 @@ class _Objective:
             if step <= reached:
                 trial.report(value, step)
         return True
+
+
+def _inside(dist, value) -> bool:
+    try:
+        return bool(dist._contains(dist.to_internal_repr(value)))
+    except (ValueError, TypeError):
+        return False
 
 
 def _suggest(trial, name: str, dist):

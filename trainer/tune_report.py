@@ -4,7 +4,8 @@
       trials.csv        one row per trial: number, status, validation loss, steps, seconds, params, note
       trials.json       the same, with each trial's validation curve
       val_loss.png      validation loss over steps, one line per trial (pruned dashed, failed dotted)
-      best.json         the best trial: number, validation loss, parameters
+      best.json         the best trial: number, validation loss, parameters; on a cross-validated
+                        search also ``cv``: folds, the best and runner-up settings' mean and sd over the folds
       top_samples.json  samples of the best ``top_k`` trials, read from their run folders
       best-run/         the best parameters trained once more, in full (a normal run folder)
 """
@@ -32,7 +33,8 @@ def write_report(result, *, kind: str, top_k: int = 3) -> dict[str, Path]:
         files["best"] = out / "best.json"
         write_json_atomic(files["best"], {"kind": kind, "trial": result.best.number, "val_loss": result.best.val_loss,
                                           "params": result.best.params, "run_dir": result.best.run_dir,
-                                          "baseline": result.baseline})
+                                          "baseline": result.baseline,
+                                          **({"cv": result.cv} if result.cv else {})})
         files["samples"] = out / "top_samples.json"
         write_json_atomic(files["samples"], top_samples(result.trials, top_k))
     return files

@@ -113,7 +113,12 @@ def _setup(config: ImageTrainConfig) -> _Setup:
     if config.threads:
         torch.set_num_threads(config.threads)
     dataset = load_images(config.data, instance_prompt=config.instance_prompt, limits=training_limits(config))
-    train, val = split(dataset.examples, config.val_fraction, config.seed)
+    if config.holdout:  # a cross-validation fold, or every image (trainer.folds)
+        from ..folds import split_holdout
+
+        train, val = split_holdout(dataset.examples, config.holdout, config.seed)
+    else:
+        train, val = split(dataset.examples, config.val_fraction, config.seed)
     config = size_defaults(config, len(train))
     loaded = load_pipeline(config.base)
     shape = dict(resolution=config.resolution, batch_size=config.batch_size, rank=config.rank)

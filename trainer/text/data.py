@@ -163,7 +163,7 @@ class TextDataset:
 # ---------------------------------------------------------------- public entry points
 
 def load_text_dataset(paths: Sequence[str | Path], *, val_fraction: float = 0.1, seed: int = 0,
-                      limits: TextLimits = TextLimits()) -> TextDataset:
+                      limits: TextLimits = TextLimits(), holdout: str | None = None) -> TextDataset:
     """Read ``paths``, drop duplicates, check there are ``MIN_EXAMPLES``, split train/val.
 
     Raises ``DataError`` for any problem with the files, too few examples, or a
@@ -172,7 +172,12 @@ def load_text_dataset(paths: Sequence[str | Path], *, val_fraction: float = 0.1,
     _check_val_fraction(val_fraction)
     examples, report = read_text_examples(paths, limits=limits)
     _check_enough(len(examples), report.duplicates_dropped)
-    train, val = split_examples(examples, val_fraction=val_fraction, seed=seed)
+    if holdout:  # a cross-validation fold, or every example (trainer.folds)
+        from ..folds import split_holdout
+
+        train, val = split_holdout(examples, holdout, seed)
+    else:
+        train, val = split_examples(examples, val_fraction=val_fraction, seed=seed)
     report.n_train, report.n_val = len(train), len(val)
     return TextDataset(train=train, val=val, report=report)
 

@@ -100,7 +100,8 @@ def _setup(config: TextTrainConfig) -> _Setup:
     if config.threads:
         torch.set_num_threads(config.threads)
     pin_mmap_threshold()
-    dataset = load_text_dataset(config.data, val_fraction=config.val_fraction, seed=config.seed)
+    dataset = load_text_dataset(config.data, val_fraction=config.val_fraction, seed=config.seed,
+                                holdout=config.holdout)
     base_path = resolve_base(config.base)
     shape = dict(seq_len=config.seq_len or 256, batch_size=config.batch_size or 4, rank=config.rank or 8)
     probe = text_probe(base_path, **shape)
@@ -118,7 +119,7 @@ def _setup(config: TextTrainConfig) -> _Setup:
     config = size_defaults(config, n_train=len(dataset.train), train_tokens=train_tokens)
     set_seed(config.seed)
     model = _add_lora(model, config)
-    prompts = config.prompts or default_prompts(dataset.val, tokenizer)
+    prompts = config.prompts or default_prompts(dataset.val or dataset.train, tokenizer)
     return _Setup(config, dataset, model, tokenizer, accelerator, precision, base_path, prompts, choice.as_dict())
 
 
@@ -224,7 +225,9 @@ class TextTask(Task):
             step_tokens += batch["real_tokens"]
         return step_loss, step_tokens
 
-    def evaluate(self) -> float:
+    def evaluate(self) -> float | None:
+        if not self.s.dataset.val:
+            return None  # holdout "none": every example trains
         return evaluate_rows(self.model, self.val_rows, self.s.tokenizer.pad_token_id, self.config.batch_size,
                              self.accelerator)
 

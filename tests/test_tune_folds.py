@@ -1,0 +1,109 @@
+"""Quick tries on tiny sets are cross-validated: each setting is scored on disjoint folds that
+cover the data, and the chosen setting then trains on every example at the folds' step count.
+
+Text runs on the tiny Llama of conftest, image runs on the tiny SD pipeline, both a few steps.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY_CORPUS
+from tests.image_fixtures import RESOLUTION, tiny_sd, write_image_folder  # noqa: F401
+from trainer.errors import ConfigError
+from trainer.folds import FOLDS_BELOW, check_holdout, fold_indices, folds_for, split_holdout
+from trainer.tune import probe_data, tune
+
+FAST = {"seq_len": 32, "batch_size": 2, "max_new_tokens": 4, "prompts": ["To be, or"], "threads": 1}
+
+
+def metrics(folder: Path) -> dict:
+    return json.loads((folder / "metrics.json").read_text())
+
+
+def texts(folder: Path, n: int) -> Path:
+    path = folder / "texts.txt"
+    path.write_text("\n\n".join(f"{s} Line {i}." for i, s in enumerate((TINY_CORPUS * 8)[:n])) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("n, k", [(5, 2), (8, 3), (9, 3), (15, 3)])
+def test_folds_are_disjoint_cover_the_data_and_are_balanced(n, k):
+    folds = fold_indices(n, k, seed=3)
+    assert len(folds) == k and sorted(i for f in folds for i in f) == list(range(n))
+    assert max(map(len, folds)) - min(map(len, folds)) <= 1
+    assert fold_indices(n, k, seed=3) == folds  # the same folds every time for a seed
+    for i in range(k):
+        train, val = split_holdout(list(range(n)), f"{i}/{k}", seed=3)
+        assert val == folds[i] and not set(train) & set(val) and len(train) + len(val) == n
+    assert split_holdout(list(range(n)), "none", seed=3) == (list(range(n)), [])
+
+
+def test_threshold_and_fold_count():
+    assert [folds_for(n) for n in (5, 6, 8, FOLDS_BELOW - 1, FOLDS_BELOW, 128)] == [2, 3, 3, 3, 0, 0]
+    for bad in ("3/3", "1/1", "a/b", "all"):
+        with pytest.raises(ValueError, match="holdout must be"):
+            check_holdout(bad)
+
+
+def test_a_tiny_text_set_is_cross_validated_and_the_choice_trains_on_every_example(tiny_llama, tmp_path):
+    data = texts(tmp_path, 8)
+    out = tmp_path / "search"
+    result = tune("text", [data], out, base=str(tiny_llama), trials=6, preset="quick", settings=FAST, seed=0)
+
+    assert result.folds == 3
+    assert len(result.trials) == 2  # 6 single-split trials' budget buys 2 settings x 3 folds
+    assert result.trials[0].params == {k: v for k, v in result.baseline.items() if k != "steps"}  # the preset first
+    for row in result.trials:
+        assert row.status == "complete" and "steps" not in row.params
+        assert len(row.fold_losses) == 3 and row.val_loss == pytest.approx(statistics.fmean(row.fold_losses))
+        held = [metrics(out / "trials" / f"{row.number:04d}" / f"fold-{i}")["data_report"] for i in range(3)]
+        assert sum(h["n_val"] for h in held) == 8 and all(h["n_train"] + h["n_val"] == 8 for h in held)
+        assert row.cv_steps == round(statistics.fmean(row.fold_steps) * 3 / 2)
+        lengths = [metrics(out / "trials" / f"{row.number:04d}" / f"fold-{i}")["config"]["steps"] for i in range(3)]
+        assert lengths == [result.baseline["steps"]] * 3 and 0 < row.steps <= sum(lengths)  # the preset's length
+
+    best = result.best
+    assert best.val_loss == min(r.val_loss for r in result.trials)
+    assert result.best_params["steps"] == best.cv_steps
+    full = metrics(out / "best-run")
+    assert full["config"]["holdout"] == "none" and full["config"]["steps"] == best.cv_steps
+    assert full["data_report"]["n_train"] == 8 and full["data_report"]["n_val"] == 0
+    assert full["best_val_loss"] is None and (out / "best-run" / "adapter" / "adapter_model.safetensors").exists()
+
+    cv = result.cv
+    assert cv["folds"] == 3 and cv["n_examples"] == 8 and cv["best"]["trial"] == best.number
+    assert cv["best"]["sd"] == pytest.approx(statistics.stdev(best.fold_losses))
+    assert cv["runner_up"]["trial"] != best.number and cv["runner_up"]["mean"] >= cv["best"]["mean"]
+    assert json.loads((out / "best.json").read_text())["cv"] == cv
+
+
+def test_a_larger_set_keeps_one_validation_split(tiny_llama, tmp_path):
+    probe = probe_data("text", {**FAST, "data": [str(texts(tmp_path, FOLDS_BELOW))], "base": str(tiny_llama)}, "quick")
+    assert probe.n_examples == FOLDS_BELOW and probe.folds == 0
+    with pytest.raises(ConfigError, match="'holdout' is set by the search"):
+        tune("text", [tmp_path / "texts.txt"], tmp_path / "x", trials=2, settings={"holdout": "0/2"})
+    with pytest.raises(ConfigError, match="folds must be 0"):
+        tune("text", [tmp_path / "texts.txt"], tmp_path / "x", trials=2, folds=1)
+
+
+def test_a_tiny_image_set_is_cross_validated_on_its_validation_loss(tiny_sd, tmp_path):
+    data = write_image_folder(tmp_path / "images", count=6)
+    settings = dict(resolution=RESOLUTION, steps=4, eval_every=2, batch_size=2, sample_every=0, sample_steps=2,
+                    sample_seeds=[0], sample_prompts=["a photo of sks"], min_image_side=16, precision="fp32",
+                    augment_variants=1, threads=1)
+    out = tmp_path / "search"
+    result = tune("image", [data], out, base=str(tiny_sd), trials=2, settings=settings, seed=0)
+
+    assert result.folds == 3 and len(result.trials) == 2
+    for row in result.trials:
+        assert len(row.fold_losses) == 3 and row.val_loss == pytest.approx(statistics.fmean(row.fold_losses))
+        held = [metrics(out / "trials" / f"{row.number:04d}" / f"fold-{i}")["data_report"] for i in range(3)]
+        assert [h["val_images"] for h in held] == [2, 2, 2] and all(h["train_images"] == 4 for h in held)
+    full = metrics(out / "best-run")
+    assert full["data_report"]["train_images"] == 6 and full["data_report"]["val_images"] == 0
+    assert full["config"]["steps"] == result.best.cv_steps
