@@ -28,6 +28,7 @@ from trainer.errors import UserError
 from .config import BotSettings
 from .display import scrub_paths
 from .progress import Throttle, headline, outcome, progress_embed
+from .report import cv_line
 from .sampling import no_pings, sample_message
 from .services import Actor, Services
 from .views import JobButton, VoteButton, job_view, vote_view
@@ -193,7 +194,8 @@ class LoracordBot(commands.Bot):
         if chart:
             data = await self.db(self.services.blob_bytes, chart)
             await channel.send(f"Loss curve of job #{job.id}", file=discord.File(io.BytesIO(data), f"loss-job-{job.id}.png"))
-        await channel.send(f"{outcome(view)}\n{NEXT_AFTER[job.status]}")
+        chosen = cv_line(job.result.get("metrics") or {}) if job.kind == "tune" else None  # tiny sets: how sure
+        await channel.send(f"{outcome(view)}\n" + (f"{chosen}\n" if chosen else "") + NEXT_AFTER[job.status])
 
     async def post_new_samples(self, channel, job_id: int) -> None:
         samples = await self.db(self.services.samples, job_id)

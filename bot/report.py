@@ -15,6 +15,7 @@ from pathlib import Path
 from storage.blobs import BlobStore
 from storage.db import DatasetItem
 from trainer.errors import DataError
+from trainer.folds import FOLDS_BELOW, cv_trials, folds_for
 from trainer.image.sizes import describe_step_time
 from trainer.limits import MIN_EXAMPLES, min_image_side
 
@@ -57,6 +58,35 @@ def pick_preset(kind: str, count: int) -> tuple[str, str]:
     return "best", f"{count} {unit} can carry a longer, gentler run with more capacity"
 
 
+def cv_plan(kind: str, count: int, trials: int | None = None) -> str | None:
+    """How quick tries will score settings on a set this small (``trainer.folds``), or None."""
+    folds = folds_for(count)
+    if count < MIN_EXAMPLES[kind] or not folds:
+        return None
+    unit = TARGETS[kind][2]
+    tries = (f" ({cv_trials(trials, folds)} settings x {folds} short runs, about the steps of {trials} tries)"
+             if trials else "")
+    return (f"With {count} {unit} (under {FOLDS_BELOW}), quick tries score each setting by {folds}-fold "
+            f"cross-validation{tries}: one held-out {unit[:-1]} would be too noisy to choose by. The chosen "
+            f"setting then trains on all {count}.")
+
+
+def cv_line(metrics: dict) -> str | None:
+    """How sure a cross-validated quick-tries job's choice is, from its metrics
+    (``storage.jobkinds.tune.cv_metrics``); None for a search on one validation split."""
+    if not metrics.get("cv_folds"):
+        return None
+    folds, n = metrics["cv_folds"], metrics.get("cv_examples")
+    line = (f"Settings chosen by {folds}-fold cross-validation" + (f" over {n} examples" if n else "") +
+            f": validation loss {metrics['cv_best_mean']:.3f} ± {metrics['cv_best_sd']:.3f} (mean ± sd over the folds)")
+    if metrics.get("cv_runner_mean") is not None:
+        line += f" against {metrics['cv_runner_mean']:.3f} ± {metrics.get('cv_runner_sd', 0):.3f} for the runner-up"
+        line += (": a clear choice" if metrics.get("cv_clear") else
+                 ": within the folds' spread, so a close call (your votes on the samples can settle it)")
+    steps = metrics.get("cv_steps")
+    return line + (f". The final run trained on every example for {steps} steps." if steps else ".")
+
+
 CAPTION_SOURCES = {"description": "descriptions (alt text)", "caption": "the upload's caption",
                    "sidecar": "sidecar .txt files", "metadata": "metadata.jsonl"}
 
@@ -72,9 +102,10 @@ def size_line(sizes) -> str:
 
 
 def report_card(kind: str, items: list[DatasetItem], blobs: BlobStore, members: dict[int, str] | None = None,
-                sizes=None) -> ReportCard:
+                sizes=None, tuned: dict | None = None) -> ReportCard:
     """``sizes`` (``Services.image_sizes``) is what an image session trains at: the images are read
-    against its resolution, as the trainer will read them."""
+    against its resolution, as the trainer will read them. ``tuned`` is the metrics of the
+    session's latest quick tries, to say how their settings were chosen."""
     card = ReportCard(kind)
     few, good, unit = TARGETS[kind]
     if sizes is not None:
@@ -103,6 +134,9 @@ def report_card(kind: str, items: list[DatasetItem], blobs: BlobStore, members: 
     _grade(card, few, good, unit)
     _balance(card, items, members or {})
     card.preset, card.preset_why = pick_preset(kind, card.count)
+    plan, chosen = cv_plan(kind, card.count), cv_line(tuned or {})
+    if plan or chosen:
+        card.lines.append("**Quick tries:** " + " ".join(filter(None, [plan, f"Last time: {chosen}" if chosen else None])))
     return card
 
 

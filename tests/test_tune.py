@@ -65,6 +65,7 @@ def test_search_prunes_the_absurd_rate_picks_the_best_and_trains_it_in_full(trai
                   seed=0, enqueue=[ABSURD], on_trial=printed.append)
 
     assert [r.number for r in printed] == [0, 1, 2, 3, 4, 5]
+    assert result.folds == 0 and result.cv is None  # 16 examples: one validation split (tests/test_tune_folds.py)
     assert len(result.trials) == 6 and all(r.status in ("complete", "pruned", "failed") for r in result.trials)
     absurd = result.trials[3]
     assert absurd.params["lr"] == 1.0

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.bot_world import bot_config, make_bot, simcord_bot, storage_settings, text_bytes, world  # noqa: F401
 from tests.conftest import TINY_CORPUS
 from tests.image_fixtures import RESOLUTION, tiny_sd, write_image_folder  # noqa: F401
 from trainer.errors import ConfigError
@@ -23,6 +24,11 @@ FAST = {"seq_len": 32, "batch_size": 2, "max_new_tokens": 4, "prompts": ["To be,
 
 def metrics(folder: Path) -> dict:
     return json.loads((folder / "metrics.json").read_text())
+
+
+def card(result) -> str:
+    """The report card's text (sent as the deferred reply's follow-up)."""
+    return (result.followups[0] if result.followups else result.response).embeds[0].description
 
 
 def texts(folder: Path, n: int) -> Path:
@@ -107,3 +113,35 @@ def test_a_tiny_image_set_is_cross_validated_on_its_validation_loss(tiny_sd, tmp
     full = metrics(out / "best-run")
     assert full["data_report"]["train_images"] == 6 and full["data_report"]["val_images"] == 0
     assert full["config"]["steps"] == result.best.cv_steps
+
+
+@pytest.mark.asyncio
+async def test_the_bot_says_a_tiny_sets_settings_were_cross_validated_and_how_sure(world):
+    from storage.jobkinds.tune import cv_metrics
+
+    await world.alice.slash(world.channel, "session new", kind="text", title="Tiny")
+    thread = world.channel.threads[-1]
+    await world.alice.slash(thread, "data add", file=("fox.txt", text_bytes(8)))
+    report = await world.alice.slash(thread, "data report")
+    assert "quick tries score each setting by 3-fold cross-validation" in card(report)
+    started = await world.alice.slash(thread, "train tune", trials=6)
+    assert ("With 8 examples (under 16), quick tries score each setting by 3-fold cross-validation "
+            "(2 settings x 3 short runs, about the steps of 6 tries)") in started.response.content
+
+    # The worker ends the job; its metrics carry the folds' spread as storage.jobkinds.tune writes it.
+    db = world.env.bot.services.db
+    [job] = db.list_jobs()
+    cv = {"folds": 3, "n_examples": 8, "steps": 12, "clear": False,
+          "best": {"trial": 1, "mean": 2.1034, "sd": 0.2311}, "runner_up": {"trial": 0, "mean": 2.2519, "sd": 0.1987}}
+    db.mark_job_running(job.id, worker="w", attempt=1)
+    db.finish_job(job.id, "done", attempt=1, result={"metrics": cv_metrics(cv)})
+    world.env.bot.dirty.add(job.id)
+    await world.env.advance_time(1.5)  # one pump posts the outcome
+    said = ("Settings chosen by 3-fold cross-validation over 8 examples: validation loss 2.103 ± 0.231 "
+            "(mean ± sd over the folds) against 2.252 ± 0.199 for the runner-up: within the folds' spread, "
+            "so a close call (your votes on the samples can settle it). "
+            "The final run trained on every example for 12 steps.")
+    assert said in thread.history()[-1].content
+    await world.env.advance_time(6)
+    again = await world.alice.slash(thread, "data report")
+    assert f"Last time: {said}" in card(again)

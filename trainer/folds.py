@@ -31,6 +31,13 @@ def folds_for(n_examples: int) -> int:
     return max(2, min(MAX_FOLDS, n_examples // 2))
 
 
+def cv_trials(trials: int | None, folds: int) -> int | None:
+    """Settings a cross-validated search tries: each costs ``folds`` runs of the preset's length,
+    so ``trials / folds`` of them (at least 2: the preset's setting and one other) spend about
+    the steps of ``trials`` single-split trials."""
+    return None if trials is None else max(2, round(trials / folds))
+
+
 def check_holdout(value: str | None) -> str | None:
     """``value`` if it names a split; raises ``ValueError`` saying the form otherwise."""
     if value is None:

@@ -43,7 +43,7 @@ from typing import Any, Callable, Literal, Sequence
 from .cancel import CancelToken
 from .errors import Cancelled, ConfigError, TrainingError
 from .events import EventCallback, ProgressEvent
-from .folds import folds_for
+from .folds import cv_trials, folds_for
 from .presets import Preset
 
 Kind = Literal["text", "image"]
@@ -273,13 +273,6 @@ def _space(probe: Probe, settings: dict[str, Any], grid: dict[str, list] | None)
         "steps": CategoricalDistribution(steps),
     }
     return {k: v for k, v in space.items() if settings.get(k) is None}
-
-
-def cv_trials(trials: int | None, folds: int) -> int | None:
-    """Settings a cross-validated search tries: each costs ``folds`` runs of the preset's length,
-    so ``trials / folds`` of them (at least 2: the preset's setting and one other) spend about
-    the steps of ``trials`` single-split trials."""
-    return None if trials is None else max(2, round(trials / folds))
 
 
 def cv_summary(rows: list[TrialRow], probe: Probe) -> dict[str, Any] | None:

@@ -12,7 +12,7 @@ from ..client import LoracordBot, actor_of
 from ..jobpick import pick_job
 from ..progress import headline, progress_embed
 from ..sampling import no_pings
-from ..report import pick_preset, size_line
+from ..report import cv_plan, pick_preset, size_line
 from ..views import job_view
 
 
@@ -84,6 +84,9 @@ class TrainCog(commands.GroupCog, group_name="train", group_description="Train a
         session = await self.bot.db(self.svc.session_here, interaction.channel_id)
         if session.kind == "image":
             intro += f"\n{size_line(await self.bot.db(self.svc.image_sizes, session))}."
+        items = await self.bot.db(self.svc.items, session)
+        plan = cv_plan(session.kind, sum(int(i.checks.get("examples", 1)) for i in items), trials)
+        intro += f"\n{plan}" if plan else ""
         await self._submit(interaction, lambda s, a: self.svc.start_tuning(s, a, trials, steps), intro)
 
     @app_commands.command(name="status", description="Show a job's progress and the best-voted samples")

@@ -8,6 +8,7 @@ on any worker can generate from one trial.
 
 from __future__ import annotations
 
+import json
 import shutil
 
 from .base import JobKind
@@ -18,7 +19,7 @@ KIND = JobKind("tune", run="storage.jobkinds.tune:run_tune", prepare="storage.jo
 
 def run_tune(config: dict, run, *, resume: bool, cancel) -> dict:
     from trainer.events import JsonlEventLog
-    from trainer.rundir import RunDir
+    from trainer.rundir import RunDir, write_json_atomic
     from trainer.spec import RunSpec
 
     spec = RunSpec.from_job("tune", config)
@@ -30,9 +31,20 @@ def run_tune(config: dict, run, *, resume: bool, cancel) -> dict:
         for name in ("metrics.json", "loss.png", "samples.json"):
             if (best.root / name).is_file():
                 shutil.copy2(best.root / name, run.root / name)
-    return {"status": "done", "best_params": result.best_params, "val_loss": result.full_val_loss,
+        if result.cv:  # flat numbers, so they travel with the job's metrics to the bot (bot.report.cv_line)
+            write_json_atomic(run.metrics, {**json.loads(run.metrics.read_text()), **cv_metrics(result.cv)})
+    return {"status": "done", "best_params": result.best_params, "val_loss": result.full_val_loss, "cv": result.cv,
             "trials": [{"number": t.number, "status": t.status, "val_loss": t.val_loss, "params": t.params}
                        for t in result.trials]}
+
+
+def cv_metrics(cv: dict) -> dict:
+    """A cross-validated search's choice as flat ``cv_*`` numbers (``trainer.tune.cv_summary``)."""
+    best, runner = cv["best"], cv.get("runner_up") or {}
+    flat = {"cv_folds": cv["folds"], "cv_examples": cv["n_examples"], "cv_steps": cv.get("steps"),
+            "cv_best_mean": best["mean"], "cv_best_sd": best["sd"], "cv_runner_mean": runner.get("mean"),
+            "cv_runner_sd": runner.get("sd"), "cv_clear": int(bool(cv.get("clear")))}
+    return {k: v for k, v in flat.items() if v is not None}
 
 
 def trials_root(run):
