@@ -9,8 +9,10 @@ held-out passages from six *other* plays, for:
   augmentation, a fixed ``PLAIN_STEPS`` steps whatever N;
 - ``default``: loracord's default preset (``balanced``), every knob sized to the data by it;
 - ``tuned``: loracord after quick tries: ``trainer.tune.tune`` with ``--trials`` short trials
-  (and at most ``--tune-minutes``), run ONCE per N (on seed 0's passages), then its best
-  settings trained on every seed.
+  (and at most ``--tune-minutes``), run on each seed's own N passages as a member's search
+  would, then its best settings trained on those passages. Below ``trainer.folds.FOLDS_BELOW``
+  passages the search cross-validates and the tuned run trains on every passage at the folds'
+  step count (``holdout="none"``), as the search's own full run does.
 
 Every run uses seq_len 128, batch 4 and the trainer's own 10% validation split of the N
 passages (early stopping and best-adapter choice); the held-out plays are never seen. The
@@ -126,7 +128,7 @@ class Bench:
         if method == "base":
             row = self._score_base(heldout_path, train)
         else:
-            settings = self.settings(method, n, train_path)
+            settings = self.settings(method, n, train_path, seed)
             row = self._train_and_score(method, n, seed, train_path, heldout_path, train, settings)
         row.update(method=method, n=n, seed=seed, seconds=round(time.time() - started, 1))
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -135,8 +137,8 @@ class Bench:
                                               "seconds")}), flush=True)
         return row
 
-    def settings(self, method: str, n: int, train_path: Path) -> dict:
-        """The knobs a method sets; the default preset's are left to the trainer (None)."""
+    def settings(self, method: str, n: int, train_path: Path, seed: int = 0) -> dict:
+        """The knobs a method sets for seed ``seed``'s run; the default preset's are left to the trainer (None)."""
         if method == "plain":
             settings = dict(PLAIN)
         elif method == "default":
@@ -144,30 +146,33 @@ class Bench:
         elif method.startswith("default-lr"):  # the default preset with only its learning rate changed
             settings = {"lr": float(method.removeprefix("default-lr"))}
         else:
-            settings = self.tuned_params(n)
+            settings = self.tuned_params(n, seed)
         if self.max_steps:
             settings["steps"] = min(settings.get("steps") or self.max_steps, self.max_steps)
         return settings
 
-    def tuned_params(self, n: int) -> dict:
-        """Quick tries once per N, on seed 0's passages; the best trial's settings, cached."""
-        path = self.out / "cells" / f"tune-n{n}.json"
+    def tuned_params(self, n: int, seed: int) -> dict:
+        """Quick tries on this seed's N passages; the best trial's settings, cached."""
+        path = self.out / "cells" / f"tune-n{n}-s{seed}.json"
         if path.exists():
             return json.loads(path.read_text())["best_params"]
         from trainer.tune import tune
 
         started = time.time()
-        train_path, _, _ = self.data(n, 0)
+        train_path, _, _ = self.data(n, seed)
         fixed = self.fixed()
         fixed.pop("base")
         if self.max_steps:
             fixed["steps"] = self.max_steps  # a capped smoke run does not search the step count
-        result = tune("text", [train_path], self.out / "tune" / f"n{n}", base=self.base, trials=self.trials,
-                      budget_minutes=self.tune_minutes, settings=fixed, seed=0, full_run=False)
+        result = tune("text", [train_path], self.out / "tune" / f"n{n}-s{seed}", base=self.base, trials=self.trials,
+                      budget_minutes=self.tune_minutes, settings=fixed, seed=seed, full_run=False)
         best = dict(result.best_params)
+        if result.folds:
+            best["holdout"] = "none"  # cross-validated: the choice trains on every passage, as tune's full run
         if self.max_steps:
             best["steps"] = self.max_steps
-        record = {"n": n, "best_params": best, "baseline": result.baseline, "steps_spent": result.steps_spent,
+        record = {"n": n, "seed": seed, "best_params": best, "baseline": result.baseline,
+                  "steps_spent": result.steps_spent, "folds": result.folds, "cv": result.cv,
                   "seconds": round(time.time() - started, 1),
                   "trials": [{"number": r.number, "status": r.status, "params": r.params, "val_loss": r.val_loss,
                               "steps": r.steps} for r in result.trials]}

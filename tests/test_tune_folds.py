@@ -88,6 +88,25 @@ def test_a_tiny_text_set_is_cross_validated_and_the_choice_trains_on_every_examp
     assert json.loads((out / "best.json").read_text())["cv"] == cv
 
 
+def test_a_tune_job_on_a_tiny_set_reports_the_folds_spread_in_its_metrics(tiny_llama, tmp_path):
+    """The job kind the worker runs: the chosen setting's adapter, and flat cv_* figures for the bot."""
+    from storage.jobrun import run_job
+    from trainer.rundir import RunDir
+
+    run = RunDir(tmp_path / "job")
+    run.root.mkdir()
+    config = {"kind": "text", "data": [str(texts(tmp_path, 6))], "base": str(tiny_llama), "trials": 2,
+              "preset": "quick", "settings": FAST}
+    result = run_job("tune", config, run, resume=False)
+    cv = result["cv"]
+    assert cv["folds"] == 3 and cv["n_examples"] == 6 and len(result["trials"]) == 2
+    got = json.loads(run.metrics.read_text())
+    assert got["cv_folds"] == 3 and got["cv_examples"] == 6 and got["cv_best_mean"] == cv["best"]["mean"]
+    assert got["cv_best_sd"] == cv["best"]["sd"] and got["cv_runner_mean"] == cv["runner_up"]["mean"]
+    assert got["config"]["holdout"] == "none" and got["config"]["steps"] == got["cv_steps"] == cv["steps"]
+    assert (run.adapter / "adapter_model.safetensors").exists()
+
+
 def test_a_larger_set_keeps_one_validation_split(tiny_llama, tmp_path):
     probe = probe_data("text", {**FAST, "data": [str(texts(tmp_path, FOLDS_BELOW))], "base": str(tiny_llama)}, "quick")
     assert probe.n_examples == FOLDS_BELOW and probe.folds == 0
