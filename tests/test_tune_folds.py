@@ -164,3 +164,17 @@ async def test_the_bot_says_a_tiny_sets_settings_were_cross_validated_and_how_su
     await world.env.advance_time(6)
     again = await world.alice.slash(thread, "data report")
     assert f"Last time: {said}" in card(again)
+
+
+def test_a_setting_behind_the_leader_on_the_same_folds_stops_early():
+    import optuna
+
+    from trainer.tune import _behind_leader
+
+    study = optuna.create_study()
+    study.add_trial(optuna.trial.create_trial(value=1.0, user_attrs={"fold_losses": [1.0, 1.1, 0.9]}))
+    trial = study.ask()
+    assert _behind_leader(trial, [1.15]) is None  # within twice the leader's spread (sd 0.1) after one fold
+    assert _behind_leader(trial, [1.25]).startswith("pruned after 1 folds: 1.2500 against the leader's 1.0000")
+    assert _behind_leader(trial, [1.0, 1.25]) is None  # mean 1.125 vs 1.05: within one sd
+    assert _behind_leader(trial, [1.2, 1.3]) is not None

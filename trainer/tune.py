@@ -280,18 +280,21 @@ def cv_summary(rows: list[TrialRow], probe: Probe) -> dict[str, Any] | None:
     deviation of their folds' losses, and the gap between them in units of the best's spread."""
     import statistics
 
-    done = sorted((r for r in rows if r.status == "complete" and r.fold_losses and r.val_loss is not None),
-                  key=lambda r: r.val_loss)
+    scored = sorted((r for r in rows if r.status in ("complete", "pruned") and r.fold_losses),
+                    key=lambda r: statistics.fmean(r.fold_losses))
+    done = [r for r in scored if r.status == "complete"]
     if not done:
         return None
 
     def one(row: TrialRow) -> dict[str, Any]:
+        # a runner-up pruned after some folds is scored on those (``folds_done``)
         sd = statistics.stdev(row.fold_losses) if len(row.fold_losses) > 1 else 0.0
-        return {"trial": row.number, "mean": row.val_loss, "sd": sd, "fold_losses": list(row.fold_losses),
-                "params": dict(row.params)}
+        return {"trial": row.number, "mean": statistics.fmean(row.fold_losses), "sd": sd, "status": row.status,
+                "folds_done": len(row.fold_losses), "fold_losses": list(row.fold_losses), "params": dict(row.params)}
 
     best = one(done[0])
-    runner = one(done[1]) if len(done) > 1 else None
+    others = [r for r in scored if r.number != done[0].number]
+    runner = one(others[0]) if others else None
     return {"folds": probe.folds, "n_examples": probe.n_examples, "steps": done[0].cv_steps, "best": best,
             "runner_up": runner, "clear": bool(runner and runner["mean"] - best["mean"] > max(best["sd"], runner["sd"]))}
 
@@ -583,9 +586,13 @@ class _Objective:
             curves.append(dict(curve))
             losses.append(float(metrics["best_val_loss"]))
             best_steps.append(int(metrics.get("best_step") or settings["steps"]))
-        # the mean validation curve over the folds that reached each step, for the chart
-        for step in sorted({s for c in curves for s in c}):
-            trial.report(statistics.fmean(c[step] for c in curves if step in c), step)
+            behind = _behind_leader(trial, losses) if i + 1 < k else None
+            if behind:
+                _report_mean_curve(trial, curves)
+                for key, value in {"note": behind, "fold_losses": losses, "fold_steps": best_steps}.items():
+                    trial.set_user_attr(key, value)
+                raise optuna.TrialPruned(behind)
+        _report_mean_curve(trial, curves)
         # The folds trained on (k-1)/k of the examples: the run on all of them keeps the epochs.
         chosen = max(1, round(statistics.fmean(best_steps) * k / (k - 1)))
         for key, value in {"run_dir": str(folder / "fold-0"), "fold_losses": losses, "fold_steps": best_steps,
@@ -630,6 +637,35 @@ class _Objective:
             if step <= reached:
                 trial.report(value, step)
         return True
+
+
+def _report_mean_curve(trial, curves: list[dict[int, float]]) -> None:
+    """The mean validation curve over the folds that reached each step (the chart's line)."""
+    import statistics
+
+    for step in sorted({s for c in curves for s in c}):
+        trial.report(statistics.fmean(c[step] for c in curves if step in c), step)
+
+
+def _behind_leader(trial, losses: list[float]) -> str | None:
+    """Why to stop a cross-validated trial after ``len(losses)`` folds, or None.
+
+    Every trial uses the same folds, so its losses are compared with the best complete trial's
+    on the same folds: it stops when its mean is worse by more than the leader's spread over
+    all its folds (a paired comparison), by twice that after a single fold."""
+    import statistics
+
+    from optuna.trial import TrialState
+
+    done = [t for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if len(t.user_attrs.get("fold_losses", [])) > len(losses) and t.value is not None]
+    if not done:
+        return None
+    leader = min(done, key=lambda t: t.value).user_attrs["fold_losses"]
+    mine, theirs = statistics.fmean(losses), statistics.fmean(leader[:len(losses)])
+    if mine > theirs + statistics.stdev(leader) * (2 if len(losses) == 1 else 1):
+        return f"pruned after {len(losses)} folds: {mine:.4f} against the leader's {theirs:.4f} on them"
+    return None
 
 
 def _inside(dist, value) -> bool:
