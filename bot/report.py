@@ -81,6 +81,9 @@ def cv_line(metrics: dict) -> str | None:
             f": validation loss {metrics['cv_best_mean']:.3f} ± {metrics['cv_best_sd']:.3f} (mean ± sd over the folds)")
     if metrics.get("cv_runner_mean") is not None:
         line += f" against {metrics['cv_runner_mean']:.3f} ± {metrics.get('cv_runner_sd', 0):.3f} for the runner-up"
+        runner_folds = metrics.get("cv_runner_folds")
+        if runner_folds and runner_folds < folds:
+            line += f" (stopped after {runner_folds} of the folds, clearly behind)"
         line += (": a clear choice" if metrics.get("cv_clear") else
                  ": within the folds' spread, so a close call (your votes on the samples can settle it)")
     steps = metrics.get("cv_steps")

@@ -178,3 +178,16 @@ def test_a_setting_behind_the_leader_on_the_same_folds_stops_early():
     assert _behind_leader(trial, [1.25]).startswith("pruned after 1 folds: 1.2500 against the leader's 1.0000")
     assert _behind_leader(trial, [1.0, 1.25]) is None  # mean 1.125 vs 1.05: within one sd
     assert _behind_leader(trial, [1.2, 1.3]) is not None
+
+
+def test_the_choice_line_says_when_the_runner_up_was_stopped_early():
+    from bot.report import cv_line
+    from storage.jobkinds.tune import cv_metrics
+
+    cv = {"folds": 3, "n_examples": 7, "steps": 9, "clear": True, "best": {"mean": 1.5, "sd": 0.05},
+          "runner_up": {"mean": 2.25, "sd": 0.0, "folds_done": 1}}
+    assert cv_line(cv_metrics(cv)) == (
+        "Settings chosen by 3-fold cross-validation over 7 examples: validation loss 1.500 ± 0.050 (mean ± sd over "
+        "the folds) against 2.250 ± 0.000 for the runner-up (stopped after 1 of the folds, clearly behind): a clear "
+        "choice. The final run trained on every example for 9 steps.")
+    assert cv_line({"steps": 9}) is None  # a search on one validation split says nothing of folds

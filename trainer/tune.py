@@ -296,7 +296,8 @@ def cv_summary(rows: list[TrialRow], probe: Probe) -> dict[str, Any] | None:
     others = [r for r in scored if r.number != done[0].number]
     runner = one(others[0]) if others else None
     return {"folds": probe.folds, "n_examples": probe.n_examples, "steps": done[0].cv_steps, "best": best,
-            "runner_up": runner, "clear": bool(runner and runner["mean"] - best["mean"] > max(best["sd"], runner["sd"]))}
+            "runner_up": runner, "clear": bool(runner and (runner["status"] == "pruned" or  # stopped: clearly behind
+                                                           runner["mean"] - best["mean"] > max(best["sd"], runner["sd"])))}
 
 
 def check_search(kind, trials, budget_minutes, grid, settings, pruner) -> list[str]:

@@ -43,7 +43,8 @@ def cv_metrics(cv: dict) -> dict:
     best, runner = cv["best"], cv.get("runner_up") or {}
     flat = {"cv_folds": cv["folds"], "cv_examples": cv["n_examples"], "cv_steps": cv.get("steps"),
             "cv_best_mean": best["mean"], "cv_best_sd": best["sd"], "cv_runner_mean": runner.get("mean"),
-            "cv_runner_sd": runner.get("sd"), "cv_clear": int(bool(cv.get("clear")))}
+            "cv_runner_sd": runner.get("sd"), "cv_runner_folds": runner.get("folds_done"),
+            "cv_clear": int(bool(cv.get("clear")))}
     return {k: v for k, v in flat.items() if v is not None}
 
 
