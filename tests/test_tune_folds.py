@@ -191,3 +191,26 @@ def test_the_choice_line_says_when_the_runner_up_was_stopped_early():
         "the folds) against 2.250 ± 0.000 for the runner-up (stopped after 1 of the folds, clearly behind): a clear "
         "choice. The final run trained on every example for 9 steps.")
     assert cv_line({"steps": 9}) is None  # a search on one validation split says nothing of folds
+
+
+def test_a_cancelled_cross_validated_search_resumes_with_its_finished_folds(tiny_llama, tmp_path):
+    from trainer.cancel import CancelToken
+    from trainer.errors import Cancelled
+
+    data, out, cancel = texts(tmp_path, 6), tmp_path / "search", CancelToken()
+
+    def stop_after_first_fold(event):
+        if event.kind == "done":
+            cancel.cancel()  # the next fold's first step stops the search
+
+    with pytest.raises(Cancelled):
+        tune("text", [data], out, base=str(tiny_llama), trials=2, preset="quick", settings=FAST, full_run=False,
+             cancel=cancel, on_event=stop_after_first_fold)
+    first_fold = out / "trials" / "0000" / "fold-0" / "metrics.json"
+    written = first_fold.stat().st_mtime_ns
+    result = tune("text", [data], out, base=str(tiny_llama), trials=2, preset="quick", settings=FAST, full_run=False)
+    retry = next(r for r in result.trials if r.note == "retry of 0")
+    assert retry.status == "complete" and len(retry.fold_losses) == 3
+    kept = Path(retry.run_dir)  # the retry took over the interrupted trial's folder and its finished fold
+    assert (kept / "metrics.json").stat().st_mtime_ns == written
+    assert sum(r.status == "complete" for r in result.trials) == 2

@@ -624,6 +624,10 @@ class _Objective:
         if old is None:
             return False
         previous = self.out / "trials" / f"{old:04d}"
+        if self.probe.folds and any(previous.glob("fold-*")):
+            # its finished folds are read back and a fold with a checkpoint resumes (_cross_validate)
+            shutil.move(str(previous), str(folder))
+            return True
         if not (previous / "checkpoints").is_dir():
             return False
         from .rundir import RunDir
