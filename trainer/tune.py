@@ -595,7 +595,8 @@ class _Objective:
                 raise optuna.TrialPruned(behind)
         _report_mean_curve(trial, curves)
         # The folds trained on (k-1)/k of the examples: the run on all of them keeps the epochs.
-        chosen = max(1, round(statistics.fmean(best_steps) * k / (k - 1)))
+        # Steps the member chose are theirs: the run on every example trains that many.
+        chosen = self.fixed.get("steps") or max(1, round(statistics.fmean(best_steps) * k / (k - 1)))
         for key, value in {"run_dir": str(folder / "fold-0"), "fold_losses": losses, "fold_steps": best_steps,
                            "cv_steps": chosen}.items():
             trial.set_user_attr(key, value)
