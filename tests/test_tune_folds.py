@@ -214,3 +214,23 @@ def test_a_cancelled_cross_validated_search_resumes_with_its_finished_folds(tiny
     kept = Path(retry.run_dir)  # the retry took over the interrupted trial's folder and its finished fold
     assert (kept / "metrics.json").stat().st_mtime_ns == written
     assert sum(r.status == "complete" for r in result.trials) == 2
+
+
+def test_a_cross_validated_trial_publishes_its_first_folds_adapter(tmp_path):
+    """So that ``/sample trial:`` works on a tiny set's trials too."""
+    from storage.blobs import BlobStore
+    from storage.jobkinds.tune import publish_trials, trial_folder
+    from trainer.rundir import RunDir
+
+    run = RunDir(tmp_path / "job-1")
+    for number, layout in ((0, "fold-0/"), (1, "")):
+        folder = trial_folder(run, number) / layout
+        (folder / "adapter").mkdir(parents=True)
+        (folder / "adapter" / "adapter_config.json").write_text(f'{{"trial": {number}}}')
+        (folder / "metrics.json").write_text("{}")
+    outputs = {"result": {"trials": [{"number": 0, "status": "complete"}, {"number": 1, "status": "complete"},
+                                     {"number": 2, "status": "pruned"}]}}
+    publish_trials(BlobStore(tmp_path / "blobs"), run, outputs)
+    published = outputs["result"]["trials"]
+    assert published[0]["adapter"] and published[1]["adapter"] and published[0]["adapter"] != published[1]["adapter"]
+    assert published[0]["metrics"] and "adapter" not in published[2]

@@ -61,6 +61,8 @@ def publish_trials(blobs, run, outputs: dict) -> None:
     them in its row of the result (``adapter``, ``metrics``)."""
     for trial in (outputs.get("result") or {}).get("trials", []):
         folder = trial_folder(run, int(trial["number"]))
+        if not (folder / "adapter").is_dir() and (folder / "fold-0" / "adapter").is_dir():
+            folder = folder / "fold-0"  # a cross-validated trial: its first fold's run stands for it
         if trial.get("status") != "complete" or not (folder / "adapter").is_dir():
             continue
         trial["adapter"] = blobs.put_tree(folder / "adapter")
