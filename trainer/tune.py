@@ -497,31 +497,8 @@ class _Objective:
                                            "eval_every": self.probe.eval_every, "resume": resume})
         token, why = CancelToken(), {}
         steps = {"first": None, "last": 0}
-
-        def watch(event: ProgressEvent) -> None:
-            # runs inside the training loop: setting the token stops the trainer at its next step
-            if event.kind == "step":
-                steps["first"] = steps["first"] or event.step
-                steps["last"] = event.step
-            if event.kind == "eval" and event.val_loss is not None:
-                trial.set_user_attr("steps", _spent(steps))
-                if not math.isfinite(event.val_loss):
-                    why["pruned"] = "validation loss is not finite"
-                else:
-                    trial.report(event.val_loss, event.step)
-                    if trial.should_prune():
-                        why["pruned"] = f"pruned at step {event.step}"
-            if self.deadline is not None and time.monotonic() > self.deadline:
-                why.setdefault("pruned", "out of time")
-            if self.cancel is not None and self.cancel.is_set():
-                why["cancelled"] = "search cancelled"
-            if why:
-                token.cancel()
-            if self.on_event is not None:
-                self.on_event(event)
-
         try:
-            result = _train(self.kind, config, watch, token)
+            result = _train(self.kind, config, self._watch(steps, why, token, prune=trial), token)
         except Cancelled:
             trial.set_user_attr("steps", _spent(steps))
             if "cancelled" in why:
@@ -564,7 +541,7 @@ class _Objective:
                                                    "out": str(run.root), "resume": run.latest_checkpoint() is not None})
                 steps, why, token = {"first": None, "last": 0}, {}, CancelToken()
                 try:
-                    _train(self.kind, config, self._fold_watch(steps, why, token), token)
+                    _train(self.kind, config, self._watch(steps, why, token), token)
                 except Cancelled:
                     trial.set_user_attr("steps", spent + _spent(steps))
                     if "cancelled" in why:
@@ -602,11 +579,23 @@ class _Objective:
             trial.set_user_attr(key, value)
         return statistics.fmean(losses)
 
-    def _fold_watch(self, steps: dict, why: dict, token: CancelToken) -> EventCallback:
+    def _watch(self, steps: dict, why: dict, token: CancelToken, prune=None) -> EventCallback:
+        """The event callback of one training run of the search: it counts steps, reports
+        validation to ``prune`` (the Optuna trial, for single-split tries) and sets ``token``
+        when the run must stop (pruned, out of time, search cancelled)."""
         def watch(event: ProgressEvent) -> None:
+            # runs inside the training loop: setting the token stops the trainer at its next step
             if event.kind == "step":
                 steps["first"] = steps["first"] or event.step
                 steps["last"] = event.step
+            if prune is not None and event.kind == "eval" and event.val_loss is not None:
+                prune.set_user_attr("steps", _spent(steps))
+                if not math.isfinite(event.val_loss):
+                    why["pruned"] = "validation loss is not finite"
+                else:
+                    prune.report(event.val_loss, event.step)
+                    if prune.should_prune():
+                        why["pruned"] = f"pruned at step {event.step}"
             if self.deadline is not None and time.monotonic() > self.deadline:
                 why.setdefault("pruned", "out of time")
             if self.cancel is not None and self.cancel.is_set():
