@@ -34,6 +34,18 @@ def _quiet_and_isolated(tmp_path_factory):
     yield
 
 
+@pytest.fixture
+def redis():
+    """The URL of a redis-server for this test: CI's (LORACORD_TEST_REDIS_URL) or one started here."""
+    from storage.testing import redis_url
+
+    try:
+        with redis_url() as url:
+            yield url
+    except LookupError as exc:  # not under CI: no redis-server here
+        pytest.skip(str(exc))
+
+
 def build_tiny_llama(folder: Path, *, vocab_size: int = 512, seed: int = 0) -> Path:
     """Save a 2-layer Llama with a byte-level BPE tokenizer trained on a few sentences."""
     import torch

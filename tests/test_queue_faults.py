@@ -206,6 +206,15 @@ def _resumed_from_checkpoint(bench: Bench, job_id: int) -> None:
         [(s.attempt, s.step) for s in starts]
 
 
+def _kill_and_resume(bench: Bench, worker, job_id: int) -> None:
+    """kill -9 ``worker`` now; a new worker must resume the job from its checkpoint and finish it."""
+    bench.kill9(worker)
+    bench.worker()
+    bench.until(lambda: bench.finished(job_id), "the resumed job")
+    assert bench.job(job_id).status == "done"
+    _resumed_from_checkpoint(bench, job_id)
+
+
 # ---- kill -9 the worker at chosen points ---------------------------------------------------
 
 def test_kill_after_dispatch_before_the_trainer_starts(bench):
@@ -229,11 +238,7 @@ def test_kill_mid_step(bench):
     job = bench.submit()
     bench.until(lambda: bench.job(job.id).checkpoint is not None, "a checkpoint")
     bench.until(lambda: (_last_event(bench.run_dir(job.id)) or {}).get("kind") == "step", "a step", tick=False)
-    bench.kill9(worker)
-    bench.worker()
-    bench.until(lambda: bench.finished(job.id), "the resumed job")
-    assert bench.job(job.id).status == "done"
-    _resumed_from_checkpoint(bench, job.id)
+    _kill_and_resume(bench, worker, job.id)
     bench.measure("kill -9 worker mid-step", [job.id])
 
 
@@ -245,11 +250,7 @@ def test_kill_mid_checkpoint(bench):
     bench.until(lambda: bench.job(job.id).checkpoint is not None, "a first checkpoint")
     bench.until(lambda: checkpoints.is_dir() and any(p.name.startswith(".step-") for p in checkpoints.iterdir()),
                 "a checkpoint being written", tick=False, every=0.01)
-    bench.kill9(worker)
-    bench.worker()
-    bench.until(lambda: bench.finished(job.id), "the resumed job")
-    assert bench.job(job.id).status == "done"
-    _resumed_from_checkpoint(bench, job.id)
+    _kill_and_resume(bench, worker, job.id)
     bench.measure("kill -9 worker mid-checkpoint", [job.id])
 
 
@@ -260,11 +261,7 @@ def test_kill_mid_upload(bench):
     blob_root = Path(bench.settings.blob_location)
     bench.until(lambda: bench.job(job.id).checkpoint is not None, "a first checkpoint")
     bench.until(lambda: any(blob_root.rglob("*.tmp")), "an upload in progress", tick=False, every=0.005)
-    bench.kill9(worker)
-    bench.worker()
-    bench.until(lambda: bench.finished(job.id), "the resumed job")
-    assert bench.job(job.id).status == "done"
-    _resumed_from_checkpoint(bench, job.id)
+    _kill_and_resume(bench, worker, job.id)
     tree = BlobStore(bench.settings.blob_location)
     for name, digest in tree.tree_files(bench.job(job.id).checkpoint.split("/")[1]).items():
         assert tree.exists(digest), name  # the checkpoint it resumed from is whole in the store
@@ -281,11 +278,7 @@ def test_kill_during_evaluation(bench):
         return last.get("kind") == "step" and last["step"] % 5 == 0 and last["step"] >= 10
 
     bench.until(evaluating, "an evaluation", tick=False, every=0.01)
-    bench.kill9(worker)
-    bench.worker()
-    bench.until(lambda: bench.finished(job.id), "the resumed job")
-    assert bench.job(job.id).status == "done"
-    _resumed_from_checkpoint(bench, job.id)
+    _kill_and_resume(bench, worker, job.id)
     bench.measure("kill -9 worker during evaluation", [job.id])
 
 

@@ -14,17 +14,8 @@ import pytest
 
 from storage.queue import JobQueue
 from storage.settings import Settings
-from storage.testing import redis_url, tick_until
+from storage.testing import tick_until
 from storage.worker import start_worker_process
-
-
-@pytest.fixture
-def redis():
-    try:
-        with redis_url() as url:
-            yield url
-    except LookupError as exc:  # not under CI: no redis-server here
-        pytest.skip(str(exc))
 
 
 @pytest.fixture

@@ -18,19 +18,9 @@ from bot.config import BotSettings
 from bot.sampling import clean_sample
 from storage.db import DONE
 from storage.settings import Settings
-from storage.testing import redis_url
 from storage.worker import start_worker_process
 from tests.bot_world import *  # noqa: F401,F403
 from tests.image_fixtures import image_folder, tiny_sd  # noqa: F401
-
-@pytest.fixture
-def redis():
-    try:
-        with redis_url() as url:
-            yield url
-    except LookupError as exc:  # not under CI: no redis-server here
-        pytest.skip(str(exc))
-
 
 @pytest.fixture
 def storage_settings(tmp_path, redis) -> Settings:
