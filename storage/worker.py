@@ -49,12 +49,11 @@ from trainer.rundir import RunDir, atomic_folder, write_json_atomic
 from . import jobkinds
 from .blobs import BlobStore
 from .channel import Channel
+from .jobrun import EXIT_DONE, EXIT_PERMANENT, EXIT_TRANSIENT  # how a job process ends
 from .lock import RunLock
 from .settings import Settings
 
 log = logging.getLogger("loracord.worker")
-
-EXIT_DONE, EXIT_PERMANENT, EXIT_TRANSIENT = 0, 2, 3  # how storage.jobrun ends
 
 
 def worker_id() -> str:
