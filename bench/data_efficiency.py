@@ -1,8 +1,11 @@
-"""Data efficiency: what N = 8, 32 or 128 Shakespeare passages buy, per training method.
+"""Data efficiency: what N = 8, 32 or 128 passages of a kind of text buy, per training method.
 
-With the built-in ``smollm2-135m`` (or ``--base``), train on N short passages (2 to 4 lines
-of one speech, from Hamlet, Macbeth, King Lear and Othello) and measure perplexity on 60
-held-out passages from six *other* plays, for:
+With the built-in ``smollm2-135m`` (or ``--base``), train on N short passages of one corpus
+and measure perplexity on 60 held-out passages from *other* sources of the same corpus. The
+corpora (``--corpus``, ``bench/corpora.py``): ``shakespeare`` (verse, the default: speeches of
+2 to 4 lines from Hamlet, Macbeth, King Lear and Othello, held out from six other plays),
+``code`` (standard-library functions), ``docs`` (standard-library docstring prose) and
+``chat`` (chatterbot-corpus conversations). The methods:
 
 - ``base``: the model untrained (one evaluation; it does not depend on N or the seed);
 - ``plain``: plain LoRA, fixed textbook settings: r=8, alpha=16, lr 2e-4, no dropout, no
@@ -12,19 +15,25 @@ held-out passages from six *other* plays, for:
   (and at most ``--tune-minutes``), run on each seed's own N passages as a member's search
   would, then its best settings trained on those passages. Below ``trainer.folds.FOLDS_BELOW``
   passages the search cross-validates and the tuned run trains on every passage at the folds'
-  step count (``holdout="none"``), as the search's own full run does.
+  step count (``holdout="none"``), as the search's own full run does;
+- the ablation of the default preset, everything else (lr, steps, rank) left to the preset:
+  ``no-augment`` (augment 0), ``no-dropout`` (lora_dropout 0) and ``none`` (both 0); with
+  ``default`` they show what augmentation and LoRA dropout each add (``--ablation`` runs these
+  four with ``base``).
 
 Every run uses seq_len 128, batch 4 and the trainer's own 10% validation split of the N
-passages (early stopping and best-adapter choice); the held-out plays are never seen. The
+passages (early stopping and best-adapter choice); the held-out sources are never seen. The
 seed picks the N passages and seeds the run. Each run also draws 5 samples of 48 tokens
-(prompts: speaker names from the training plays) and reports the share of their word 8-grams
+(prompts suited to the corpus: speaker names for verse, ``def`` for code) and reports the share of their word 8-grams
 copied verbatim from its training passages (``bench/memorisation.py``).
 
-Every finished (method, N, seed) cell is cached as JSON under ``--out``, so a rerun skips it
-and the benchmark can be run in parts. Prints one JSON line with the table at the end and, with
-``--chart``, draws perplexity against N.
+Every finished (corpus, method, N, seed) cell is cached as JSON under ``--out`` (Shakespeare's
+in ``cells/``, another corpus's in ``cells/CORPUS/``), so a rerun skips it and the benchmark can
+be run in parts. Prints one JSON line with the tables at the end and, with ``--chart``, draws
+perplexity against N (one chart per corpus); ``--markdown`` adds the ablation table.
 
     python bench/data_efficiency.py --ns 8 32 128 --seeds 0 1 2 --chart docs/data_efficiency.png
+    python bench/data_efficiency.py --corpus shakespeare code docs chat --ablation --markdown
     python bench/data_efficiency.py --quick          # a smoke run: N=8, one seed, a few steps
 """
 
@@ -34,7 +43,6 @@ import argparse
 import json
 import math
 import platform
-import random
 import statistics
 import sys
 import time
@@ -44,80 +52,83 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
+from bench import corpora  # noqa: E402
 from bench.memorisation import copied_share  # noqa: E402
 
-TRAIN_PLAYS = ("hamlet", "macbeth", "king-lear", "othello")
-HELDOUT_PLAYS = ("julius-caesar", "romeo-and-juliet", "the-tempest", "twelfth-night", "richard-iii",
-                 "as-you-like-it")
-HELDOUT_PER_PLAY = 10
-MIN_LINES, MAX_LINES = 2, 4
-PROMPTS = ("HAMLET:\n", "IAGO:\n", "OTHELLO:\n", "KING LEAR:\n", "MACBETH:\n")
+SHAKESPEARE = corpora.CORPORA["shakespeare"]
+TRAIN_PLAYS, HELDOUT_PLAYS = SHAKESPEARE.train_sources, SHAKESPEARE.heldout_sources
+HELDOUT_PER_PLAY = corpora.HELDOUT_PER_SOURCE
+PROMPTS = SHAKESPEARE.prompts
 SAMPLE_TOKENS = 48
 SHAPE = {"seq_len": 128, "batch_size": 4}
 PLAIN = {"steps": 30, "rank": 8, "alpha": 16.0, "lr": 2e-4, "lora_dropout": 0.0, "augment": 0.0}
 METHODS = ("base", "plain", "default", "tuned")
-HELDOUT_SEED = 1234
+# The ablation: the default preset with one or both regularisers switched off, nothing else changed.
+ABLATION = {"no-augment": {"augment": 0.0}, "no-dropout": {"lora_dropout": 0.0},
+            "none": {"augment": 0.0, "lora_dropout": 0.0}}
+ALL_METHODS = METHODS + tuple(ABLATION)
 
 
 # --------------------------------------------------------------------------------------------
-# data: training passages from some plays, held-out passages from others
-
-
-def passages(play: str) -> list[str]:
-    """Speeches of ``play`` with MIN_LINES..MAX_LINES lines of verse (speaker line not counted)."""
-    from trainer.text.shakespeare import speeches
-
-    return [s for s in speeches(play) if MIN_LINES <= len(s.splitlines()) - 1 <= MAX_LINES]
+# data: training passages from some sources (plays, modules, topics), held-out passages from others
 
 
 def select(n: int, seed: int, train_plays=TRAIN_PLAYS, heldout_plays=HELDOUT_PLAYS,
            per_play: int = HELDOUT_PER_PLAY) -> tuple[list[str], list[str]]:
-    """(N training passages picked by ``seed``, the fixed held-out passages).
+    """Shakespeare's (N training passages picked by ``seed``, the fixed held-out passages).
 
     Raises ``ValueError`` when a play is in both lists: held-out figures must come from plays
-    the model never trained on.
+    the model never trained on. Other corpora: ``bench.corpora.select``.
     """
-    shared = set(train_plays) & set(heldout_plays)
-    if shared:
-        raise ValueError(f"plays both trained on and held out: {', '.join(sorted(shared))}")
-    pool = [p for play in train_plays for p in passages(play)]
-    if n > len(pool):
-        raise ValueError(f"only {len(pool)} passages in {', '.join(train_plays)}; asked for {n}")
-    train = random.Random(seed).sample(pool, n)
-    rng = random.Random(HELDOUT_SEED)
-    heldout = [p for play in heldout_plays for p in rng.sample(passages(play), per_play)]
-    return train, heldout
+    return corpora.select(SHAKESPEARE, n, seed, train_sources=train_plays, heldout_sources=heldout_plays,
+                          per_source=per_play)
 
 
 def write_passages(path: Path, texts: list[str]) -> Path:
+    """Passages as the trainer reads them: .txt blocks between blank lines, or .jsonl ``{"text"}`` rows."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n\n".join(texts) + "\n", encoding="utf-8")
+    if path.suffix == ".jsonl":  # code passages hold blank lines, which would end a .txt block
+        path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+    else:
+        path.write_text("\n\n".join(texts) + "\n", encoding="utf-8")
     return path
 
 
 # --------------------------------------------------------------------------------------------
-# one cell: train (or not), evaluate on held-out plays, sample, count copied 8-grams
+# one cell: train (or not), evaluate on held-out sources, sample, count copied 8-grams
 
 
 class Bench:
-    """The settings shared by every cell, and where cells are cached."""
+    """The settings shared by every cell of one corpus, and where cells are cached.
+
+    Shakespeare's files keep the folders they had before there were other corpora (``cells/``,
+    ``data/``, ``runs/``, ``tune/``), so cells cached then are still read; another corpus lives
+    in a subfolder named after it.
+    """
 
     def __init__(self, out: Path, base: str, threads: int, trials: int, max_steps: int | None, heldout_per_play: int,
-                 sample_seeds: tuple[int, ...] = (0,), tune_minutes: float | None = None):
+                 sample_seeds: tuple[int, ...] = (0,), tune_minutes: float | None = None, corpus: str = "shakespeare"):
         self.out, self.base, self.threads, self.trials, self.tune_minutes = out, base, threads, trials, tune_minutes
         self.max_steps, self.heldout_per_play, self.sample_seeds = max_steps, heldout_per_play, tuple(sample_seeds)
+        self.corpus = corpora.corpus(corpus)
+
+    def folder(self, kind: str) -> Path:
+        """``out/kind`` for Shakespeare, ``out/kind/CORPUS`` for the others."""
+        return self.out / kind if self.corpus.name == "shakespeare" else self.out / kind / self.corpus.name
 
     def cell_path(self, method: str, n: int, seed: int) -> Path:
-        return self.out / "cells" / f"{method}-n{n}-s{seed}.json"
+        return self.folder("cells") / f"{method}-n{n}-s{seed}.json"
 
     def data(self, n: int, seed: int) -> tuple[Path, Path, list[str]]:
-        train, heldout = select(n, seed, per_play=self.heldout_per_play)
-        return (write_passages(self.out / "data" / f"train-n{n}-s{seed}.txt", train),
-                write_passages(self.out / "data" / "heldout.txt", heldout), train)
+        train, heldout = corpora.select(self.corpus, n, seed, per_source=self.heldout_per_play)
+        suffix = self.corpus.suffix
+        return (write_passages(self.folder("data") / f"train-n{n}-s{seed}{suffix}", train),
+                write_passages(self.folder("data") / f"heldout{suffix}", heldout), train)
 
     def fixed(self) -> dict:
         """Trainer settings every run shares; one 1-token prompt keeps the trainer's own sampling cheap."""
-        return {**SHAPE, "base": self.base, "threads": self.threads, "prompts": [PROMPTS[0]], "max_new_tokens": 1}
+        return {**SHAPE, "base": self.base, "threads": self.threads, "prompts": [self.corpus.prompts[0]],
+                "max_new_tokens": 1}
 
     def cell(self, method: str, n: int, seed: int) -> dict:
         path = self.cell_path(method, n, seed)
@@ -130,10 +141,10 @@ class Bench:
         else:
             settings = self.settings(method, n, train_path, seed)
             row = self._train_and_score(method, n, seed, train_path, heldout_path, train, settings)
-        row.update(method=method, n=n, seed=seed, seconds=round(time.time() - started, 1))
+        row.update(corpus=self.corpus.name, method=method, n=n, seed=seed, seconds=round(time.time() - started, 1))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(row, indent=1))
-        print(json.dumps({k: row[k] for k in ("method", "n", "seed", "heldout_ppl", "copied_8gram_share",
+        print(json.dumps({k: row[k] for k in ("corpus", "method", "n", "seed", "heldout_ppl", "copied_8gram_share",
                                               "seconds")}), flush=True)
         return row
 
@@ -143,6 +154,8 @@ class Bench:
             settings = dict(PLAIN)
         elif method == "default":
             settings = {}
+        elif method in ABLATION:  # the default preset with one or both regularisers off
+            settings = dict(ABLATION[method])
         elif method.startswith("default-lr"):  # the default preset with only its learning rate changed
             settings = {"lr": float(method.removeprefix("default-lr"))}
         else:
@@ -153,7 +166,7 @@ class Bench:
 
     def tuned_params(self, n: int, seed: int) -> dict:
         """Quick tries on this seed's N passages; the best trial's settings, cached."""
-        path = self.out / "cells" / f"tune-n{n}-s{seed}.json"
+        path = self.folder("cells") / f"tune-n{n}-s{seed}.json"
         if path.exists():
             return json.loads(path.read_text())["best_params"]
         from trainer.tune import tune
@@ -164,7 +177,7 @@ class Bench:
         fixed.pop("base")
         if self.max_steps:
             fixed["steps"] = self.max_steps  # a capped smoke run does not search the step count
-        result = tune("text", [train_path], self.out / "tune" / f"n{n}-s{seed}", base=self.base, trials=self.trials,
+        result = tune("text", [train_path], self.folder("tune") / f"n{n}-s{seed}", base=self.base, trials=self.trials,
                       budget_minutes=self.tune_minutes, settings=fixed, seed=seed, full_run=False)
         best = dict(result.best_params)
         if result.folds:
@@ -188,14 +201,15 @@ class Bench:
         from trainer.text.sample import sample_run
         from trainer.text.train import train_text
 
-        run_dir = self.out / "runs" / f"{method}-n{n}-s{seed}"
+        run_dir = self.folder("runs") / f"{method}-n{n}-s{seed}"
         shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished run of an interrupted bench
         config = TextTrainConfig.build(data=[str(train_path)], out=str(run_dir), seed=seed, **self.fixed(), **settings)
         result = train_text(config)
         scored = evaluate(data=heldout_path, run=run_dir, seq_len=SHAPE["seq_len"])
         samples = []
         if seed in self.sample_seeds:  # sampling 5 x 48 tokens costs about as much as 8 training steps on CPU
-            samples = [r["text"] for r in sample_run(run_dir, list(PROMPTS), seed=seed, max_new_tokens=SAMPLE_TOKENS)]
+            samples = [r["text"] for r in sample_run(run_dir, list(self.corpus.prompts), seed=seed,
+                                                     max_new_tokens=SAMPLE_TOKENS)]
         used = result.metrics["config"]
         return {"heldout_loss": scored["loss"], "heldout_ppl": scored["perplexity"], "heldout_tokens": scored["tokens"],
                 "val_loss": result.val_loss, "steps_done": result.steps_done, "best_step": result.best_step,
@@ -206,7 +220,7 @@ class Bench:
 
     def _score_base(self, heldout_path: Path, train: list[str]) -> dict:
         """The untrained model: evaluated and sampled once (seed 0), its copy share counted against ``train``."""
-        path = self.out / "cells" / "base.json"
+        path = self.folder("cells") / "base.json"
         if path.exists():
             scored = json.loads(path.read_text())
         else:
@@ -216,7 +230,7 @@ class Bench:
 
             scored = evaluate(data=heldout_path, base=self.base, seq_len=SHAPE["seq_len"])
             model, tokenizer = load_causal_lm(resolve_base(self.base))
-            scored["samples"] = generate(model, tokenizer, list(PROMPTS), SAMPLE_TOKENS, 0)
+            scored["samples"] = generate(model, tokenizer, list(self.corpus.prompts), SAMPLE_TOKENS, 0)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(scored, indent=1))
         return {"heldout_loss": scored["loss"], "heldout_ppl": scored["perplexity"], "heldout_tokens": scored["tokens"],
@@ -230,7 +244,7 @@ class Bench:
 def summarise(cells: list[dict]) -> dict:
     """{method: {N: {ppl_mean, ppl_sd, ppl_min, ppl_max, copied_mean, seeds, ...}}} over seeds."""
     table: dict[str, dict[str, dict]] = {}
-    methods = list(METHODS) + sorted({c["method"] for c in cells} - set(METHODS))
+    methods = list(ALL_METHODS) + sorted({c["method"] for c in cells} - set(ALL_METHODS))
     for method in methods:
         for n in sorted({c["n"] for c in cells}):
             rows = [c for c in cells if c["method"] == method and c["n"] == n]
@@ -248,7 +262,7 @@ def summarise(cells: list[dict]) -> dict:
     return table
 
 
-def plot(table: dict, path: Path) -> Path:
+def plot(table: dict, path: Path, corpus: str = "shakespeare") -> Path:
     """Held-out perplexity against N (log scale), one line per method, error bars = 1 sd over seeds."""
     import matplotlib
 
@@ -266,8 +280,9 @@ def plot(table: dict, path: Path) -> Path:
     ax.set_xticks(sorted({int(n) for by_n in table.values() for n in by_n}))
     ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.set_xlabel("training passages N")
-    ax.set_ylabel("held-out perplexity (other plays)")
-    ax.set_title("smollm2-135m on Shakespeare: perplexity vs. data")
+    c = corpora.corpus(corpus)
+    ax.set_ylabel("held-out perplexity (other plays)" if c.name == "shakespeare" else "held-out perplexity")
+    ax.set_title(f"smollm2-135m on {c.name} ({c.kind}): perplexity vs. data")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     fig.tight_layout()
@@ -297,6 +312,34 @@ def markdown(table: dict) -> str:
     return "\n".join(lines)
 
 
+def ablation_markdown(table: dict, corpus: str) -> str:
+    """What augmentation and dropout add on ``corpus``: the ablation's perplexity per N, and default vs none.
+
+    One row per N: each method's mean ± sd (seeds), then the default's relative change against
+    ``none`` (negative: the regularisers help). Issue 16's bar: at N=32, at least 2% below
+    ``none`` over 3 seeds.
+    """
+    names = ["default", *ABLATION]
+    ns = sorted({int(n) for m in names for n in table.get(m, {})})
+    c = corpora.corpus(corpus)
+    lines = [f"{c.name} ({c.kind}): held-out perplexity, mean ± sd (seeds)", "",
+             "| N | " + " | ".join(names) + " | default vs none |", "| --- |" + " --- |" * (len(names) + 1)]
+    for n in ns:
+        cells, got = [], {}
+        for m in names:
+            e = table.get(m, {}).get(str(n))
+            if e is not None:
+                got[m] = e
+            cells.append("–" if e is None else f"{e['ppl_mean']:.2f} ± {e['ppl_sd']:.2f} ({len(e['seeds'])})")
+        if "default" in got and "none" in got:
+            change = 100 * (got["default"]["ppl_mean"] / got["none"]["ppl_mean"] - 1)
+            cells.append(f"{change:+.1f}%")
+        else:
+            cells.append("–")
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def machine() -> dict:
     import os
 
@@ -313,7 +356,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ns", type=int, nargs="+", default=[8, 32, 128], help="training set sizes")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--corpus", nargs="+", default=["shakespeare"], choices=list(corpora.CORPORA),
+                        help="which corpora (bench/corpora.py); each is run in turn")
+    parser.add_argument("--methods", nargs="+", default=None, choices=ALL_METHODS,
+                        help=f"default: {' '.join(METHODS)}; with --ablation: base default {' '.join(ABLATION)}")
+    parser.add_argument("--ablation", action="store_true",
+                        help="run the ablation: base, default, no-augment, no-dropout and none")
     parser.add_argument("--default-lr", type=float, default=None,
                         help="also run the default preset with only this learning rate (method 'default-lrLR')")
     parser.add_argument("--base", default="smollm2-135m", help="base model reference")
@@ -330,33 +378,43 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--report-only", action="store_true", help="train nothing: tables and chart of the cached cells")
     parser.add_argument("--quick", action="store_true", help="smoke run: N=8, seed 0, 3 steps, 2 trials")
     args = parser.parse_args(argv)
+    if args.methods is None:
+        args.methods = ["base", "default", *ABLATION] if args.ablation else list(METHODS)
     if args.quick:
         args.ns, args.seeds, args.trials, args.max_steps = [8], [0], 2, 3
         args.out = args.out.rstrip("/") + "-quick"
 
-    bench = Bench(Path(args.out), args.base, args.threads, args.trials, args.max_steps,
-                  2 if args.quick else HELDOUT_PER_PLAY, args.sample_seeds, args.tune_minutes)
     started = time.time()
     methods = args.methods + ([f"default-lr{args.default_lr:g}"] if args.default_lr else [])
-    cells = []
-    # Small N first and every seed of an N before the next N: cheap rows complete early, and an
-    # interrupted benchmark has every method of a row at the same seeds.
-    for n in args.ns:
-        for seed in args.seeds:
-            for method in methods:
-                seed_of = 0 if method == "base" else seed
-                if args.report_only and not bench.cell_path(method, n, seed_of).exists():
-                    continue
-                cells.append(bench.cell(method, n, seed_of))
-    cells = [c for c in {(c["method"], c["n"], c["seed"]): c for c in cells}.values()]
-    table = summarise(cells)
-    if args.chart:
-        plot(table, args.chart)
-    report = {"bench": "data_efficiency", "base": args.base, "ns": args.ns, "seeds": args.seeds,
-              "trials": args.trials, "tune_minutes": args.tune_minutes, "max_steps": args.max_steps, "machine": machine(),
-              "seconds": round(time.time() - started, 1), "table": table}
-    if args.markdown:
-        print(markdown(table))
+    tables = {}
+    for corpus in args.corpus:
+        bench = Bench(Path(args.out), args.base, args.threads, args.trials, args.max_steps,
+                      2 if args.quick else HELDOUT_PER_PLAY, args.sample_seeds, args.tune_minutes, corpus=corpus)
+        cells = []
+        # Small N first and every seed of an N before the next N: cheap rows complete early, and an
+        # interrupted benchmark has every method of a row at the same seeds.
+        for n in args.ns:
+            for seed in args.seeds:
+                for method in methods:
+                    seed_of = 0 if method == "base" else seed
+                    if args.report_only and not bench.cell_path(method, n, seed_of).exists():
+                        continue
+                    cells.append(bench.cell(method, n, seed_of))
+        cells = [c for c in {(c["method"], c["n"], c["seed"]): c for c in cells}.values()]
+        tables[corpus] = table = summarise(cells)
+        if args.chart:  # Shakespeare's chart at the path given, another corpus's beside it
+            chart = args.chart if corpus == "shakespeare" else args.chart.with_stem(f"{args.chart.stem}-{corpus}")
+            plot(table, chart, corpus)
+        if args.markdown:
+            print(f"\n## {corpus}\n\n{markdown(table)}")
+            if set(ABLATION) & set(methods):
+                print("\n" + ablation_markdown(table, corpus))
+    report = {"bench": "data_efficiency", "base": args.base, "corpora": args.corpus, "ns": args.ns,
+              "seeds": args.seeds, "trials": args.trials, "tune_minutes": args.tune_minutes,
+              "max_steps": args.max_steps, "python": platform.python_version(), "machine": machine(),
+              "seconds": round(time.time() - started, 1), "tables": tables}
+    if len(tables) == 1:
+        report["table"] = next(iter(tables.values()))  # the shape of the report before there were corpora
     print(json.dumps(report))
     return report
 
