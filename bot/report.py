@@ -105,10 +105,11 @@ def size_line(sizes) -> str:
 
 
 def report_card(kind: str, items: list[DatasetItem], blobs: BlobStore, members: dict[int, str] | None = None,
-                sizes=None, tuned: dict | None = None) -> ReportCard:
+                sizes=None, tuned: dict | None = None, settings: dict | None = None) -> ReportCard:
     """``sizes`` (``Services.image_sizes``) is what an image session trains at: the images are read
     against its resolution, as the trainer will read them. ``tuned`` is the metrics of the
-    session's latest quick tries, to say how their settings were chosen."""
+    session's latest quick tries, to say how their settings were chosen. ``settings`` are the
+    trainer settings runs start from (a declared ``text_kind``, ``neftune_alpha``)."""
     card = ReportCard(kind)
     few, good, unit = TARGETS[kind]
     if sizes is not None:
@@ -127,7 +128,7 @@ def report_card(kind: str, items: list[DatasetItem], blobs: BlobStore, members: 
             paths.append(path)
         try:
             if kind == "text":
-                _text(card, paths)
+                _text(card, paths, settings or {})
             else:
                 _images(card, items, paths, sizes)
         except DataError as exc:
@@ -143,8 +144,10 @@ def report_card(kind: str, items: list[DatasetItem], blobs: BlobStore, members: 
     return card
 
 
-def _text(card: ReportCard, paths: list[Path]) -> None:
+def _text(card: ReportCard, paths: list[Path], settings: dict) -> None:
+    from trainer.text.augment import augmentation_plan
     from trainer.text.data import read_text_examples
+    from trainer.text.kinds import resolve_kind
 
     examples, report = read_text_examples(paths)
     card.count = report.n_examples
@@ -152,6 +155,10 @@ def _text(card: ReportCard, paths: list[Path]) -> None:
     card.lines.append(f"**Examples:** {report.n_examples} ({kinds}) from {len(paths)} file(s)")
     card.lines.append(f"**Duplicates dropped:** {report.duplicates_dropped}")
     card.lines.append(f"**Length:** {report.chars_min}–{report.chars_max} characters, median {report.chars_median}")
+    # The trainer's own choice (trainer.text.kinds): which augmentations a run uses, which are off, and why.
+    plan = augmentation_plan(resolve_kind(settings.get("text_kind", "auto"), examples),
+                             settings.get("neftune_alpha") or 0.0)
+    card.lines.extend(f"**{heading}:** {words}" for heading, words in plan)
     # The count is graded with the session's own targets (``_grade``): the reader's count warning would repeat it.
     card.advice.extend(w[0].upper() + w[1:] for w in report.warnings
                        if not w.startswith(f"only {report.n_examples} examples"))

@@ -49,6 +49,9 @@ def train_text_cmd(
     lora_dropout: Optional[float] = typer.Option(None, help="Dropout on the LoRA path."),
     target_modules: Optional[str] = typer.Option(None, help="Comma-separated module names, or 'all-linear'."),
     augment: Optional[float] = typer.Option(None, help="Augmentation strength 0..1 (0 turns it off)."),
+    text_kind: Optional[str] = typer.Option(None, help="'auto' (default: detected), 'code', 'dialogue', 'verse' or "
+                                                       "'prose': which augmentations suit the text."),
+    neftune_alpha: Optional[float] = typer.Option(None, help="NEFTune: noise on the input embeddings (0: off)."),
     batch_size: Optional[int] = typer.Option(None, help="Packed sequences per step."),
     grad_accum: Optional[int] = typer.Option(None, help="Gradient accumulation steps."),
     seq_len: Optional[int] = typer.Option(None, help="Tokens per packed sequence."),
@@ -67,6 +70,7 @@ def train_text_cmd(
 
     chosen = dict(
         steps=steps, lr=lr, rank=rank, alpha=alpha, lora_dropout=lora_dropout, augment=augment,
+        text_kind=text_kind, neftune_alpha=neftune_alpha,
         batch_size=batch_size, grad_accum=grad_accum, seq_len=seq_len, val_fraction=val_fraction,
         eval_every=eval_every, patience=patience, precision=precision,
         target_modules=target_modules, prompts=prompt or None, threads=threads,
@@ -84,6 +88,10 @@ def _print_text_result(result) -> None:
 
     console = Console()
     console.print(f"[bold]run folder:[/] {result.run_dir}")
+    if result.metrics.get("text_kind"):
+        how = "declared" if result.metrics.get("text_kind_declared") else "detected"
+        console.print(f"kind of text: {result.metrics['text_kind']} ({how}: {result.metrics['text_kind_reason']})",
+                      markup=False)
     if result.val_loss is not None:
         console.print(f"validation loss {result.val_loss:.4f} (perplexity {result.val_perplexity:.2f}), "
                       f"stopped: {result.stop_reason}")

@@ -149,6 +149,11 @@ async def test_report_card_grades_and_picks_a_preset(world):
     assert "**Grade:** enough to try (12 examples; 5 needed, 20+ works well)" in embed.description
     assert "**Duplicates dropped:** 2" in embed.description
     assert "**Contributions:**" in embed.description
+    # Which augmentations the trainer will use for this kind of text, and why (trainer.text.kinds).
+    assert "**Kind of text:** prose (detected: no sign of code, turns or verse: lines average" in embed.description
+    assert ("**Augmentation for prose:** random windows of long texts; sentence-order shuffle; word dropout"
+            in embed.description)
+    assert "**Noisy embeddings (NEFTune):** off" in embed.description
     assert got["Advice"] == "• Only 12 examples in the whole dataset: 20+ give steadier results; 8 more would help."
     assert got["Preset I would pick: quick"].startswith("Because with 12 examples, a quick run")
     assert got["Next"] == "`/train start preset:quick`"

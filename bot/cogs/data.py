@@ -165,7 +165,8 @@ class DataCog(commands.GroupCog, group_name="data", group_description="The sessi
         await interaction.response.defer(thinking=True)
         tuned = next((j.result.get("metrics") for j in await self.bot.db(self.svc.db.list_jobs, session_id=session.id,
                                                                           status="done") if j.kind == "tune"), None)
-        card = await asyncio.to_thread(report_card, session.kind, items, self.svc.blobs, sizes=sizes, tuned=tuned)
+        card = await asyncio.to_thread(report_card, session.kind, items, self.svc.blobs, sizes=sizes, tuned=tuned,
+                                       settings=self.bot.config.text_train_defaults)
         embed = discord.Embed(title=f"Report card · session #{session.id} ({session.kind})",
                               description="\n".join(card.lines) or "No data yet.",
                               colour=0x2ECC71 if card.grade == "good" else 0xE67E22)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator, model_validator
 
 from ..config import Precision, TrainConfig
+from ..errors import ConfigError
 from ..presets import Preset
 
 
@@ -29,6 +30,12 @@ class TextTrainConfig(TrainConfig):
         None, description="Comma-separated module names or 'all-linear'; None picks the attention "
                           "projections of the architecture.")
     augment: float | None = Field(None, ge=0, le=1, description="Augmentation strength, 0 = off.")
+    text_kind: str = Field("auto", description="What the text is, which decides the augmentations it gets "
+                                               "(trainer.text.kinds): 'auto' detects it, or 'code', "
+                                               "'dialogue', 'verse', 'prose'.")
+    neftune_alpha: float = Field(0.0, ge=0, le=100, description="NEFTune: noise on the input embeddings while "
+                                                               "training (the paper used 5 to 15); 0 = off, the "
+                                                               "default until the benchmarks say otherwise.")
     batch_size: int = Field(4, ge=1, le=512, description="Packed sequences per micro-batch.")
     grad_accum: int = Field(1, ge=1, le=512, description="Micro-batches per optimizer step.")
     seq_len: int = Field(256, ge=16, le=32_768, description="Tokens per packed sequence.")
@@ -50,6 +57,16 @@ class TextTrainConfig(TrainConfig):
         if not value:
             raise ValueError("give at least one dataset file")
         return value
+
+    @field_validator("text_kind")
+    @classmethod
+    def _text_kind(cls, value: str) -> str:
+        from .kinds import check_text_kind
+
+        try:
+            return check_text_kind(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc).removeprefix("text_kind ")) from None
 
     @field_validator("target_modules")
     @classmethod

@@ -84,6 +84,7 @@ class _Setup:
     base_path: Path
     prompts: list[str]
     precision_choice: dict = field(default_factory=dict)  # what auto picked and why
+    text_kind: Any = None  # trainer.text.kinds.TextKind: what the augmentation follows, and why
 
 
 def _setup(config: TextTrainConfig) -> _Setup:
@@ -94,6 +95,7 @@ def _setup(config: TextTrainConfig) -> _Setup:
     from ..models import load_causal_lm, resolve_base
     from ..precision import choose_precision, make_accelerator, model_key, text_probe
     from .data import load_text_dataset
+    from .kinds import resolve_kind
     from .packing import CHATML_TEMPLATE, encode
     from .presets import size_defaults
 
@@ -102,6 +104,8 @@ def _setup(config: TextTrainConfig) -> _Setup:
     pin_mmap_threshold()
     dataset = load_text_dataset(config.data, val_fraction=config.val_fraction, seed=config.seed,
                                 holdout=config.holdout)
+    # Every example, held-out ones too, so that every fold of a cross-validated try agrees.
+    text_kind = resolve_kind(config.text_kind, dataset.train + dataset.val)
     base_path = resolve_base(config.base)
     shape = dict(seq_len=config.seq_len or 256, batch_size=config.batch_size or 4, rank=config.rank or 8)
     probe = text_probe(base_path, **shape)
@@ -120,7 +124,8 @@ def _setup(config: TextTrainConfig) -> _Setup:
     set_seed(config.seed)
     model = _add_lora(model, config)
     prompts = config.prompts or default_prompts(dataset.val or dataset.train, tokenizer)
-    return _Setup(config, dataset, model, tokenizer, accelerator, precision, base_path, prompts, choice.as_dict())
+    return _Setup(config, dataset, model, tokenizer, accelerator, precision, base_path, prompts, choice.as_dict(),
+                  text_kind)
 
 
 
@@ -190,7 +195,8 @@ class TextTask(Task):
     def describe(self) -> str:
         cfg = self.config
         return (f"training {cfg.steps} steps on {len(self.s.dataset.train)} examples ({self.s.precision}, "
-                f"rank {cfg.rank}, lr {cfg.lr:g}, augment {cfg.augment:g})")
+                f"rank {cfg.rank}, lr {cfg.lr:g}, augment {cfg.augment:g} for {self.s.text_kind.kind}"
+                + (f", NEFTune alpha {cfg.neftune_alpha:g}" if cfg.neftune_alpha else "") + ")")
 
     def before_training(self) -> None:
         self.samples_before = generate(self.model, self.s.tokenizer, self.s.prompts, self.config.max_new_tokens,
@@ -198,6 +204,7 @@ class TextTask(Task):
 
     def train_step(self) -> tuple[float, int]:
         """grad_accum packed micro-batches: forward, backward (gradients synced on the last), clip, step."""
+        from .augment import noisy_embeddings
         from .packing import collate
 
         cfg, acc, model = self.config, self.accelerator, self.wrapped
@@ -205,24 +212,27 @@ class TextTask(Task):
             self.stream = _micro_batches(self.s, self.epoch, self.micro)
         model.train()
         step_loss, step_tokens = 0.0, 0
-        for _ in range(cfg.grad_accum):
-            rows, self.epoch, self.micro = next(self.stream)
-            batch = collate(rows, self.s.tokenizer.pad_token_id)
-            with acc.accumulate(model):
-                # The logits (batch x length x vocabulary, the largest tensor of the step) are not
-                # kept in a variable: autograd keeps only what backward needs, so they are freed
-                # before backward runs instead of living through it.
-                with acc.autocast():
-                    loss = token_loss(model(input_ids=batch["input_ids"].to(acc.device),
-                                            position_ids=batch["position_ids"].to(acc.device), use_cache=False).logits,
-                                      batch["labels"].to(acc.device))
-                acc.backward(loss)
-                if acc.sync_gradients:
-                    acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-            step_loss += loss.item() / cfg.grad_accum
-            step_tokens += batch["real_tokens"]
+        # NEFTune's hook is on the embeddings for this step only: evaluation, samples and export never see it.
+        with noisy_embeddings(self.model, cfg.neftune_alpha):
+            for _ in range(cfg.grad_accum):
+                rows, self.epoch, self.micro = next(self.stream)
+                batch = collate(rows, self.s.tokenizer.pad_token_id)
+                with acc.accumulate(model):
+                    # The logits (batch x length x vocabulary, the largest tensor of the step) are not
+                    # kept in a variable: autograd keeps only what backward needs, so they are freed
+                    # before backward runs instead of living through it.
+                    with acc.autocast():
+                        loss = token_loss(model(input_ids=batch["input_ids"].to(acc.device),
+                                                position_ids=batch["position_ids"].to(acc.device),
+                                                use_cache=False).logits,
+                                          batch["labels"].to(acc.device))
+                    acc.backward(loss)
+                    if acc.sync_gradients:
+                        acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                step_loss += loss.item() / cfg.grad_accum
+                step_tokens += batch["real_tokens"]
         return step_loss, step_tokens
 
     def evaluate(self) -> float | None:
@@ -252,7 +262,8 @@ class TextTask(Task):
     def metrics(self, state: LoopState) -> dict:
         s, best = self.s, state.best_val
         return {"kind": "text", "base": s.config.base, "base_path": str(s.base_path), "precision": s.precision,
-                "precision_choice": s.precision_choice,
+                "precision_choice": s.precision_choice, "text_kind": s.text_kind.kind,
+                "text_kind_reason": s.text_kind.reason, "text_kind_declared": s.text_kind.declared,
                 "data_report": s.dataset.report.to_dict(), "tokens_trained": state.tokens, "prompts": s.prompts,
                 "val_perplexity": math.exp(min(best, 50)) if best is not None else None}
 
@@ -283,7 +294,7 @@ def _micro_batches(s: _Setup, epoch: int, micro: int) -> Iterator[tuple[list, in
     cfg = s.config
     per_step = cfg.batch_size * s.accelerator.num_processes
     while True:
-        augment = TextAugmenter(cfg.augment, seed=cfg.seed * 100_003 + epoch)
+        augment = TextAugmenter(cfg.augment, seed=cfg.seed * 100_003 + epoch, kind=s.text_kind.kind)
         pieces = [encode(augment(e) if cfg.augment else e, s.tokenizer) for e in s.dataset.train]
         rows = pack(pieces, cfg.seq_len, random.Random(cfg.seed * 7_919 + epoch))
         batches = [rows[i:i + per_step] for i in range(0, len(rows), per_step)]
