@@ -121,9 +121,12 @@ def test_a_chat_whose_answers_are_code_is_code():
     assert detect_kind(examples).kind == "code"
 
 
-def test_prose_with_a_colon_here_and_there_stays_prose():
+def test_prose_with_a_colon_here_and_there_or_a_list_stays_prose():
     samples = [p + "\nNote: this is only an example." for p in PROSE]
     assert detect_kind(texts(samples)).kind == "prose"
+    lists = [f"Things to pack for trip {i}:\n- a warm coat for the evenings by the lake\n- two pairs of walking "
+             f"shoes and some socks\n- the map that Alice printed last week" for i in range(5)]
+    assert detect_kind(texts(lists)).kind == "prose"
 
 
 # ------------------------------------------------------------------------------------------------

@@ -16,9 +16,9 @@ the first that holds decides:
    roles); or, with at least two different speakers, 30% of lines (or half the examples)
    start with a speaker's name and a colon (``ALICE:``, ``First Witch:``); or half the lines
    open with a quotation mark or a dash (quoted turns).
-3. ``verse``: half or more of the examples span several lines, the lines are short (40
-   characters on average at most; up to 60 when 60% of them start with a capital letter, as
-   verse lines do and hard-wrapped prose lines do not).
+3. ``verse``: half or more of the examples span several lines, the lines are short (60
+   characters on average at most) and 60% of them start with a capital letter, as verse lines
+   do and hard-wrapped prose or list items mostly do not.
 4. ``prose``: everything else.
 
 A member can declare the kind instead (the trainer setting ``text_kind``); ``resolve_kind``
@@ -40,7 +40,8 @@ TEXT_KIND_CHOICES = ("auto", *KINDS)
 # A speaker's label at the start of a line: one to four capitalised words (or an all-caps
 # name) and a colon, followed by the turn or the end of the line. "KING LEAR:", "Ghost:", "Alice:".
 SPEAKER = re.compile(r"^[ \t]*((?:[A-Z][\w'.\-]*)(?:[ \t]+[A-Z][\w'.\-]*){0,3})[ \t]*:(?=\s|$)")
-QUOTED = re.compile(r"^[ \t]*[\"“”„‘«»—–]|^[ \t]*- ")
+# A quoted turn: a quotation mark or a long dash (not "- ", which opens Markdown list items).
+QUOTED = re.compile(r"^[ \t]*[\"“”„‘«»—–]")
 _INDENTED = re.compile(r"^(?:\t| {2,})\S")
 _CODE_END = (":", "{", ";", "}")
 # Not "_", "*" or "/": Markdown emphasis and paths are full of them.
@@ -59,7 +60,7 @@ SPEAKER_LINES = 0.30
 SPEAKER_OPENERS = 0.5
 QUOTED_LINES = 0.5
 VERSE_MULTILINE = 0.5
-VERSE_SHORT, VERSE_MAX, VERSE_CAPITALS = 40, 60, 0.6
+VERSE_MAX_LINE, VERSE_CAPITALS = 60, 0.6
 
 
 @dataclass(frozen=True)
@@ -144,8 +145,7 @@ def detect_kind(examples: Sequence) -> TextKind:
     mean_line = statistics.fmean(len(line.strip()) for line in body)
     multiline = sum(1 for text in texts if sum(1 for line in text.split("\n") if line.strip()) >= 2) / len(texts)
     capitals = sum(1 for line in body if line.strip()[0].isupper()) / len(body)
-    if multiline >= VERSE_MULTILINE and (mean_line <= VERSE_SHORT or (mean_line <= VERSE_MAX
-                                                                      and capitals >= VERSE_CAPITALS)):
+    if multiline >= VERSE_MULTILINE and mean_line <= VERSE_MAX_LINE and capitals >= VERSE_CAPITALS:
         return TextKind("verse", f"short lines ({mean_line:.0f} characters on average), {_pct(multiline)} of "
                                  f"examples span several lines, {_pct(capitals)} of lines start with a capital")
 
