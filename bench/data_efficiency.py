@@ -214,6 +214,8 @@ class Bench:
         return {"heldout_loss": scored["loss"], "heldout_ppl": scored["perplexity"], "heldout_tokens": scored["tokens"],
                 "val_loss": result.val_loss, "steps_done": result.steps_done, "best_step": result.best_step,
                 "stop_reason": result.stop_reason, "n_train": result.metrics["data_report"]["n_train"],
+                # what the trainer took the text for (its augmentation follows the kind), where it says
+                "text_kind": result.metrics.get("text_kind"), "text_kind_reason": result.metrics.get("text_kind_reason"),
                 "settings": {k: used[k] for k in ("steps", "rank", "alpha", "lr", "lora_dropout", "augment")},
                 "train_seconds": round(result.metrics.get("train_time_s", 0), 1),
                 "copied_8gram_share": copied_share(samples, train), "samples": samples}

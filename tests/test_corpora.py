@@ -9,6 +9,7 @@ import pytest
 
 from bench import corpora
 from bench.data_efficiency import ABLATION, Bench, ablation_markdown, summarise, write_passages
+from tests.image_fixtures import tiny_sd  # noqa: F401  (the session's tiny SD pipeline)
 
 NAMES = list(corpora.CORPORA)
 
@@ -105,3 +106,17 @@ def test_ablation_table():
     assert "| N | default | no-augment | no-dropout | none | default vs none |" in text
     assert "| 32 | 19.00 ± 1.00 (3) | 19.50 ± 1.00 (3) | 19.80 ± 1.00 (3) | 20.00 ± 1.00 (3) | -5.0% |" in text
     assert set(ABLATION) == {"no-augment", "no-dropout", "none"}
+
+
+def test_image_ablation_runs_each_method_on_the_tiny_pipeline(tiny_sd, tmp_path, capsys):
+    """The image ablation end to end (a code-path check): each run trains, validates and is scored."""
+    from bench.image_ablation import main as image_ablation
+
+    report = image_ablation(["--steps", "2", "--images", "5", "--samples", "1", "--threads", "1",
+                             "--methods", "default", "none", "--out", str(tmp_path), "--base", str(tiny_sd), "--markdown"])
+    default, none = report["runs"]
+    assert default["settings"]["augment"] > 0 and none["settings"]["augment"] == none["settings"]["lora_dropout"] == 0
+    assert default["steps_done"] == none["steps_done"] == 2
+    assert default["val_loss_curve"] and none["val_loss_best"] > 0
+    assert 0 <= default["memorisation"]["to_train"] <= 1 and default["memorisation"]["samples"] == 1
+    assert "| none | 0.0 | 0.0 |" in capsys.readouterr().out
