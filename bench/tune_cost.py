@@ -1,12 +1,19 @@
-"""What pruning saves: the same search with successive halving and without any pruner.
+"""What a search costs in optimizer steps, two comparisons on one search space, sampler seed and data.
 
     .venv/bin/python bench/tune_cost.py [--trials 10] [--seeds 0] [--preset quick] [--base tiny-hamlet|smollm2-135m]
+    .venv/bin/python bench/tune_cost.py --compare folds --speeches 8 --trials 4 8 [--seeds 0 1] [--folds 3]
 
-Both searches use one search space, one sampler seed and one dataset (speeches from
-Macbeth); the unpruned one runs every trial to its end. Prints one JSON line: training steps
-spent by each (``steps_pruned``, ``steps_full``), ``compute_saving`` = 1 - pruned/full, the
-best validation loss of each and ``gap_pct``, how much worse the pruned search's best is.
-Target: a saving of at least 50% with a gap within 2%.
+``--compare pruning`` (default): the same search with successive halving and without any
+pruner, on speeches from Macbeth; the unpruned one runs every trial to its end. Prints one
+JSON line: training steps spent by each (``steps_pruned``, ``steps_full``), ``compute_saving``
+= 1 - pruned/full, the best validation loss of each and ``gap_pct``, how much worse the pruned
+search's best is. Target: a saving of at least 50% with a gap within 2%.
+
+``--compare folds``: a tiny set (fewer than ``trainer.folds.FOLDS_BELOW`` speeches) searched
+cross-validated (``tune(..., folds=None)``) and on one split (``folds=0``), for each
+``--trials``. Prints one JSON line per ``--trials``: the steps each spent (``steps_cv``,
+``steps_split``), their ``ratio``, the cross-validated search's step budget
+(``trainer.tune.cv_budget``) and what each tried. Target: a ratio within about 1.2.
 
 The default base model is a small Llama (2 layers, 128 wide, its own 2k BPE vocabulary),
 pre-trained here for a few hundred steps on Hamlet and cached: the built-in smollm2-135m
@@ -77,24 +84,46 @@ def tiny_hamlet(folder: Path, steps: int = 400) -> Path:
     return folder
 
 
-def search(data: Path, out: Path, base: str, *, trials: int, seed: int, pruner: str, preset: str) -> dict:
+def search(data: Path, out: Path, base: str, *, trials: int, seed: int, pruner: str, preset: str,
+           folds: int | None = None) -> dict:
     from trainer.tune import tune
 
     started = time.time()
     result = tune("text", [data], out, base=base, trials=trials, preset=preset, settings=SETTINGS,
-                  seed=seed, pruner=pruner, full_run=False)
+                  seed=seed, pruner=pruner, full_run=False, folds=folds)
     return {"steps": result.steps_spent, "best_val": result.best.val_loss if result.best else None,
-            "pruned": sum(r.status == "pruned" for r in result.trials), "seconds": round(time.time() - started, 1),
-            "best_params": result.best_params}
+            "tried": len(result.trials), "pruned": sum(r.status == "pruned" for r in result.trials),
+            "seconds": round(time.time() - started, 1), "best_params": result.best_params, "folds": result.folds,
+            "budget": result.budget, "trial_steps": [r.steps for r in result.trials],
+            "notes": [r.note for r in result.trials if r.note]}
+
+
+def compare_folds(data: Path, work: Path, base: str, args) -> None:
+    """Cross-validated against one-split searches on the same tiny set, one JSON line per --trials."""
+    for trials in args.trials:
+        runs = []
+        for seed in args.seeds:
+            cv = search(data, work / f"cv-{trials}-{seed}", base, trials=trials, seed=seed,
+                        pruner="successive-halving", preset=args.preset, folds=args.folds)
+            split = search(data, work / f"split-{trials}-{seed}", base, trials=trials, seed=seed,
+                           pruner="successive-halving", preset=args.preset, folds=0)
+            runs.append({"seed": seed, "cv": cv, "split": split})
+        steps_cv, steps_split = sum(r["cv"]["steps"] for r in runs), sum(r["split"]["steps"] for r in runs)
+        print(json.dumps({"base": args.base, "preset": args.preset, "trials": trials, "seeds": args.seeds,
+                          "speeches": args.speeches, "folds": args.folds, "steps_cv": steps_cv, "steps_split": steps_split,
+                          "ratio": round(steps_cv / steps_split, 2), "per_seed": runs}), flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--compare", choices=("pruning", "folds"), default="pruning",
+                        help="pruning: successive halving against none; folds: cross-validated against one split")
+    parser.add_argument("--trials", type=int, nargs="+", default=[10], help="one value for --compare pruning")
     parser.add_argument("--preset", default="quick", help="the preset the search starts from")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--base", default="tiny-hamlet", help="'tiny-hamlet' (default) or any base loracord loads")
     parser.add_argument("--speeches", type=int, default=80)
+    parser.add_argument("--folds", type=int, default=None, help="--compare folds: folds by hand (default: by the data's size)")
     parser.add_argument("--keep", type=Path, default=None, help="keep the search folders here")
     args = parser.parse_args()
 
@@ -105,6 +134,12 @@ def main() -> None:
     base = str(tiny_hamlet(cache_dir() / "bench" / "tiny-hamlet")) if args.base == "tiny-hamlet" else args.base
     work = args.keep or Path(tempfile.mkdtemp(prefix="tune-cost-"))
     data = write_speeches(work / "macbeth.txt", "macbeth", limit=args.speeches, min_words=8)
+    if args.compare == "folds":
+        compare_folds(data, work, base, args)
+        if args.keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+        return
+    args.trials = args.trials[0]
     runs = []
     for seed in args.seeds:
         pruned = search(data, work / f"pruned-{seed}", base, trials=args.trials, seed=seed, pruner="successive-halving",

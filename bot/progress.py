@@ -51,6 +51,10 @@ def steps_of(view: dict) -> tuple[int, int]:
     latest = view.get("latest")
     if latest is None:
         return 0, 0
+    overall = (latest.data or {}).get("overall")
+    if overall and view["job"].status != "done":
+        # quick tries: one figure over all their runs (trainer.tune); a finished job is told by its final run
+        return overall["step"], overall["total"]
     return latest.step or 0, latest.total_steps or 0
 
 
@@ -158,7 +162,8 @@ def progress_embed(view: dict) -> discord.Embed:
     embed.add_field(name="Loss", value=f"{view['loss']:.4f}" if view.get("loss") is not None else "–")
     embed.add_field(name="Validation loss", value=f"{view['val_loss']:.4f}" if view.get("val_loss") is not None else "–")
     if status == "running" and steps_of(view)[1]:
-        embed.add_field(name="ETA", value=format_eta(view.get("eta_s")))
+        overall = (view["latest"].data or {}).get("overall") or {}
+        embed.add_field(name="ETA", value=format_eta(overall.get("eta_s", view.get("eta_s"))))
     if view.get("trials"):
         votes = view.get("trial_votes") or {}
         # Ranked by validation loss; members' votes on a trial's samples break near-ties.

@@ -75,4 +75,4 @@ def test_quick_run_end_to_end(tiny_llama, tmp_path, capsys):
                    "--chart", str(tmp_path / "c.png")])
     assert set(report["table"]) == {"base", "plain", "default", "tuned"}
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["table"] == report["table"]
-    assert json.loads((tmp_path / "out-quick" / "cells" / "tune-n8-s0.json").read_text())["folds"] == 3  # N=8: folds
+    assert json.loads((tmp_path / "out-quick" / "cells" / "tune-n8-s0.json").read_text())["folds"] == 2  # N=8: folds

@@ -1,5 +1,6 @@
 """Quick tries on tiny sets are cross-validated: each setting is scored on disjoint folds that
-cover the data, and the chosen setting then trains on every example at the folds' step count.
+cover the data, and the chosen setting then trains on every example at the folds' step count;
+the search spends about the steps of a one-split search, and its progress only goes forward.
 
 Text runs on the tiny Llama of conftest, image runs on the tiny SD pipeline, both a few steps.
 """
@@ -7,6 +8,7 @@ Text runs on the tiny Llama of conftest, image runs on the tiny SD pipeline, bot
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from pathlib import Path
 
@@ -16,7 +18,8 @@ from tests.bot_world import bot_config, make_bot, simcord_bot, storage_settings,
 from tests.conftest import TINY_CORPUS
 from tests.image_fixtures import RESOLUTION, tiny_sd, write_image_folder  # noqa: F401
 from trainer.errors import ConfigError
-from trainer.folds import FOLDS_BELOW, check_holdout, fold_indices, folds_for, split_holdout
+from trainer.folds import (FOLDS_BELOW, check_holdout, cv_budget, cv_trials, fold_indices, fold_steps, folds_for,
+                           split_holdout, split_steps)
 from trainer.tune import probe_data, tune
 
 FAST = {"seq_len": 32, "batch_size": 2, "max_new_tokens": 4, "prompts": ["To be, or"], "threads": 1}
@@ -37,7 +40,7 @@ def texts(folder: Path, n: int) -> Path:
     return path
 
 
-@pytest.mark.parametrize("n, k", [(5, 2), (8, 3), (9, 3), (15, 3)])
+@pytest.mark.parametrize("n, k", [(5, 2), (8, 2), (9, 3), (15, 2)])
 def test_folds_are_disjoint_cover_the_data_and_are_balanced(n, k):
     folds = fold_indices(n, k, seed=3)
     assert len(folds) == k and sorted(i for f in folds for i in f) == list(range(n))
@@ -50,28 +53,54 @@ def test_folds_are_disjoint_cover_the_data_and_are_balanced(n, k):
 
 
 def test_threshold_and_fold_count():
-    assert [folds_for(n) for n in (5, 6, 8, FOLDS_BELOW - 1, FOLDS_BELOW, 128)] == [2, 3, 3, 3, 0, 0]
+    assert [folds_for(n) for n in (5, 6, 8, FOLDS_BELOW - 1, FOLDS_BELOW, 128)] == [2, 2, 2, 2, 0, 0]
     for bad in ("3/3", "1/1", "a/b", "all"):
         with pytest.raises(ValueError, match="holdout must be"):
             check_holdout(bad)
 
 
-def test_a_tiny_text_set_is_cross_validated_and_the_choice_trains_on_every_example(tiny_llama, tmp_path):
-    data = texts(tmp_path, 8)
-    out = tmp_path / "search"
-    result = tune("text", [data], out, base=str(tiny_llama), trials=6, preset="quick", settings=FAST, seed=0)
+def test_the_step_budget_is_about_a_one_split_search(tmp_path):
+    # a one-split search of n tries spends about the first in full and a third of each other
+    # (successive halving); the folds search spends that, but always pays for two settings' folds
+    assert [split_steps(n, 12) for n in (2, 4, 8)] == [16, 24, 40]
+    assert [cv_budget(n, 12, 2) for n in (2, 4, 8)] == [24, 24, 40]
+    assert fold_steps(12, 2) == 6 and fold_steps(12, 3) == 8  # the preset's passes over a fold's examples
+    assert [cv_trials(n, 2) for n in (2, 4, 6, 8, 10)] == [2, 2, 2, 3, 4]
+    assert cv_budget(None, 12, 2) is None  # a search bounded by time only
 
-    assert result.folds == 3
-    assert len(result.trials) == 2  # 6 single-split trials' budget buys 2 settings x 3 folds
+
+@pytest.fixture(scope="module")
+def tiny_search(tiny_llama, tmp_path_factory):
+    """One cross-validated search on 8 texts (8 tries' budget), with every event it passed on."""
+    folder = tmp_path_factory.mktemp("tiny-search")
+    events = []
+    result = tune("text", [texts(folder, 8)], folder / "search", base=str(tiny_llama), trials=8, preset="quick",
+                  settings=FAST, seed=0, on_event=events.append)
+    return result, events
+
+
+def test_a_tiny_text_set_is_cross_validated_and_the_choice_trains_on_every_example(tiny_search):
+    result, _ = tiny_search
+    out = result.out
+
+    assert result.folds == 2
     assert result.trials[0].params == {k: v for k, v in result.baseline.items() if k != "steps"}  # the preset first
+    scored = [row for row in result.trials if row.status == "complete"]
+    assert len(scored) >= 2  # the preset's setting and at least one other, on every fold
     for row in result.trials:
-        assert row.status == "complete" and "steps" not in row.params
-        assert len(row.fold_losses) == 3 and row.val_loss == pytest.approx(statistics.fmean(row.fold_losses))
-        held = [metrics(out / "trials" / f"{row.number:04d}" / f"fold-{i}")["data_report"] for i in range(3)]
-        assert sum(h["n_val"] for h in held) == 8 and all(h["n_train"] + h["n_val"] == 8 for h in held)
-        assert row.cv_steps == round(statistics.fmean(row.fold_steps) * 3 / 2)
-        lengths = [metrics(out / "trials" / f"{row.number:04d}" / f"fold-{i}")["config"]["steps"] for i in range(3)]
-        assert lengths == [result.baseline["steps"]] * 3 and 0 < row.steps <= sum(lengths)  # the preset's length
+        assert "steps" not in row.params
+        folds = [metrics(out / "trials" / f"{row.number:04d}" / f"fold-{i}") for i in range(len(row.fold_losses))]
+        held = [f["data_report"] for f in folds]
+        assert all(h["n_train"] + h["n_val"] == 8 for h in held)
+        # each fold trains the preset's passes over its half of the examples
+        assert {f["config"]["steps"] for f in folds} == {fold_steps(result.baseline["steps"], 2)}
+        if row.status == "pruned":
+            assert row.note.startswith("pruned after 1 folds") and len(row.fold_losses) == 1
+            continue
+        assert row.status == "complete" and sum(h["n_val"] for h in held) == 8
+        assert len(row.fold_losses) == 2 and row.val_loss == pytest.approx(statistics.fmean(row.fold_losses))
+        assert row.cv_steps == round(statistics.fmean(row.fold_steps) * 2)
+        assert 0 < row.steps <= 2 * fold_steps(result.baseline["steps"], 2)
 
     best = result.best
     assert best.val_loss == min(r.val_loss for r in result.trials)
@@ -82,10 +111,62 @@ def test_a_tiny_text_set_is_cross_validated_and_the_choice_trains_on_every_examp
     assert full["best_val_loss"] is None and (out / "best-run" / "adapter" / "adapter_model.safetensors").exists()
 
     cv = result.cv
-    assert cv["folds"] == 3 and cv["n_examples"] == 8 and cv["best"]["trial"] == best.number
+    assert cv["folds"] == 2 and cv["n_examples"] == 8 and cv["best"]["trial"] == best.number
     assert cv["best"]["sd"] == pytest.approx(statistics.stdev(best.fold_losses))
     assert cv["runner_up"]["trial"] != best.number and cv["runner_up"]["mean"] >= cv["best"]["mean"]
     assert json.loads((out / "best.json").read_text())["cv"] == cv
+
+
+def test_a_cross_validated_search_spends_no_more_than_its_step_budget(tiny_search):
+    result, _ = tiny_search
+    steps = result.baseline["steps"]
+    assert result.budget == cv_budget(8, steps, 2) == split_steps(8, steps)  # what 8 one-split tries spend
+    recorded = json.loads((result.out / "trials.json").read_text())
+    spent = sum(row["steps"] for row in recorded)
+    assert spent == result.steps_spent and 0 < spent <= result.budget
+    # and it stopped because a further setting's folds would not fit, not for want of tries
+    assert len(recorded) < 8 and spent + 2 * fold_steps(steps, 2) > result.budget
+
+
+def shown(message) -> tuple[int, int, int]:
+    """(percent, step, total) of a progress message's bar."""
+    found = re.search(r"(\d+)%`  step (\d+)/(\d+)", message.embeds[0].description)
+    return tuple(int(x) for x in found.groups())
+
+
+@pytest.mark.asyncio
+async def test_the_progress_of_a_search_only_goes_forward_in_the_trainer_and_in_the_bot(tiny_search, world):
+    result, events = tiny_search
+    overall = [(e.overall["step"], e.overall["total"]) for e in events]
+    assert len(overall) == len(events) and {e.kind for e in events} >= {"step", "eval", "done"}
+    done = [step for step, _ in overall]
+    shares = [step / total for step, total in overall]
+    assert done == sorted(done) and shares == sorted(shares)  # across folds, settings and the full run
+    full = metrics(result.out / "best-run")["steps_done"]
+    assert overall[-1] == (result.steps_spent + full, result.steps_spent + full)  # every step, and 100% at the end
+    assert sum(e.kind == "start" for e in events) == sum(len(r.fold_losses) for r in result.trials) + 1
+
+    # The bot's progress message, fed the search's real events as the worker would publish them.
+    await world.alice.slash(world.channel, "session new", kind="text", title="Tiny")
+    thread = world.channel.threads[-1]
+    await world.alice.slash(thread, "data add", file=("fox.txt", text_bytes(8)))
+    started = await world.alice.slash(thread, "train tune", trials=8)
+    db = world.env.bot.services.db
+    [job] = db.list_jobs()
+    db.mark_job_running(job.id, worker="w", attempt=1)
+    seen = []
+    for seq, event in enumerate(events):
+        db.add_event(job.id, 1, seq, event.to_dict())
+        if seq % 7 == 6 or seq == len(events) - 1:
+            world.env.bot.dirty.add(job.id)
+            await world.env.advance_time(3.5)  # one edit per pump, held back ~3 s
+            seen.append(shown(next(m for m in thread.history() if m.id == started.response.id)))
+    assert len(seen) > 5 and seen == sorted(seen) and seen[-1][0] == 100
+    assert {total for _, _, total in seen} != {seen[0][2]}  # the total shrank as the search ended early
+    db.finish_job(job.id, "done", attempt=1, result={"metrics": {"steps_done": full, "stop_reason": "completed"}})
+    world.env.bot.dirty.add(job.id)
+    await world.env.advance_time(3.5)
+    assert thread.history()[-1].content.startswith(f"✅ Job #{job.id} finished after {full} steps")  # the final run's
 
 
 def test_a_tune_job_on_a_tiny_set_reports_the_folds_spread_in_its_metrics(tiny_llama, tmp_path):
@@ -99,9 +180,9 @@ def test_a_tune_job_on_a_tiny_set_reports_the_folds_spread_in_its_metrics(tiny_l
               "preset": "quick", "settings": FAST}
     result = run_job("tune", config, run, resume=False)
     cv = result["cv"]
-    assert cv["folds"] == 3 and cv["n_examples"] == 6 and len(result["trials"]) == 2
+    assert cv["folds"] == 2 and cv["n_examples"] == 6 and len(result["trials"]) == 2
     got = json.loads(run.metrics.read_text())
-    assert got["cv_folds"] == 3 and got["cv_examples"] == 6 and got["cv_best_mean"] == cv["best"]["mean"]
+    assert got["cv_folds"] == 2 and got["cv_examples"] == 6 and got["cv_best_mean"] == cv["best"]["mean"]
     assert got["cv_best_sd"] == cv["best"]["sd"] and got["cv_runner_mean"] == cv["runner_up"]["mean"]
     assert got["config"]["holdout"] == "none" and got["config"]["steps"] == got["cv_steps"] == cv["steps"]
     assert (run.adapter / "adapter_model.safetensors").exists()
@@ -124,11 +205,11 @@ def test_a_tiny_image_set_is_cross_validated_on_its_validation_loss(tiny_sd, tmp
     out = tmp_path / "search"
     result = tune("image", [data], out, base=str(tiny_sd), trials=2, settings=settings, seed=0)
 
-    assert result.folds == 3 and len(result.trials) == 2
+    assert result.folds == 2 and len(result.trials) == 2
     for row in result.trials:
-        assert len(row.fold_losses) == 3 and row.val_loss == pytest.approx(statistics.fmean(row.fold_losses))
-        held = [metrics(out / "trials" / f"{row.number:04d}" / f"fold-{i}")["data_report"] for i in range(3)]
-        assert [h["val_images"] for h in held] == [2, 2, 2] and all(h["train_images"] == 4 for h in held)
+        assert len(row.fold_losses) == 2 and row.val_loss == pytest.approx(statistics.fmean(row.fold_losses))
+        held = [metrics(out / "trials" / f"{row.number:04d}" / f"fold-{i}")["data_report"] for i in range(2)]
+        assert [h["val_images"] for h in held] == [3, 3] and all(h["train_images"] == 3 for h in held)
     full = metrics(out / "best-run")
     assert full["data_report"]["train_images"] == 6 and full["data_report"]["val_images"] == 0
     assert full["config"]["steps"] == result.best.cv_steps
@@ -142,21 +223,21 @@ async def test_the_bot_says_a_tiny_sets_settings_were_cross_validated_and_how_su
     thread = world.channel.threads[-1]
     await world.alice.slash(thread, "data add", file=("fox.txt", text_bytes(8)))
     report = await world.alice.slash(thread, "data report")
-    assert "quick tries score each setting by 3-fold cross-validation" in card(report)
-    started = await world.alice.slash(thread, "train tune", trials=6)
-    assert ("With 8 examples (under 16), quick tries score each setting by 3-fold cross-validation "
-            "(2 settings x 3 short runs, about the steps of 6 tries)") in started.response.content
+    assert "quick tries score each setting by 2-fold cross-validation" in card(report)
+    started = await world.alice.slash(thread, "train tune", trials=8)
+    assert ("With 8 examples (under 16), quick tries score each setting by 2-fold cross-validation "
+            "(3 settings x 2 short runs, about the steps of 8 tries)") in started.response.content
 
     # The worker ends the job; its metrics carry the folds' spread as storage.jobkinds.tune writes it.
     db = world.env.bot.services.db
     [job] = db.list_jobs()
-    cv = {"folds": 3, "n_examples": 8, "steps": 12, "clear": False,
+    cv = {"folds": 2, "n_examples": 8, "steps": 12, "clear": False,
           "best": {"trial": 1, "mean": 2.1034, "sd": 0.2311}, "runner_up": {"trial": 0, "mean": 2.2519, "sd": 0.1987}}
     db.mark_job_running(job.id, worker="w", attempt=1)
     db.finish_job(job.id, "done", attempt=1, result={"metrics": cv_metrics(cv)})
     world.env.bot.dirty.add(job.id)
     await world.env.advance_time(1.5)  # one pump posts the outcome
-    said = ("Settings chosen by 3-fold cross-validation over 8 examples: validation loss 2.103 ± 0.231 "
+    said = ("Settings chosen by 2-fold cross-validation over 8 examples: validation loss 2.103 ± 0.231 "
             "(mean ± sd over the folds) against 2.252 ± 0.199 for the runner-up: within the folds' spread, "
             "so a close call (your votes on the samples can settle it). "
             "The final run trained on every example for 12 steps.")
@@ -210,7 +291,7 @@ def test_a_cancelled_cross_validated_search_resumes_with_its_finished_folds(tiny
     written = first_fold.stat().st_mtime_ns
     result = tune("text", [data], out, base=str(tiny_llama), trials=2, preset="quick", settings=FAST, full_run=False)
     retry = next(r for r in result.trials if r.note == "retry of 0")
-    assert retry.status == "complete" and len(retry.fold_losses) == 3
+    assert retry.status == "complete" and len(retry.fold_losses) == 2
     kept = Path(retry.run_dir)  # the retry took over the interrupted trial's folder and its finished fold
     assert (kept / "metrics.json").stat().st_mtime_ns == written
     assert sum(r.status == "complete" for r in result.trials) == 2

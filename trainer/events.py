@@ -39,6 +39,8 @@ class ProgressEvent:
     artifacts: list[str] = field(default_factory=list)
     time: float = field(default_factory=time.time)
     shows: dict | None = None  # a sample grid's rows and columns: {"prompts": [...], "seeds": [...]}
+    # quick tries: steps of the whole search and its full run, {"step", "total", "eta_s"}, only forward
+    overall: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -23,9 +23,13 @@ Tiny datasets (fewer than ``trainer.folds.FOLDS_BELOW`` examples) are cross-vali
 trial trains its setting once per fold (``trials/NNNN/fold-I/``, holding out fold ``I``), its
 score is the mean over the folds of each fold's best validation loss, and ``steps`` is not
 searched but read from the folds' curves (the mean best step, scaled from the folds' training
-share to all examples). Fewer settings are tried (``cv_trials``) so the steps trained stay
-about the single-split budget; the preset's own setting is always one of them. The full run
-then trains on every example (``holdout="none"``) at the chosen steps. See docs/tune.md.
+share to all examples). The search spends a step budget (``trainer.folds.cv_budget``): about
+what a one-split search of as many tries spends, so it scores fewer, better-measured settings;
+the preset's own setting is always the first. The full run then trains on every example
+(``holdout="none"``) at the chosen steps. See docs/tune.md.
+
+Every event the search passes on carries ``overall``: the steps of the whole search and its
+full run, done and planned, a figure that only goes forward (``_Progress``).
 """
 
 from __future__ import annotations
@@ -36,14 +40,14 @@ import shutil
 import socket
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
 from .cancel import CancelToken
 from .errors import Cancelled, ConfigError, TrainingError
 from .events import EventCallback, ProgressEvent
-from .folds import cv_trials, folds_for
+from .folds import cv_budget, fold_steps, folds_for
 from .presets import Preset
 
 Kind = Literal["text", "image"]
@@ -89,6 +93,7 @@ class TuneResult:
     files: dict[str, Path] = field(default_factory=dict)
     folds: int = 0  # cross-validation folds per trial; 0: one validation split
     cv: dict[str, Any] | None = None  # cross-validated: how sure the choice is (``cv_summary``)
+    budget: int | None = None  # cross-validated: the optimizer steps the search may spend (``cv_budget``)
 
     @property
     def steps_spent(self) -> int:
@@ -107,6 +112,10 @@ class Probe:
     shape: dict[str, int] = field(default_factory=dict)  # text only: batch_size, seq_len, grad_accum
     n_examples: int = 0  # train and validation together
     folds: int = 0  # cross-validation folds per trial (``trainer.folds.folds_for``); 0: one split
+
+    def fold_length(self, fixed: dict[str, Any]) -> int:
+        """Steps each fold run trains: the member's steps if they chose them, else ``fold_steps``."""
+        return int(fixed.get("steps") or fold_steps(self.baseline["steps"], self.folds))
 
 
 def tune(kind: Kind, data: Sequence[str | Path], out: str | Path, *, base: str | None = None,
@@ -149,9 +158,12 @@ def tune(kind: Kind, data: Sequence[str | Path], out: str | Path, *, base: str |
             raise ConfigError(f"folds ({folds}) cannot exceed the {probe.n_examples} examples")
         probe.folds = folds
     space = _space(probe, settings, grid)
+    budget = None
     if probe.folds:
-        # Cross-validated trials read the step count from their curves; fewer, better-measured settings.
-        trials = cv_trials(trials, probe.folds)
+        # Cross-validated trials read the step count from their curves, and the search stops when
+        # the steps a one-split search would spend are spent: fewer, better-measured settings.
+        budget = cv_budget(trials, fixed.get("steps") or probe.baseline["steps"], probe.folds,
+                           probe.fold_length(fixed))
         if not grid:
             space.pop("steps", None)
             # the preset's own setting is always scored, so the choice is never worse than it on the folds
@@ -174,11 +186,14 @@ def tune(kind: Kind, data: Sequence[str | Path], out: str | Path, *, base: str |
     for params in enqueue:
         study.enqueue_trial(params, skip_if_exists=True)
 
-    objective = _Objective(kind, out, fixed, probe, space, deadline, cancel, on_event)
+    spent = sum(row.steps for row in trial_rows(study))  # a resumed search counts its earlier trials
+    progress = _Progress(on_event, spent, _planned(trials, budget, probe, fixed, space, full_run, full_steps))
+    objective = _Objective(kind, out, fixed, probe, space, deadline, cancel, progress)
+    stop = _StopAt(trials, budget, probe.folds * probe.fold_length(fixed) if probe.folds else 0, progress)
     remaining = None if trials is None else trials - count_finished(study)
-    if remaining is None or remaining > 0:
+    if (remaining is None or remaining > 0) and not stop.out_of_budget(study):
         study.optimize(objective, n_trials=remaining, timeout=budget_minutes * 60 if budget_minutes else None,
-                       catch=(TrainingError,), callbacks=[_StopAt(trials), _Report(on_trial)])
+                       catch=(TrainingError,), callbacks=[stop, _Report(on_trial)])
 
     from .tune_report import write_report
 
@@ -186,7 +201,7 @@ def tune(kind: Kind, data: Sequence[str | Path], out: str | Path, *, base: str |
     best = min((r for r in rows if r.status == "complete" and r.val_loss is not None),
                key=lambda r: r.val_loss, default=None)
     result = TuneResult(out, study_name, storage_url, probe.baseline, rows, best,
-                        dict(best.params) if best else {}, folds=probe.folds)
+                        dict(best.params) if best else {}, folds=probe.folds, budget=budget)
     if probe.folds:
         result.cv = cv_summary(rows, probe)
         if best is not None and best.cv_steps:
@@ -196,7 +211,8 @@ def tune(kind: Kind, data: Sequence[str | Path], out: str | Path, *, base: str |
         params = {**result.best_params, **({"steps": full_steps} if full_steps else {})}
         if probe.folds:
             params["holdout"] = "none"  # the chosen setting trains on every example
-        result.full_val_loss = _full_run(kind, out / "best-run", fixed, probe, params, on_event, cancel)
+        progress.plan(progress.done + int(params.get("steps") or fixed.get("steps") or probe.baseline["steps"]))
+        result.full_val_loss = _full_run(kind, out / "best-run", fixed, probe, params, progress.watch(), cancel)
         result.full_run = out / "best-run"
     return result
 
@@ -280,7 +296,9 @@ def cv_summary(rows: list[TrialRow], probe: Probe) -> dict[str, Any] | None:
     deviation of their folds' losses, and the gap between them in units of the best's spread."""
     import statistics
 
-    scored = sorted((r for r in rows if r.status in ("complete", "pruned") and r.fold_losses),
+    # a setting cut short by the time limit is no runner-up: it was not behind, only unfinished
+    scored = sorted((r for r in rows if r.fold_losses and (r.status == "complete" or
+                                                           (r.status == "pruned" and r.note.startswith("pruned after")))),
                     key=lambda r: statistics.fmean(r.fold_losses))
     done = [r for r in scored if r.status == "complete"]
     if not done:
@@ -427,14 +445,96 @@ def count_finished(study) -> int:
 
 
 class _StopAt:
-    """Stop when the study holds ``n`` finished trials, whichever worker ran them."""
+    """Stop when the study holds ``n`` finished trials, whichever worker ran them, or when the
+    step budget left cannot pay all the folds (``setting`` steps) of one more cross-validated
+    setting; queued settings (the preset's, an interrupted trial's retry) still run."""
 
-    def __init__(self, n: int | None):
-        self.n = n
+    def __init__(self, n: int | None, budget: int | None = None, setting: int = 0, progress: "_Progress | None" = None):
+        self.n, self.budget, self.setting, self.progress = n, budget, setting, progress
+
+    def out_of_budget(self, study) -> bool:
+        from optuna.trial import TrialState
+
+        if self.budget is None or self.progress is None or self.progress.done + self.setting <= self.budget:
+            return False
+        return not study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
 
     def __call__(self, study, trial) -> None:
-        if self.n is not None and count_finished(study) >= self.n:
+        if (self.n is not None and count_finished(study) >= self.n) or self.out_of_budget(study):
             study.stop()
+
+
+class _Progress:
+    """One progress figure over a whole search and its full run, which only goes forward.
+
+    Each run of the search counts its own steps from 1; this adds them up, and every event it
+    passes on carries ``overall``: ``{"step": done, "total": planned, "eta_s": ...}``. The total
+    starts as the most the search and the full run can train (``_planned``) and only shrinks
+    (``plan``) as the search ends early or the full run's length is known, never below what is
+    done, so done/total never goes back."""
+
+    def __init__(self, on_event: EventCallback | None, done: int, total: int | None):
+        self.on_event, self.done, self.total = on_event, done, total
+        self.closed = done  # steps of the runs that ended
+        self.run: dict | None = None  # the step counter of the run now training
+        self.started: tuple[float, int] | None = None  # (time, done) of the first step counted
+
+    def count(self, steps: dict) -> None:
+        """Take the step counter of the run now training (``_Objective._watch``'s ``steps``)."""
+        if steps is not self.run:
+            self.closed += _spent(self.run) if self.run else 0
+            self.run = steps
+        self.done = max(self.done, self.closed + _spent(steps))
+        if self.started is None and steps["first"] is not None:
+            self.started = (time.monotonic(), self.done)
+
+    def plan(self, total: int) -> None:
+        """What is left is now known to be at most ``total - done``."""
+        if self.total is not None:
+            self.total = max(self.done, min(self.total, total))
+
+    def emit(self, event: ProgressEvent) -> None:
+        if self.on_event is None:
+            return
+        if self.total is not None:
+            self.total = max(self.total, self.done)
+            overall = {"step": self.done, "total": self.total, "eta_s": None}
+            if self.started is not None and self.done > self.started[1]:
+                per_step = (time.monotonic() - self.started[0]) / (self.done - self.started[1])
+                overall["eta_s"] = round(per_step * (self.total - self.done), 1)
+            event = replace(event, overall=overall)
+        self.on_event(event)
+
+    def watch(self) -> EventCallback:
+        """The event callback of a run outside the trials (the full run): counts and passes on."""
+        steps = {"first": None, "last": 0}
+
+        def watch(event: ProgressEvent) -> None:
+            if event.kind == "step":
+                steps["first"] = steps["first"] or event.step
+                steps["last"] = event.step
+            self.count(steps)
+            self.emit(event)
+        return watch
+
+
+def _planned(trials: int | None, budget: int | None, probe: Probe, fixed: dict, space: dict, full_run: bool,
+             full_steps: int | None) -> int | None:
+    """The most steps a search and its full run can train; None when only time bounds it."""
+    longest = int(fixed.get("steps") or probe.baseline["steps"])
+    if "steps" in space:
+        longest = max(space["steps"].choices)
+    elif "epochs" in space:
+        longest = trial_settings({"epochs": max(space["epochs"].choices)}, probe)["steps"]
+    if probe.folds:
+        search = budget
+        # the full run trains the folds' mean best step, scaled to every example
+        longest = longest if fixed.get("steps") else math.ceil(probe.fold_length(fixed) * probe.folds / (probe.folds - 1))
+    else:
+        search = None if trials is None else trials * longest
+    if search is None:
+        return None
+    return search + ((full_steps or longest) if full_run else 0)
 
 
 class _Report:
@@ -478,9 +578,9 @@ class _Objective:
     """Runs one trial: build its config, train, report validation losses, prune on request."""
 
     def __init__(self, kind: Kind, out: Path, fixed: dict, probe: Probe, space: dict, deadline: float | None,
-                 cancel: CancelToken | None, on_event: EventCallback | None):
+                 cancel: CancelToken | None, progress: _Progress):
         self.kind, self.out, self.fixed, self.probe, self.space = kind, out, fixed, probe, space
-        self.deadline, self.cancel, self.on_event = deadline, cancel, on_event
+        self.deadline, self.cancel, self.progress = deadline, cancel, progress
 
     def __call__(self, trial) -> float:
         import optuna
@@ -530,7 +630,7 @@ class _Objective:
 
         k = self.probe.folds
         settings = trial_settings(params, self.probe)
-        settings.setdefault("steps", self.fixed.get("steps") or self.probe.baseline["steps"])
+        settings.setdefault("steps", self.probe.fold_length(self.fixed))
         cadence = min(self.probe.eval_every, settings["steps"])
         spent, curves, losses, best_steps = 0, [], [], []
         for i in range(k):
@@ -547,7 +647,10 @@ class _Objective:
                     if "cancelled" in why:
                         trial.set_user_attr("interrupted", True)
                         raise
-                    trial.set_user_attr("note", why["pruned"])
+                    for key, value in {"note": why["pruned"], "fold_losses": losses, "fold_steps": best_steps}.items():
+                        trial.set_user_attr(key, value)  # the folds it finished, for trials.json
+                    if curves:
+                        _report_mean_curve(trial, curves)
                     for old in folder.glob("fold-*/checkpoints"):
                         shutil.rmtree(old, ignore_errors=True)  # a pruned trial is never resumed
                     raise optuna.TrialPruned(why["pruned"])
@@ -596,14 +699,14 @@ class _Objective:
                     prune.report(event.val_loss, event.step)
                     if prune.should_prune():
                         why["pruned"] = f"pruned at step {event.step}"
+            self.progress.count(steps)
             if self.deadline is not None and time.monotonic() > self.deadline:
                 why.setdefault("pruned", "out of time")
             if self.cancel is not None and self.cancel.is_set():
                 why["cancelled"] = "search cancelled"
             if why:
                 token.cancel()
-            if self.on_event is not None:
-                self.on_event(event)
+            self.progress.emit(event)
         return watch
 
     def _adopt(self, trial, folder: Path) -> bool:
