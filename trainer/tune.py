@@ -134,8 +134,10 @@ def tune(kind: Kind, data: Sequence[str | Path], out: str | Path, *, base: str |
     searched knob given there is not searched. ``grid`` maps settings (or ``epochs`` for text)
     to value lists and replaces the TPE search by a grid search. ``enqueue`` lists parameter
     sets to try first. ``on_trial`` gets each trial's row as it finishes, ``on_event`` every
-    trainer event. ``folds`` sets the cross-validation folds per trial (0: one split); None
-    leaves it to the data's size (``trainer.folds.folds_for``). Raises ``UserError`` for bad
+    trainer event (with ``overall``, the whole search's progress). ``folds`` sets the
+    cross-validation folds per trial (0: one split); None leaves it to the data's size
+    (``trainer.folds.folds_for``); a cross-validated search also stops when its step budget
+    (``result.budget``) cannot pay one more setting's folds. Raises ``UserError`` for bad
     input, ``Cancelled`` when ``cancel`` is set (the running trial keeps its checkpoint and is
     retried on resume).
     """
