@@ -24,8 +24,8 @@ corpora (``--corpus``, ``bench/corpora.py``): ``shakespeare`` (verse, the defaul
 Every run uses seq_len 128, batch 4 and the trainer's own 10% validation split of the N
 passages (early stopping and best-adapter choice); the held-out sources are never seen. The
 seed picks the N passages and seeds the run. Each run also draws 5 samples of 48 tokens
-(prompts suited to the corpus: speaker names for verse, ``def`` for code) and reports the share of their word 8-grams
-copied verbatim from its training passages (``bench/memorisation.py``).
+(prompts suited to the corpus: speaker names for verse, ``def`` for code) and reports the
+share of their word 8-grams copied verbatim from its training passages (``bench/memorisation.py``).
 
 Every finished (corpus, method, N, seed) cell is cached as JSON under ``--out`` (Shakespeare's
 in ``cells/``, another corpus's in ``cells/CORPUS/``), so a rerun skips it and the benchmark can
