@@ -407,7 +407,9 @@ def main(argv: list[str] | None = None) -> dict:
         if args.chart:  # Shakespeare's chart at the path given, another corpus's beside it
             chart = args.chart if corpus == "shakespeare" else args.chart.with_stem(f"{args.chart.stem}-{corpus}")
             plot(table, chart, corpus)
-        if args.markdown:
+        if args.markdown and not table:
+            print(f"\n## {corpus}\n\nno cells yet")
+        elif args.markdown:
             print(f"\n## {corpus}\n\n{markdown(table)}")
             if set(ABLATION) & set(methods):
                 print("\n" + ablation_markdown(table, corpus))
