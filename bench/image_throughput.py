@@ -105,7 +105,10 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--precision", default="auto", help="loracord's precision: auto, bf16 or fp32")
     parser.add_argument("--repeats", type=int, default=3, help="alternate both loops this often")
-    parser.add_argument("--channels", default="32,64,64", help="the UNet's block channels (size of the model)")
+    parser.add_argument("--channels", default="32,64,64", help="the tiny UNet's block channels (size of the model)")
+    parser.add_argument("--model", choices=("tiny", "sd1-small"), default="tiny",
+                        help="tiny: the tests' two-block pipeline (VAE downsamples 2x); sd1-small: SD 1.x's layout "
+                             "at a tenth of its widths (8.8M-parameter UNet, VAE downsamples 8x)")
     args = parser.parse_args()
 
     import logging
@@ -117,11 +120,14 @@ def main() -> None:
     logging.disable(logging.WARNING)
     from diffusers.utils import logging as dlogging
     dlogging.disable_progress_bar()
-    from tests.image_fixtures import build_sd, write_image_folder
+    from tests.image_fixtures import build_sd, build_sd1_small, write_image_folder
 
     work = Path(tempfile.mkdtemp(prefix="loracord-bench-"))
     try:
-        base = build_sd(work / "pipe", channels=tuple(int(c) for c in args.channels.split(",")))
+        if args.model == "sd1-small":
+            base = build_sd1_small(work / "pipe")
+        else:
+            base = build_sd(work / "pipe", channels=tuple(int(c) for c in args.channels.split(",")))
         data = write_image_folder(work / "data", count=args.images, size=(96, 80))
         ours, baseline, peak_rss = [], [], None
         for i in range(args.repeats):
@@ -142,7 +148,7 @@ def main() -> None:
                 "speedup": speedup(rates, baseline), "peak_rss_mb": round(peak_rss, 1),
                 "setup_s": round(best["setup_s"], 2), "precision": best["precision"], "steps": args.steps,
                 "batch_size": args.batch_size, "resolution": args.resolution, "rank": args.rank,
-                "images": args.images, "unet_params_m": round(unet_params / 1e6, 1), "augment": 0.5,
+                "images": args.images, "model": args.model, "unet_params_m": round(unet_params / 1e6, 1), "augment": 0.5,
                 "repeats": args.repeats, "threads": torch.get_num_threads(),
                 "device": "cuda" if torch.cuda.is_available() else "cpu", **machine()}
         print(json.dumps(line))

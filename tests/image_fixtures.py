@@ -36,9 +36,9 @@ def tiny_tokenizer():
 def _text_config(**extra):
     from transformers import CLIPTextConfig
 
-    return CLIPTextConfig(bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=32, intermediate_size=37,
-                          num_attention_heads=4, num_hidden_layers=2, vocab_size=600,
-                          max_position_embeddings=MAX_TOKENS, hidden_act="gelu", **extra)
+    shape = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2) | extra
+    return CLIPTextConfig(bos_token_id=0, eos_token_id=1, pad_token_id=1, vocab_size=600,
+                          max_position_embeddings=MAX_TOKENS, hidden_act="gelu", **shape)
 
 
 def _vae():
@@ -148,3 +148,34 @@ def image_folder(tmp_path_factory) -> Path:
 
 def write_metadata(folder: Path, rows: list[dict]) -> None:
     (folder / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+
+def build_sd1_small(folder: Path) -> Path:
+    """An SD 1.x pipeline shrunk evenly: the real layout at a tenth of the widths (an 8.8M-parameter UNet).
+
+    Same blocks as Stable Diffusion 1.x (three cross-attention down blocks and one plain, two
+    layers each, a four-block VAE that downsamples 8x), with the channels divided by about 10
+    (UNet 32-64-128-128, VAE 16-32-64-64), so the VAE, text encoder and UNet keep roughly the
+    real model's proportions of work. For throughput benchmarks at 128 px, not for tests.
+    """
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(block_out_channels=(32, 64, 128, 128), layers_per_block=2, sample_size=16,
+                                in_channels=4, out_channels=4, cross_attention_dim=64, attention_head_dim=8,
+                                norm_num_groups=16,
+                                down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                                up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
+    vae = AutoencoderKL(block_out_channels=(16, 32, 64, 64), in_channels=3, out_channels=3, latent_channels=4,
+                        layers_per_block=2, down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=8, sample_size=128)
+    text = _text_config(hidden_size=64, intermediate_size=256, num_hidden_layers=4)
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=CLIPTextModel(text), tokenizer=tiny_tokenizer(), unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder

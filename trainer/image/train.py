@@ -27,7 +27,7 @@ from typing import Any
 from ..cancel import CancelToken
 from ..errors import ConfigError
 from ..events import EventCallback
-from ..loop import LoopState, Task, fit
+from ..loop import LoopState, Task, adamw, fit, training_mode
 from ..rundir import RunDir, start_run
 from .config import ImageTrainConfig
 
@@ -262,7 +262,7 @@ class ImageTask(Task):
         self.model = torch.nn.ModuleDict({name: getattr(pipe, name) for name in ("unet", "text_encoder", "text_encoder_2")
                                           if getattr(getattr(pipe, name, None), "peft_config", None)})
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=0.0)
+        optimizer = adamw(self.params, lr=cfg.lr, weight_decay=0.0)
         warmup = int(cfg.warmup_ratio * cfg.steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, cfg.steps))
         # Under accelerate launch the UNet is wrapped to average its gradients over processes
@@ -281,8 +281,7 @@ class ImageTask(Task):
     def train_step(self) -> tuple[float, None]:
         """One batch of cached latents with fresh noise and timesteps: forward, backward, clip, step."""
         acc = self.accelerator
-        self.unet.train()
-        self.model.train()
+        training_mode(self.unet, *self.model.values())
         batch = _draw_batch(self.s, self.generator)
         with acc.autocast():
             loss = diffusion_loss(self.s, self.unet, batch, weighted=True)

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 from ..cancel import CancelToken
 from ..errors import ConfigError
 from ..events import EventCallback
-from ..loop import LoopState, Task, fit
+from ..loop import LoopState, Task, adamw, fit, training_mode
 from ..rundir import RunDir, start_run, write_json_atomic
 from .config import TextTrainConfig
 
@@ -179,7 +179,7 @@ class TextTask(Task):
         cfg = s.config
         self.s, self.config, self.accelerator = s, cfg, s.accelerator
         self.params = [p for p in s.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = adamw(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         warmup = int(cfg.warmup_ratio * cfg.steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, cfg.steps))
         # Under accelerate launch, `wrapped` syncs gradients between processes (DDP); `model` is
@@ -210,7 +210,7 @@ class TextTask(Task):
         cfg, acc, model = self.config, self.accelerator, self.wrapped
         if self.stream is None:  # started here so that a resume picks up where the data stream was
             self.stream = _micro_batches(self.s, self.epoch, self.micro)
-        model.train()
+        training_mode(model, self.model)
         step_loss, step_tokens = 0.0, 0
         # NEFTune's hook is on the embeddings for this step only: evaluation, samples and export never see it.
         with noisy_embeddings(self.model, cfg.neftune_alpha):
