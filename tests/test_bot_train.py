@@ -130,3 +130,19 @@ async def test_the_cancel_button_works_after_a_restart(world, make_bot):
     await world.env.advance_time(1.5)
     progress = next(m for m in thread.history() if m.id == started.response.id)
     assert {f.name: f.value for f in progress.embeds[0].fields}["Status"] == "cancelled"
+
+
+async def test_text_kind_is_declared_at_start_and_refused_for_images(world):
+    thread = await ready_thread(world)
+    await world.alice.slash(thread, "train start", steps=4, text_kind="code")
+    [job] = jobs(world)
+    spec = RunSpec.from_job(job.kind, job.config)
+    assert spec.settings["text_kind"] == "code"  # what the trainer's augmentation follows (trainer.text.kinds)
+    await world.env.advance_time(60)
+    await world.alice.slash(thread, "train start", steps=4)
+    assert "text_kind" not in RunSpec.from_job(jobs(world)[0].kind, jobs(world)[0].config).settings  # auto: detected
+    await world.alice.slash(world.channel, "session new", kind="image", title="Foxes")
+    images = world.channel.threads[-1]
+    refused = await world.alice.slash(images, "train start", text_kind="verse")
+    assert refused.ephemeral and "`text_kind`" in refused.response.content and "image session" in refused.response.content
+    assert len(jobs(world)) == 2

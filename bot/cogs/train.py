@@ -46,7 +46,9 @@ class TrainCog(commands.GroupCog, group_name="train", group_description="Train a
                            rank="LoRA rank: capacity of the adapter", seed="Random seed, for a repeatable run",
                            resolution="Image sessions: training and sample side in pixels (default: sized to the "
                                       "base and the worker's device)",
-                           sample_steps="Image sessions: denoising steps per sample (default: sized to the device)")
+                           sample_steps="Image sessions: denoising steps per sample (default: sized to the device)",
+                           text_kind="Text sessions: what the text is, which decides the augmentation (auto: "
+                                     "detected, as /data report shows)")
     @app_commands.checks.dynamic_cooldown(_train_cooldown)
     async def start(self, interaction: discord.Interaction,
                     preset: Literal["auto", "quick", "balanced", "best"] = "auto",
@@ -55,7 +57,8 @@ class TrainCog(commands.GroupCog, group_name="train", group_description="Train a
                     rank: Optional[app_commands.Range[int, 1, 256]] = None,
                     seed: Optional[int] = None,
                     resolution: Optional[app_commands.Range[int, 8, 2048]] = None,
-                    sample_steps: Optional[app_commands.Range[int, 1, 200]] = None) -> None:
+                    sample_steps: Optional[app_commands.Range[int, 1, 200]] = None,
+                    text_kind: Optional[Literal["auto", "code", "dialogue", "verse", "prose"]] = None) -> None:
         session = await self.bot.db(self.svc.session_here, interaction.channel_id)
         why = ""
         if preset == "auto":
@@ -65,12 +68,18 @@ class TrainCog(commands.GroupCog, group_name="train", group_description="Train a
         overrides = {"steps": steps, "lr": lr, "rank": rank, "seed": seed}
         sizes = {"resolution": resolution, "sample_steps": sample_steps}
         if session.kind == "image":
+            if text_kind is not None:
+                await self.bot.refuse(interaction, "`text_kind` chooses the augmentation of text runs; this is an "
+                                                   "image session. Leave it out.")
+                return
             overrides.update(sizes)
             why = f"{why}\n{size_line(await self.bot.db(self.svc.image_sizes, session, overrides))}.".strip()
         elif any(v is not None for v in sizes.values()):
             await self.bot.refuse(interaction, "`resolution` and `sample_steps` size image runs; this is a text "
                                                "session. Leave them out.")
             return
+        else:
+            overrides["text_kind"] = text_kind
         await self._submit(interaction, lambda s, a: self.svc.start_training(s, a, preset, overrides), why)
 
     @app_commands.command(name="tune", description="Quick tries: several short runs with different settings, ranked")
