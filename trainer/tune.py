@@ -509,12 +509,10 @@ class _Progress:
 
     def watch(self) -> EventCallback:
         """The event callback of a run outside the trials (the full run): counts and passes on."""
-        steps = {"first": None, "last": 0}
+        steps = _counter()
 
         def watch(event: ProgressEvent) -> None:
-            if event.kind == "step":
-                steps["first"] = steps["first"] or event.step
-                steps["last"] = event.step
+            _count(steps, event)
             self.count(steps)
             self.emit(event)
         return watch
@@ -598,7 +596,7 @@ class _Objective:
         config = _build_config(self.kind, {**self.fixed, **trial_settings(params, self.probe), "out": str(folder),
                                            "eval_every": self.probe.eval_every, "resume": resume})
         token, why = CancelToken(), {}
-        steps = {"first": None, "last": 0}
+        steps = _counter()
         try:
             result = _train(self.kind, config, self._watch(steps, why, token, prune=trial), token)
         except Cancelled:
@@ -641,7 +639,7 @@ class _Objective:
             if metrics.get("status") != "done":
                 config = _build_config(self.kind, {**self.fixed, **settings, "holdout": f"{i}/{k}", "eval_every": cadence,
                                                    "out": str(run.root), "resume": run.latest_checkpoint() is not None})
-                steps, why, token = {"first": None, "last": 0}, {}, CancelToken()
+                steps, why, token = _counter(), {}, CancelToken()
                 try:
                     _train(self.kind, config, self._watch(steps, why, token), token)
                 except Cancelled:
@@ -690,9 +688,7 @@ class _Objective:
         when the run must stop (pruned, out of time, search cancelled)."""
         def watch(event: ProgressEvent) -> None:
             # runs inside the training loop: setting the token stops the trainer at its next step
-            if event.kind == "step":
-                steps["first"] = steps["first"] or event.step
-                steps["last"] = event.step
+            _count(steps, event)
             if prune is not None and event.kind == "eval" and event.val_loss is not None:
                 prune.set_user_attr("steps", _spent(steps))
                 if not math.isfinite(event.val_loss):
@@ -781,6 +777,17 @@ def _suggest(trial, name: str, dist):
     if isinstance(dist, CategoricalDistribution):
         return trial.suggest_categorical(name, dist.choices)
     return trial.suggest_float(name, dist.low, dist.high, log=dist.log)
+
+
+def _counter() -> dict:
+    """A run's step counter: the first and last step it trained (``_count``, ``_spent``)."""
+    return {"first": None, "last": 0}
+
+
+def _count(steps: dict, event: ProgressEvent) -> None:
+    if event.kind == "step":
+        steps["first"] = steps["first"] or event.step
+        steps["last"] = event.step
 
 
 def _spent(steps: dict) -> int:

@@ -200,11 +200,16 @@ def split_turns(text: str) -> list[str]:
     return parts
 
 
+def _unit_slots(parts: list[str]) -> list[int]:
+    """Where the non-blank units of ``parts`` (unit, separator, unit, ...) are."""
+    return [i for i in range(0, len(parts), 2) if parts[i].strip()]
+
+
 def shuffle_units(parts: list[str], rng: random.Random) -> str:
     """The units of ``parts`` (unit, separator, unit, ...) in a new random order; separators
     keep their places. Fewer than two units come back unchanged."""
     parts = list(parts)
-    slots = [i for i in range(0, len(parts), 2) if parts[i].strip()]
+    slots = _unit_slots(parts)
     if len(slots) < 2:
         return "".join(parts)
     units = [parts[i] for i in slots]
@@ -228,7 +233,7 @@ def shuffle_sentences(text: str, rng: random.Random) -> str:
 def swap_neighbours(parts: list[str], rng: random.Random) -> str:
     """One random pair of neighbouring units of ``parts`` (unit, separator, unit, ...) swapped."""
     parts = list(parts)
-    slots = [i for i in range(0, len(parts), 2) if parts[i].strip()]
+    slots = _unit_slots(parts)
     if len(slots) < 2:
         return "".join(parts)
     k = rng.randrange(len(slots) - 1)
