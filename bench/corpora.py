@@ -52,6 +52,7 @@ class Corpus:
     prompts: tuple[str, ...]  # for samples: five openings of the kind a member would give
     suffix: str = ".txt"  # ".jsonl" where passages hold blank lines (a .txt block ends at one)
     unique: bool = True  # drop repeated passages from the training pool (a docstring used twice)
+    detected: str = "prose"  # the kind trainer.text.kinds detects in its passages (augmentation follows it)
 
     def passages(self, source: str) -> list[str]:
         return self.read(source)
@@ -177,12 +178,14 @@ CORPORA: dict[str, Corpus] = {c.name: c for c in (
            ("hamlet", "macbeth", "king-lear", "othello"),
            ("julius-caesar", "romeo-and-juliet", "the-tempest", "twelfth-night", "richard-iii", "as-you-like-it"),
            # unique=False: the pool as it was when the first cells were cached (one speech occurs twice)
-           _speeches, ("HAMLET:\n", "IAGO:\n", "OTHELLO:\n", "KING LEAR:\n", "MACBETH:\n"), unique=False),
+           _speeches, ("HAMLET:\n", "IAGO:\n", "OTHELLO:\n", "KING LEAR:\n", "MACBETH:\n"), unique=False,
+           detected="dialogue"),  # every speech opens with its speaker's name
     Corpus("code", "source code",
            ("argparse", "shutil", "csv", "difflib", "calendar", "configparser", "pathlib", "tarfile", "inspect",
             "dataclasses", "functools", "collections"),
            ("fractions", "ipaddress", "mailbox", "pprint", "uuid", "gzip"),
-           code_passages, ("def ", "class ", "def __init__(self", "    def ", "@property\ndef "), suffix=".jsonl"),
+           code_passages, ("def ", "class ", "def __init__(self", "    def ", "@property\ndef "), suffix=".jsonl",
+           detected="code"),
     Corpus("docs", "technical prose",
            ("subprocess", "typing", "threading", "tarfile", "pickle", "doctest", "inspect", "ssl", "logging",
             "unittest.case", "asyncio.events", "email.message", "optparse", "urllib.request"),
@@ -193,7 +196,8 @@ CORPORA: dict[str, Corpus] = {c.name: c for c in (
             "botprofile"),
            ("food", "gossip", "movies", "politics", "science", "sports"),
            chat_passages, ("User: Hello\nBot:", "User: How are you today?\nBot:", "User: Tell me a joke.\nBot:",
-                           "User: What do you like to do?\nBot:", "User: What is your favorite book?\nBot:")),
+                           "User: What do you like to do?\nBot:", "User: What is your favorite book?\nBot:"),
+           detected="dialogue"),
 )}
 
 
