@@ -146,7 +146,7 @@ def report_card(kind: str, items: list[DatasetItem], blobs: BlobStore, members: 
 
 def _text(card: ReportCard, paths: list[Path], settings: dict) -> None:
     from trainer.text.augment import augmentation_plan
-    from trainer.text.data import read_text_examples
+    from trainer.text.data import MIN_EXAMPLES, read_text_examples, split_examples
     from trainer.text.kinds import resolve_kind
 
     examples, report = read_text_examples(paths)
@@ -156,8 +156,12 @@ def _text(card: ReportCard, paths: list[Path], settings: dict) -> None:
     card.lines.append(f"**Duplicates dropped:** {report.duplicates_dropped}")
     card.lines.append(f"**Length:** {report.chars_min}–{report.chars_max} characters, median {report.chars_median}")
     # The trainer's own choice (trainer.text.kinds): which augmentations a run uses, which are off, and why.
+    # the examples a run trains on after its validation split, which the kind's defaults are keyed to
+    n_train = len(split_examples(examples)[0]) if len(examples) >= MIN_EXAMPLES else len(examples)
     plan = augmentation_plan(resolve_kind(settings.get("text_kind", "auto"), examples),
-                             settings.get("neftune_alpha") or 0.0)
+                             settings.get("neftune_alpha") or 0.0, preset=settings.get("preset"),
+                             augment=settings.get("augment"), lora_dropout=settings.get("lora_dropout"),
+                             n_train=n_train)
     card.lines.extend(f"**{heading}:** {words}" for heading, words in plan)
     # The count is graded with the session's own targets (``_grade``): the reader's count warning would repeat it.
     card.advice.extend(w[0].upper() + w[1:] for w in report.warnings

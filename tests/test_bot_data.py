@@ -151,8 +151,10 @@ async def test_report_card_grades_and_picks_a_preset(world):
     assert "**Contributions:**" in embed.description
     # Which augmentations the trainer will use for this kind of text, and why (trainer.text.kinds).
     assert "**Kind of text:** prose (detected: no sign of code, turns or verse: lines average" in embed.description
+    # 12 examples (11 after the validation split): under the size from which prose trains without them
     assert ("**Augmentation for prose:** random windows of long texts; sentence-order shuffle; word dropout"
             in embed.description)
+    assert "Off by default" not in embed.description
     assert "**Noisy embeddings (NEFTune):** off" in embed.description
     assert got["Advice"] == "• Only 12 examples in the whole dataset: 20+ give steadier results; 8 more would help."
     assert got["Preset I would pick: quick"].startswith("Because with 12 examples, a quick run")

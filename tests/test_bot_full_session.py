@@ -7,6 +7,8 @@ job runs in the embedded worker's subprocess exactly as in production.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from bot.config import BotSettings
@@ -41,11 +43,14 @@ async def test_two_members_train_vote_sample_and_export(world, tiny_llama):
     await w.alice.slash(w.channel, "session new", kind="text", title="Shared fox", base_model=str(tiny_llama))
     thread = w.channel.threads[-1]
     await w.bob.slash(thread, "session join")
-    await w.alice.slash(thread, "data add", file=("alice.txt", text_bytes(8, word="drawing")))
-    await w.bob.slash(thread, "data add", file=("bob.txt", text_bytes(8, word="poem")))
+    await w.alice.slash(thread, "data add", file=("alice.txt", text_bytes(10, word="drawing")))
+    await w.bob.slash(thread, "data add", file=("bob.txt", text_bytes(10, word="poem")))
     report = await w.alice.slash(thread, "data report")
-    assert "**Contributions:**" in report.followups[0].embeds[0].description if report.followups else \
-        "**Contributions:**" in report.response.embeds[0].description
+    card = (report.followups[0] if report.followups else report.response).embeds[0].description
+    assert "**Contributions:**" in card
+    # 20 examples of prose (18 after the validation split): the preset leaves LoRA dropout off and
+    # says why (the guild's defaults already set augment 0, so only dropout is named)
+    assert "**Off by default for prose:** LoRA dropout: at 32 examples, " in card
 
     started = await w.alice.slash(thread, "train start", steps=4, lr=0.005, rank=4)
     assert "Job #1 is queued" in started.response.content
@@ -58,6 +63,11 @@ async def test_two_members_train_vote_sample_and_export(world, tiny_llama):
     assert [(i.blob, i.uploader) for i in manifest.items] == [(i.blob_hash, i.uploader_id) for i in items]
     fetched = sorted((w.env.bot.services.settings.run_root / "job-1" / "data").iterdir())
     assert len(fetched) == len(manifest.items) and all(p.stat().st_size > 0 for p in fetched)
+    # The worker's run followed the report card: prose, where the preset left LoRA dropout off, and
+    # metrics.json says why.
+    metrics = json.loads(next((w.env.bot.services.settings.run_root / "job-1").rglob("metrics.json")).read_text())
+    assert metrics["text_kind"] == "prose" and metrics["config"]["lora_dropout"] == 0.0
+    assert metrics["config"]["augment"] == 0.0 and "(docs/benchmarks.md)" in metrics["regularisation_off_for_kind"]
 
     progress = next(m for m in thread.history() if m.id == started.response.id)
     fields = embed_fields(progress)

@@ -274,9 +274,25 @@ def test_prose_is_the_default_recipe():
 
 
 def test_the_plan_says_what_is_used_and_what_is_off_for_code():
-    plan = dict(augmentation_plan(detect_kind(texts(stdlib_code()))))
+    code = detect_kind(texts(stdlib_code()))
+    plan = dict(augmentation_plan(code))
     assert plan["Kind of text"].startswith("code (detected: ")
-    assert plan["Augmentation for code"] == "random windows of long texts, cut on line boundaries"
+    # the ablation found no gain on code: the preset leaves both off, and the plan says so and why
+    assert plan["Augmentation for code"] == ("off by default (see below); when on: random windows of long texts, "
+                                             "cut on line boundaries")
+    assert plan["Off by default for code"].startswith("augmentation and LoRA dropout: at 32 examples, ")
+    assert "+0.1%" in plan["Off by default for code"]
+    assert plan["Off by default for code"].endswith("setting augment or lora_dropout above 0 turns them on")
+    mine = dict(augmentation_plan(code, augment=0.2))  # a member's own strength wins; dropout stays off
+    assert mine["Augmentation for code"] == "random windows of long texts, cut on line boundaries"
+    assert mine["Off by default for code"].startswith("LoRA dropout: ")
+    assert mine["Off by default for code"].endswith("setting lora_dropout above 0 turns it on")
+    assert dict(augmentation_plan(code, augment=0.0))["Augmentation for code"] == "off (augment is 0 in the settings)"
+    best = dict(augmentation_plan(code, preset="best"))  # best keeps them: it was not measured
+    assert best["Augmentation for code"] == "random windows of long texts, cut on line boundaries"
+    assert "Off by default for code" not in best
+    assert "Off by default for code" not in dict(augmentation_plan(code, augment=0.2, lora_dropout=0.05))
+    assert "Off by default for code" not in dict(augmentation_plan(code, n_train=7))  # on for tiny sets
     assert plan["Off for code"] == ("sentence and line shuffle (reordered statements do not run); "
                                     "word dropout (a missing token breaks the syntax)")
     assert plan["Noisy embeddings (NEFTune)"] == "off (the trainer setting neftune_alpha turns them on)"

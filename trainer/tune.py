@@ -239,6 +239,7 @@ def _probe_text(fixed: dict[str, Any], preset: Preset) -> Probe:
     from .models import resolve_base
     from .text.config import TextTrainConfig
     from .text.data import load_text_dataset
+    from .text.kinds import resolve_kind
     from .text.packing import encode
     from .text.presets import size_defaults
 
@@ -248,7 +249,9 @@ def _probe_text(fixed: dict[str, Any], preset: Preset) -> Probe:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokens = sum(len(encode(e, tokenizer).ids) for e in dataset.train)
-    sized = size_defaults(config, n_train=len(dataset.train), train_tokens=tokens)
+    # the same kind a trial's run resolves (over every example), so the baseline is the preset's own run
+    text_kind = resolve_kind(config.text_kind, dataset.train + dataset.val).kind
+    sized = size_defaults(config, n_train=len(dataset.train), train_tokens=tokens, text_kind=text_kind)
     assert isinstance(sized, TextTrainConfig)
     baseline = {k: getattr(sized, k) for k in SEARCHED}
     shape = {"batch_size": config.batch_size, "seq_len": config.seq_len, "grad_accum": config.grad_accum}

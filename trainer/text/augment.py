@@ -39,6 +39,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 from ..errors import ConfigError
+from ..presets import regularisation_off
 from .data import TextExample
 from .kinds import QUOTED, KINDS, SPEAKER
 
@@ -296,14 +297,32 @@ def noisy_embeddings(model, alpha: float):
         deactivate_neftune(model, handle)
 
 
-def augmentation_plan(text_kind, neftune_alpha: float = 0.0) -> list[tuple[str, str]]:
+def augmentation_plan(text_kind, neftune_alpha: float = 0.0, *, preset: str | None = None,
+                      augment: float | None = None, lora_dropout: float | None = None,
+                      n_train: int | None = None) -> list[tuple[str, str]]:
     """What a run on text of ``text_kind`` (a ``trainer.text.kinds.TextKind``) augments and
-    what it leaves off, as (heading, words) pairs in a member's words (the report card)."""
+    what it leaves off, as (heading, words) pairs in a member's words (the report card).
+
+    ``preset``, ``augment`` and ``lora_dropout`` are the run's settings as a member left them
+    (``None``: the preset decides) and ``n_train`` the examples it trains on; where the preset
+    switches both off for this kind and size (``trainer.presets.regularisation_off``), the plan
+    says so and why."""
     recipe, kind = RECIPES[text_kind.kind], text_kind.kind
+    why = regularisation_off(kind, preset, n_train)
+    used = "; ".join(recipe.used)
     plan = [("Kind of text", f"{kind} ({'declared' if text_kind.declared else 'detected'}: {text_kind.reason})"),
-            (f"Augmentation for {kind}", "; ".join(recipe.used))]
+            (f"Augmentation for {kind}", "off (augment is 0 in the settings)" if augment == 0
+             else f"off by default (see below); when on: {used}" if why and augment is None else used)]
     if recipe.off:
         plan.append((f"Off for {kind}", "; ".join(recipe.off)))
+    defaulted = [(words, setting) for words, setting, value in (("augmentation", "augment", augment),
+                                                                ("LoRA dropout", "lora_dropout", lora_dropout))
+                 if value is None]
+    if why and defaulted:
+        plan.append((f"Off by default for {kind}",
+                     f"{' and '.join(w for w, _ in defaulted)}: {why}. The best preset keeps "
+                     f"{'them' if len(defaulted) > 1 else 'it'}; setting {' or '.join(s for _, s in defaulted)} "
+                     f"above 0 turns {'them' if len(defaulted) > 1 else 'it'} on"))
     plan.append(("Noisy embeddings (NEFTune)", f"on, alpha {neftune_alpha:g}" if neftune_alpha else
                  "off (the trainer setting neftune_alpha turns them on)"))
     return plan

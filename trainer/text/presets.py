@@ -3,7 +3,7 @@
 The numbers live in ``trainer.presets`` (shared with image runs, one place for both) and are
 explained, with sources, in docs/presets.md. In short: rank 8 (16 for 200+ examples) with
 alpha = 2 x rank, a peak rate of 8e-4 (measured: docs/benchmarks.md), dropout and augmentation that taper off as the set
-grows, and a few epochs over the packed tokens, between 20 and 500 steps. ``config.preset``
+grows (and are off for the kinds of text where the ablation found they do not help), and a few epochs over the packed tokens, between 20 and 500 steps. ``config.preset``
 picks ``quick``, ``balanced`` (the default) or ``best``.
 """
 
@@ -13,11 +13,13 @@ from ..presets import preset_overrides
 from .config import TextTrainConfig
 
 
-def size_defaults(config: TextTrainConfig, *, n_train: int, train_tokens: int) -> TextTrainConfig:
-    """Return a copy of ``config`` with every ``None`` knob filled from its preset and the dataset's size."""
+def size_defaults(config: TextTrainConfig, *, n_train: int, train_tokens: int,
+                  text_kind: str | None = None) -> TextTrainConfig:
+    """Return a copy of ``config`` with every ``None`` knob filled from its preset, the dataset's
+    size and the kind of text (``text_kind``, which can switch augmentation and dropout off)."""
     tokens_per_step = config.batch_size * config.seq_len * config.grad_accum
     preset = preset_overrides("text", config.preset, n_train, train_tokens=train_tokens,
-                              tokens_per_step=tokens_per_step)
+                              tokens_per_step=tokens_per_step, text_kind=text_kind)
     steps = config.steps or preset["steps"]
     rank = config.rank or preset["rank"]
     filled = {

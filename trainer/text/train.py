@@ -85,6 +85,7 @@ class _Setup:
     prompts: list[str]
     precision_choice: dict = field(default_factory=dict)  # what auto picked and why
     text_kind: Any = None  # trainer.text.kinds.TextKind: what the augmentation follows, and why
+    regularisation_off: str | None = None  # why the preset left augmentation and dropout off for this kind
 
 
 def _setup(config: TextTrainConfig) -> _Setup:
@@ -94,6 +95,7 @@ def _setup(config: TextTrainConfig) -> _Setup:
     from ..memory import pin_mmap_threshold
     from ..models import load_causal_lm, resolve_base
     from ..precision import choose_precision, make_accelerator, model_key, text_probe
+    from ..presets import regularisation_off
     from .data import load_text_dataset
     from .kinds import resolve_kind
     from .packing import CHATML_TEMPLATE, encode
@@ -120,12 +122,15 @@ def _setup(config: TextTrainConfig) -> _Setup:
     if tokenizer.chat_template is None and any(e.kind == "chat" for e in dataset.train):
         tokenizer.chat_template = CHATML_TEMPLATE
     train_tokens = sum(len(encode(e, tokenizer).ids) for e in dataset.train)
-    config = size_defaults(config, n_train=len(dataset.train), train_tokens=train_tokens)
+    # Where the preset switched augmentation and dropout off for this kind of text, and why (metrics.json).
+    off = (regularisation_off(text_kind.kind, config.preset, len(dataset.train))
+           if None in (config.augment, config.lora_dropout) else None)
+    config = size_defaults(config, n_train=len(dataset.train), train_tokens=train_tokens, text_kind=text_kind.kind)
     set_seed(config.seed)
     model = _add_lora(model, config)
     prompts = config.prompts or default_prompts(dataset.val or dataset.train, tokenizer)
     return _Setup(config, dataset, model, tokenizer, accelerator, precision, base_path, prompts, choice.as_dict(),
-                  text_kind)
+                  text_kind, off)
 
 
 
@@ -264,6 +269,7 @@ class TextTask(Task):
         return {"kind": "text", "base": s.config.base, "base_path": str(s.base_path), "precision": s.precision,
                 "precision_choice": s.precision_choice, "text_kind": s.text_kind.kind,
                 "text_kind_reason": s.text_kind.reason, "text_kind_declared": s.text_kind.declared,
+                "regularisation_off_for_kind": s.regularisation_off,
                 "data_report": s.dataset.report.to_dict(), "tokens_trained": state.tokens, "prompts": s.prompts,
                 "val_perplexity": math.exp(min(best, 50)) if best is not None else None}
 
