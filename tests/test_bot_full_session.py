@@ -68,6 +68,8 @@ async def test_two_members_train_vote_sample_and_export(world, tiny_llama):
     metrics = json.loads(next((w.env.bot.services.settings.run_root / "job-1").rglob("metrics.json")).read_text())
     assert metrics["text_kind"] == "prose" and metrics["config"]["lora_dropout"] == 0.0
     assert metrics["config"]["augment"] == 0.0 and "(docs/benchmarks.md)" in metrics["regularisation_off_for_kind"]
+    events = next((w.env.bot.services.settings.run_root / "job-1").rglob("events.jsonl")).read_text().splitlines()
+    assert "LoRA dropout 0 (the preset leaves augmentation and dropout off for this kind" in json.loads(events[0])["message"]
 
     progress = next(m for m in thread.history() if m.id == started.response.id)
     fields = embed_fields(progress)

@@ -201,6 +201,9 @@ class TextTask(Task):
         cfg = self.config
         return (f"training {cfg.steps} steps on {len(self.s.dataset.train)} examples ({self.s.precision}, "
                 f"rank {cfg.rank}, lr {cfg.lr:g}, augment {cfg.augment:g} for {self.s.text_kind.kind}"
+                + (f", LoRA dropout {cfg.lora_dropout:g}")
+                + (" (the preset leaves augmentation and dropout off for this kind of text at this size: "
+                   "docs/presets.md)" if self.s.regularisation_off else "")
                 + (f", NEFTune alpha {cfg.neftune_alpha:g}" if cfg.neftune_alpha else "") + ")")
 
     def before_training(self) -> None:
