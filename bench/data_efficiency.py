@@ -344,14 +344,15 @@ def ablation_markdown(table: dict, corpus: str) -> str:
     (``trainer.presets.regularisation_off``), and the heading says which of the two the preset
     now trains.
     """
-    from trainer.presets import regularisation_off
+    from trainer.presets import UNREGULARISED_FROM, regularisation_off
 
     names = list(ABLATION)
     ns = sorted({int(n) for m in names for n in table.get(m, {})})
     c = corpora.corpus(corpus)
-    shipped = "none" if regularisation_off(c.detected) else "regularised"
+    shipped = (f"as `none` from {UNREGULARISED_FROM} training examples and as `regularised` below"
+               if regularisation_off(c.detected) else "as `regularised`")
     lines = [f"{c.name} (detected as {c.detected}): held-out perplexity, mean ± sd (seeds); the default preset "
-             f"now trains this kind as `{shipped}`", "",
+             f"trains this kind {shipped}", "",
              "| N | " + " | ".join(names) + " | regularised vs none |", "| --- |" + " --- |" * (len(names) + 1)]
     for n in ns:
         cells, got = [], {}

@@ -120,7 +120,7 @@ def test_ablation_table():
     text = ablation_markdown(summarise(cells), "code")
     assert "| N | regularised | no-augment | no-dropout | none | regularised vs none |" in text
     assert "| 32 | 19.00 ± 1.00 (3) | 19.50 ± 1.00 (3) | 19.80 ± 1.00 (3) | 20.00 ± 1.00 (3) | -5.0% |" in text
-    assert "code (detected as code)" in text and "trains this kind as `none`" in text
+    assert "code (detected as code)" in text and "trains this kind as `none` from 16 training examples" in text
     assert list(ABLATION) == ["regularised", "no-augment", "no-dropout", "none"]
 
 
