@@ -158,8 +158,12 @@ def _text(card: ReportCard, paths: list[Path], settings: dict) -> None:
     # The trainer's own choice (trainer.text.kinds): which augmentations a run uses, which are off, and why.
     # the examples a run trains on after its validation split, which the kind's defaults are keyed to
     n_train = len(split_examples(examples)[0]) if len(examples) >= MIN_EXAMPLES else len(examples)
+    # the preset a run would use: the settings' own, else what `/train start` picks for this count
+    preset = settings.get("preset")
+    if preset in (None, "auto"):
+        preset = pick_preset("text", report.n_examples)[0]
     plan = augmentation_plan(resolve_kind(settings.get("text_kind", "auto"), examples),
-                             settings.get("neftune_alpha") or 0.0, preset=settings.get("preset"),
+                             settings.get("neftune_alpha") or 0.0, preset=preset,
                              augment=settings.get("augment"), lora_dropout=settings.get("lora_dropout"),
                              n_train=n_train)
     card.lines.extend(f"**{heading}:** {words}" for heading, words in plan)

@@ -136,6 +136,23 @@ async def test_only_contributors_add_and_only_uploader_owner_or_manager_remove(w
     assert "Removed #1 `b.txt`" in owner.response.content
 
 
+async def test_report_card_says_whether_the_picked_preset_keeps_augmentation(world):
+    """The card speaks of the run `/train start` would make: with 30 examples of prose it picks
+    balanced, which leaves augmentation and dropout off; with 120 it picks best, which keeps them."""
+    thread = await session_thread(world)
+    await world.alice.slash(thread, "data add", file=("a.txt", text_bytes(30)))
+    card = (await world.alice.slash(thread, "data report")).response.embeds[0].description
+    assert "**Off by default for prose:** augmentation and LoRA dropout: at 32 examples, " in card
+    await world.env.advance_time(60)
+    await world.alice.slash(thread, "data add", file=("b.txt", text_bytes(90, start=30)))
+    result = await world.alice.slash(thread, "data report")
+    got, message = fields(result)
+    assert "Preset I would pick: best" in got
+    assert "Off by default" not in message.embeds[0].description
+    assert ("**Augmentation for prose:** random windows of long texts; sentence-order shuffle; word dropout"
+            in message.embeds[0].description)
+
+
 async def test_report_card_grades_and_picks_a_preset(world):
     thread = await session_thread(world)
     empty = await world.alice.slash(thread, "data report")
