@@ -15,7 +15,9 @@ corpora (``--corpus``, ``bench/corpora.py``): ``shakespeare`` (verse, the defaul
   (and at most ``--tune-minutes``), run on each seed's own N passages as a member's search
   would, then its best settings trained on those passages. Below ``trainer.folds.FOLDS_BELOW``
   passages the search cross-validates and the tuned run trains on every passage at the folds'
-  step count (``holdout="none"``), as the search's own full run does;
+  step count (``holdout="none"``), as the search's own full run does; ``tuned-cv`` and
+  ``tuned-split`` force the search's validation whatever N (2 folds, or one split), to measure
+  where the threshold belongs;
 - the ablation, everything else (lr, steps, rank) left to the preset: ``regularised`` (the
   balanced preset's size-keyed augmentation and LoRA dropout, set explicitly: what every kind of
   text got before the ablation switched them off for the kinds they did not help), ``no-augment``
@@ -71,7 +73,9 @@ METHODS = ("base", "plain", "default", "tuned")
 # same run with one or both switched off; nothing else changed.
 ABLATION = {"regularised": {}, "no-augment": {"augment": 0.0}, "no-dropout": {"lora_dropout": 0.0},
             "none": {"augment": 0.0, "lora_dropout": 0.0}}
-ALL_METHODS = METHODS + tuple(ABLATION)
+# Quick tries with the search's validation forced whatever N: cross-validated (2 folds) or one split.
+TUNED_FOLDS = {"tuned-cv": 2, "tuned-split": 0}
+ALL_METHODS = METHODS + tuple(ABLATION) + tuple(TUNED_FOLDS)
 
 
 # --------------------------------------------------------------------------------------------
@@ -164,7 +168,7 @@ class Bench:
         elif method.startswith("default-lr"):  # the default preset with only its learning rate changed
             settings = {"lr": float(method.removeprefix("default-lr"))}
         else:
-            settings = self.tuned_params(n, seed)
+            settings = self.tuned_params(n, seed, method)
         if self.max_steps:
             settings["steps"] = min(settings.get("steps") or self.max_steps, self.max_steps)
         return settings
@@ -183,9 +187,12 @@ class Bench:
         knobs = preset_overrides("text", "balanced", n_train, train_tokens=1, tokens_per_step=1)
         return {"augment": knobs["augment"], "lora_dropout": knobs["lora_dropout"]}
 
-    def tuned_params(self, n: int, seed: int) -> dict:
-        """Quick tries on this seed's N passages; the best trial's settings, cached."""
-        path = self.folder("cells") / f"tune-n{n}-s{seed}.json"
+    def tuned_params(self, n: int, seed: int, method: str = "tuned") -> dict:
+        """Quick tries on this seed's N passages; the best trial's settings, cached. ``method``
+        ``tuned`` validates as the search does for N (``trainer.folds.folds_for``); the
+        ``TUNED_FOLDS`` methods force 2 folds or one split."""
+        folds = TUNED_FOLDS.get(method)
+        path = self.folder("cells") / f"{method.replace('tuned', 'tune')}-n{n}-s{seed}.json"
         if path.exists():
             return json.loads(path.read_text())["best_params"]
         from trainer.tune import tune
@@ -196,8 +203,9 @@ class Bench:
         fixed.pop("base")
         if self.max_steps:
             fixed["steps"] = self.max_steps  # a capped smoke run does not search the step count
-        result = tune("text", [train_path], self.folder("tune") / f"n{n}-s{seed}", base=self.base, trials=self.trials,
-                      budget_minutes=self.tune_minutes, settings=fixed, seed=seed, full_run=False)
+        result = tune("text", [train_path], self.folder("tune") / path.stem.removeprefix("tune-"), base=self.base,
+                      trials=self.trials, budget_minutes=self.tune_minutes, settings=fixed, seed=seed,
+                      full_run=False, folds=folds)
         best = dict(result.best_params)
         if result.folds:
             best["holdout"] = "none"  # cross-validated: the choice trains on every passage, as tune's full run

@@ -67,7 +67,8 @@ def cv_plan(kind: str, count: int, trials: int | None = None) -> str | None:
     tries = (f" ({cv_trials(trials, folds)} settings x {folds} short runs, about the steps of {trials} tries)"
              if trials else "")
     return (f"With {count} {unit} (under {FOLDS_BELOW}), quick tries score each setting by {folds}-fold "
-            f"cross-validation{tries}: one held-out {unit[:-1]} would be too noisy to choose by. The chosen "
+            f"cross-validation{tries}: the few {unit} one validation split holds out would be too noisy to "
+            f"choose by. The chosen "
             f"setting then trains on all {count}.")
 
 

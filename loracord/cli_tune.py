@@ -15,6 +15,7 @@ from typing import Optional
 import typer
 
 from trainer.errors import ConfigError
+from trainer.folds import FOLDS_BELOW
 
 
 class Kind(str, Enum):
@@ -56,6 +57,8 @@ def tune_cmd(
     seed: int = typer.Option(0, help="Seed of the sampler."),
     full_run: bool = typer.Option(True, "--full-run/--no-full-run", help="Train the best settings in full into OUT/best-run."),
     full_steps: Optional[int] = typer.Option(None, help="Steps of the full run (default: the best trial's)."),
+    folds: Optional[int] = typer.Option(None, min=0, help="Score each setting on K folds (0: one validation split; "
+                                        f"default: 2 folds below {FOLDS_BELOW} examples, else one split)."),
 ) -> None:
     """Search learning rate, rank, dropout, augmentation and steps with short pruned trials."""
     from rich.console import Console
@@ -71,7 +74,7 @@ def tune_cmd(
                          settings=settings, tune=dict(
                              trials=trials, budget_minutes=budget_minutes, grid=parse_grid(grid or []) or None,
                              storage=storage, study_name=study_name, pruner=pruner.value, seed=seed,
-                             full_run=full_run, full_steps=full_steps))
+                             full_run=full_run, full_steps=full_steps, folds=folds))
     console.print(_line(HEADER), style="bold")
     result = spec.search(out, on_trial=lambda row: console.print(_line(_cells(row))))
     _print_summary(console, result)

@@ -76,3 +76,15 @@ def test_quick_run_end_to_end(tiny_llama, tmp_path, capsys):
     assert set(report["table"]) == {"base", "plain", "default", "tuned"}
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["table"] == report["table"]
     assert json.loads((tmp_path / "out-quick" / "cells" / "tune-n8-s0.json").read_text())["folds"] == 2  # N=8: folds
+
+
+def test_forced_validation_of_the_search_is_its_own_cached_method(tiny_llama, tmp_path):
+    # tuned-split searches 8 passages on one split, where tuned would cross-validate them
+    report = main(["--quick", "--base", str(tiny_llama), "--out", str(tmp_path / "out"), "--threads", "1",
+                   "--methods", "tuned-split"])
+    assert set(report["table"]) == {"tuned-split"}
+    cells = tmp_path / "out-quick" / "cells"
+    record = json.loads((cells / "tune-split-n8-s0.json").read_text())
+    assert record["folds"] == 0 and record["cv"] is None and "holdout" not in record["best_params"]
+    assert not (cells / "tune-n8-s0.json").exists()  # the shipped search's cache is not touched
+    assert (tmp_path / "out-quick" / "tune" / "split-n8-s0" / "study.db").exists()

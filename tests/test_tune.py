@@ -58,14 +58,17 @@ def test_search_prunes_the_absurd_rate_picks_the_best_and_trains_it_in_full(trai
     printed = []
     # Three trials first, then a resume to six that tries the absurd rate first: by then the
     # pruner has others to compare it with.
+    # 16 examples would be cross-validated (tests/test_tune_folds.py); this is the one-split search
     first = tune("text", [text_file], out, base=str(trained_tiny), trials=3, preset="quick", settings=FAST,
-                 seed=0, full_run=False, on_trial=printed.append)
+                 seed=0, full_run=False, on_trial=printed.append, folds=0)
     assert [r.number for r in first.trials] == [0, 1, 2] and first.full_run is None
+    # one split too, the preset's own setting is the first try: the search is anchored to the default
+    assert first.trials[0].params == first.baseline
     result = tune("text", [text_file], out, base=str(trained_tiny), trials=6, preset="quick", settings=FAST,
-                  seed=0, enqueue=[ABSURD], on_trial=printed.append)
+                  seed=0, enqueue=[ABSURD], on_trial=printed.append, folds=0)
 
     assert [r.number for r in printed] == [0, 1, 2, 3, 4, 5]
-    assert result.folds == 0 and result.cv is None  # 16 examples: one validation split (tests/test_tune_folds.py)
+    assert result.folds == 0 and result.cv is None
     assert len(result.trials) == 6 and all(r.status in ("complete", "pruned", "failed") for r in result.trials)
     absurd = result.trials[3]
     assert absurd.params["lr"] == 1.0
@@ -109,7 +112,8 @@ def test_search_prunes_the_absurd_rate_picks_the_best_and_trains_it_in_full(trai
 
     # run again once done: nothing is trained twice, the study and the full run are read back
     written = (out / "best-run" / "metrics.json").stat().st_mtime_ns
-    again = tune("text", [text_file], out, base=str(trained_tiny), trials=6, preset="quick", settings=FAST, seed=0)
+    again = tune("text", [text_file], out, base=str(trained_tiny), trials=6, preset="quick", settings=FAST, seed=0,
+                 folds=0)
     assert [(r.number, r.status, r.val_loss) for r in again.trials] == [(r.number, r.status, r.val_loss)
                                                                         for r in result.trials]
     assert again.full_val_loss == result.full_val_loss
@@ -120,7 +124,7 @@ KILLED_SEARCH = """
 import sys
 from trainer.tune import tune
 tune("text", [sys.argv[1]], sys.argv[2], base=sys.argv[3], trials=3, preset="quick", pruner="none",
-     settings={settings!r}, seed=1, full_run=False)
+     settings={settings!r}, seed=1, full_run=False, folds=0)
 """
 
 
@@ -139,7 +143,7 @@ def test_a_killed_search_resumes_and_the_killed_trial_continues_from_its_checkpo
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
 
     result = tune("text", [text_file], out, base=str(trained_tiny), trials=3, preset="quick", pruner="none",
-                  settings=FAST, seed=1, full_run=False)
+                  settings=FAST, seed=1, full_run=False, folds=0)
     by_number = {r.number: r for r in result.trials}
     assert by_number[1].status == "failed" and by_number[1].note == "interrupted"
     retry = next(r for r in result.trials if r.note == "retry of 1")
@@ -156,7 +160,7 @@ def test_grid_search_over_batch_size_and_epochs(trained_tiny, text_file, tmp_pat
     out = tmp_path / "grid"
     settings = {k: v for k, v in FAST.items() if k != "batch_size"}
     result = tune("text", [text_file], out, base=str(trained_tiny), trials=4, settings=settings,
-                  grid={"batch_size": [1, 2], "epochs": [1, 2]}, full_run=False)
+                  grid={"batch_size": [1, 2], "epochs": [1, 2]}, full_run=False, folds=0)
     tried = sorted((r.params["batch_size"], r.params["epochs"]) for r in result.trials)
     assert tried == [(1, 1), (1, 2), (2, 1), (2, 2)]
     steps = {(r.params["batch_size"], r.params["epochs"]): json.loads(
@@ -192,7 +196,7 @@ def test_cli_prints_the_table_as_trials_finish_and_the_best_trial(trained_tiny, 
     sets = [arg for key, value in FAST.items() if key != "prompts" for arg in ("--set", f"{key}={value}")]
     done = subprocess.run([sys.executable, "-m", "loracord", "tune", "text", str(text_file), "--trials", "3",
                            "--out", str(out), "--base", str(trained_tiny), "--preset", "quick", *sets,
-                           "--no-full-run"],
+                           "--no-full-run", "--folds", "0"],
                           capture_output=True, text=True, timeout=600, cwd=Path(__file__).parent.parent,
                           env={**os.environ, "COLUMNS": "200"})
     assert done.returncode == 0, done.stderr[-3000:]
@@ -203,6 +207,8 @@ def test_cli_prints_the_table_as_trials_finish_and_the_best_trial(trained_tiny, 
     assert set(statuses) <= {"complete", "pruned", "failed"}
     assert any(line.startswith("best trial: #") for line in lines)
     assert not (out / "best-run").exists()
+    # --folds 0 reached the search: 16 examples alone would have cross-validated every setting
+    assert not list((out / "trials").glob("*/fold-*")) and "cv" not in json.loads((out / "best.json").read_text())
 
 
 def test_cli_presets_sized_to_the_data(tiny_llama, text_file):

@@ -225,7 +225,7 @@ async def test_the_bot_says_a_tiny_sets_settings_were_cross_validated_and_how_su
     report = await world.alice.slash(thread, "data report")
     assert "quick tries score each setting by 2-fold cross-validation" in card(report)
     started = await world.alice.slash(thread, "train tune", trials=8)
-    assert ("With 8 examples (under 16), quick tries score each setting by 2-fold cross-validation "
+    assert (f"With 8 examples (under {FOLDS_BELOW}), quick tries score each setting by 2-fold cross-validation "
             "(3 settings x 2 short runs, about the steps of 8 tries)") in started.response.content
 
     # The worker ends the job; its metrics carry the folds' spread as storage.jobkinds.tune writes it.

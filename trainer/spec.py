@@ -101,6 +101,8 @@ class TuneOptions(BaseModel):
     seed: int = Field(0, description="Seed of the sampler (the runs' own seed is the spec's seed).")
     full_run: bool = Field(True, description="Train the best settings in full at the end.")
     full_steps: int | None = Field(None, ge=1, description="Steps of the full run; None: the best trial's.")
+    folds: int | None = Field(None, ge=0, description="Folds each setting is scored on: 0 one validation split, "
+                              "2 or more cross-validates; None: by the data's size (trainer.folds.folds_for).")
     top_k: int = Field(3, ge=1, le=20, description="Trials whose samples the report shows.")
 
 
