@@ -36,7 +36,7 @@ def card(result) -> str:
 
 def texts(folder: Path, n: int) -> Path:
     path = folder / "texts.txt"
-    path.write_text("\n\n".join(f"{s} Line {i}." for i, s in enumerate((TINY_CORPUS * 8)[:n])) + "\n")
+    path.write_text("\n\n".join(f"{s} Line {i}." for i, s in enumerate((TINY_CORPUS * (n // len(TINY_CORPUS) + 1))[:n])) + "\n")
     return path
 
 

@@ -20,8 +20,8 @@ from typing import Sequence, TypeVar
 
 T = TypeVar("T")
 
-# Below this many examples the search cross-validates; see docs/tune.md for why 16 and 2.
-FOLDS_BELOW = 16
+# Below this many examples the search cross-validates; see docs/tune.md for why 128 and 2.
+FOLDS_BELOW = 128
 MAX_FOLDS = 2
 HOLDOUT = re.compile(r"^(none|(\d+)/(\d+))$")
 
