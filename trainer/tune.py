@@ -170,8 +170,9 @@ def tune(kind: Kind, data: Sequence[str | Path], out: str | Path, *, base: str |
             space.pop("steps", None)
     if not grid:
         # The preset's own setting is always scored (first), so the choice is never worse than the
-        # default it started from on the search's own validation: on 32 passages a one-split search
-        # that never scored it chose rates 4x the preset's on 3 validation passages (docs/tune.md).
+        # default it started from on the search's own validation. That anchors the choice only as
+        # far as the validation can be trusted: on one split of 32 or 64 passages it still lost to
+        # the default, hence the folds below FOLDS_BELOW (docs/tune.md, "Why 128 and 2").
         preset_setting = {k: v for k, v in probe.baseline.items() if k in space and _inside(space[k], v)}
         enqueue = [preset_setting, *enqueue] if preset_setting else list(enqueue)
     started = time.monotonic()
