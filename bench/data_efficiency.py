@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import statistics
 import sys
@@ -73,9 +74,14 @@ METHODS = ("base", "plain", "default", "tuned")
 # same run with one or both switched off; nothing else changed.
 ABLATION = {"regularised": {}, "no-augment": {"augment": 0.0}, "no-dropout": {"lora_dropout": 0.0},
             "none": {"augment": 0.0, "lora_dropout": 0.0}}
+# Noise that leaves the targets intact, measured against ``none``: NEFTune (noisy input embeddings,
+# transformers' hook) at the alpha its paper uses most, with augmentation and dropout off, so the
+# difference from ``none`` is the noise's alone. The trainer has it off unless ``neftune_alpha`` is set.
+NEFTUNE_ALPHA = 5.0
+NOISE = {"neftune": {"augment": 0.0, "lora_dropout": 0.0, "neftune_alpha": NEFTUNE_ALPHA}}
 # Quick tries with the search's validation forced whatever N: cross-validated (2 folds) or one split.
 TUNED_FOLDS = {"tuned-cv": 2, "tuned-split": 0}
-ALL_METHODS = METHODS + tuple(ABLATION) + tuple(TUNED_FOLDS)
+ALL_METHODS = METHODS + tuple(ABLATION) + tuple(NOISE) + tuple(TUNED_FOLDS)
 
 
 # --------------------------------------------------------------------------------------------
@@ -97,9 +103,14 @@ def write_passages(path: Path, texts: list[str]) -> Path:
     """Passages as the trainer reads them: .txt blocks between blank lines, or .jsonl ``{"text"}`` rows."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".jsonl":  # code passages hold blank lines, which would end a .txt block
-        path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+        body = "".join(json.dumps({"text": t}) + "\n" for t in texts)
     else:
-        path.write_text("\n\n".join(texts) + "\n", encoding="utf-8")
+        body = "\n\n".join(texts) + "\n"
+    # Written aside and renamed: bench processes run side by side rewrite the shared held-out file
+    # while another may be reading it.
+    part = path.with_name(f".{path.name}.{os.getpid()}")
+    part.write_text(body, encoding="utf-8")
+    os.replace(part, path)
     return path
 
 
@@ -165,6 +176,8 @@ class Bench:
             settings = {}
         elif method in ABLATION:  # the preset's own regularisers, with one or both off
             settings = {**self.regularisers(train_path, seed), **ABLATION[method]}
+        elif method in NOISE:
+            settings = dict(NOISE[method])
         elif method.startswith("default-lr"):  # the default preset with only its learning rate changed
             settings = {"lr": float(method.removeprefix("default-lr"))}
         else:
@@ -243,7 +256,8 @@ class Bench:
                 "stop_reason": result.stop_reason, "n_train": result.metrics["data_report"]["n_train"],
                 # what the trainer took the text for (its augmentation follows the kind), where it says
                 "text_kind": result.metrics.get("text_kind"), "text_kind_reason": result.metrics.get("text_kind_reason"),
-                "settings": {k: used[k] for k in ("steps", "rank", "alpha", "lr", "lora_dropout", "augment")},
+                "settings": {k: used[k] for k in ("steps", "rank", "alpha", "lr", "lora_dropout", "augment",
+                                                  "neftune_alpha")},
                 "train_seconds": round(result.metrics.get("train_time_s", 0), 1),
                 "copied_8gram_share": copied_share(samples, train), "samples": samples}
 
@@ -347,21 +361,24 @@ def ablation_markdown(table: dict, corpus: str) -> str:
     """What augmentation and dropout add on ``corpus``: the ablation's perplexity per N, and regularised vs none.
 
     One row per N: each method's mean ± sd (seeds), then ``regularised``'s relative change
-    against ``none`` (negative: the regularisers help). Issue 16's bar: at N=32, at least 2%
+    against ``none`` (negative: the regularisers help); where ``neftune`` cells exist, its column
+    and its change against ``none`` follow. Issue 16's bar: at N=32, at least 2%
     below ``none`` over 3 seeds; for a kind that misses it the preset switches both off
     (``trainer.presets.regularisation_off``), and the heading says which of the two the preset
     now trains.
     """
     from trainer.presets import UNREGULARISED_FROM, regularisation_off
 
-    names = list(ABLATION)
+    names = list(ABLATION) + [m for m in NOISE if m in table]
     ns = sorted({int(n) for m in names for n in table.get(m, {})})
+    against = ["regularised"] + [m for m in NOISE if m in table]
     c = corpora.corpus(corpus)
     shipped = (f"as `none` from {UNREGULARISED_FROM} training examples and as `regularised` below"
                if regularisation_off(c.detected) else "as `regularised`")
     lines = [f"{c.name} (detected as {c.detected}): held-out perplexity, mean ± sd (seeds); the default preset "
              f"trains this kind {shipped}", "",
-             "| N | " + " | ".join(names) + " | regularised vs none |", "| --- |" + " --- |" * (len(names) + 1)]
+             "| N | " + " | ".join(names) + " | " + " | ".join(f"{m} vs none" for m in against) + " |",
+             "| --- |" + " --- |" * (len(names) + len(against))]
     for n in ns:
         cells, got = [], {}
         for m in names:
@@ -369,11 +386,11 @@ def ablation_markdown(table: dict, corpus: str) -> str:
             if e is not None:
                 got[m] = e
             cells.append("–" if e is None else f"{e['ppl_mean']:.2f} ± {e['ppl_sd']:.2f} ({len(e['seeds'])})")
-        if "regularised" in got and "none" in got:
-            change = 100 * (got["regularised"]["ppl_mean"] / got["none"]["ppl_mean"] - 1)
-            cells.append(f"{change:+.1f}%")
-        else:
-            cells.append("–")
+        for m in against:
+            if m in got and "none" in got:
+                cells.append(f"{100 * (got[m]['ppl_mean'] / got['none']['ppl_mean'] - 1):+.1f}%")
+            else:
+                cells.append("–")
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

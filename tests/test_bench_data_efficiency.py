@@ -59,6 +59,18 @@ def test_one_cell_trains_scores_and_is_cached(tiny_llama, tmp_path):
     assert bench.cell("plain", 8, 0) == row  # cached: no second run
 
 
+def test_the_neftune_arm_trains_with_noise_and_nothing_else_changed(tiny_llama, tmp_path):
+    """The same seed's run with and without NEFTune: the only setting apart is the noise, and the
+    noise reaches the training (the held-out loss moves; runs without it are deterministic)."""
+    bench = Bench(tmp_path, str(tiny_llama), threads=1, trials=2, max_steps=2, heldout_per_play=2, sample_seeds=())
+    none, noisy = bench.cell("none", 8, 0), bench.cell("neftune", 8, 0)
+    assert noisy["settings"] == {**none["settings"], "neftune_alpha": 5.0} and none["settings"]["neftune_alpha"] == 0
+    assert noisy["steps_done"] == none["steps_done"] == 2
+    assert noisy["heldout_loss"] != none["heldout_loss"]
+    (tmp_path / "cells" / "none-n8-s0.json").unlink()
+    assert bench.cell("none", 8, 0)["heldout_loss"] == none["heldout_loss"]  # what makes the comparison fair
+
+
 def test_summary_and_chart(tmp_path):
     cells = [{"method": m, "n": n, "seed": s, "heldout_ppl": p + s, "copied_8gram_share": 0.0, "steps_done": 3,
               "train_seconds": 1.0}

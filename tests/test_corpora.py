@@ -99,6 +99,8 @@ def test_ablation_changes_only_the_regularisers(tmp_path):
     assert bench.settings("no-dropout", 32, train_path) == {"augment": 0.3, "lora_dropout": 0.0}
     assert bench.settings("none", 32, train_path) == {"augment": 0.0, "lora_dropout": 0.0}
     assert bench.settings("default", 32, train_path) == {}  # the preset as shipped: kind-aware
+    # NEFTune on its own: against none, the difference is the noise's alone
+    assert bench.settings("neftune", 32, train_path) == {"augment": 0.0, "lora_dropout": 0.0, "neftune_alpha": 5.0}
     capped = Bench(tmp_path, "unused", threads=1, trials=2, max_steps=3, heldout_per_play=2, corpus="code")
     assert capped.settings("none", 32, train_path) == {"augment": 0.0, "lora_dropout": 0.0, "steps": 3}
 
@@ -122,6 +124,17 @@ def test_ablation_table():
     assert "| 32 | 19.00 ± 1.00 (3) | 19.50 ± 1.00 (3) | 19.80 ± 1.00 (3) | 20.00 ± 1.00 (3) | -5.0% |" in text
     assert "code (detected as code)" in text and "trains this kind as `none` from 16 training examples" in text
     assert list(ABLATION) == ["regularised", "no-augment", "no-dropout", "none"]
+    assert "neftune" not in text  # its column only where it was measured
+
+
+def test_ablation_table_with_the_neftune_arm():
+    ppl = {"regularised": 19.0, "none": 20.0, "neftune": 20.5}
+    cells = [{"method": m, "n": 32, "seed": s, "heldout_ppl": p + s, "copied_8gram_share": None, "steps_done": 20,
+              "train_seconds": 1.0} for m, p in ppl.items() for s in (-1, 0, 1)]
+    text = ablation_markdown(summarise(cells), "chat")
+    assert ("| N | regularised | no-augment | no-dropout | none | neftune | regularised vs none | neftune vs none |"
+            in text)
+    assert "| 32 | 19.00 ± 1.00 (3) | – | – | 20.00 ± 1.00 (3) | 20.50 ± 1.00 (3) | -5.0% | +2.5% |" in text
 
 
 def test_image_ablation_runs_each_method_on_the_tiny_pipeline(tiny_sd, tmp_path, capsys):
