@@ -107,11 +107,15 @@ class JobQueue:
 
     def tick(self) -> TickResult:
         """Ingest reports, honour cancel requests, re-queue lost jobs, dispatch; call it often."""
+        # Silence is judged as of the moment the reports were read, not the end of this tick: a
+        # tick that stalls (a slow disk, a starved bot) must not count its own delay against
+        # workers whose beats arrived meanwhile and wait for the next poll.
+        seen = time.time()
         polled = self.collector.poll()
         result = TickResult(events=polled.events, started=polled.started, finished=polled.finished,
                             retried=polled.retried)
         self._cancel_requests()
-        result.requeued = self.reap_lost()
+        result.requeued = self.reap_lost(seen=seen)
         result.dispatched = self.dispatch()
         return result
 
@@ -163,7 +167,7 @@ class JobQueue:
             if job.cancel_requested and job.id not in asked:
                 self.channel.request_cancel(job.id)
 
-    def reap_lost(self, now: float | None = None) -> list[int]:
+    def reap_lost(self, now: float | None = None, *, seen: float | None = None) -> list[int]:
         """Re-queue (or fail) jobs whose worker went silent; returns the re-queued ids.
 
         A job is lost only when its worker has stopped reporting: a dispatched task still on
@@ -171,9 +175,11 @@ class JobQueue:
         only once it has left the queue (a worker took it and reports at once, or it vanished).
         A running job's clock restarts with each heartbeat, which the worker sends from the
         moment it takes the task (also while it fetches data or waits for the run folder).
+        ``seen``: when the channel's reports were last read into the database (``tick`` passes
+        it); silence is measured up to then, since later beats are still unread. ``None``: ``now``.
         """
         now = now or time.time()
-        deadline = now - self.settings.heartbeat_timeout_s
+        deadline = (now if seen is None else min(seen, now)) - self.settings.heartbeat_timeout_s
         pending = None
         requeued = []
         for job in self.db.list_jobs(status=[DISPATCHED, RUNNING]):

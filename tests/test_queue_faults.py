@@ -369,6 +369,30 @@ def test_jobs_waiting_their_turn_are_never_taken_for_lost(bench):
     bench.measure("4 jobs waiting, 1 worker, 2 s timeout", [j.id for j in jobs])
 
 
+def test_a_stalled_tick_does_not_take_a_live_job_for_lost(bench, monkeypatch):
+    """A tick that stalls between reading the reports and judging silence (a slow disk, a bot
+    starved of CPU) judges by when it read them: the job kept beating meanwhile, so it is not
+    lost. Found as a rare CI failure on a loaded machine (a 0.8 s job retried). Fault injection:
+    the stall is a sleep, longer than the heartbeat timeout, in the tick's cancel step."""
+    bench.worker()
+    job = bench.submit(steps=60)
+    bench.until(lambda: bench.job(job.id).status == "running", "the job to start", timeout=60)
+    bench.until(lambda: bench.job(job.id).beat is not None, "a heartbeat", timeout=30)
+    cancel_requests = bench.queue._cancel_requests
+
+    def stalled() -> None:
+        cancel_requests()
+        time.sleep(bench.settings.heartbeat_timeout_s + 0.5)
+
+    monkeypatch.setattr(bench.queue, "_cancel_requests", stalled)
+    assert bench.queue.tick().requeued == []
+    monkeypatch.setattr(bench.queue, "_cancel_requests", cancel_requests)
+    bench.until(lambda: bench.finished(job.id), "the job", timeout=120)
+    job = bench.job(job.id)
+    assert (job.status, job.attempts, job.error) == ("done", 0, None)
+    bench.measure("a bot tick stalled past the timeout", [job.id])
+
+
 # ---- cancel, whoever asks and whenever ---------------------------------------------------------------
 
 def _assert_cancelled_cooperatively(bench: Bench, job_id: int) -> None:
