@@ -369,9 +369,9 @@ def ablation_markdown(table: dict, corpus: str) -> str:
     """
     from trainer.presets import UNREGULARISED_FROM, regularisation_off
 
-    names = list(ABLATION) + [m for m in NOISE if m in table]
+    noise = [m for m in NOISE if m in table]
+    names, against = list(ABLATION) + noise, ["regularised", *noise]
     ns = sorted({int(n) for m in names for n in table.get(m, {})})
-    against = ["regularised"] + [m for m in NOISE if m in table]
     c = corpora.corpus(corpus)
     shipped = (f"as `none` from {UNREGULARISED_FROM} training examples and as `regularised` below"
                if regularisation_off(c.detected) else "as `regularised`")

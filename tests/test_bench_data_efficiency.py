@@ -67,7 +67,7 @@ def test_the_neftune_arm_trains_with_noise_and_nothing_else_changed(tiny_llama, 
     assert noisy["settings"] == {**none["settings"], "neftune_alpha": 5.0} and none["settings"]["neftune_alpha"] == 0
     assert noisy["steps_done"] == none["steps_done"] == 2
     assert noisy["heldout_loss"] != none["heldout_loss"]
-    (tmp_path / "cells" / "none-n8-s0.json").unlink()
+    bench.cell_path("none", 8, 0).unlink()
     assert bench.cell("none", 8, 0)["heldout_loss"] == none["heldout_loss"]  # what makes the comparison fair
 
 
