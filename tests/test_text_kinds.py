@@ -295,7 +295,7 @@ def test_the_plan_says_what_is_used_and_what_is_off_for_code():
     assert "Off by default for code" not in dict(augmentation_plan(code, n_train=7))  # on for tiny sets
     assert plan["Off for code"] == ("sentence and line shuffle (reordered statements do not run); "
                                     "word dropout (a missing token breaks the syntax)")
-    assert plan["Noisy embeddings (NEFTune)"].startswith("off by default: measured at 32 examples")
+    assert plan["Noisy embeddings (NEFTune)"].startswith("off by default: measured at 8 and 32 examples")
     assert "neftune_alpha turns them on" in plan["Noisy embeddings (NEFTune)"]
     declared = dict(augmentation_plan(resolve_kind("dialogue", texts(PROSE)), neftune_alpha=5))
     assert declared["Kind of text"].startswith("dialogue (declared: text_kind=dialogue in the settings; "

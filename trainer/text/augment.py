@@ -277,8 +277,8 @@ def drop_words_in_lines(text: str, p: float, rng: random.Random) -> str:
 
 # Why NEFTune is off unless a member sets it: bench/data_efficiency.py's ``neftune`` arm against
 # ``none`` (docs/benchmarks.md, issue 16).
-NEFTUNE_OFF = ("off by default: measured at 32 examples, alpha 5 changed held-out perplexity by -1.1% to +0.3% "
-               "on four kinds of text (3 seeds each), under the 2% it must earn; the trainer setting "
+NEFTUNE_OFF = ("off by default: measured at 8 and 32 examples, alpha 5 changed held-out perplexity by -1.4% to "
+               "+0.3% on four kinds of text (3 seeds each), under the 2% it must earn; the trainer setting "
                "neftune_alpha turns them on")
 
 
