@@ -114,3 +114,42 @@ async def test_two_members_train_vote_sample_and_export(world, tiny_llama):
     clicked = await w.bob.click(progress, label="Export")
     message = clicked.followups[0] if clicked.followups else clicked.response
     assert message.attachments[0].filename == "loracord-job-1-adapter.zip"
+
+
+async def test_quick_tries_on_twenty_examples_cross_validate_through_the_worker_and_sample_a_trial(world, tiny_llama):
+    """Under FOLDS_BELOW examples the whole path: the bot's plan, the worker's cross-validated
+    search, the collector's trial rows, the bot's verdict, then a member samples one trial."""
+    w, db = world, world.env.bot.services.db
+    await w.alice.slash(w.channel, "session new", kind="text", title="Tried fox", base_model=str(tiny_llama))
+    thread = w.channel.threads[-1]
+    await w.alice.slash(thread, "data add", file=("fox.txt", text_bytes(20, word="story")))
+    started = await w.alice.slash(thread, "train tune", trials=2, steps=5)
+    assert "With 20 examples (under 128), quick tries score each setting by 2-fold cross-validation" in \
+        started.response.content
+    await pump_until(w.env, lambda: db.get_job(1).finished, timeout=400, what="the tuning job")
+    job = db.get_job(1)
+    assert job.status == "done", job.error
+
+    trials = db.list_trials(job.id)
+    best_trial = min((t for t in trials if t.status == "complete"), key=lambda t: t.value)
+    assert len(trials) == 2 and best_trial.adapter  # a setting behind the leader may stop after one fold
+    run = w.env.bot.services.settings.run_root / "job-1"
+    folds = sorted(run.rglob("trials/*/fold-*/metrics.json"))
+    assert len(folds) >= 3  # the leader on both folds, the other on at least one
+    held = [json.loads(f.read_text())["data_report"] for f in folds]
+    assert all(h["n_train"] + h["n_val"] == 20 and h["n_val"] == 10 for h in held), held
+    best = json.loads(next(run.rglob("best-run/metrics.json")).read_text())
+    assert best["data_report"]["n_train"] == 20 and best["data_report"]["n_val"] == 0  # the choice trains on all 20
+
+    verdict = next(m for m in reversed(thread.history()) if m.content.startswith("✅ Job #1 finished"))
+    assert "Settings chosen by 2-fold cross-validation over 20 examples: validation loss " in verdict.content
+    ranked = embed_fields((await w.alice.slash(thread, "train status", job=1)).response)["Trials"].splitlines()
+    assert ranked[0].startswith(f"#{best_trial.number}: {best_trial.value:.4f} (complete)")
+
+    await w.env.advance_time(6)
+    asked = await w.alice.slash(thread, "sample", prompt="Example", job=1, trial=best_trial.number, seed=3)
+    assert f"trial #{best_trial.number} of job #1" in asked.response.content
+    await pump_until(w.env, lambda: any(s.trial == best_trial.number for s in db.list_samples(job_id=1)),
+                     timeout=120, what="the trial's sample")
+    assert thread.last_message.content.startswith("**Sample #")
+    assert f"trial #{best_trial.number}" in thread.last_message.content
