@@ -6,8 +6,9 @@ sequence length 128, batch 4, LoRA r=8, alpha=16, dropout 0.1 on q/k/v/o, 2 thre
 a plain Trainer run does; only non-padding tokens count as real tokens for either side.
 
 The baseline is the better of the Trainer in fp32 and the Trainer with ``bf16=True`` (the
-latter where the CPU has native bf16, or on a GPU, or with ``--baseline-bf16``): what a user
-would otherwise run on that machine.
+latter where the CPU has native bf16, or on a GPU with bf16, or with ``--baseline-bf16``), and
+on a GPU the Trainer with ``fp16=True`` too: what a user would otherwise run on that machine.
+On a GPU every side runs there and each reports its peak GPU memory.
 
 Each side runs in its own subprocess so that peak RSS is measured separately, and the sides
 alternate for ``--rounds`` rounds (the machine is shared and noisy): the JSON line gives the
@@ -63,7 +64,7 @@ def run_loracord(steps: int, tmp: Path, precision: str) -> dict:
             "precision": result.metrics["precision"]}
 
 
-def run_baseline(steps: int, tmp: Path, bf16: bool) -> dict:
+def run_baseline(steps: int, tmp: Path, half: str | None) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import Trainer, TrainerCallback, TrainingArguments
@@ -101,11 +102,12 @@ def run_baseline(steps: int, tmp: Path, bf16: bool) -> dict:
             marks.append((time.time(), seen["tokens"]))
 
     args = TrainingArguments(output_dir=str(tmp / "hf"), per_device_train_batch_size=BATCH, max_steps=WARMUP + steps,
-                             learning_rate=2e-4, logging_steps=1000, save_strategy="no", report_to=[], use_cpu=True,
-                             dataloader_num_workers=0, seed=0, disable_tqdm=True, bf16=bf16)
+                             learning_rate=2e-4, logging_steps=1000, save_strategy="no", report_to=[],
+                             use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, seed=0,
+                             disable_tqdm=True, bf16=half == "bf16", fp16=half == "fp16")
     CountingTrainer(model=model, args=args, train_dataset=Rows(), callbacks=[Clock()]).train()
     (t0, k0), (t1, k1) = marks[WARMUP - 1], marks[-1]
-    return {"real_tokens": k1 - k0, "seconds": t1 - t0, "precision": "bf16" if bf16 else "fp32"}
+    return {"real_tokens": k1 - k0, "seconds": t1 - t0, "precision": half or "fp32"}
 
 
 def side(name: str, steps: int, precision: str) -> dict:
@@ -113,10 +115,19 @@ def side(name: str, steps: int, precision: str) -> dict:
         if name == "loracord":
             result = run_loracord(steps, Path(tmp), precision)
         else:
-            result = run_baseline(steps, Path(tmp), bf16=name == "trainer_bf16")
+            result = run_baseline(steps, Path(tmp), half=name.removeprefix("trainer_").replace("fp32", "") or None)
     result["real_tokens_per_s"] = result["real_tokens"] / result["seconds"]
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    import torch
+
+    if torch.cuda.is_available():  # on a GPU its memory is what limits a run
+        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return result
+
+
+def _gpu_peak(rounds: list[dict]) -> dict:
+    peaks = [r["peak_gpu_mb"] for r in rounds if "peak_gpu_mb" in r]
+    return {"peak_gpu_mb": round(max(peaks))} if peaks else {}
 
 
 def main() -> None:
@@ -125,11 +136,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=10, help="timed optimizer steps per side")
     parser.add_argument("--rounds", type=int, default=3, help="alternate the sides this many times")
-    parser.add_argument("--precision", default="auto", help="loracord's precision: auto, bf16 or fp32")
+    parser.add_argument("--precision", default="auto", help="loracord's precision: auto, bf16, fp16 (GPU) or fp32")
     parser.add_argument("--threads", type=int, default=2, help="OMP threads for every side")
     parser.add_argument("--baseline-bf16", action="store_true",
                         help="also run the Trainer with bf16=True on a CPU without native bf16")
-    parser.add_argument("--side", choices=["loracord", "trainer_fp32", "trainer_bf16"], help=argparse.SUPPRESS)
+    parser.add_argument("--side", choices=["loracord", "trainer_fp32", "trainer_bf16", "trainer_fp16"],
+                        help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
         print(json.dumps(side(args.side, args.steps, args.precision)))
@@ -139,8 +151,10 @@ def main() -> None:
     from trainer.precision import cpu_has_fast_bf16
 
     sides = ["loracord", "trainer_fp32"]
-    if args.baseline_bf16 or cpu_has_fast_bf16() or torch.cuda.is_available():
+    if args.baseline_bf16 or cpu_has_fast_bf16() or (torch.cuda.is_available() and torch.cuda.is_bf16_supported()):
         sides.append("trainer_bf16")
+    if torch.cuda.is_available():
+        sides.append("trainer_fp16")
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
     runs: dict[str, list[dict]] = {name: [] for name in sides}
     for round_ in range(args.rounds):
@@ -157,8 +171,9 @@ def main() -> None:
         "precision": runs["loracord"][0]["precision"],
         "real_tokens_per_s": summary(tps["loracord"], 1),
         "peak_rss_mb": round(max(r["peak_rss_mb"] for r in runs["loracord"])),
+        **_gpu_peak(runs["loracord"]),
         "baselines": {n: {"real_tokens_per_s": summary(tps[n], 1),
-                          "peak_rss_mb": round(max(r["peak_rss_mb"] for r in runs[n]))}
+                          "peak_rss_mb": round(max(r["peak_rss_mb"] for r in runs[n])), **_gpu_peak(runs[n])}
                       for n in sides if n != "loracord"},
         "baseline": baseline,
         "speedup": speedup(tps["loracord"], tps[baseline]),
