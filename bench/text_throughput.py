@@ -47,13 +47,14 @@ def dataset(tmp: Path):
     return path, load_text_dataset([path], seed=0)
 
 
-def run_loracord(steps: int, tmp: Path, precision: str) -> dict:
+def run_loracord(steps: int, tmp: Path, precision: str, base: str) -> dict:
     from trainer.text.config import TextTrainConfig
     from trainer.text.train import train_text
 
     path, _ = dataset(tmp)
     events = []
-    config = TextTrainConfig(data=[str(path)], out=str(tmp / "run"), steps=WARMUP + steps, eval_every=WARMUP + steps,
+    config = TextTrainConfig(data=[str(path)], out=str(tmp / "run"), base=base, steps=WARMUP + steps,
+                             eval_every=WARMUP + steps,
                              seq_len=SEQ_LEN, batch_size=BATCH, rank=RANK, alpha=ALPHA, lora_dropout=DROPOUT,
                              target_modules=",".join(TARGETS), augment=0.0, lr=2e-4, patience=0, threads=2,
                              prompts=["MACBETH:\n"], max_new_tokens=1, precision=precision)
@@ -64,7 +65,7 @@ def run_loracord(steps: int, tmp: Path, precision: str) -> dict:
             "precision": result.metrics["precision"]}
 
 
-def run_baseline(steps: int, tmp: Path, half: str | None) -> dict:
+def run_baseline(steps: int, tmp: Path, half: str | None, base: str) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import Trainer, TrainerCallback, TrainingArguments
@@ -73,7 +74,7 @@ def run_baseline(steps: int, tmp: Path, half: str | None) -> dict:
 
     torch.set_num_threads(2)
     _, data = dataset(tmp)
-    model, tokenizer = load_causal_lm(resolve_base("smollm2-135m"))
+    model, tokenizer = load_causal_lm(resolve_base(base))
     model = get_peft_model(model, LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=DROPOUT, target_modules=TARGETS,
                                              task_type="CAUSAL_LM"))
     rows = []
@@ -110,12 +111,13 @@ def run_baseline(steps: int, tmp: Path, half: str | None) -> dict:
     return {"real_tokens": k1 - k0, "seconds": t1 - t0, "precision": half or "fp32"}
 
 
-def side(name: str, steps: int, precision: str) -> dict:
+def side(name: str, steps: int, precision: str, base: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         if name == "loracord":
-            result = run_loracord(steps, Path(tmp), precision)
+            result = run_loracord(steps, Path(tmp), precision, base)
         else:
-            result = run_baseline(steps, Path(tmp), half=name.removeprefix("trainer_").replace("fp32", "") or None)
+            result = run_baseline(steps, Path(tmp), half=name.removeprefix("trainer_").replace("fp32", "") or None,
+                                  base=base)
     result["real_tokens_per_s"] = result["real_tokens"] / result["seconds"]
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     import torch
@@ -138,13 +140,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternate the sides this many times")
     parser.add_argument("--precision", default="auto", help="loracord's precision: auto, bf16, fp16 (GPU) or fp32")
     parser.add_argument("--threads", type=int, default=2, help="OMP threads for every side")
+    parser.add_argument("--base", default="smollm2-135m",
+                        help="the model; a folder from bench/shape_copy.py has its shapes with random weights")
     parser.add_argument("--baseline-bf16", action="store_true",
                         help="also run the Trainer with bf16=True on a CPU without native bf16")
     parser.add_argument("--side", choices=["loracord", "trainer_fp32", "trainer_bf16", "trainer_fp16"],
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
-        print(json.dumps(side(args.side, args.steps, args.precision)))
+        print(json.dumps(side(args.side, args.steps, args.precision, args.base)))
         return
     import torch
 
@@ -161,12 +165,13 @@ def main() -> None:
         order = sides if round_ % 2 == 0 else sides[::-1]  # alternate, so drift hits every side alike
         for name in order:
             out = subprocess.run([sys.executable, __file__, "--side", name, "--steps", str(args.steps),
-                                  "--precision", args.precision], capture_output=True, text=True, env=env, check=True)
+                                  "--precision", args.precision, "--base", args.base], capture_output=True, text=True,
+                                 env=env, check=True)
             runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
     tps = {name: [r["real_tokens_per_s"] for r in rs] for name, rs in runs.items()}
     baseline = max((n for n in sides if n != "loracord"), key=lambda n: max(tps[n]))
     print(json.dumps({
-        "bench": "text_throughput", "model": "smollm2-135m", "seq_len": SEQ_LEN, "batch": BATCH,
+        "bench": "text_throughput", "model": args.base, "seq_len": SEQ_LEN, "batch": BATCH,
         "timed_steps": args.steps, "rounds": args.rounds, "threads": args.threads, **machine(),
         "precision": runs["loracord"][0]["precision"],
         "real_tokens_per_s": summary(tps["loracord"], 1),
