@@ -169,6 +169,36 @@ def test_bf16_image_validation_loss_close_to_fp32(tiny_sd, image_folder, tmp_pat
 
 
 @no_gpu
+def test_a_bf16_image_run_stores_its_frozen_unet_in_bf16_and_its_adapter_in_fp32(tiny_sd, image_folder, tmp_path):
+    """Half the UNet's memory, no per-step weight casts; the adapter and optimizer keep full precision,
+    and the adapter starts from the same float32 values as an fp32 run's."""
+    import torch
+
+    from trainer.image.train import _setup
+
+    made = {}
+    for precision in ("fp32", "bf16"):
+        config = ImageTrainConfig(data=[str(image_folder)], out=str(tmp_path / precision), base=str(tiny_sd),
+                                  resolution=RESOLUTION, steps=2, rank=4, batch_size=2, sample_steps=1,
+                                  sample_seeds=[0], min_image_side=16, augment=0.0, precision=precision, seed=0)
+        made[precision] = _setup(config)
+    unet = made["bf16"].loaded.pipe.unet
+    lora = {n: p for n, p in unet.named_parameters() if p.requires_grad}
+    frozen = [p for p in unet.parameters() if not p.requires_grad]
+    assert lora and all(p.dtype == torch.float32 for p in lora.values())
+    assert frozen and all(p.dtype == torch.bfloat16 for p in frozen)
+    assert all(p.dtype == torch.float32 for p in made["bf16"].loaded.pipe.vae.parameters())
+    assert all(p.dtype == torch.float32 for p in made["fp32"].loaded.pipe.unet.parameters())
+    start = dict(made["fp32"].loaded.pipe.unet.named_parameters())
+    assert all(torch.equal(p, start[n]) for n, p in lora.items())  # cast after the adapter was made
+
+    result = train_image(ImageTrainConfig(data=[str(image_folder)], out=str(tmp_path / "run"), base=str(tiny_sd),
+                                          resolution=RESOLUTION, steps=2, rank=4, batch_size=2, sample_steps=1,
+                                          sample_seeds=[0], min_image_side=16, augment=0.0, precision="bf16"))
+    assert result.metrics["precision"] == "bf16" and list((tmp_path / "run" / "samples").glob("*.png"))
+
+
+@no_gpu
 def test_a_run_on_a_bf16_cpu_probes_its_model_and_says_why_in_metrics(monkeypatch, probe_cache, tiny_llama, text_file,
                                                                       tmp_path):
     from trainer import precision as module

@@ -250,8 +250,8 @@ def text_probe(base_path: Path, *, seq_len: int, batch_size: int, rank: int,
 def image_probe(loaded, *, resolution: int, batch_size: int, rank: int) -> Callable[[str], float]:
     """``probe(precision)``: seconds of one LoRA training step of ``loaded``'s UNet at ``resolution``.
 
-    The UNet stays fp32 under autocast, as the image trainer runs it. A copy with LoRA is made,
-    so the run's own UNet is left untouched.
+    As the image trainer runs it: the frozen UNet stored in the compute dtype, its LoRA weights
+    float32, under autocast. A copy with LoRA is made, so the run's own UNet is left untouched.
     """
     import copy
 
@@ -287,6 +287,9 @@ def image_probe(loaded, *, resolution: int, batch_size: int, rank: int) -> Calla
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
 
         b = build()
+        for param in b["unet"].parameters():  # outside the timed steps
+            if not param.requires_grad:
+                param.data = param.data.to(dtype)
 
         def step() -> None:
             with torch.autocast(device, dtype=dtype, enabled=precision != "fp32"):

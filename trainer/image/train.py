@@ -9,7 +9,8 @@
   the latent distribution's mean and std are kept, so each step still samples a fresh latent);
 - text embeddings of the frozen encoders are computed once per caption (and for the empty
   caption used by caption dropout); with ``train_text_encoder`` they are computed every step;
-- bf16 autocast where the hardware has fast bf16 (LoRA weights and the optimizer stay fp32).
+- bf16 autocast where the hardware has fast bf16, the frozen UNet stored in bf16 (LoRA weights and
+  the optimizer stay fp32).
 
 All randomness of a step (batch, variant, noise, timesteps, caption dropout) comes from one
 ``torch.Generator`` saved in checkpoints, so a resumed run continues exactly. Under
@@ -127,7 +128,7 @@ def _setup(config: ImageTrainConfig) -> _Setup:
                               key=f"image|{model_key(loaded.path)}|" + ",".join(f"{k}={v}" for k, v in shape.items()))
     precision = choice.precision
     accelerator = make_accelerator(precision)
-    pipe = loaded.pipe.to(accelerator.device)
+    pipe = loaded.pipe  # moved to the device below, once the UNet is in its dtype
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
 
     # Freeze everything, then add LoRA (seeded, so the initial adapter is the same every run).
@@ -145,6 +146,19 @@ def _setup(config: ImageTrainConfig) -> _Setup:
             lora_config = LoraConfig(target_modules=TEXT_TARGETS, **lora)
             inject_adapter_in_model(lora_config, encoder)
             encoder.peft_config = {"default": lora_config}
+
+    # The frozen UNet is stored in the compute dtype, as diffusers' LoRA recipe and the text trainer
+    # store frozen weights: half its memory, and autocast no longer casts its weights on every step.
+    # Cast after the LoRA layers were made, so the adapter's float32 initialisation is the same in
+    # every precision; the adapter (and so the optimizer) stays float32. The VAE and text encoders
+    # stay float32: they run to cache latents and embeddings and to decode samples, not per step,
+    # and SDXL's VAE overflows in fp16. Cast before the move, so a GPU never holds the fp32 UNet.
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    if half is not None:
+        for param in pipe.unet.parameters():
+            if not param.requires_grad:
+                param.data = param.data.to(half)
+    pipe.to(accelerator.device)
 
     cache = _build_cache(config, loaded, train, val, accelerator.device)
     prompts = config.sample_prompts or list(dict.fromkeys([config.instance_prompt] + [e.caption for e in val[:1]]))
