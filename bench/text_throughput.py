@@ -166,7 +166,10 @@ def main() -> None:
         for name in order:
             out = subprocess.run([sys.executable, __file__, "--side", name, "--steps", str(args.steps),
                                   "--precision", args.precision, "--base", args.base], capture_output=True, text=True,
-                                 env=env, check=True)
+                                 env=env)
+            if out.returncode:  # say why, not only that a child failed
+                sys.stderr.write(out.stderr[-4000:])
+                raise SystemExit(f"the {name} side failed (exit {out.returncode})")
             runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
     tps = {name: [r["real_tokens_per_s"] for r in rs] for name, rs in runs.items()}
     baseline = max((n for n in sides if n != "loracord"), key=lambda n: max(tps[n]))
