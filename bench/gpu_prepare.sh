@@ -4,7 +4,7 @@
 # matplotlib, but not the rest of loracord's stack:
 #   .whl/   cp312 wheels of the packages it lacks, at the versions this project's .venv tests with
 #   .gpu/   the built-in text model's config and tokenizer (bench/shape_copy.py; no weights)
-# Both folders are ignored by git; together about 30 MB. Run from the repository root, after
+# Both folders are ignored by git; together about 38 MB. Run from the repository root, after
 # `bash scripts/test.sh` or `bash scripts/run.sh` made .venv.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

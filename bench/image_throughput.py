@@ -61,12 +61,11 @@ def run_baseline(base: Path, data: Path, args, precision: str) -> float:
 
     from trainer.image.data import DataLimits, load_images, normalize, resize_and_crop, to_tensor
     from trainer.image.pipelines import load_pipeline
-    from trainer.precision import make_accelerator
+    from trainer.precision import compute_dtype, make_accelerator
 
     torch.manual_seed(0)
     accelerator = make_accelerator(precision)
-    device, weight_dtype = accelerator.device, {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision,
-                                                                                                    torch.float32)
+    device, weight_dtype = accelerator.device, compute_dtype(precision)
     loaded = load_pipeline(base)
     pipe = loaded.pipe
     vae, text_encoder, unet, tokenizer = pipe.vae, pipe.text_encoder, pipe.unet, pipe.tokenizer

@@ -116,7 +116,7 @@ def side(name: str, steps: int, precision: str, base: str) -> dict:
         if name == "loracord":
             result = run_loracord(steps, Path(tmp), precision, base)
         else:
-            result = run_baseline(steps, Path(tmp), half=name.removeprefix("trainer_").replace("fp32", "") or None,
+            result = run_baseline(steps, Path(tmp), half={"trainer_bf16": "bf16", "trainer_fp16": "fp16"}.get(name),
                                   base=base)
     result["real_tokens_per_s"] = result["real_tokens"] / result["seconds"]
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -69,6 +69,20 @@ def pick_precision(requested: str) -> str:
     return "bf16" if cpu_has_fast_bf16() else "fp32"
 
 
+def compute_dtype(precision: str):
+    """The torch dtype a run of ``precision`` ('bf16', 'fp16' or 'fp32') computes in."""
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+
+
+def store_frozen_in(module, dtype) -> None:
+    """Store ``module``'s frozen parameters in ``dtype``, leaving the trained ones (LoRA) as they are."""
+    for param in module.parameters():
+        if not param.requires_grad:
+            param.data = param.data.to(dtype)
+
+
 def make_accelerator(precision: str, **kwargs):
     """An ``Accelerator`` for ``precision`` ('bf16', 'fp16' or 'fp32'), in any process.
 
@@ -226,7 +240,7 @@ def text_probe(base_path: Path, *, seq_len: int, batch_size: int, rank: int,
     models: dict[str, object] = {}
 
     def probe(precision: str) -> float:
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+        dtype = compute_dtype(precision)
         if precision not in models:
             model, _ = load_causal_lm(base_path, dtype=dtype)
             models[precision] = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank,
@@ -284,12 +298,9 @@ def image_probe(loaded, *, resolution: int, batch_size: int, rank: int) -> Calla
         return built
 
     def probe(precision: str) -> float:
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-
+        dtype = compute_dtype(precision)
         b = build()
-        for param in b["unet"].parameters():  # outside the timed steps
-            if not param.requires_grad:
-                param.data = param.data.to(dtype)
+        store_frozen_in(b["unet"], dtype)  # outside the timed steps
 
         def step() -> None:
             with torch.autocast(device, dtype=dtype, enabled=precision != "fp32"):

@@ -103,7 +103,7 @@ def _setup(config: ImageTrainConfig) -> _Setup:
     from diffusers import DDPMScheduler
     from peft import LoraConfig
 
-    from ..precision import choose_precision, image_probe, make_accelerator, model_key
+    from ..precision import choose_precision, compute_dtype, image_probe, make_accelerator, model_key, store_frozen_in
     from .data import load_images, training_limits
     from .pipelines import load_pipeline
     from .presets import size_defaults
@@ -153,11 +153,8 @@ def _setup(config: ImageTrainConfig) -> _Setup:
     # every precision; the adapter (and so the optimizer) stays float32. The VAE and text encoders
     # stay float32: they run to cache latents and embeddings and to decode samples, not per step,
     # and SDXL's VAE overflows in fp16. Cast before the move, so a GPU never holds the fp32 UNet.
-    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    if half is not None:
-        for param in pipe.unet.parameters():
-            if not param.requires_grad:
-                param.data = param.data.to(half)
+    if precision != "fp32":
+        store_frozen_in(pipe.unet, compute_dtype(precision))
     pipe.to(accelerator.device)
 
     cache = _build_cache(config, loaded, train, val, accelerator.device)

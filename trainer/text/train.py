@@ -94,7 +94,7 @@ def _setup(config: TextTrainConfig) -> _Setup:
 
     from ..memory import pin_mmap_threshold
     from ..models import load_causal_lm, resolve_base
-    from ..precision import choose_precision, make_accelerator, model_key, text_probe
+    from ..precision import choose_precision, compute_dtype, make_accelerator, model_key, text_probe
     from ..presets import regularisation_off
     from .data import load_text_dataset
     from .kinds import resolve_kind
@@ -117,7 +117,7 @@ def _setup(config: TextTrainConfig) -> _Setup:
     accelerator = make_accelerator(precision, gradient_accumulation_steps=config.grad_accum)
     # The frozen base is stored in the compute dtype: half the memory and no per-step casts.
     # LoRA weights stay in float32 (peft upcasts adapters), so updates keep full precision.
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    dtype = compute_dtype(precision)
     model, tokenizer = load_causal_lm(base_path, dtype=dtype)
     if tokenizer.chat_template is None and any(e.kind == "chat" for e in dataset.train):
         tokenizer.chat_template = CHATML_TEMPLATE
