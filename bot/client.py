@@ -32,6 +32,7 @@ from .report import cv_line
 from .sampling import no_pings, sample_message
 from .services import Actor, Services
 from .views import JobButton, VoteButton, job_view, vote_view
+from .wording import reword_for_channels
 
 log = logging.getLogger("loracord.bot")
 
@@ -97,6 +98,7 @@ class LoracordBot(commands.Bot):
         self._db_thread = ThreadPoolExecutor(1, thread_name_prefix="loracord-db")
         self.throttle = Throttle(self.config.progress_edit_s)
         self.dirty: set[int] = set()
+        self._names: dict[int, str] = {}  # member id -> display name, for text that cannot mention
         self.tree.on_error = self.on_app_command_error
 
     # ---- plumbing
@@ -112,6 +114,8 @@ class LoracordBot(commands.Bot):
         for command in self.tree.walk_commands():
             if type(command) is app_commands.Command:
                 command.__class__ = RefusingCommand
+        if not self.config.session_threads:
+            reword_for_channels(self.tree)  # sessions live in channels here: no description points to a thread
         if self.config.dev_guild_id:
             guild = discord.Object(self.config.dev_guild_id)
             self.tree.copy_global_to(guild=guild)
@@ -128,6 +132,29 @@ class LoracordBot(commands.Bot):
             await self.db(self.services.stop)
         finally:
             await super().close()
+
+    async def member_name(self, guild: discord.Guild | None, user_id: int) -> str:
+        """A member's display name, for text where a mention does not render (embed footers):
+        never their raw id. Looked up once per member, from the cache or Discord."""
+        if user_id in self._names:
+            return self._names[user_id]
+        member = guild.get_member(user_id) if guild else None
+        if member is None and guild is not None:
+            try:
+                member = await guild.fetch_member(user_id)
+            except discord.HTTPException:
+                member = None
+        user = member or self.get_user(user_id)
+        if user is None:
+            return "a member"
+        self._names[user_id] = user.display_name
+        return user.display_name
+
+    async def job_progress(self, job_id: int, guild: discord.Guild | None) -> dict:
+        """``Services.job_progress`` with the starter's display name (``view["starter"]``)."""
+        view = await self.db(self.services.job_progress, job_id)
+        view["starter"] = await self.member_name(guild, view["job"].user_id)
+        return view
 
     # ---- answering
     async def refuse(self, interaction: discord.Interaction, text: str) -> None:
@@ -173,12 +200,13 @@ class LoracordBot(commands.Bot):
         if message is None:
             self.dirty.discard(job_id)
             return
-        view = await self.db(self.services.job_progress, job_id)
-        job = view["job"]
+        job = await self.db(self.services.job, job_id)
         if not self.throttle.allow(job_id, final=job.finished):
             return  # stays dirty: the next allowed pump edits it
         self.dirty.discard(job_id)
         channel = self.get_channel(message.channel_id) or await self.fetch_channel(message.channel_id)
+        view = await self.job_progress(job_id, getattr(channel, "guild", None))
+        job = view["job"]
         adapter = await self.db(self.services.db.adapter_for_job, job_id)
         await channel.get_partial_message(message.message_id).edit(
             content=f"{message.intro} {headline(view)}".strip(), embed=progress_embed(view),

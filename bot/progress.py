@@ -150,7 +150,10 @@ def _description(view: dict) -> str:
 
 
 def progress_embed(view: dict) -> discord.Embed:
-    """The embed of a job's progress message, from ``Services.job_progress``."""
+    """The embed of a job's progress message, from ``Services.job_progress``.
+
+    Its footer names who started the job by ``view["starter"]``, a display name the bot looked
+    up (``LoracordBot.member_name``): never a raw member id."""
     job = view["job"]
     status = job.status
     embed = discord.Embed(title=f"{TITLES.get(job.kind, job.kind)} · job #{job.id}", colour=COLOURS.get(status, 0))
@@ -173,7 +176,7 @@ def progress_embed(view: dict) -> discord.Embed:
         embed.add_field(name="Trials", value="\n".join(lines)[:1024], inline=False)
     if status in ("failed", "cancelled") and why(job):
         embed.add_field(name="Why", value=why(job)[:1024], inline=False)
-    embed.set_footer(text=f"started by member {job.user_id}")
+    embed.set_footer(text=f"started by {view.get('starter') or 'a member'}")
     return embed
 
 

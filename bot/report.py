@@ -58,6 +58,17 @@ def pick_preset(kind: str, count: int) -> tuple[str, str]:
     return "best", f"{count} {unit} can carry a longer, gentler run with more capacity"
 
 
+def first_run(preset: str, device: str) -> str:
+    """The first training step to take once the data is ready (the README and the playground say the same).
+
+    On a CPU a preset's run takes a while, so a first run of 10 steps shows the whole path (progress,
+    samples, adapter) in a few minutes; on a GPU the preset's run is the first step."""
+    if device == "cpu":
+        return (f"`/train start steps:10`: a first run of a few minutes on this CPU, to see the whole path; "
+                f"then `/train start` for the **{preset}** preset's full run")
+    return f"`/train start`: the **{preset}** preset above"
+
+
 def cv_plan(kind: str, count: int, trials: int | None = None) -> str | None:
     """How quick tries will score settings on a set this small (``trainer.folds``), or None."""
     folds = folds_for(count)
@@ -106,17 +117,20 @@ def size_line(sizes) -> str:
 
 
 def report_card(kind: str, items: list[DatasetItem], blobs: BlobStore, members: dict[int, str] | None = None,
-                sizes=None, tuned: dict | None = None, settings: dict | None = None) -> ReportCard:
+                sizes=None, tuned: dict | None = None, settings: dict | None = None,
+                posted_files: bool = True) -> ReportCard:
     """``sizes`` (``Services.image_sizes``) is what an image session trains at: the images are read
     against its resolution, as the trainer will read them. ``tuned`` is the metrics of the
     session's latest quick tries, to say how their settings were chosen. ``settings`` are the
-    trainer settings runs start from (a declared ``text_kind``, ``neftune_alpha``)."""
+    trainer settings runs start from (a declared ``text_kind``, ``neftune_alpha``).
+    ``posted_files``: files posted in the session's thread are read (else only ``/data add``)."""
     card = ReportCard(kind)
     few, good, unit = TARGETS[kind]
     if sizes is not None:
         card.lines.append(size_line(sizes))
     if not items:
-        card.count_advice = f"Add {few}+ {unit} with `/data add` (or drop files in this thread)."
+        card.count_advice = f"Add {few}+ {unit} with `/data add`" + (" (or drop files in this thread)." if posted_files
+                                                                      else ".")
         card.advice.append(card.count_advice)
         card.preset, card.preset_why = pick_preset(kind, 0)
         return card

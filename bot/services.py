@@ -178,6 +178,8 @@ class Services:
     def session_here(self, channel_id: int | None) -> Session:
         session = self.db.session_by_thread(channel_id) if channel_id else None
         if session is None or session.status == "deleted":
+            if not self.config.session_threads:  # sessions live in channels (the offline playground)
+                raise Refusal("No session lives in this channel yet: `/session new` starts one here.")
             raise Refusal("This is not a session thread. Run this inside a session's thread: "
                           "`/session list` shows them, `/session new` starts one.")
         return session
@@ -465,10 +467,13 @@ class Services:
         steps = [e for e in events if e.kind in ("step", "eval")]
         evals = [e for e in events if e.val_loss is not None]
         latest = events[-1] if events else None
+        # The ETA of the newest event that has one: a validation or sample event between two steps
+        # carries none, and the estimate made at the last step still holds.
+        eta = next((e.data["eta_s"] for e in reversed(events) if (e.data or {}).get("eta_s") is not None), None)
         return {"job": job, "position": self.queue.position(job_id), "latest": latest,
                 "loss": steps[-1].loss if steps else None,
                 "val_loss": evals[-1].val_loss if evals else None,
-                "eta_s": (latest.data.get("eta_s") if latest else None),
+                "eta_s": eta,
                 "trials": self.db.list_trials(job_id) if job.kind == "tune" else [],
                 "trial_votes": self.db.trial_votes(job_id) if job.kind == "tune" else {}}
 

@@ -8,6 +8,7 @@ import zipfile
 
 import pytest
 
+from bot.report import first_run
 from tests.bot_world import *  # noqa: F401,F403
 
 pytestmark = pytest.mark.asyncio
@@ -175,4 +176,11 @@ async def test_report_card_grades_and_picks_a_preset(world):
     assert "**Noisy embeddings (NEFTune):** off" in embed.description
     assert got["Advice"] == "• Only 12 examples in the whole dataset: 20+ give steadier results; 8 more would help."
     assert got["Preset I would pick: quick"].startswith("Because with 12 examples, a quick run")
-    assert got["Next"] == "`/train start preset:quick`"
+    # the first step the README and the playground's console give too (on a GPU: the preset's run)
+    assert got["Next"] == first_run("quick", world.env.bot.config.expected_device())
+
+
+async def test_the_first_run_is_ten_steps_on_a_cpu_and_the_presets_run_on_a_gpu():
+    cpu, gpu = first_run("quick", "cpu"), first_run("balanced", "gpu")
+    assert cpu.startswith("`/train start steps:10`: a first run of a few minutes") and "**quick** preset" in cpu
+    assert gpu == "`/train start`: the **balanced** preset above"

@@ -12,6 +12,7 @@ import json
 import pytest
 
 from bot.config import BotSettings
+from bot.sampling import clean_sample
 from tests.bot_world import *  # noqa: F401,F403
 from trainer.spec import RunSpec
 
@@ -96,7 +97,10 @@ async def test_two_members_train_vote_sample_and_export(world, tiny_llama):
     stranger = await w.carol.click(sample_message, custom_id="lc:vote:1:down")
     assert stranger.ephemeral and "Only members of this session vote" in stranger.response.content
     status = await w.bob.slash(thread, "train status")
-    assert "#1 (job #1) score +2: To be" in embed_fields(status.response)["Best samples by votes"]
+    # the ranking shows what the model wrote (its opening words), then the prompt it answered
+    best = embed_fields(status.response)["Best samples by votes"]
+    wrote = " ".join(clean_sample(w.env.bot.services.blobs.get_bytes(db.get_sample(1).blob_hash).decode()).split())
+    assert best.startswith(f"#1 (job #1) score +2: “{wrote[:20]}") and best.endswith("(prompt: To be)"), best
 
     # A member's own prompt, sampled in a child process and posted with vote buttons.
     asked = await w.bob.slash(thread, "sample", prompt="Out, damned", seed=7)

@@ -65,3 +65,36 @@ class TestSessionsKeptInTheChannel:
         assert w.channel.name == "training"  # the channel stays
         second = await w.alice.slash(w.channel, "session new", kind="text", title="Second")
         assert "session #2" in answer(second).content
+
+    async def test_no_text_a_member_reads_speaks_of_a_thread(self, world):
+        """The descriptions the page shows, /help, the report and the refusals speak of the channel."""
+        w, tree = world, world.env.bot.tree
+        texts = []
+        for command in tree.walk_commands():
+            texts.append(str(command.description))
+            texts += [str(p.description) for p in getattr(command, "parameters", [])]
+        assert any("this channel's session" in t for t in texts)  # the reworded /session join and friends
+        refused = await w.alice.slash(w.channel, "data report")
+        assert refused.ephemeral and refused.response.content == \
+            "No session lives in this channel yet: `/session new` starts one here."
+        texts.append(refused.response.content)
+        helped = (await w.alice.slash(w.channel, "help")).response.embeds[0]
+        texts += [helped.description, *(f.value for f in helped.fields)]
+        assert "starts a session for your model in this channel" in helped.description
+        await w.alice.slash(w.channel, "session new", kind="text", title="Verses")
+        card = answer(await w.alice.slash(w.channel, "data report")).embeds[0]
+        texts += [card.description, *(f.value for f in card.fields)]
+        assert "Add 5+ examples with `/data add`." in texts[-3:] or any("with `/data add`." in t for t in texts)
+        leaking = [t for t in texts if "thread" in t.lower()]
+        assert not leaking, leaking
+
+    async def test_a_session_without_a_title_is_named_after_its_starter(self, world):
+        w = world
+        started = await w.alice.slash(w.channel, "session new", kind="text")
+        assert "Started public text session #1" in answer(started).content
+        welcome = w.channel.last_message.content
+        assert welcome.startswith(f"Welcome to {w.alice.mention}'s text session on `smollm2-135m`"), welcome
+        info = await w.alice.slash(w.channel, "session info")
+        assert info.response.embeds[0].title == "Session #1: alice's text session"
+        renamed = await w.alice.slash(w.channel, "session settings", title="Macbeth speeches")
+        assert renamed.response.embeds[0].title == "Session #1: Macbeth speeches"

@@ -16,7 +16,7 @@ from discord.ext import commands
 
 from ..client import LoracordBot, actor_of
 from ..ingest import CheckResult, Rejected, accepted_extensions, check_uploads
-from ..report import TARGETS, report_card
+from ..report import TARGETS, first_run, report_card
 from ..services import Actor
 from trainer.errors import UserError
 from trainer.limits import MAX_FILE_BYTES
@@ -165,8 +165,10 @@ class DataCog(commands.GroupCog, group_name="data", group_description="The sessi
         await interaction.response.defer(thinking=True)
         tuned = next((j.result.get("metrics") for j in await self.bot.db(self.svc.db.list_jobs, session_id=session.id,
                                                                           status="done") if j.kind == "tune"), None)
+        config = self.bot.config
         card = await asyncio.to_thread(report_card, session.kind, items, self.svc.blobs, sizes=sizes, tuned=tuned,
-                                       settings=self.bot.config.text_train_defaults)
+                                       settings=config.text_train_defaults,
+                                       posted_files=config.session_threads and config.message_content)
         embed = discord.Embed(title=f"Report card · session #{session.id} ({session.kind})",
                               description="\n".join(card.lines) or "No data yet.",
                               colour=0x2ECC71 if card.grade == "good" else 0xE67E22)
@@ -174,7 +176,7 @@ class DataCog(commands.GroupCog, group_name="data", group_description="The sessi
             embed.add_field(name="Advice", value="\n".join(f"• {a}" for a in card.advice)[:1024], inline=False)
         embed.add_field(name=f"Preset I would pick: {card.preset}", value=f"Because {card.preset_why}.", inline=False)
         ready = card.count >= TARGETS[session.kind][0]
-        embed.add_field(name="Next", value=f"`/train start preset:{card.preset}`" if ready else
+        embed.add_field(name="Next", value=first_run(card.preset, self.bot.config.expected_device()) if ready else
                         f"add more with `/data add` ({', '.join(accepted_extensions(session.kind))})", inline=False)
         await interaction.followup.send(embed=embed)
 

@@ -8,13 +8,18 @@ from discord.ext import commands
 
 from ..client import LoracordBot
 
-STEPS = (
-    "1. `/session new` in a channel opens a thread for your model (text or image).\n"
-    "2. `/data add` your files there (or post them in the thread); others `/session join` and add theirs.\n"
-    "3. `/data report` grades the data and picks a preset.\n"
-    "4. `/train start` (or `/train tune` for quick tries) and watch the progress message.\n"
-    "5. Vote 👍/👎 on the samples, `/sample` your own prompts, `/adapter export` to download."
-)
+def steps(*, threads: bool = True, posted_files: bool = True) -> str:
+    """The path from first upload to a posted adapter. ``threads``: each session opens a thread
+    (else it lives in the channel where it started); ``posted_files``: files posted in a session's
+    thread are read (the message-content intent)."""
+    where = ("in a channel opens a thread for your model" if threads
+             else "starts a session for your model in this channel (one session per channel)")
+    post = " (or post them in the thread)" if threads and posted_files else ""
+    return (f"1. `/session new` {where} (text or image).\n"
+            f"2. `/data add` your files there{post}; others `/session join` and add theirs.\n"
+            "3. `/data report` grades the data and picks a preset.\n"
+            "4. `/train start` (or `/train tune` for quick tries) and watch the progress message.\n"
+            "5. Vote 👍/👎 on the samples, `/sample` your own prompts, `/adapter export` to download.")
 
 
 def command_rows(tree: app_commands.CommandTree) -> list[tuple[str, str]]:
@@ -46,7 +51,9 @@ class HelpCog(commands.Cog):
 
     @app_commands.command(name="help", description="How training works here, step by step, and every command")
     async def help(self, interaction: discord.Interaction) -> None:
-        embed = discord.Embed(title="loracord: train a LoRA on a few files, together", description=STEPS, colour=0x5865F2)
+        config = self.bot.config
+        embed = discord.Embed(title="loracord: train a LoRA on a few files, together", colour=0x5865F2,
+                              description=steps(threads=config.session_threads, posted_files=config.message_content))
         rows = command_rows(self.bot.tree)
         text = "\n".join(f"`{name}`: {description}" for name, description in rows)
         for i, chunk in enumerate(_chunks(text, 1024)):

@@ -70,15 +70,19 @@ class SessionCog(commands.GroupCog, group_name="session", group_description="Tra
         self.svc = bot.services
 
     @app_commands.command(name="new", description="Start a training session in a new thread of this channel")
-    @app_commands.describe(kind="What the model makes: images or text", title="The thread's name",
+    @app_commands.describe(kind="What the model makes: images or text",
+                           title="The thread's name (default: “<your name>'s <kind> session”; "
+                                 "/session settings changes it)",
                            base_model="The pretrained model to fine-tune (this server's allowed list)",
                            visibility="public: anyone may join; private: by invitation")
     @app_commands.autocomplete(base_model=model_autocomplete)
     @app_commands.guild_only()
     async def new(self, interaction: discord.Interaction, kind: Literal["text", "image"],
-                  title: app_commands.Range[str, 1, 90], base_model: Optional[str] = None,
+                  title: Optional[app_commands.Range[str, 1, 90]] = None, base_model: Optional[str] = None,
                   visibility: Literal["public", "private"] = "public") -> None:
         channel = interaction.channel
+        named = bool(title)
+        title = title or f"{interaction.user.display_name}'s {kind} session"[:90]
         if not isinstance(channel, discord.TextChannel):
             await self.bot.refuse(interaction, "Start a session from a text channel (not a thread or a DM): "
                                                "the bot opens a thread there.")
@@ -105,7 +109,8 @@ class SessionCog(commands.GroupCog, group_name="session", group_description="Tra
         await interaction.followup.send(f"Started {visibility} {kind} session #{session.id} on `{model_name(base)}`: "
                                         f"{thread.mention}")
         who = "anyone can `/session join`" if visibility == "public" else "invite members with `/session settings invite:`"
-        await thread.send(f"Welcome to **{title}**, {interaction.user.mention}'s {kind} session on `{model_name(base)}` "
+        welcome = f"Welcome to **{title}**, " if named else "Welcome to "  # a default title says the same twice
+        await thread.send(f"{welcome}{interaction.user.mention}'s {kind} session on `{model_name(base)}` "
                           f"({who}).\n"
                           f"**Step 1:** {KIND_NEXT[kind]} with `/data add`"
                           + (" or by posting the files here" if self.bot.intents.message_content else "")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from typing import Literal, Optional
 
 import discord
@@ -11,7 +12,7 @@ from discord.ext import commands
 from ..client import LoracordBot, actor_of
 from ..jobpick import pick_job
 from ..progress import headline, progress_embed
-from ..sampling import no_pings
+from ..sampling import clean_sample, cut, no_pings
 from ..report import cv_plan, pick_preset, size_line
 from ..views import job_view
 
@@ -32,7 +33,7 @@ class TrainCog(commands.GroupCog, group_name="train", group_description="Train a
         await self.bot.db(self.svc.check_can_train, session, actor_of(interaction))
         await interaction.response.defer(thinking=True)  # copying the dataset may take a while
         submitted = await self.bot.db(start, session, actor_of(interaction))
-        view = await self.bot.db(self.svc.job_progress, submitted.job.id)
+        view = await self.bot.job_progress(submitted.job.id, interaction.guild)
         # The pump edits this message as the job goes on: its words and embed come from the same view.
         message = await interaction.followup.send(
             f"{intro} {headline(view)}".strip(), embed=progress_embed(view),
@@ -103,14 +104,32 @@ class TrainCog(commands.GroupCog, group_name="train", group_description="Train a
     async def status(self, interaction: discord.Interaction, job: Optional[app_commands.Range[int, 1]] = None) -> None:
         session = await self.bot.db(self.svc.session_here, interaction.channel_id)
         found, note = await self.bot.db(pick_job, self.svc, session, job, need="status")
-        view = await self.bot.db(self.svc.job_progress, found.id)
+        view = await self.bot.job_progress(found.id, interaction.guild)
         embed = progress_embed(view)
         ranking = await self.bot.db(self.svc.ranking, session)
+        files = []
         if ranking:
-            embed.add_field(name="Best samples by votes", inline=False, value="\n".join(
-                f"#{s.id} (job #{s.job_id}) score {s.votes:+d}: {no_pings(s.prompt or '')}"[:100] for s in ranking))
+            lines = [await self._best_line(s) for s in ranking]
+            embed.add_field(name="Best samples by votes", inline=False, value="\n".join(lines)[:1024])
+            best_image = next((s for s in ranking if s.kind == "image"), None)
+            if best_image is not None:  # an image is what was generated: show the best-voted one itself
+                data = await self.bot.db(self.svc.blob_bytes, best_image.blob_hash)
+                files.append(discord.File(io.BytesIO(data), f"sample-{best_image.id}.png"))
+                embed.set_image(url=f"attachment://sample-{best_image.id}.png")
         content = (f"Showing {note}; `/train status job:` shows another. " if note else "") + headline(view, live=False)
-        await interaction.response.send_message(content, embed=embed, allowed_mentions=discord.AllowedMentions.none())
+        await interaction.response.send_message(content, embed=embed, files=files,
+                                                allowed_mentions=discord.AllowedMentions.none())
+
+    async def _best_line(self, sample) -> str:
+        """One ranked sample: what was generated (a text's opening words; an image shown above), then its prompt."""
+        head = f"#{sample.id} (job #{sample.job_id}) score {sample.votes:+d}: "
+        prompt = no_pings(sample.prompt or "")
+        if sample.kind == "image":  # a grid's "prompt" says its rows and columns; a /sample image has its prompt
+            what = f"a training {prompt}" if sample.seed is None else f"an image of “{prompt}”, seed {sample.seed}"
+            return cut(f"{head}{what}", 200)
+        text = (await self.bot.db(self.svc.blob_bytes, sample.blob_hash)).decode("utf-8", "replace")
+        wrote = cut(" ".join(clean_sample(text).split()), 110) or "(the model wrote nothing)"
+        return cut(f"{head}“{wrote}”" + (f" (prompt: {prompt})" if prompt else ""), 200)
 
     @app_commands.command(name="cancel", description="Cancel a queued or running job (its starter, owner or manager)")
     @app_commands.describe(job="A job number (default: the session's newest active one)")
