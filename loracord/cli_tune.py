@@ -137,10 +137,33 @@ def _print_summary(console, result) -> None:
         console.print("no trial completed; see the notes above", style="red")
         return
     params = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(result.best_params.items()))
-    console.print(f"best trial: #{result.best.number}  validation loss {result.best.val_loss:.4f}  {params}")
+    # paths and --grid values are printed as given (no markup), each line whole (no wrapping)
+    console.print(f"best trial: #{result.best.number}  {_best_score(result)}  {params}", markup=False, soft_wrap=True)
     if result.full_run is not None:
-        console.print(f"full run: {result.full_run}  validation loss {result.full_val_loss:.4f}")
-    console.print(f"table: {result.out / 'trials.csv'}  chart: {result.out / 'val_loss.png'}")
+        console.print(f"full run: {result.full_run}  {_full_run_score(result)}", markup=False, soft_wrap=True)
+    console.print(f"table: {result.out / 'trials.csv'}  chart: {result.out / 'val_loss.png'}", markup=False,
+                  soft_wrap=True)
+
+
+def _best_score(result) -> str:
+    """The best trial's validation loss; on a cross-validated search, its mean over the folds."""
+    if not result.cv:
+        return f"validation loss {result.best.val_loss:.4f}"
+    best = result.cv["best"]
+    return f"mean validation loss over {result.cv['folds']} folds {best['mean']:.4f} (sd {best['sd']:.4f})"
+
+
+def _full_run_score(result) -> str:
+    """The full run's validation loss, or why it has none.
+
+    A cross-validated search's full run trains on every example (``holdout="none"``), so the
+    chosen setting's only measure is its folds' mean."""
+    if result.full_val_loss is not None:
+        return f"validation loss {result.full_val_loss:.4f}"
+    if result.cv:
+        return (f"no validation loss, because it trained on all {result.cv['n_examples']} examples (none held "
+                f"out); the folds' mean validation loss is {result.cv['best']['mean']:.4f}")
+    return "no validation loss, because it held no examples out"
 
 
 def parse_settings(items: list[str]) -> dict:
