@@ -221,9 +221,16 @@ async def test_progress_messages_follow_the_job_to_an_early_stop(world):
     assert "0/0" not in message.embeds[0].description and fields_of(message)["Status"] == "running"
 
     report(world, job.id, {"kind": "start", "step": 0, "total_steps": 12},
-           {"kind": "step", "step": 1, "total_steps": 12, "loss": 2.0},
-           {"kind": "eval", "step": 2, "total_steps": 12, "loss": 1.9, "val_loss": 1.5},
-           {"kind": "eval", "step": 4, "total_steps": 12, "loss": 1.7, "val_loss": 1.6})
+           {"kind": "step", "step": 1, "total_steps": 12, "loss": 2.0, "eta_s": 99.0})
+    await world.env.advance_time(1.5)
+    assert fields_of(progress_message(thread, started))["ETA"] == "1m 39s"  # while the steps run
+    report(world, job.id, {"kind": "step", "step": 2, "total_steps": 12, "loss": 1.9, "eta_s": 80.0},
+           {"kind": "eval", "step": 2, "total_steps": 12, "loss": 1.9, "val_loss": 1.5})
+    await world.env.advance_time(1.5)
+    message = progress_message(thread, started)
+    # a validation loss between two steps leaves the last step's estimate standing
+    assert fields_of(message)["Validation loss"] == "1.5000" and fields_of(message)["ETA"] == "1m 20s"
+    report(world, job.id, {"kind": "eval", "step": 4, "total_steps": 12, "loss": 1.7, "val_loss": 1.6})
     await world.env.advance_time(1.5)
     message = progress_message(thread, started)
     assert message.embeds[0].description.endswith("step 4/12")

@@ -33,7 +33,7 @@ CHROMIUM = Path(os.environ.get("LORACORD_TEST_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 SCREENSHOTS = ["01-start.png", "02-help.png", "03-session.png", "04-refused-upload.png", "05-data.png",
-               "06-report.png", "07-training.png", "08-trained.png", "09-sample.png", "10-export.png"]
+               "06-report.png", "07-training.png", "08-trained.png", "09-sample.png", "10-export.png", "11-eta.png"]
 
 
 @pytest.fixture
@@ -88,6 +88,13 @@ def playground(sync_playwright, tmp_path, tiny_llama):
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def embed_fields(text: str) -> dict[str, str]:
+    """An embed's inline fields as the page shows them (a name line, then its value line)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    names = ("Status", "Loss", "Validation loss", "ETA")
+    return {line: lines[i + 1] for i, line in enumerate(lines[:-1]) if line in names}
 
 
 class Page:
@@ -233,6 +240,23 @@ def test_a_newcomer_trains_samples_and_downloads_in_the_browser(sync_playwright,
             assert download.suggested_filename == "loracord-job-1-adapter.zip"
             saved = tmp_path / download.suggested_filename
             download.save_as(saved)
+
+            # A longer run: the ETA shows while its steps run, and still after a validation loss arrived.
+            p.command("train start", {"steps": 5000})
+            p.wait_for("Training (text) · job #3")  # job #2 was the sampling
+            long_run = p.message("Training (text) · job #3")
+            seen = []  # (validation loss shown, ETA shown) of each running state the page showed
+            deadline = time.monotonic() + 240
+            while time.monotonic() < deadline and not any(val for val, _ in seen):
+                fields = embed_fields(long_run.inner_text())
+                if fields.get("Status") == "running" and "ETA" in fields:
+                    seen.append((fields.get("Validation loss", "–") != "–", fields["ETA"]))
+                time.sleep(0.5)
+            p.shot("11-eta.png", long_run)
+            assert seen and all(re.fullmatch(r"\d+s|\d+m \d\ds|\d+h \d\dm", eta) for _, eta in seen), seen
+            assert any(val for val, _ in seen), f"no running state with a validation loss was shown: {seen}"
+            p.command("train cancel")
+            p.wait_for("Job #3 was cancelled", timeout_s=120)
         finally:
             browser.close()
 
