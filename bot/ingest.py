@@ -28,9 +28,9 @@ from pathlib import Path, PurePosixPath
 
 from storage.blobs import BlobStore
 from trainer.errors import DataError
-from trainer.limits import MAX_CAPTION_CHARS, min_image_side
-from trainer.filetypes import (MAX_ARCHIVE_BYTES, MAX_ARCHIVE_MEMBERS, MAX_ARCHIVE_RATIO, FileType, extension,
-                               is_archive_name, sniff)
+from trainer.filetypes import FileType, extension, is_archive_name, sniff
+from trainer.limits import (MAX_ARCHIVE_BYTES, MAX_ARCHIVE_MEMBERS, MAX_CAPTION_CHARS, file_size_problem,
+                            looks_like_zip_bomb, mib, min_image_side, unsafe_archive_path)
 
 from .display import scrub_paths
 
@@ -107,7 +107,9 @@ def _check_file(kind: str, filename: str, data: bytes, blobs: BlobStore, caption
     if not data:
         result.rejected.append(Rejected(shown, "the file is empty"))
         return
-    problem = _refusal(kind, name, sniff(data, name), inside_archive=shown != name)
+    # The size before the content, as the trainer's readers do: a huge file is refused for its size.
+    problem = file_size_problem(len(data), kind) or _refusal(kind, name, sniff(data, name),
+                                                             inside_archive=shown != name)
     if problem:
         result.rejected.append(Rejected(shown, problem))
         return
@@ -272,7 +274,7 @@ def _zip_files(data: bytes) -> dict[str, bytes]:
         raise _Refused("not a readable zip archive; zip the files again and re-upload") from None
     _check_members([(m.filename, m.file_size) for m in members], len(data))
     for m in members:
-        if m.file_size > 2**20 and m.file_size / max(1, m.compress_size) > MAX_ARCHIVE_RATIO:
+        if looks_like_zip_bomb(m.file_size, m.compress_size):
             raise _Refused(f"{m.filename} inflates {m.file_size // max(1, m.compress_size)}x: "
                            f"refusing a possible zip bomb")
         if m.flag_bits & 0x1:
@@ -309,11 +311,10 @@ def _check_members(members: list[tuple[str, int]], packed: int) -> None:
         raise _Refused(f"the archive holds more than {MAX_ARCHIVE_MEMBERS} files; split it")
     total = 0
     for name, size in members:
-        parts = PurePosixPath(name.replace("\\", "/")).parts
-        if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) or ".." in parts:
+        if unsafe_archive_path(name):
             raise _Refused(f"the archive names a path outside itself ({name}); archive only the files")
         total += size
     if total > MAX_ARCHIVE_BYTES:
-        raise _Refused(f"the archive unpacks to {total / 2**20:.0f} MiB, over the {MAX_ARCHIVE_BYTES // 2**20} MiB limit")
-    if total > 2**20 and total > packed * MAX_ARCHIVE_RATIO:
+        raise _Refused(f"the archive unpacks to {mib(total)}, over the {mib(MAX_ARCHIVE_BYTES)} limit")
+    if looks_like_zip_bomb(total, packed):
         raise _Refused(f"the archive inflates {total // max(1, packed)}x: refusing a possible archive bomb")

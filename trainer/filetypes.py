@@ -27,8 +27,7 @@ from typing import Literal
 
 import filetype
 
-from .limits import MAX_ARCHIVE_BYTES, MAX_ARCHIVE_MEMBERS  # noqa: F401 (unpacked archives: files, bytes)
-from .limits import MAX_COMPRESSION_RATIO as MAX_ARCHIVE_RATIO  # noqa: F401 (how much they may inflate)
+from .limits import MAX_ARCHIVE_BYTES, MAX_ARCHIVE_MEMBERS  # noqa: F401 (still importable here; rules: limits)
 
 ARCHIVE_EXTENSIONS = (".zip", ".tar", ".tgz", ".tar.gz", ".tbz2", ".tar.bz2", ".txz", ".tar.xz")
 TEXT_INSTEAD = "save its text as a .txt or .md file (in your editor: Save As, plain text) and upload that"

@@ -1,13 +1,19 @@
-"""Data limits: one number per limit, read by the bot's upload checks, the trainers and the CLI.
+"""Data limits: one number per limit and one function per rule, read by the bot's upload checks,
+the trainers and the CLI.
 
-The bot refuses an upload by the same numbers the trainer later reads the data with, so a file
-the bot accepted is never refused at training time. This module imports nothing heavy (no
-torch, no Pillow): ``bot/`` imports it. A server can lower the bot's own upload limits
-(``bot.config.BotSettings``: files per session, MiB per session, MiB per upload) but the upload
-limit is capped at ``MAX_FILE_BYTES``, the most any reader accepts.
+The bot refuses an upload by the same numbers and rules the trainer later reads the data with
+(one file's size, zip bombs, paths out of an archive, image size), so a file the bot accepted is
+never refused at training time. Every reader checks a file's size before its content. This
+module imports nothing heavy (no torch, no Pillow): ``bot/`` imports it. A server can lower the
+bot's own upload limits (``bot.config.BotSettings``: files per session, MiB per session, MiB per
+upload) but the upload limit is capped at ``MAX_FILE_BYTES``, the most any reader accepts.
 """
 
 from __future__ import annotations
+
+import math
+import re
+from pathlib import PurePosixPath
 
 MiB = 2**20
 
@@ -55,11 +61,37 @@ def image_size_problem(width: int, height: int, min_side: int, resolution: int |
     return f"{width}x{height} px is too small{at}; the shorter side must be at least {min_side} px"
 
 
-def looks_like_zip_bomb(file_size: int, compress_size: int) -> bool:
-    """Whether a zip member of ``file_size`` bytes stored in ``compress_size`` inflates suspiciously."""
-    return file_size > RATIO_CHECKED_ABOVE and file_size / max(compress_size, 1) > MAX_COMPRESSION_RATIO
+TOO_LARGE_FIX = {
+    "image": "resize or re-export it",
+    "text": "split it into smaller files",
+    "caption": "a caption is a line or two: check it is the file you meant",
+}
+"""What to do with a file over the size limit, by what it is meant to be."""
 
 
-def mib(n_bytes: float) -> str:
+def file_size_problem(size: int, kind: str, limit: int = MAX_FILE_BYTES) -> str | None:
+    """The one rule for one file's size, in the words the readers and the bot's upload check show:
+    why ``size`` bytes is too large and what to do with a ``kind`` file (a key of
+    ``TOO_LARGE_FIX``); None when it fits. Every reader checks it before looking at the content,
+    so a huge file is refused for its size, not for what its first bytes look like."""
+    if size <= limit:
+        return None
+    shown = math.ceil(size * 10 / MiB) / 10  # rounded up: a file just over 25 MiB never shows as 25.0
+    return f"file is {shown:.1f} MiB, over the {mib(limit, 1)} limit ({limit} bytes); {TOO_LARGE_FIX[kind]}."
+
+
+def looks_like_zip_bomb(file_size: int, compress_size: int, max_ratio: float = MAX_COMPRESSION_RATIO) -> bool:
+    """The one zip-bomb rule: whether ``file_size`` bytes (a zip member, or a whole archive) stored
+    in ``compress_size`` inflate more than ``max_ratio`` (small ones may: ``RATIO_CHECKED_ABOVE``)."""
+    return file_size > RATIO_CHECKED_ABOVE and file_size > max(compress_size, 1) * max_ratio
+
+
+def unsafe_archive_path(name: str) -> bool:
+    """Whether an archive member's ``name`` points outside the archive: absolute, a drive or ``..``."""
+    posix = name.replace("\\", "/")
+    return posix.startswith("/") or bool(re.match(r"^[A-Za-z]:", posix)) or ".." in PurePosixPath(posix).parts
+
+
+def mib(n_bytes: float, digits: int = 0) -> str:
     """``n_bytes`` in MiB, as messages show it."""
-    return f"{n_bytes / MiB:.0f} MiB"
+    return f"{n_bytes / MiB:.{digits}f} MiB"

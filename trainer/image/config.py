@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator, model_validator
 
+from .. import limits as L
 from ..config import Precision, TrainConfig
 from ..presets import Preset
 
@@ -57,7 +58,7 @@ class ImageTrainConfig(TrainConfig):
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     min_image_side: int | None = Field(None, ge=8, description="Refuse smaller images; None: half the resolution "
                                                                "(trainer.limits.min_image_side).")
-    max_pixels: int = Field(50_000_000, ge=1, description="Pixel cap per image (decompression bombs).")
+    max_pixels: int = Field(L.MAX_IMAGE_PIXELS, ge=1, description="Pixel cap per image (decompression bombs).")
     precision: Precision = Field("auto", description="'auto' picks bf16 where the hardware runs it fast, else fp32.")
     seed: int = Field(0, description="Seed for the split, augmentation, LoRA init, noise and samples.")
 

@@ -9,8 +9,9 @@ prompt, which also fills any caption that is missing (and the report lists those
 the first, so a user fixes a dataset in one go. Each file is classified by its content and its
 name together (``trainer.filetypes``): a zip archive named as one (or without an extension) is
 read in memory, never extracted, and checked for path traversal and zip bombs before anything
-is decompressed; a document that is a zip container (``.docx``, ``.epub``...) or another
-archive, a program or a zip named ``.png`` is refused saying what it is.
+is decompressed; any other file over the size limit is refused for its size, whatever its bytes
+are; then a document that is a zip container (``.docx``, ``.epub``...) or another archive, a
+program or a zip named ``.png`` is refused saying what it is.
 
 How small an image may be is one rule (``trainer.limits.image_size_problem``) that the bot's
 upload check shows in the same words, against the same training resolution.
@@ -192,18 +193,25 @@ def _file_entries(path: Path, key: str, container: str, limits: DataLimits, prob
         return
     with path.open("rb") as f:
         found = sniff(f.read(2**16), path.name)
-    if found.kind == "archive" and found.format == "zip" and (is_archive_name(path.name) or not extension(path.name)):
-        yield from _zip_entries(path, limits, problems)
+    if found.kind == "archive" and (is_archive_name(path.name) or not extension(path.name)):
+        if found.format == "zip":  # its own limits: members, unpacked size, bombs
+            yield from _zip_entries(path, limits, problems)
+        else:
+            problems.append(f"{path}: {_not_an_image_file(found, path.name)}")
         return
-    refusal = _not_an_image_file(found, path.name)
+    # The size before the content: a huge file is refused for its size, whatever its first bytes say.
+    too_large = L.file_size_problem(path.stat().st_size, _kind_of(key), limits.max_file_bytes)
+    refusal = too_large or _not_an_image_file(found, path.name)
     if refusal:
         problems.append(f"{path}: {refusal}")
         return
-    size = path.stat().st_size
-    if size > limits.max_file_bytes:
-        problems.append(f"{path}: {size / 2**20:.0f} MiB is over the {limits.max_file_bytes / 2**20:.0f} MiB file limit")
-        return
     yield _Entry(str(path), key, container, path.read_bytes)
+
+
+def _kind_of(key: str) -> str:
+    """What a file is meant to be, from its name, for the size message: a caption or an image."""
+    name = PurePosixPath(key).name
+    return "caption" if name == METADATA_NAME or name.lower().endswith(CAPTION_SUFFIX) else "image"
 
 
 def _not_an_image_file(found, name: str) -> str | None:
@@ -226,18 +234,18 @@ def _zip_entries(path: Path, limits: DataLimits, problems: list[str]) -> Iterato
     except (zipfile.BadZipFile, OSError) as exc:
         problems.append(f"{path}: not a readable zip archive ({exc})")
         return
-    bad = [m.filename for m in members if _unsafe_member(m.filename)]
+    bad = [m.filename for m in members if L.unsafe_archive_path(m.filename)]
     if bad:
         problems.append(f"{path}: unsafe path(s) in archive (absolute or '..'), refusing it: {', '.join(bad[:5])}")
         return
     total = sum(m.file_size for m in members)
     if total > limits.max_archive_bytes:
-        problems.append(f"{path}: unpacks to {total / 2**20:.0f} MiB, over the {limits.max_archive_bytes / 2**20:.0f} "
-                        "MiB archive limit (zip bomb?)")
+        problems.append(f"{path}: unpacks to {L.mib(total)}, over the {L.mib(limits.max_archive_bytes)} "
+                        "archive limit (zip bomb?)")
         return
     for m in members:
-        ratio = m.file_size / max(m.compress_size, 1)
-        if m.file_size > L.RATIO_CHECKED_ABOVE and ratio > limits.max_compression_ratio:
+        if L.looks_like_zip_bomb(m.file_size, m.compress_size, limits.max_compression_ratio):
+            ratio = m.file_size / max(m.compress_size, 1)
             problems.append(f"{path}:{m.filename}: compressed {ratio:.0f}:1, refusing a likely zip bomb")
             return
         if m.flag_bits & 0x1:
@@ -248,16 +256,12 @@ def _zip_entries(path: Path, limits: DataLimits, problems: list[str]) -> Iterato
                      lambda m=m: _read_member(archive, m, limits))
 
 
-def _unsafe_member(name: str) -> bool:
-    posix = name.replace("\\", "/")
-    return posix.startswith("/") or bool(re.match(r"^[A-Za-z]:", posix)) or ".." in PurePosixPath(posix).parts
-
-
 def _read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, limits: DataLimits) -> bytes:
     """Read at most the declared size (headers can lie) and at most the per-file limit."""
     cap = min(member.file_size, limits.max_file_bytes)
-    if member.file_size > limits.max_file_bytes:
-        raise _TooBig(f"{member.file_size / 2**20:.0f} MiB is over the {limits.max_file_bytes / 2**20:.0f} MiB file limit")
+    too_large = L.file_size_problem(member.file_size, _kind_of(member.filename), limits.max_file_bytes)
+    if too_large:
+        raise _TooBig(too_large)
     with archive.open(member) as f:
         data = f.read(cap + 1)
     if len(data) > cap:

@@ -245,10 +245,9 @@ def _read_file(path: Path, limits: TextLimits, report: DataReport) -> tuple[list
         return [], [f"{name}: file not found ({path})."], []
     if not path.is_file():
         return [], [f"{name}: not a file ({path})."], []
-    size = path.stat().st_size
-    if size > limits.max_file_bytes:
-        return [], [f"{name}: file is {_mib(size)}, over the {_mib(limits.max_file_bytes)} limit "
-                    f"({limits.max_file_bytes} bytes); split it into smaller files."], []
+    too_large = L.file_size_problem(path.stat().st_size, "text", limits.max_file_bytes)
+    if too_large:  # before the content: a huge file is refused for its size, whatever its bytes are
+        return [], [f"{name}: {too_large}"], []
     raw = path.read_bytes()
     problem = not_text(raw, name)  # a tar archive named .txt would otherwise read as "text" headers
     if problem:
@@ -549,7 +548,3 @@ def _join_problems(problems: list[str]) -> str:
 
 def _collapse(s: str) -> str:
     return " ".join(s.split())
-
-
-def _mib(n: int) -> str:
-    return f"{n / (1024 * 1024):.1f} MiB"
