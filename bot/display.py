@@ -11,10 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import PurePath, PurePosixPath, PureWindowsPath
 
-# An absolute (or home) path of at least two parts, not inside a URL or a word ("and/or",
-# "org/model", "https://host/x" are left alone).
-_HOST_PATH = re.compile(r"(?<![\w.:/~\\-])~?/(?:[^\s/'\"`;,()\[\]<>]+/)+([^\s/'\"`;,()\[\]<>]*)")
-_WINDOWS_PATH = re.compile(r"(?<![\w])[A-Za-z]:\\(?:[^\s\\'\"`;,()\[\]<>]+\\)*([^\s\\'\"`;,()\[\]<>]*)")
+from trainer.hostpaths import scrub_paths  # noqa: F401  (the bot's messages cut host paths by the same rule)
 
 
 def is_local_path(ref: str) -> bool:
@@ -32,13 +29,3 @@ def model_name(ref: str | None) -> str:
         return ref
     path: PurePath = PureWindowsPath(ref) if "\\" in ref else PurePosixPath(ref)
     return path.name or ref.strip("/\\") or "a local model"
-
-
-def scrub_paths(text: str, *roots) -> str:
-    """``text`` with host paths cut to their last part, and each of ``roots`` (folders) dropped."""
-    for root in roots:
-        if root:
-            root = str(root).rstrip("/\\")
-            text = text.replace(root + "/", "").replace(root + "\\", "").replace(root, PurePath(root).name)
-    text = _HOST_PATH.sub(lambda m: m.group(1) or "…", text)
-    return _WINDOWS_PATH.sub(lambda m: m.group(1) or "…", text)

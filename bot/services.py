@@ -537,12 +537,66 @@ class Services:
         return Submitted(sample_job, self.queue.position(sample_job.id))
 
 
-def zip_adapter(blobs, manifest_hash: str, dest: Path) -> Path:
-    """Write the adapter tree as one zip file (off the event loop: it reads every blob)."""
+def zip_adapter(blobs, manifest_hash: str, dest: Path, *, base: str | None = None, metrics: dict | None = None,
+                run_files: dict[str, str] | None = None) -> Path:
+    """Write the adapter tree as one zip file (off the event loop: it reads every blob).
+
+    The zip never carries a path of the worker that trained it, and always a card. Adapters
+    stored before runs wrote their card (``trainer.card``) name their base by that worker's
+    folder: in the zip, ``adapter_config.json`` names ``base`` as others load it (a built-in's
+    hub id, a local folder's name), and a README.md that is not loracord's card, or holds a host
+    path, is replaced by (a missing one added as) the card made from the run's metrics.json and
+    samples.json (``run_files``: the job's stored files by name; ``metrics``: the adapter's own
+    numbers where metrics.json is missing). The stored blobs stay as they are.
+    """
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_suffix(".part")
+    files = blobs.tree_files(manifest_hash)
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
-        for rel, blob_hash in sorted(blobs.tree_files(manifest_hash).items()):
-            archive.writestr(rel, blobs.get_bytes(blob_hash))
+        for rel, blob_hash in sorted(files.items()):
+            data = blobs.get_bytes(blob_hash)
+            if rel in ("adapter_config.json", "README.md"):
+                data = _portable_adapter_file(blobs, rel, data, base=base, metrics=metrics, run_files=run_files)
+            archive.writestr(rel, data)
+        if "README.md" not in files:  # image adapters stored before runs wrote a card had none
+            archive.writestr("README.md", _portable_adapter_file(blobs, "README.md", b"", base=base, metrics=metrics,
+                                                                 run_files=run_files))
     shutil.move(tmp, dest)
     return dest
+
+
+def _portable_adapter_file(blobs, rel: str, data: bytes, *, base: str | None, metrics: dict | None,
+                           run_files: dict[str, str] | None) -> bytes:
+    """An adapter's config or card as the zip carries it: base named as others load it, no host paths."""
+    import json
+
+    import yaml
+    from huggingface_hub import ModelCard
+
+    from trainer.card import model_card, portable_adapter_config
+    from trainer.hostpaths import scrub_paths
+
+    if rel == "adapter_config.json":
+        try:
+            config = json.loads(data)
+        except ValueError:
+            return data  # not peft's file; nothing of ours to fix
+        if not isinstance(config, dict) or "base_model_name_or_path" not in config:
+            return data
+        return json.dumps(portable_adapter_config(config, base or ""), indent=2, sort_keys=True).encode()
+    text = data.decode("utf-8", errors="replace")
+    try:
+        ours = "loracord" in (ModelCard(text, ignore_metadata_errors=True).data.tags or [])
+    except (ValueError, yaml.YAMLError):  # a header that does not parse: not a card to keep
+        ours = False
+    if ours and scrub_paths(text) == text:
+        return data  # the run wrote its card already
+
+    def stored(name: str):
+        digest = (run_files or {}).get(name)
+        return json.loads(blobs.get_bytes(digest)) if digest and blobs.exists(digest) else None
+
+    run_metrics = stored("metrics.json") or {**(metrics or {}), "kind": (metrics or {}).get("kind", "text")}
+    if base:
+        run_metrics = {**run_metrics, "base": base}
+    return str(model_card(run_metrics, stored("samples.json"))).encode()

@@ -7,9 +7,13 @@ job runs in the embedded worker's subprocess exactly as in production.
 
 from __future__ import annotations
 
+import io
 import json
+import zipfile
+from pathlib import Path
 
 import pytest
+from huggingface_hub import ModelCard
 
 from bot.config import BotSettings
 from bot.sampling import clean_sample
@@ -114,7 +118,17 @@ async def test_two_members_train_vote_sample_and_export(world, tiny_llama):
     exported = await w.alice.slash(thread, "adapter export")
     message = exported.followups[0] if exported.followups else exported.response
     assert message.attachments[0].filename == "loracord-job-1-adapter.zip"
-    assert "load it with peft" in message.content
+    assert "a LoRA for `tiny-llama`: its README.md shows how to load it with peft." in message.content
+    # The zip carries the run's card and config, which name the base by its folder's name and no
+    # path of the machine (the worker's run folder, the bot's data folder, the model's folder).
+    with zipfile.ZipFile(io.BytesIO(await message.attachments[0].read())) as archive:
+        assert sorted(archive.namelist()) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+        card, config = archive.read("README.md").decode(), json.loads(archive.read("adapter_config.json"))
+    assert config["base_model_name_or_path"] == "tiny-llama"
+    assert "loracord" in ModelCard(card).data.tags and "# Text LoRA adapter for tiny-llama" in card
+    assert "| rank | 4 |" in card and "| steps | 4 |" in card and "To be" in card
+    for place in (str(tiny_llama), str(w.env.bot.services.settings.data_dir), str(Path.home()), "/tmp/", "/root/"):
+        assert place not in card and place not in json.dumps(config), place
     clicked = await w.bob.click(progress, label="Export")
     message = clicked.followups[0] if clicked.followups else clicked.response
     assert message.attachments[0].filename == "loracord-job-1-adapter.zip"

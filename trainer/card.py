@@ -1,0 +1,258 @@
+"""The model card of a trained adapter: ``RUN/adapter/README.md``, and the base its config names.
+
+An adapter folder leaves the machine (the bot's export zip, a copy by hand, the Hub later), so
+what it says about itself must hold elsewhere: the base is named as others load it
+(``trainer.models.loadable_name``: a built-in as its hub id, a local folder by its name), the
+card shows loading code that runs as written, and no text in it carries a path of this machine.
+
+``model_card(metrics, samples)`` builds the card from what a run records (metrics.json, the
+samples); ``write_card(run)`` writes it, and sets ``adapter_config.json``'s
+``base_model_name_or_path``, at the end of a run (``trainer/loop.py``), before a worker uploads
+the folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .hostpaths import scrub_paths
+from .models import BUILTIN_HUB_IDS, BUILTIN_TEXT_MODELS, is_hub_id, loadable_name
+from .rundir import RunDir, write_json_atomic
+
+if TYPE_CHECKING:
+    from huggingface_hub import ModelCard
+
+CARD_FILE = "README.md"
+ADAPTER_CONFIG = "adapter_config.json"
+DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"  # trainer.image.export's names, without its imports
+KOHYA_FILE = "lora_kohya.safetensors"
+
+# The settings a card lists, in this order, where the run's config has them. The rest of the
+# config names files of the host (data, out) or is the base, which the card names apart.
+SETTINGS = ("preset", "steps", "lr", "rank", "alpha", "lora_dropout", "target_modules", "batch_size", "grad_accum",
+            "seq_len", "resolution", "augment", "text_kind", "neftune_alpha", "train_text_encoder",
+            "caption_dropout", "min_snr_gamma", "noise_offset", "warmup_ratio", "weight_decay", "max_grad_norm",
+            "val_fraction", "instance_prompt", "seed")
+
+
+def write_card(run: RunDir) -> Path | None:
+    """Write ``RUN/adapter/README.md`` from the run's metrics.json and samples, and name the
+    loadable base in ``adapter_config.json`` (text runs); returns the card, None without an adapter."""
+    if not run.adapter.is_dir() or not run.metrics.is_file():
+        return None
+    metrics = run.read_metrics()
+    samples_file = run.root / "samples.json"
+    samples = json.loads(samples_file.read_text(encoding="utf-8")) if samples_file.is_file() else None
+    config_file = run.adapter / ADAPTER_CONFIG
+    if config_file.is_file():
+        write_json_atomic(config_file, portable_adapter_config(json.loads(config_file.read_text(encoding="utf-8")),
+                                                               metrics.get("base", "")))
+    card = model_card(metrics, samples, roots=(run.root, Path.home()))
+    path = run.adapter / CARD_FILE
+    card.save(path)
+    return path
+
+
+def portable_adapter_config(config: dict, base: str) -> dict:
+    """peft's adapter config with the base named as others load it (peft writes the folder it loaded)."""
+    return {**config, "base_model_name_or_path": loadable_name(base or config.get("base_model_name_or_path") or "")}
+
+
+def model_card(metrics: dict, samples: list[dict] | None = None, *, adapter: str = ".", roots=()) -> "ModelCard":
+    """The adapter's card (a ``huggingface_hub.ModelCard``) from a run's metrics.json and samples.
+
+    ``samples``: a text run's samples.json rows (``prompt``, ``before``, ``after``); image runs
+    name their sample grids in the metrics. ``adapter`` is how the loading code names the adapter
+    folder: "." (the folder holding this card), or a hub id once the adapter is published there.
+    Every text taken from the run is cut free of host paths (``roots``: folders to drop whole).
+    """
+    from huggingface_hub import ModelCard, ModelCardData
+
+    kind = metrics.get("kind", "text")
+    base_ref = metrics.get("base") or ""
+    base = loadable_name(base_ref) if base_ref else "its base model"
+    config = metrics.get("config") or {}
+    clean = _Cleaner(roots, metrics.get("base_path"), config.get("out"), *(config.get("data") or []))
+    image = kind == "image"
+    family = metrics.get("family")
+    tags = ["lora", "loracord"] + (["diffusers", "text-to-image", "stable-diffusion-xl" if family == "sdxl"
+                                    else "stable-diffusion"] if image else ["peft", "transformers", "text-generation"])
+    data = ModelCardData(base_model=base if is_hub_id(base) else None, library_name="diffusers" if image else "peft",
+                         pipeline_tag="text-to-image" if image else "text-generation", tags=tags)
+    body = "\n\n".join(part for part in (
+        f"# {'Image' if image else 'Text'} LoRA adapter for {base}",
+        _about(kind, base, base_ref),
+        "## How to load it\n\n" + (_image_code(base, adapter, metrics, clean) if image
+                                   else _text_code(base, adapter, samples, clean)),
+        "## Training settings\n\n" + _settings(kind, metrics, config, clean),
+        "## Data\n\n" + _data(kind, metrics, clean),
+        "## Results\n\n" + _results(kind, metrics),
+        "## Samples\n\n" + (_image_samples(metrics, config, clean) if image else _text_samples(samples, clean)),
+    ) if part)
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}\n")
+
+
+# --------------------------------------------------------------------------------------------
+# the card's parts
+
+
+def _about(kind: str, base: str, base_ref: str) -> str:
+    what = "a Stable Diffusion pipeline" if kind == "image" else "a causal language model"
+    lines = [f"A LoRA adapter for {what}, **{base}**, trained with loracord (a Discord bot and CLI that "
+             "fine-tunes models on a few examples)."]
+    builtin = base_ref.strip().lower()
+    if builtin in BUILTIN_HUB_IDS:
+        lines.append(f"loracord trained it on its built-in model `{builtin}`: the GGUF file "
+                     f"`{BUILTIN_TEXT_MODELS[builtin][1]}` of `{base}`, its 4-bit weights dequantized to float32. "
+                     "The code below loads the hub's full-precision weights of the same model; their small "
+                     "differences from the 4-bit file can shift outputs slightly.")
+    elif base_ref and not is_hub_id(base):
+        lines.append(f"The base was a local {'file' if base.lower().endswith('.gguf') else 'folder'} named "
+                     f"`{base}` on the machine that trained it: point the code below at your copy of it.")
+    return "\n\n".join(lines)
+
+
+def _text_code(base: str, adapter: str, samples: list[dict] | None, clean: "_Cleaner") -> str:
+    prompts = [clean(s["prompt"]) for s in samples or [] if s.get("prompt")]
+    prompt = next((p for p in prompts if "\n" not in p and len(p) <= 80), "Once upon a time")
+    # transformers reads a .gguf file from the folder holding it, dequantized
+    load = f'".", gguf_file={json.dumps(base)}' if base.lower().endswith(".gguf") else json.dumps(base)
+    code = f"""\
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+base = AutoModelForCausalLM.from_pretrained({load})
+tokenizer = AutoTokenizer.from_pretrained({load})
+model = PeftModel.from_pretrained(base, {json.dumps(adapter)})
+
+inputs = tokenizer({json.dumps(prompt)}, return_tensors="pt")
+output = model.generate(**inputs, max_new_tokens=40, do_sample=True, temperature=0.8)
+print(tokenizer.decode(output[0], skip_special_tokens=True))"""
+    where = ("Run it in this folder (the one holding `adapter_config.json` and `adapter_model.safetensors`), "
+             "or put the folder's path in place of `\".\"` in `PeftModel.from_pretrained`." if adapter == "." else "")
+    return f"With [transformers](https://huggingface.co/docs/transformers) and " \
+           f"[peft](https://huggingface.co/docs/peft):\n\n```python\n{code}\n```\n\n{where}".rstrip()
+
+
+def _image_code(base: str, adapter: str, metrics: dict, clean: "_Cleaner") -> str:
+    prompts = [clean(p) for p in metrics.get("sample_prompts") or []]
+    prompt = prompts[0] if prompts else clean((metrics.get("config") or {}).get("instance_prompt") or "a photo of sks")
+    code = f"""\
+from diffusers import DiffusionPipeline
+
+pipe = DiffusionPipeline.from_pretrained({json.dumps(base)})
+pipe.load_lora_weights({json.dumps(adapter)}, weight_name="{DIFFUSERS_FILE}")
+image = pipe({json.dumps(prompt)}).images[0]
+image.save("sample.png")"""
+    where = ("Run it in this folder, or put the folder's path in place of `\".\"`. " if adapter == "." else "")
+    return (f"With [diffusers](https://huggingface.co/docs/diffusers):\n\n```python\n{code}\n```\n\n{where}"
+            f"`{KOHYA_FILE}` is the same LoRA in kohya's format, for AUTOMATIC1111, ComfyUI, kohya_ss and "
+            "most other UIs: put it in their LoRA folder.")
+
+
+def _settings(kind: str, metrics: dict, config: dict, clean: "_Cleaner") -> str:
+    config = dict(config)
+    if config.get("alpha") is None and config.get("rank"):  # the configs' documented default
+        config["alpha"] = float(config["rank"] * (1 if kind == "image" else 2))
+    shown = {name: config[name] for name in SETTINGS if config.get(name) is not None}
+    if metrics.get("precision"):
+        shown["precision"] = metrics["precision"]
+    rows = [f"| {name} | {clean(_value(value)).replace('|', '&#124;')} |" for name, value in shown.items()]
+    return "\n".join(["| setting | value |", "|---|---|", *rows])
+
+
+def _data(kind: str, metrics: dict, clean: "_Cleaner") -> str:
+    report = metrics.get("data_report") or {}
+    if kind == "image":
+        train, val, unit = report.get("train_images"), report.get("val_images"), "images"
+    else:
+        train, val, unit = report.get("n_train"), report.get("n_val"), "examples"
+    lines = [f"- {train} training {unit}, {val} held out for validation" if train is not None
+             else "- (not recorded)"]
+    if kind == "text" and metrics.get("text_kind"):
+        lines.append(f"- kind of text: {metrics['text_kind']}"
+                     + (f" ({clean(metrics['text_kind_reason'])})" if metrics.get("text_kind_reason") else ""))
+    if metrics.get("tokens_trained"):
+        lines.append(f"- {metrics['tokens_trained']:,} tokens trained on")
+    return "\n".join(lines)
+
+
+def _results(kind: str, metrics: dict) -> str:
+    best, step = metrics.get("best_val_loss"), metrics.get("best_step")
+    lines = [f"- steps trained: {metrics.get('steps_done', '?')} ({_stop(metrics.get('stop_reason'))})"]
+    if best is not None:
+        lines.append(f"- best validation loss: {best:.4f}, at step {step} (the adapter holds that step's weights)")
+        if kind == "text":
+            perplexity = metrics.get("val_perplexity") or math.exp(min(best, 50))
+            lines.append(f"- validation perplexity: {perplexity:.2f}")
+    else:
+        lines.append("- no validation loss (every example trained)")
+    return "\n".join(lines)
+
+
+def _text_samples(samples: list[dict] | None, clean: "_Cleaner") -> str:
+    if not samples:
+        return "No samples were drawn."
+    parts = ["Drawn at the end of training, and by the base before it for comparison, with the same seed:"]
+    for i, row in enumerate(samples, 1):
+        parts.append(f"**Prompt {i}:**\n\n{_block(clean(row.get('prompt', '')))}")
+        if row.get("before") is not None:
+            parts.append(f"Before training:\n\n{_block(clean(row['before']))}")
+        parts.append(f"After training:\n\n{_block(clean(row.get('after') or row.get('text') or ''))}")
+    return "\n\n".join(parts)
+
+
+def _image_samples(metrics: dict, config: dict, clean: "_Cleaner") -> str:
+    grids = [clean(g) for g in metrics.get("samples") or []]
+    prompts = [clean(p) for p in metrics.get("sample_prompts") or []]
+    if not grids:
+        return "No sample grids were drawn."
+    seeds = ", ".join(str(s) for s in config.get("sample_seeds") or [])
+    lines = [f"Sample grids in the training run's folder (not in this adapter's): one row per prompt, "
+             f"one column per seed ({seeds})." if seeds else "Sample grids in the training run's folder:", ""]
+    lines += [f"- `{grid}`" for grid in grids]
+    lines += ["", "Prompts, top to bottom:", ""] + [f"{i}. {_inline(p)}" for i, p in enumerate(prompts, 1)]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+class _Cleaner:
+    """Text from the run with host paths cut out (``hostpaths.scrub_paths``)."""
+
+    def __init__(self, roots, *more):
+        # longest first, so that a folder inside another is dropped whole
+        self.roots = sorted({str(r) for r in (*roots, *more) if r}, key=len, reverse=True)
+
+    def __call__(self, text: Any) -> str:
+        return scrub_paths(str(text), *self.roots)
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
+def _stop(reason: str | None) -> str:
+    return {"completed": "all steps", "early_stopped": "stopped early: validation loss stopped improving"}.get(
+        reason or "", reason or "?")
+
+
+def _block(text: str) -> str:
+    """``text`` in a fenced block longer than any run of backticks inside it."""
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}text\n{text}\n{fence}"
+
+
+def _inline(text: str) -> str:
+    return "`" + text.replace("`", "'").replace("\n", " ") + "`"
