@@ -17,8 +17,11 @@ each GPU machine; the bot starts one itself for the embedded SQLite queue
    store first, so a report never names a blob that is not there; a checkpoint is uploaded
    from a snapshot of hard links, so the trainer writing or pruning never races the upload),
 6. on cancel touches RUN/CANCEL and keeps it there until the trainer has stopped, then sends
-   SIGTERM and SIGKILL to the group after grace periods; when the bot has given up on this
-   attempt (``Channel.superseded``) it kills the group at once,
+   SIGTERM and SIGKILL to the group after grace periods. A cancel that arrives before this
+   attempt's first step (the trainer still loads its model, data or caches: nothing to keep)
+   sends SIGTERM at once and SIGKILL after ``kill_grace_s``, and the job ends with the kind's
+   ``cancelled_early`` reason. When the bot has given up on this attempt
+   (``Channel.superseded``) it kills the group at once,
 7. publishes the end: status, error (and whether it is worth retrying), and the blobs of the
    adapter, samples, metrics and chart, plus what the job kind's ``publish`` adds (a search's
    trial adapters, a sample job's samples).
@@ -33,6 +36,7 @@ import ctypes
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -83,6 +87,8 @@ class JobAttempt:
         self.lock = RunLock(self.run.root / "worker.lock")
         self.proc: subprocess.Popen | None = None
         self.cancel_at: float | None = None
+        self.stop_at_once = False  # the cancel came before this attempt's first step: nothing to keep
+        self.resume_step = _checkpoint_step(spec.get("checkpoint"))  # a retry's, from the bot or this run folder
         self.last_superseded_check = 0.0
 
     def execute(self) -> str:
@@ -109,13 +115,13 @@ class JobAttempt:
     def _run(self, heartbeat: "Heartbeat") -> str:
         run, spec = self.run, self.spec
         if self._cancel_requested():
-            return self.reporter.finish("cancelled", None)
+            return self.reporter.finish("cancelled", self._nothing_trained())
         # An earlier attempt on this machine (a worker that was taken for lost) ends first.
         self.lock.acquire(while_waiting=self._check_superseded, every_s=0.2)
         RunLock(run.root / "trainer.lock").acquire(while_waiting=self._check_superseded, every_s=0.2).release()
         self.reporter.begin()
         if self._cancel_requested():  # asked while we waited
-            return self.reporter.finish("cancelled", None)
+            return self.reporter.finish("cancelled", self._nothing_trained())
         finished = finished_run(run)
         if finished is not None:  # it trained to the end, but its report never arrived
             log.info("job %s attempt %s: collecting the run an earlier attempt finished", self.job_id, self.attempt)
@@ -126,7 +132,11 @@ class JobAttempt:
         # Resume whenever a checkpoint is here (restored or left by an earlier attempt on this
         # machine); an attempt lost before its first checkpoint starts over.
         resume = run.latest_checkpoint() is not None
+        if resume:
+            self.resume_step = _checkpoint_step(run.latest_checkpoint().name)
         config = jobkinds.get(spec["kind"]).prepare_inputs(self.blobs, run, spec["config"])  # its dataset, adapter, ...
+        if self._cancel_requested():  # asked while we fetched them
+            return self.reporter.finish("cancelled", self._nothing_trained())
         spec_path = run.root / "job.json"
         write_json_atomic(spec_path, {**spec, "config": config, "run_dir": str(run.root), "resume": resume})
         self._check_superseded()
@@ -140,12 +150,15 @@ class JobAttempt:
             self.reporter.pump()
             if self.cancel_at is None and self._cancel_requested():
                 self.cancel_at = time.monotonic()
+                self.stop_at_once = not self.reporter.stepped
             if self.cancel_at is not None:
                 self._press_cancel()
             self._check_superseded()
             time.sleep(0.1)
         self.reporter.pump()
         status, error, retry = _outcome(self.proc.returncode, run, cancelled=self.cancel_at is not None)
+        if status == "cancelled" and not self.reporter.stepped:
+            error = self._nothing_trained()
         log.info("job %s attempt %s ended: %s %s", self.job_id, self.attempt, status, error or "")
         return self.reporter.finish(status, error, retry=retry)
 
@@ -154,14 +167,27 @@ class JobAttempt:
 
     def _press_cancel(self) -> None:
         """Keep the cancel asserted until the trainer stops: the CANCEL file first (the trainer
-        stops after its step with a checkpoint), then SIGTERM and SIGKILL after grace periods."""
+        stops after its step with a checkpoint), then SIGTERM and SIGKILL after grace periods.
+
+        Before the first step the trainer is loading (a model, data, caches), which can take
+        longer than the grace and never looks at the CANCEL file, and there is nothing to keep:
+        SIGTERM at once."""
         if not self.run.cancel_file.exists():  # a trainer starting up may have cleared it
             self.run.cancel_file.touch()
         waited = time.monotonic() - self.cancel_at
-        if waited > self.settings.cancel_grace_s + self.settings.kill_grace_s:
+        grace = 0.0 if self.stop_at_once else self.settings.cancel_grace_s
+        if waited > grace + self.settings.kill_grace_s:
             _kill_group(self.proc, signal.SIGKILL)
-        elif waited > self.settings.cancel_grace_s:
+        elif waited >= grace:
             _kill_group(self.proc, signal.SIGTERM)
+            _kill_group(self.proc, signal.SIGCONT)  # a stopped trainer (SIGSTOP, a debugger) acts on it now
+
+    def _nothing_trained(self) -> str:
+        """Why a job cancelled before this attempt's first step ended: nothing was trained, or,
+        for a retry, nothing since the checkpoint it would have resumed from."""
+        if self.resume_step:
+            return f"cancelled before training resumed from step {self.resume_step}; nothing more was trained"
+        return jobkinds.get(self.spec["kind"]).cancelled_early
 
     def _check_superseded(self) -> None:
         if time.monotonic() - self.last_superseded_check < 1.0:
@@ -277,6 +303,12 @@ def _last_line(path: Path) -> str:
     return lines[-1][:500] if lines else "no output"
 
 
+def _checkpoint_step(name: str | None) -> int | None:
+    """The step of a checkpoint named ``step-000012`` (or ``step-000012/tree-hash``), else None."""
+    match = re.fullmatch(r"step-(\d+)(/.*)?", name or "")
+    return int(match.group(1)) if match else None
+
+
 def _restore_checkpoint(blobs: BlobStore, run: RunDir, checkpoint: str | None) -> None:
     """Bring ``name/tree-hash`` from the blob store unless this run folder already has it."""
     if not checkpoint:
@@ -304,6 +336,7 @@ class Reporter:
         self.state_file = run.root / "published.json"
         self.state = {"attempts": [], "line": 0, "offset": 0}
         self.last_checkpoint: str | None = None
+        self.stepped = False  # this attempt's trainer has reported a training step
 
     def _publish(self, kind: str, payload: dict, seq: int | None = None, attempt: int | None = None) -> None:
         self.channel.publish(kind, self.job_id, attempt or self.attempt, payload, seq)
@@ -377,6 +410,7 @@ class Reporter:
             payload["samples"] = [{"blob": h, "prompt": prompt, "seed": seed, "kind": _sample_kind(n)}
                                   for n, h in payload["blobs"].items()]
         if attempt == self.attempt:
+            self.stepped = self.stepped or event.get("kind") == "step"
             checkpoint = self._checkpoint_to_publish(event)
             if checkpoint is not None:
                 payload["checkpoint"] = checkpoint

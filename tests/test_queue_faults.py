@@ -3,7 +3,7 @@
 Each test is the bot (it ticks a ``JobQueue`` in this process, or runs ``storage.service`` as a
 child) and drives real ``storage.worker`` processes running the trivial ``sleep`` job kind
 (``storage.jobkinds.sleep.run_sleep``: a subprocess that writes events, checkpoints, an adapter and a
-sample like a trainer, with hooks to pause mid-checkpoint or in evaluation). After each fault
+sample like a trainer, with hooks to pause while loading, mid-checkpoint or in evaluation). After each fault
 it asserts, and reports in a table at the end of the module:
 
 - jobs finished as expected, and one adapter per finished job,
@@ -193,6 +193,10 @@ def _job_processes(root: str) -> list[psutil.Process]:
         if "storage.jobrun" in cmd and any(root in part for part in cmd):
             found.append(proc)
     return found
+
+
+def _read(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
 
 
 def _last_event(run_dir: Path) -> dict | None:
@@ -414,16 +418,46 @@ def test_cancel_before_dispatch(bench):
     bench.measure("cancel before dispatch", [running.id])
 
 
-def test_cancel_at_start_while_the_trainer_clears_cancel_files(bench):
-    """The cancel arrives the moment the job starts, and the trainer deletes RUN/CANCEL as it
-    starts (as a run started from the CLI does): the worker keeps asserting it."""
+def test_cancel_while_the_trainer_loads(bench):
+    """The cancel arrives while the trainer loads (deaf to RUN/CANCEL, which it even deletes as
+    a run started from the CLI does): before its first step there is nothing to keep, so the
+    worker stops it at once rather than after the grace (60 s here), and goes on to the next job."""
     bench.worker()
-    job = bench.submit(steps=400, clear_cancel=True)
-    bench.until(lambda: bench.job(job.id).status == "running", "the start")
+    job = bench.submit(steps=400, load_s=600, clear_cancel=True)
+    bench.until(lambda: f"job-{job.id} " in _read(bench.probe / "trainers"), "the trainer to start loading")
     bench.queue.cancel(job.id)
-    bench.until(lambda: bench.finished(job.id), "the cancel")
-    _assert_cancelled_cooperatively(bench, job.id)
-    bench.measure("cancel at start (queue)", [job.id])
+    bench.until(lambda: bench.finished(job.id), "the cancel", timeout=30)
+    cancelled = bench.job(job.id)
+    assert (cancelled.status, cancelled.error) == ("cancelled",
+                                                   "cancelled before training started; nothing was trained")
+    assert bench.db.list_events(job.id, kind="step") == [] and cancelled.checkpoint is None
+    after = bench.submit(steps=3)
+    bench.until(lambda: bench.finished(after.id), "the next job")
+    assert bench.job(after.id).status == "done"
+    bench.measure("cancel while loading (queue)", [job.id, after.id])
+
+
+def test_cancel_while_a_retry_loads(bench):
+    """The job's worker was lost and its retry is cancelled while it loads (held there by
+    SIGSTOP): it stops at once, saying where it would have resumed."""
+    worker = bench.worker()
+    job = bench.submit(steps=400, load_s=2)
+    bench.until(lambda: bench.job(job.id).checkpoint is not None, "a checkpoint")
+    bench.kill9(worker)
+    bench.worker()
+    bench.until(lambda: _read(bench.probe / "trainers").count(f"job-{job.id} ") == 2, "the retry's trainer")
+    retry = int(_read(bench.probe / "trainers").splitlines()[-1].split()[1])
+    os.kill(retry, signal.SIGSTOP)
+    run = bench.run_dir(job.id)
+    resumed_from = int(sorted((run / "checkpoints").glob("step-*"))[-1].name.removeprefix("step-"))
+    bench.queue.cancel(job.id)
+    bench.until(lambda: bench.finished(job.id), "the cancel", timeout=30)
+    cancelled = bench.job(job.id)
+    assert (cancelled.status, cancelled.error) == (
+        "cancelled", f"cancelled before training resumed from step {resumed_from}; nothing more was trained")
+    first = bench.db.list_events(job.id)[0].attempt
+    assert {e.attempt for e in bench.db.list_events(job.id, kind="step")} == {first}  # the retry trained nothing
+    bench.measure("cancel while a retry loads (queue)", [job.id])
 
 
 def test_cancel_mid_run_from_the_cli(bench, monkeypatch):

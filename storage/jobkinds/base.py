@@ -34,6 +34,10 @@ class JobKind:
     - ``lane``: the huey queue it travels on. ``runs`` (training, searches) is served by
       ``Settings.workers`` threads per worker; ``quick`` (sampling) by a thread of its own in
       every worker, so a short job never waits behind a long run.
+    - ``cancelled_early``: the reason a job of this kind ends with when it is cancelled before its
+      first ``step`` event (loading its model, data or caches): the worker stops the job process
+      at once, as there is nothing to keep. A kind that reports no steps (sampling) is always
+      stopped so.
     """
 
     name: str
@@ -44,6 +48,7 @@ class JobKind:
     priority: int = 0
     lane: str = "runs"
     summary: str = ""
+    cancelled_early: str = "cancelled before training started; nothing was trained"
 
     def run_job(self, config: dict, run, *, resume: bool, cancel) -> dict:
         return _load(self.run)(config, run, resume=resume, cancel=cancel)

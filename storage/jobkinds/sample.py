@@ -22,7 +22,7 @@ from .base import JobKind
 
 KIND = JobKind("sample", run="storage.jobkinds.sample:run_sample", prepare="storage.jobkinds.sample:fetch_adapter",
                publish="storage.jobkinds.sample:publish_samples", priority=10, lane="quick",
-               summary="sample an adapter")
+               summary="sample an adapter", cancelled_early="cancelled before the samples were made")
 
 
 def source_folder(run):

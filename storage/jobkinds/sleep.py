@@ -31,7 +31,8 @@ def run_sleep(config: dict, run: RunDir, *, resume: bool, cancel: CancelToken) -
     Fault hooks: ``fail`` raises a UserError; ``raise`` raises that built-in exception (e.g.
     ``"MemoryError"``); ``crash_at`` makes it die hard (SIGKILL itself) at that step;
     ``ignore_cancel`` makes it deaf to the CANCEL file (only the worker's kill stops it);
-    ``clear_cancel`` deletes RUN/CANCEL at start as a CLI run does; ``eval_every``/``eval_s``
+    ``clear_cancel`` deletes RUN/CANCEL at start as a CLI run does; ``load_s`` pauses before the
+    first event as loading a model does (deaf to the CANCEL file); ``eval_every``/``eval_s``
     add an evaluation (that, like a real one, does not look at the CANCEL file) after those
     steps; ``checkpoint_s`` pauses halfway through writing each checkpoint and ``checkpoint_kb``
     sizes its weights file. ``probe_dir`` records every trainer that starts and checks with a
@@ -49,6 +50,7 @@ def run_sleep(config: dict, run: RunDir, *, resume: bool, cancel: CancelToken) -
                "RuntimeError": RuntimeError}[config["raise"]](config.get("message", "injected"))
     if config.get("clear_cancel"):
         run.cancel_file.unlink(missing_ok=True)
+    time.sleep(float(config.get("load_s", 0.0)))
     run.root.mkdir(parents=True, exist_ok=True)
     log = JsonlEventLog(run.events)
     start = 0
