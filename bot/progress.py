@@ -120,8 +120,12 @@ def outcome(view: dict) -> str:
         return f"❌ Job #{n} failed: {why(job) or 'no reason was reported'}"
     if job.status == "cancelled":
         step, total = steps_of(view)
-        where = f" at step {step} of {total}" if total and step else ""
-        return f"⏹ Job #{n} was cancelled{where}."
+        if total and step:
+            return f"⏹ Job #{n} was cancelled at step {step} of {total}."
+        # before any step the reason says when ("before it started", "before training started; nothing was trained")
+        reason = why(job) or ""
+        when = reason.removeprefix("cancelled ") if reason.startswith("cancelled before") else ""
+        return f"⏹ Job #{n} was cancelled" + (f" {when}." if when else ".")
     return headline(view)
 
 

@@ -111,9 +111,29 @@ async def test_status_and_cancel_then_the_pump_edits_the_progress_message(world)
     fields = {f.name: f.value for f in progress.embeds[0].fields}
     assert fields["Status"] == "cancelled" and fields["Why"] == "cancelled before it started"
     assert progress.components == []  # no Cancel button once it ended
-    assert thread.last_message.content.startswith("⏹ Job #1 was cancelled.")
+    assert thread.last_message.content.startswith("⏹ Job #1 was cancelled before it started.")
     nothing = await world.alice.slash(thread, "train cancel")
     assert nothing.ephemeral and "Nothing is queued or running" in nothing.response.content
+
+
+async def test_a_cancel_while_the_run_loads_says_nothing_is_kept(world):
+    """A run that has not stepped yet is stopped at once by its worker (storage.worker): the bot says so."""
+    thread = await ready_thread(world)
+    started = await world.alice.slash(thread, "train start")
+    db = world.env.bot.services.db
+    db.mark_job_running(1, worker="w", attempt=1)
+    db.add_event(1, 1, 0, {"kind": "start", "step": 0, "total_steps": 40, "loss": None, "val_loss": None,
+                           "message": "loading"})
+    cancelled = await world.alice.slash(thread, "train cancel")
+    assert cancelled.response.content.startswith(
+        "Job #1: stopping now: it had not started training, so there is nothing to keep.")
+    db.finish_job(1, "cancelled", attempt=1, error="cancelled before training started; nothing was trained")
+    world.env.bot.dirty.add(1)
+    await world.env.advance_time(1.5)
+    assert thread.last_message.content.startswith(
+        "⏹ Job #1 was cancelled before training started; nothing was trained.")
+    progress = next(m for m in thread.history() if m.id == started.response.id)
+    assert {f.name: f.value for f in progress.embeds[0].fields}["Status"] == "cancelled"
 
 
 async def test_the_cancel_button_works_after_a_restart(world, make_bot):

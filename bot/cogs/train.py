@@ -11,7 +11,7 @@ from discord.ext import commands
 
 from ..client import LoracordBot, actor_of
 from ..jobpick import pick_job
-from ..progress import headline, progress_embed
+from ..progress import headline, progress_embed, steps_of
 from ..sampling import clean_sample, cut, no_pings
 from ..report import cv_plan, pick_preset, size_line
 from ..views import job_view
@@ -137,7 +137,13 @@ class TrainCog(commands.GroupCog, group_name="train", group_description="Train a
         session = await self.bot.db(self.svc.session_here, interaction.channel_id)
         cancelled = await self.bot.db(self.svc.cancel, session, actor_of(interaction), job)
         self.bot.dirty.add(cancelled.id)
-        state = "cancelled" if cancelled.finished else "stopping at its next step (its last checkpoint is kept)"
+        view = await self.bot.job_progress(cancelled.id, interaction.guild)
+        if cancelled.finished:
+            state = "cancelled"
+        elif steps_of(view)[0]:
+            state = "stopping at its next step (its last checkpoint is kept)"
+        else:  # still loading: the worker stops it at once, there is nothing to keep
+            state = "stopping now: it had not started training, so there is nothing to keep"
         await interaction.response.send_message(f"Job #{cancelled.id}: {state}. **Next:** `/train start` when ready.")
 
     async def from_button(self, interaction: discord.Interaction, job_id: int) -> None:
