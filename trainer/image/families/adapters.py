@@ -1,0 +1,125 @@
+"""LoRA on a transformer denoiser (FLUX.1, SD 3.5): add it, read it, save it, prove a file loads back.
+
+The diffusers file (``pytorch_lora_weights.safetensors``) is what the pipeline class's own
+``save_lora_weights(transformer_lora_layers=...)`` writes, with the peft config (rank, alpha,
+targets) in its metadata, so ``pipe.load_lora_weights`` restores the adapter exactly. Each family
+adds a single-file format for UIs; ``verify_loads`` loads every file into a fresh pipeline and
+compares the weight updates with the trained ones.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ...errors import TrainingError
+from ..export import DIFFUSERS_FILE, lora_deltas
+
+ADAPTER = "default"
+
+
+def add_lora(pipe, targets, *, rank: int, alpha: float, dropout: float = 0.0) -> None:
+    """Freeze the whole pipeline, then add a trainable LoRA (gaussian init, as the examples) to its transformer.
+
+    Seed torch before calling for the same initial adapter every run.
+    """
+    from peft import LoraConfig
+
+    for name in ("vae", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3"):
+        module = getattr(pipe, name, None)
+        if module is not None:
+            module.requires_grad_(False)
+    pipe.transformer.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
+                                            init_lora_weights="gaussian", target_modules=list(targets)))
+
+
+def lora_factors(transformer, adapter: str = ADAPTER) -> dict[str, tuple]:
+    """``{module path: (A, B, scale)}`` of every LoRA layer: its update is ``scale * B @ A``."""
+    from peft.tuners.lora import LoraLayer
+
+    return {name: (layer.lora_A[adapter].weight.detach(), layer.lora_B[adapter].weight.detach(),
+                   float(layer.scaling[adapter]))
+            for name, layer in transformer.named_modules() if isinstance(layer, LoraLayer) and adapter in layer.lora_A}
+
+
+def save_diffusers(pipe, folder: Path) -> Path:
+    """Write ``folder/pytorch_lora_weights.safetensors`` with the pipeline class's ``save_lora_weights``."""
+    from peft.utils import get_peft_model_state_dict
+
+    transformer = pipe.transformer
+    type(pipe).save_lora_weights(save_directory=folder, transformer_lora_layers=get_peft_model_state_dict(transformer),
+                                 transformer_lora_adapter_metadata=transformer.peft_config[ADAPTER].to_dict(),
+                                 weight_name=DIFFUSERS_FILE, safe_serialization=True)
+    return folder / DIFFUSERS_FILE
+
+
+def verify_loads(fresh, trained, files: dict[str, Path]) -> None:
+    """Load each file into ``fresh`` (the base pipeline, no adapters) and compare with ``trained``'s transformer.
+
+    A loaded layer the trained adapter lacks must change nothing (a fused kohya block brings
+    zero-valued neighbours). Raises ``TrainingError`` naming the file when it does not load,
+    drops layers, or scales differently.
+    """
+    import torch
+
+    expected = lora_deltas(trained.transformer)
+    for fmt, path in files.items():
+        adapter = f"check_{fmt}"
+        try:
+            fresh.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter)
+        except (ValueError, KeyError, RuntimeError, OSError, TypeError, AssertionError) as exc:
+            raise TrainingError(f"The exported {fmt} LoRA {path} does not load into "
+                                f"{type(fresh).__name__}: {exc}") from exc
+        got = lora_deltas(fresh.transformer, adapter)
+        missing = sorted(set(expected) - set(got))
+        if missing:
+            raise TrainingError(f"The exported {fmt} LoRA {path} loads only {len(expected) - len(missing)} of "
+                                f"{len(expected)} transformer layers (missing e.g. {missing[0]}).")
+        extra = [name for name in set(got) - set(expected) if got[name].abs().max() > 0]
+        if extra:
+            raise TrainingError(f"The exported {fmt} LoRA {path} changes {extra[0]}, which was not trained.")
+        for name, delta in expected.items():
+            if not torch.allclose(got[name], delta, rtol=1e-3, atol=1e-6):
+                raise TrainingError(f"The exported {fmt} LoRA {path} changes transformer.{name} differently "
+                                    "from the trained adapter (scale or conversion error).")
+
+
+def cache_captions(encode, captions: list[str], chunk: int = 16) -> dict[str, Any]:
+    """``{caption: Conditioning rows}`` for every distinct caption; ``encode(list) -> Conditioning`` runs per chunk."""
+    import torch
+
+    from .flow import Conditioning
+
+    unique = list(dict.fromkeys(captions))
+    out = {}
+    with torch.no_grad():
+        for i in range(0, len(unique), chunk):
+            part = unique[i:i + chunk]
+            cond = encode(part)
+            out.update({c: Conditioning(cond.prompt[j], cond.pooled[j]) for j, c in enumerate(part)})
+    return out
+
+
+def drop_module(pipe, *names: str) -> None:
+    """Remove pipeline components (``pipe.text_encoder_3 = None`` and so on) and free their memory."""
+    import gc
+
+    for name in names:
+        setattr(pipe, name, None)
+    gc.collect()
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from ``path``, or {} when it is missing or not an object (no torch needed)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def vae_scale(folder: Path) -> int:
+    """The VAE's downscale (2 ** (blocks - 1)) from its config, 8 when the config is missing."""
+    blocks = read_json(Path(folder) / "vae" / "config.json").get("block_out_channels")
+    return 2 ** (len(blocks) - 1) if blocks else 8

@@ -1,0 +1,164 @@
+"""Flow matching as FLUX.1 and SD 3.5 are trained, following diffusers' DreamBooth LoRA examples.
+
+``train_dreambooth_lora_flux.py`` and ``train_dreambooth_lora_sd3.py`` train the same way:
+
+- latents are the VAE's, shifted and scaled: ``(latents - shift_factor) * scaling_factor``;
+- a timestep index is drawn from a density over ``[0, 1)`` (``compute_density_for_timestep_sampling``:
+  uniform ``"none"``, ``"logit_normal"`` with mean 0 and std 1, or ``"mode"``), and its sigma is
+  read from a fresh copy of the pipeline's ``FlowMatchEulerDiscreteScheduler`` (so SD3's
+  ``shift=3`` applies; FLUX.1-dev's scheduler shifts only at inference, by image size, and
+  trains on unshifted sigmas);
+- the input is ``(1 - sigma) * latents + sigma * noise`` and the target the velocity
+  ``noise - latents``; the per-image MSE is optionally weighted (``compute_loss_weighting_for_sd3``:
+  ``"none"``, ``"sigma_sqrt"``, ``"cosmap"``).
+
+(SD3's example can instead "precondition" the output, ``pred * -sigma + noisy``, against the
+clean latents; that is the same loss weighted by ``sigma**2``, so it is not a separate mode here.)
+
+Everything random in a step (noise and sigmas) comes from the ``torch.Generator`` passed in,
+so a run resumed with the generator's saved state continues exactly. The validation loss uses
+fixed points of the density and noise from a fixed seed: the same number for the same weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+TIMESTEP_SAMPLING = ("none", "logit_normal", "mode")
+LOSS_WEIGHTING = ("none", "sigma_sqrt", "cosmap")
+VAL_POINTS = (0.2, 0.4, 0.6, 0.8)  # fixed positions in [0, 1) for the validation loss
+
+Predict = Callable[[Any, Any], Any]  # (noisy latents, sigmas) -> predicted velocity, same shape
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """Text conditioning: the token sequence the denoiser attends to and the pooled vector.
+
+    Batched (``prompt`` [B, S, D], ``pooled`` [B, P]) or one caption's rows ([S, D], [P]), as
+    cached per caption; ``stack`` turns cached rows into a batch.
+    """
+
+    prompt: Any
+    pooled: Any
+
+    def to(self, device=None, dtype=None) -> "Conditioning":
+        return Conditioning(self.prompt.to(device=device, dtype=dtype), self.pooled.to(device=device, dtype=dtype))
+
+
+def stack(rows: list[Conditioning]) -> Conditioning:
+    """A batch from cached per-caption rows."""
+    import torch
+
+    return Conditioning(torch.stack([r.prompt for r in rows]), torch.stack([r.pooled for r in rows]))
+
+
+@dataclass(frozen=True)
+class FlowObjective:
+    """How a flow-matching family is trained; built by the family's ``objective(pipe)``.
+
+    ``sigmas`` is the training sigma per timestep index (the scheduler's own table, descending
+    from 1). ``guidance`` is the constant fed to a guidance-distilled denoiser (FLUX.1-dev), or
+    None. Unknown scheme names raise ``ValueError``.
+    """
+
+    sigmas: Any
+    num_train_timesteps: int
+    timestep_sampling: str = "logit_normal"
+    loss_weighting: str = "none"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    mode_scale: float = 1.29
+    guidance: float | None = None
+
+    def __post_init__(self):
+        problems = []
+        if self.timestep_sampling not in TIMESTEP_SAMPLING:
+            problems.append(f"timestep_sampling {self.timestep_sampling!r} is not one of {TIMESTEP_SAMPLING}")
+        if self.loss_weighting not in LOSS_WEIGHTING:
+            problems.append(f"loss_weighting {self.loss_weighting!r} is not one of {LOSS_WEIGHTING}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+def flow_objective(scheduler_config, **settings) -> FlowObjective:
+    """The objective for a pipeline whose scheduler has ``scheduler_config``; ``settings`` are
+    ``FlowObjective`` fields (timestep_sampling, loss_weighting, logit_mean, logit_std, mode_scale, guidance)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    # A copy, as the examples keep one: sampling calls set_timesteps on the pipeline's own scheduler.
+    scheduler = FlowMatchEulerDiscreteScheduler.from_config(scheduler_config)
+    return FlowObjective(scheduler.sigmas.float().clone(), scheduler.config.num_train_timesteps, **settings)
+
+
+def sigmas_at(objective: FlowObjective, u):
+    """Sigma for positions ``u`` in [0, 1): the examples' ``timesteps[(u * N).long()]``, as a sigma."""
+    n = objective.num_train_timesteps
+    return objective.sigmas[(u * n).long().clamp(0, n - 1)]
+
+
+def draw(objective: FlowObjective, shape, generator):
+    """Noise of ``shape`` and one sigma per image, drawn from ``generator`` (on the CPU) in that order."""
+    import torch
+    from diffusers.training_utils import compute_density_for_timestep_sampling
+
+    noise = torch.randn(tuple(shape), generator=generator)
+    u = compute_density_for_timestep_sampling(objective.timestep_sampling, shape[0], logit_mean=objective.logit_mean,
+                                              logit_std=objective.logit_std, mode_scale=objective.mode_scale,
+                                              generator=generator)
+    return noise, sigmas_at(objective, u)
+
+
+def per_image_loss(predict: Predict, objective: FlowObjective, latents, noise, sigmas, *, weighted: bool):
+    """MSE between the predicted and the true velocity for each image, weighted as the objective says."""
+    from diffusers.training_utils import compute_loss_weighting_for_sd3
+
+    noise = noise.to(latents.device, latents.dtype)
+    sigmas = sigmas.to(latents.device, latents.dtype)
+    s = sigmas.view(-1, *([1] * (latents.ndim - 1)))
+    pred = predict((1.0 - s) * latents + s * noise, sigmas)
+    per_image = (pred.float() - (noise - latents).float()).pow(2).flatten(1).mean(1)
+    if weighted:
+        per_image = per_image * compute_loss_weighting_for_sd3(objective.loss_weighting, sigmas.float())
+    return per_image
+
+
+def training_loss(predict: Predict, objective: FlowObjective, latents, generator):
+    """The mean (weighted) loss of a batch of model-space latents, with noise and sigmas from ``generator``."""
+    noise, sigmas = draw(objective, latents.shape, generator)
+    return per_image_loss(predict, objective, latents, noise, sigmas, weighted=True).mean()
+
+
+def validation_loss(predict: Predict, objective: FlowObjective, latents, seed: int = 0) -> float:
+    """Unweighted loss at the fixed ``VAL_POINTS`` with noise from ``seed``: deterministic for fixed weights."""
+    import torch
+
+    noise = torch.randn((len(VAL_POINTS), *latents.shape), generator=torch.Generator().manual_seed(seed))
+    total = 0.0
+    with torch.no_grad():
+        for k, u in enumerate(VAL_POINTS):
+            sigmas = sigmas_at(objective, torch.full((len(latents),), u))
+            total += per_image_loss(predict, objective, latents, noise[k], sigmas, weighted=False).mean().item()
+    return total / len(VAL_POINTS)
+
+
+def encode_images(vae, pixels, chunk: int = 8):
+    """Mean and std of the VAE's latent distribution for ``pixels`` in [-1, 1], float32, ``chunk`` at a time.
+
+    These are raw latents; ``model_latents`` shifts and scales a draw from them for the denoiser.
+    """
+    import torch
+
+    means, stds = [], []
+    with torch.no_grad():
+        for i in range(0, len(pixels), chunk):
+            dist = vae.encode(pixels[i:i + chunk].to(vae.device, vae.dtype)).latent_dist
+            means.append(dist.mean.float())
+            stds.append(dist.std.float())
+    return torch.cat(means), torch.cat(stds)
+
+
+def model_latents(vae_config, raw):
+    """Raw VAE latents in the denoiser's space: ``(raw - shift_factor) * scaling_factor``."""
+    return (raw - (vae_config.shift_factor or 0.0)) * vae_config.scaling_factor
