@@ -103,7 +103,7 @@ class LoracordBot(commands.Bot):
 
     # ---- plumbing
     async def db(self, fn, /, *args, **kwargs):
-        """Run a ``Services`` call on the database thread and return its result."""
+        """Run a call of the services (``bot.services``) on the database thread and return its result."""
         return await asyncio.get_running_loop().run_in_executor(self._db_thread, partial(fn, *args, **kwargs))
 
     async def setup_hook(self) -> None:
@@ -151,8 +151,8 @@ class LoracordBot(commands.Bot):
         return user.display_name
 
     async def job_progress(self, job_id: int, guild: discord.Guild | None) -> dict:
-        """``Services.job_progress`` with the starter's display name (``view["starter"]``)."""
-        view = await self.db(self.services.job_progress, job_id)
+        """``Jobs.progress`` (``bot.services.jobs``) with the starter's display name (``view["starter"]``)."""
+        view = await self.db(self.services.jobs.progress, job_id)
         view["starter"] = await self.member_name(guild, view["job"].user_id)
         return view
 
@@ -187,7 +187,7 @@ class LoracordBot(commands.Bot):
 
     async def pump(self) -> None:
         """One round: tick the queue, refresh progress messages, post what is new."""
-        result = await self.db(self.services.tick)
+        result = await self.db(self.services.jobs.tick)
         self.dirty |= set(result.dispatched) | set(result.started) | set(result.finished) | {e.job_id for e in result.events}
         for job_id in sorted(self.dirty):
             await self.refresh_job(job_id)
@@ -200,14 +200,14 @@ class LoracordBot(commands.Bot):
         if message is None:
             self.dirty.discard(job_id)
             return
-        job = await self.db(self.services.job, job_id)
+        job = await self.db(self.services.jobs.job, job_id)
         if not self.throttle.allow(job_id, final=job.finished):
             return  # stays dirty: the next allowed pump edits it
         self.dirty.discard(job_id)
         channel = self.get_channel(message.channel_id) or await self.fetch_channel(message.channel_id)
         view = await self.job_progress(job_id, getattr(channel, "guild", None))
         job = view["job"]
-        adapter = await self.db(self.services.db.adapter_for_job, job_id)
+        adapter = await self.db(self.services.jobs.adapter, job_id)
         await channel.get_partial_message(message.message_id).edit(
             content=f"{message.intro} {headline(view)}".strip(), embed=progress_embed(view),
             view=job_view(job_id, finished=job.finished, has_adapter=adapter is not None))
@@ -220,13 +220,13 @@ class LoracordBot(commands.Bot):
         job = view["job"]
         chart = job.result.get("files", {}).get("loss.png")
         if chart:
-            data = await self.db(self.services.blob_bytes, chart)
+            data = await self.db(self.services.samples.blob_bytes, chart)
             await channel.send(f"Loss curve of job #{job.id}", file=discord.File(io.BytesIO(data), f"loss-job-{job.id}.png"))
         chosen = cv_line(job.result.get("metrics") or {}) if job.kind == "tune" else None  # tiny sets: how sure
         await channel.send(f"{outcome(view)}\n" + (f"{chosen}\n" if chosen else "") + NEXT_AFTER[job.status])
 
     async def post_new_samples(self, channel, job_id: int) -> None:
-        samples = await self.db(self.services.samples, job_id)
+        samples = await self.db(self.services.samples.of_job, job_id)
         posted = await self.db(self.services.state.posted_samples, [s.id for s in samples])
         for sample in samples:
             if sample.id not in posted:
@@ -234,7 +234,7 @@ class LoracordBot(commands.Bot):
                 await self.db(self.services.state.mark_posted, sample.id)
 
     async def send_sample(self, channel, sample) -> None:
-        data = await self.db(self.services.blob_bytes, sample.blob_hash)
+        data = await self.db(self.services.samples.blob_bytes, sample.blob_hash)
         source = f"job #{sample.job_id}" + (f", trial #{sample.trial}" if sample.trial is not None else "")
         if sample.seed is None:  # a training grid: its "prompt" says its prompts (rows) and seeds (columns)
             head = f"**Sample #{sample.id}** ({source}) · {sample.prompt or 'grid'}"
@@ -251,7 +251,7 @@ class LoracordBot(commands.Bot):
 
     async def post_sampling(self, job_id: int) -> None:
         """Post what a finished ``sample`` job made into the thread it was asked in (other jobs: nothing)."""
-        job = await self.db(self.services.job, job_id)
+        job = await self.db(self.services.jobs.job, job_id)
         if job.kind != "sample" or not job.config.get("channel"):
             return
         asked = job.config
@@ -263,7 +263,7 @@ class LoracordBot(commands.Bot):
                                allowed_mentions=discord.AllowedMentions(users=True, everyone=False, roles=False))
             return
         for sample_id in job.result.get("samples", []):
-            sample = await self.db(self.services.db.get_sample, sample_id)
+            sample = await self.db(self.services.samples.get, sample_id)
             await self.send_sample(channel, sample)
             await self.db(self.services.state.mark_posted, sample.id)
 
@@ -274,5 +274,5 @@ class LoracordBot(commands.Bot):
         await cog.from_button(interaction, job_id)
 
     async def on_vote(self, interaction: discord.Interaction, sample_id: int, value: int) -> None:
-        sample = await self.db(self.services.vote, sample_id, actor_of(interaction), value)
+        sample = await self.db(self.services.samples.vote, sample_id, actor_of(interaction), value)
         await interaction.response.edit_message(view=vote_view(sample.id, score=sample.votes))

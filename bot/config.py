@@ -71,6 +71,10 @@ class BotSettings(BaseSettings):
             return [n[len(IMAGE_PREFIX):] for n in names if n.startswith(IMAGE_PREFIX)]
         return [n for n in names if not n.startswith(IMAGE_PREFIX)]
 
+    def train_defaults(self, kind: str) -> dict:
+        """The trainer settings runs of ``kind`` start from (``text_train_defaults``, ``image_train_defaults``)."""
+        return getattr(self, f"{kind}_train_defaults")
+
     def expected_device(self) -> str:
         """'gpu' or 'cpu': where this bot's image jobs are expected to train (without importing torch)."""
         if self.worker_device != "auto":

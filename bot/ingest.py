@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from storage.blobs import BlobStore
+from trainer import kinds
 from trainer.errors import DataError
 from trainer.filetypes import FileType, extension, is_archive_name, sniff
 from trainer.limits import (MAX_ARCHIVE_BYTES, MAX_ARCHIVE_MEMBERS, MAX_CAPTION_CHARS, file_size_problem,
@@ -34,8 +35,6 @@ from trainer.limits import (MAX_ARCHIVE_BYTES, MAX_ARCHIVE_MEMBERS, MAX_CAPTION_
 
 from .display import scrub_paths
 
-TEXT_EXTENSIONS = (".txt", ".md", ".jsonl", ".csv")
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 _JUNK = ("__MACOSX/", ".DS_Store", "Thumbs.db", "desktop.ini")
 METADATA_FILE = "metadata.jsonl"  # captions inside an image archive (the imagefolder convention)
 
@@ -63,7 +62,7 @@ class CheckResult:
 
 
 def accepted_extensions(kind: str) -> tuple[str, ...]:
-    return IMAGE_EXTENSIONS if kind == "image" else TEXT_EXTENSIONS
+    return kinds.get(kind).extensions
 
 
 def takes(kind: str) -> str:

@@ -5,7 +5,7 @@ most once every ``min_interval_s`` (Discord rate-limits message edits; ~3 s keep
 inside) except for the final edit, which is never held back.
 
 Its words (``headline``), its embed (``progress_embed``) and the line posted when the job ends
-(``outcome``) are all made from one view of the job (``Services.job_progress``), so they
+(``outcome``) are all made from one view of the job (``bot.services.Jobs.progress``), so they
 cannot disagree: a finished job never reads "queued", a starting one never "step 0/0", and a
 run that stopped early says where, and which step's adapter it kept.
 """
@@ -154,7 +154,7 @@ def _description(view: dict) -> str:
 
 
 def progress_embed(view: dict) -> discord.Embed:
-    """The embed of a job's progress message, from ``Services.job_progress``.
+    """The embed of a job's progress message, from ``Jobs.progress``.
 
     Its footer names who started the job by ``view["starter"]``, a display name the bot looked
     up (``LoracordBot.member_name``): never a raw member id."""

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from storage.blobs import BlobStore
 from storage.db import DatasetItem
+from trainer import kinds
 from trainer.errors import DataError
 from trainer.folds import FOLDS_BELOW, cv_trials, folds_for
 from trainer.image.sizes import describe_step_time
@@ -21,8 +22,8 @@ from trainer.limits import MIN_EXAMPLES, min_image_side
 
 from .display import scrub_paths
 
-# What works for each kind: (too few below, good from); sources in trainer presets' docstrings.
-TARGETS = {"text": (MIN_EXAMPLES["text"], 20, "examples"), "image": (MIN_EXAMPLES["image"], 10, "images")}
+# What works for each kind: (too few below, good from, what it counts); sources in trainer presets' docstrings.
+TARGETS = {kind.name: (MIN_EXAMPLES[kind.name], kind.good_from, kind.units) for kind in kinds.KINDS.values()}
 
 # The trainer's presets (trainer.presets, docs/presets.md), in a member's words.
 PRESETS = {
@@ -107,7 +108,7 @@ CAPTION_SOURCES = {"description": "descriptions (alt text)", "caption": "the upl
 
 
 def size_line(sizes) -> str:
-    """What an image run will train at and roughly how long a step takes there (``Services.image_sizes``)."""
+    """What an image run will train at and roughly how long a step takes there (``bot.services.sizes``)."""
     where = "a GPU" if sizes.device == "gpu" else "a CPU"
     chosen = ", ".join(k.replace("_", " ") for k in sizes.chosen)
     how = f"{chosen} as set here, the rest sized" if chosen else "sized"
@@ -119,7 +120,7 @@ def size_line(sizes) -> str:
 def report_card(kind: str, items: list[DatasetItem], blobs: BlobStore, members: dict[int, str] | None = None,
                 sizes=None, tuned: dict | None = None, settings: dict | None = None,
                 posted_files: bool = True) -> ReportCard:
-    """``sizes`` (``Services.image_sizes``) is what an image session trains at: the images are read
+    """``sizes`` (``ImageSizing.image_sizes``) is what an image session trains at: the images are read
     against its resolution, as the trainer will read them. ``tuned`` is the metrics of the
     session's latest quick tries, to say how their settings were chosen. ``settings`` are the
     trainer settings runs start from (a declared ``text_kind``, ``neftune_alpha``).
@@ -142,10 +143,7 @@ def report_card(kind: str, items: list[DatasetItem], blobs: BlobStore, members: 
             blobs.get_file(item.blob_hash, path)
             paths.append(path)
         try:
-            if kind == "text":
-                _text(card, paths, settings or {})
-            else:
-                _images(card, items, paths, sizes)
+            kinds.get(kind).part("card")(card, items, paths, settings or {}, sizes)  # text_card, image_card
         except DataError as exc:
             card.problem = scrub_paths(str(exc), folder)
             card.lines.append(f"❌ The trainer cannot read the data as it is: {card.problem}")
@@ -159,7 +157,8 @@ def report_card(kind: str, items: list[DatasetItem], blobs: BlobStore, members: 
     return card
 
 
-def _text(card: ReportCard, paths: list[Path], settings: dict) -> None:
+def text_card(card: ReportCard, items: list[DatasetItem], paths: list[Path], settings: dict, sizes=None) -> None:
+    """A text dataset's lines: examples, duplicates, lengths, and the augmentation a run would use."""
     from trainer.text.augment import augmentation_plan
     from trainer.text.data import MIN_EXAMPLES, read_text_examples, split_examples
     from trainer.text.kinds import resolve_kind
@@ -176,7 +175,7 @@ def _text(card: ReportCard, paths: list[Path], settings: dict) -> None:
     # the preset a run would use: the settings' own, else what `/train start` picks for this count
     preset = settings.get("preset")
     if preset in (None, "auto"):
-        preset = pick_preset("text", report.n_examples)[0]
+        preset = pick_preset(card.kind, report.n_examples)[0]
     plan = augmentation_plan(resolve_kind(settings.get("text_kind", "auto"), examples),
                              settings.get("neftune_alpha") or 0.0, preset=preset,
                              augment=settings.get("augment"), lora_dropout=settings.get("lora_dropout"),
@@ -187,7 +186,8 @@ def _text(card: ReportCard, paths: list[Path], settings: dict) -> None:
                        if not w.startswith(f"only {report.n_examples} examples"))
 
 
-def _images(card: ReportCard, items: list[DatasetItem], paths: list[Path], sizes=None) -> None:
+def image_card(card: ReportCard, items: list[DatasetItem], paths: list[Path], settings: dict, sizes=None) -> None:
+    """An image dataset's lines: images, duplicates, sizes against the run's resolution, captions."""
     from trainer.image.data import DataLimits, load_images
 
     resolution = sizes.resolution if sizes else None

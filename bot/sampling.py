@@ -1,7 +1,7 @@
 """What a sample may look like in Discord.
 
 Generating happens in ``sample`` jobs on the queue's workers (``storage.jobkinds.sample``);
-the bot asks for them (``Services.request_sample``) and posts what they made
+the bot asks for them (``bot.cogs.sample.request_sample``) and posts what they made
 (``LoracordBot.post_sampling``). ``sample_message`` makes what a model wrote safe to post:
 control characters gone, mentions that would ping defused, code fences kept closed, and a
 long sample cut at a line or word boundary with an ellipsis so the message fits Discord's limit.

@@ -15,10 +15,12 @@ from typing import Optional
 
 import typer
 
+from trainer import kinds
 from trainer.errors import LoracordError
+from trainer.kinds import TEXT
 
 from . import registry
-from .interrupt import cancel_on_ctrl_c
+from .options import train_command
 
 app = typer.Typer(help="loracord: LoRA fine-tuning on small data, from Discord or the command line.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -34,52 +36,6 @@ def main() -> None:
     except LoracordError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         sys.exit(2)
-
-
-@train_app.command("text")
-def train_text_cmd(
-    data: list[Path] = typer.Argument(..., help="Text files: .txt/.md, .jsonl (text, prompt/completion or messages), .csv."),
-    out: Path = typer.Option(..., "--out", "-o", help="Run folder to write (adapter, metrics, samples, chart)."),
-    base: str = typer.Option("smollm2-135m", help="Base model: hub id, local folder, .gguf file or 'smollm2-135m'."),
-    preset: Optional[str] = typer.Option(None, help="'quick', 'balanced' (default) or 'best': sizes every knob you leave out."),
-    steps: Optional[int] = typer.Option(None, help="Optimizer steps (default: sized to the dataset)."),
-    lr: Optional[float] = typer.Option(None, help="Peak learning rate (default: sized to the dataset)."),
-    rank: Optional[int] = typer.Option(None, help="LoRA rank."),
-    alpha: Optional[float] = typer.Option(None, help="LoRA alpha (default: 2 x rank)."),
-    lora_dropout: Optional[float] = typer.Option(None, help="Dropout on the LoRA path."),
-    target_modules: Optional[str] = typer.Option(None, help="Comma-separated module names, or 'all-linear'."),
-    augment: Optional[float] = typer.Option(None, help="Augmentation strength 0..1 (0 turns it off)."),
-    text_kind: Optional[str] = typer.Option(None, help="'auto' (default: detected), 'code', 'dialogue', 'verse' or "
-                                                       "'prose': which augmentations suit the text."),
-    neftune_alpha: Optional[float] = typer.Option(None, help="NEFTune: noise on the input embeddings (0: off)."),
-    batch_size: Optional[int] = typer.Option(None, help="Packed sequences per step."),
-    grad_accum: Optional[int] = typer.Option(None, help="Gradient accumulation steps."),
-    seq_len: Optional[int] = typer.Option(None, help="Tokens per packed sequence."),
-    val_fraction: Optional[float] = typer.Option(None, help="Share of examples held out for validation."),
-    eval_every: Optional[int] = typer.Option(None, help="Validate every N steps."),
-    patience: Optional[int] = typer.Option(None, help="Stop after N validations without improvement (0: never)."),
-    precision: Optional[str] = typer.Option(None, help="'auto', 'bf16', 'fp16' or 'fp32'."),
-    threads: Optional[int] = typer.Option(None, help="CPU threads for torch (default: torch's choice)."),
-    seed: int = typer.Option(0, help="Random seed (data split, augmentation, initialisation)."),
-    prompt: Optional[list[str]] = typer.Option(None, "--prompt", help="Prompts to sample before and after training."),
-    resume: bool = typer.Option(False, help="Continue from the run folder's last checkpoint."),
-) -> None:
-    """LoRA-fine-tune a language model on a few texts."""
-    from trainer.spec import RunSpec
-    from .progress import RichProgress
-
-    chosen = dict(
-        steps=steps, lr=lr, rank=rank, alpha=alpha, lora_dropout=lora_dropout, augment=augment,
-        text_kind=text_kind, neftune_alpha=neftune_alpha,
-        batch_size=batch_size, grad_accum=grad_accum, seq_len=seq_len, val_fraction=val_fraction,
-        eval_every=eval_every, patience=patience, precision=precision,
-        target_modules=target_modules, prompts=prompt or None, threads=threads,
-    )
-    spec = RunSpec.build(kind="text", data=[str(p) for p in data], base=base, preset=preset, seed=seed,
-                         settings=chosen)
-    with RichProgress() as progress:
-        result = spec.train(out, resume=resume, on_event=progress, cancel=cancel_on_ctrl_c(out))
-    _print_text_result(result)
 
 
 def _print_text_result(result) -> None:
@@ -112,8 +68,8 @@ def sample_cmd(
     """Generate from a trained adapter (text completions, or an image grid for image runs)."""
     from trainer.rundir import RunDir
 
-    kind = RunDir.open(run).read_metrics().get("kind", "text")
-    if kind == "image":
+    kind = kinds.get(RunDir.open(run).read_metrics().get("kind", kinds.DEFAULT.name))
+    if kind.makes_images:
         from trainer.image.sample import sample_run  # noqa: PLC0415 (image stack is heavy)
 
         for path in sample_run(run, prompts=prompt, seed=seed, count=count):
@@ -156,6 +112,9 @@ def demo_cmd(
         result = run_demo(out, steps=steps, on_event=progress)
     _print_text_result(result)
 
+
+# ``loracord train text``: its options are the text config's settings (loracord.options).
+train_app.command("text")(train_command(TEXT, "LoRA-fine-tune a language model on a few texts.", _print_text_result))
 
 # Commands from other parts (image training, queue, bot).
 registry.register(app, train_app)

@@ -14,13 +14,11 @@ from typing import Optional
 
 import typer
 
+from trainer import kinds
 from trainer.errors import ConfigError
 from trainer.folds import FOLDS_BELOW
 
-
-class Kind(str, Enum):
-    text = "text"
-    image = "image"
+Kind = Enum("Kind", {name: name for name in kinds.names()}, type=str)  # the kinds of run (trainer.kinds)
 
 
 class PresetName(str, Enum):
@@ -42,7 +40,7 @@ def register(app: typer.Typer) -> None:
 
 
 def tune_cmd(
-    kind: Kind = typer.Argument(..., help="What to train: 'text' or 'image'."),
+    kind: Kind = typer.Argument(..., help=f"What to train: {kinds.choices()}."),
     data: list[Path] = typer.Argument(..., help="Dataset files (text), or image files, folders or zips (image)."),
     out: Path = typer.Option(..., "--out", "-o", help="Search folder: study.db, trials/, table, chart, best-run/."),
     trials: Optional[int] = typer.Option(8, "--trials", "-n", help="Finished trials the study should hold (a resume runs the rest)."),
@@ -67,8 +65,8 @@ def tune_cmd(
 
     console = Console()
     settings = parse_settings(set_ or [])
-    if base is None and kind == Kind.image:
-        raise typer.BadParameter("image searches need --base (a diffusers pipeline folder or hub id)")
+    if base is None and kinds.get(kind.value).needs_base:
+        raise typer.BadParameter(f"{kind.value} searches need --base (a diffusers pipeline folder or hub id)")
     run_seed = settings.pop("seed", 0)  # --set seed=N is the runs' seed; --seed the sampler's
     spec = RunSpec.build(kind=kind.value, data=[str(p) for p in data], base=base, preset=preset.value, seed=run_seed,
                          settings=settings, tune=dict(
@@ -81,7 +79,7 @@ def tune_cmd(
 
 
 def presets_cmd(
-    kind: Kind = typer.Argument(..., help="'text' or 'image'."),
+    kind: Kind = typer.Argument(..., help=f"{kinds.choices()}."),
     data: list[Path] = typer.Argument(..., help="The dataset the presets are sized to."),
     base: Optional[str] = typer.Option(None, help="Base model (text: its tokenizer counts the tokens)."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Trainer setting KEY=VALUE that sizing depends on (seq_len, batch_size)."),
@@ -94,8 +92,8 @@ def presets_cmd(
     from trainer.tune import probe_data
 
     fixed = {**parse_settings(set_ or []), "data": [str(p) for p in data], **({"base": base} if base else {})}
-    if kind == Kind.image and not base:
-        raise typer.BadParameter("image presets need --base")
+    if kinds.get(kind.value).needs_base and not base:
+        raise typer.BadParameter(f"{kind.value} presets need --base")
     table = Table("preset", "steps", "rank", "lr", "lora_dropout", "augment", title="presets for this dataset")
     for name in PRESETS:
         probe = probe_data(kind.value, fixed, name)

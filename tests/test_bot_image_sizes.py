@@ -18,6 +18,7 @@ import zipfile
 
 import pytest
 
+from bot.cogs.train import run_spec
 from bot.config import BotSettings
 from tests.bot_world import *  # noqa: F401,F403
 from tests.image_fixtures import image_bytes, pattern_image, tiny_sd  # noqa: F401
@@ -180,7 +181,7 @@ async def test_fewer_than_five_images_are_refused_at_the_bot_and_at_the_queue(wo
 
     # a job that reaches the queue anyway (an old client, a script) fails at once, not after retries
     session = db.session_by_thread(thread.id)
-    spec = svc.run_spec(session, "quick", {"steps": 1})
+    spec = run_spec(svc, session, "quick", {"steps": 1})  # the spec /train would build (bot.cogs.train)
     job = svc.queue.submit(spec.job_kind, spec.to_job(), session_id=session.id, guild_id=session.guild_id,
                            user_id=w.alice.id)
     await pump_until(w.env, lambda: db.get_job(job.id).finished, timeout=120, what="the 3-image job")

@@ -49,7 +49,8 @@ async def test_train_status_ranks_trials_and_shows_votes(world):
     db = world.env.bot.services.db
     session = db.session_by_thread(thread.id)
     job = finished_tune_job(world, session.id)
-    liked = db.add_sample(blob_hash="a" * 64, job_id=job.id, session_id=session.id, prompt="p", seed=0, trial=0)
+    wrote = world.env.bot.services.blobs.put_bytes(b"p, and then the fox")  # what the trial's adapter wrote
+    liked = db.add_sample(blob_hash=wrote, job_id=job.id, session_id=session.id, prompt="p", seed=0, trial=0)
     db.record_vote(liked.id, world.alice.id, 1)
 
     status = await world.alice.slash(thread, "train status", job=job.id)
@@ -58,3 +59,4 @@ async def test_train_status_ranks_trials_and_shows_votes(world):
     assert lines[0].startswith("#1: 2.4120 (complete)")  # lowest validation loss first
     assert lines[1].startswith("#0: 2.5100 (complete), votes +1")
     assert lines[2].startswith("#2: 9.5000 (pruned)")
+    assert fields["Best samples by votes"].startswith("#1 (job #1) score +1: “p, and then the fox” (prompt: p)")

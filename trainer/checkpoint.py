@@ -30,12 +30,25 @@ def load_trainable(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> 
             params[name].copy_(tensor.to(params[name].device, params[name].dtype))
 
 
-def lr_factor(step: int, warmup: int, total: int) -> float:
-    """The learning-rate schedule of every run: linear warm-up, then cosine decay to 10% of the peak."""
+def lr_factor(step: int, warmup: int, total: int, schedule: str = "cosine") -> float:
+    """The learning rate at ``step`` as a share of the peak: linear warm-up over ``warmup`` steps,
+    then ``schedule`` (``TrainConfig.lr_scheduler``): cosine decay to 10% of the peak, a straight
+    line down to the same 10%, or the peak held (constant)."""
     if step < warmup:
         return (step + 1) / (warmup + 1)
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if schedule == "constant":
+        return 1.0
+    if schedule == "linear":
+        return 1.0 - 0.9 * progress
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def lr_schedule(optimizer: torch.optim.Optimizer, config) -> torch.optim.lr_scheduler.LambdaLR:
+    """The scheduler of a run of ``config`` (its ``steps``, ``warmup_ratio`` and ``lr_scheduler``)."""
+    warmup = int(config.warmup_ratio * config.steps)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, warmup, config.steps, config.lr_scheduler))
 
 
 def rng_state() -> dict[str, Any]:

@@ -15,10 +15,10 @@ from __future__ import annotations
 import math
 from typing import Literal
 
+from . import kinds
 from .errors import ConfigError
 
 Preset = Literal["quick", "balanced", "best"]
-Kind = Literal["text", "image"]
 PRESETS: tuple[Preset, ...] = ("quick", "balanced", "best")
 
 
@@ -52,31 +52,40 @@ def regularisation_off(text_kind: str | None, preset: Preset | None = None, n_tr
             f"(docs/benchmarks.md); they stay on below {UNREGULARISED_FROM} training examples, where they helped")
 
 
-def preset_overrides(kind: Kind, preset: Preset | None, n_examples: int, *, train_tokens: int | None = None,
-                     tokens_per_step: int | None = None, text_kind: str | None = None) -> dict:
+def preset_overrides(kind: str, preset: Preset | None, n_examples: int, **sizing) -> dict:
     """The knobs ``preset`` sets for a ``kind`` dataset of ``n_examples`` training examples.
 
     Text needs ``train_tokens`` (tokens in the training split) and ``tokens_per_step``
     (batch x sequence length x accumulation) to size steps by epochs; image steps are sized
     per image. ``text_kind`` (``trainer.text.kinds``: what the text is) switches augmentation
     and LoRA dropout off where the ablation found they do not help (``regularisation_off``).
-    ``None`` means ``balanced``. Raises ``ConfigError`` for an unknown kind or preset.
+    ``None`` means ``balanced``. Each kind's row is its ``RunKind.presets`` (``text_presets``,
+    ``image_presets``). Raises ``ConfigError`` for an unknown kind or preset.
     """
+    sized = kinds.get(kind).part("presets")
     preset = preset or "balanced"
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     if n_examples < 1:
         raise ConfigError("a preset needs at least one training example")
-    if kind == "text":
-        if train_tokens is None or tokens_per_step is None:
-            raise ConfigError("text presets need train_tokens and tokens_per_step")
-        knobs = _text(preset, n_examples, train_tokens, tokens_per_step)
-        if regularisation_off(text_kind, preset, n_examples):
-            knobs.update(lora_dropout=0.0, augment=0.0)
-        return knobs
-    if kind == "image":
-        return _image(preset, n_examples)
-    raise ConfigError(f"unknown kind {kind!r}; choose 'text' or 'image'")
+    return sized(preset, n_examples, **sizing)
+
+
+def text_presets(preset: Preset, n: int, *, train_tokens: int | None = None, tokens_per_step: int | None = None,
+                 text_kind: str | None = None) -> dict:
+    """Text runs' row of the table: epochs over the packed tokens, sized by the data's size."""
+    if train_tokens is None or tokens_per_step is None:
+        raise ConfigError("text presets need train_tokens and tokens_per_step")
+    knobs = _text(preset, n, train_tokens, tokens_per_step)
+    if regularisation_off(text_kind, preset, n):
+        knobs.update(lora_dropout=0.0, augment=0.0)
+    return knobs
+
+
+def image_presets(preset: Preset, n: int, **_text_sizing) -> dict:
+    """Image runs' row of the table: steps per training image, as DreamBooth-LoRA recipes count them
+    (the token counts that size text runs do not apply)."""
+    return _image(preset, n)
 
 
 def _text(preset: Preset, n: int, train_tokens: int, tokens_per_step: int) -> dict:

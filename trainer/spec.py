@@ -10,8 +10,9 @@ A ``RunSpec`` says what to train (``kind``, ``base``), on what (local ``data`` p
   unchanged through the queue to the worker, which only adds the local ``data`` paths after
   materializing the manifest (``materialize``), and to the job process.
 - The trainer reads it as is: ``train_config`` makes the kind's ``TextTrainConfig`` or
-  ``ImageTrainConfig`` from it, and the trainer sizes every knob nobody chose from the preset
-  (``trainer.presets``), the same way for text and images, from the bot and from the CLI.
+  ``ImageTrainConfig`` from it (the kind's record, ``trainer.kinds``, names its config and its
+  trainer), and the trainer sizes every knob nobody chose from the preset (``trainer.presets``),
+  the same way for text and images, from the bot and from the CLI.
 - ``settings`` holds only what somebody chose, so a quick-tries search varies exactly the
   searched knobs (``trainer.tune.SEARCHED``) that are not in it.
 
@@ -28,11 +29,12 @@ from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from . import kinds
 from .config import problems, settings_error
 from .errors import ConfigError
 from .presets import Preset
 
-Kind = Literal["text", "image"]
+Kind = Literal[kinds.names()]
 Pruner = Literal["successive-halving", "hyperband", "median", "none"]
 SPEC_VERSION = 1
 METADATA_FILE = "metadata.jsonl"  # the imagefolder captions file that trainer.image.data reads
@@ -69,6 +71,7 @@ class DatasetManifest(BaseModel):
         """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        captioned = kinds.get(kind).captioned
         paths, rows = [], []
         for index, item in enumerate(self.items):
             name = f"{index:04d}-{PurePosixPath(item.filename.replace(chr(92), '/')).name or 'file'}"
@@ -76,7 +79,7 @@ class DatasetManifest(BaseModel):
             if not path.exists():
                 fetch(item.blob, path)
             paths.append(str(path))
-            if kind == "image" and item.caption and item.caption.strip():
+            if captioned and item.caption and item.caption.strip():
                 rows.append({"file_name": name, "text": item.caption.strip()})
         if rows:
             metadata = folder / METADATA_FILE
@@ -112,7 +115,7 @@ class RunSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     spec: Literal[1] = Field(SPEC_VERSION, description="Format version, so stored jobs can be read later.")
-    kind: Kind = Field(description="'text' or 'image'.")
+    kind: Kind = Field(description=f"{kinds.choices()}.")
     base: str | None = Field(None, description="Base model; None: the built-in text model (image runs need one).")
     preset: Preset | None = Field(None, description="Preset that sizes every knob nobody chose; None: 'balanced'.")
     seed: int = Field(0, description="Seed of the run: split, augmentation, initialisation, samples.")
@@ -151,7 +154,7 @@ class RunSpec(BaseModel):
             if isinstance(settings, dict):
                 found += ["config: " + p for p in _combination_problems(
                     kind, kwargs.get("base"), settings, kwargs.get("data"), kwargs.get("dataset"))]
-                if kind in ("text", "image"):
+                if kind in kinds.KINDS:
                     chosen = {k: v for k, v in settings.items() if v is not None and k not in OWN_FIELDS}
                     found += _settings_problems(kind, {**chosen, "data": ["data"], "out": "check", "base": "base"})
             raise settings_error(list(dict.fromkeys(found))) from None
@@ -208,7 +211,7 @@ class RunSpec(BaseModel):
             values["dataset"] = {"items": [{"blob": digest, "filename": name} for digest, name in blobs]}
             values["data"] = []  # the bot's own copies; the worker fetches the blobs
         if job_kind == "tune":
-            kind = config.pop("kind", "text")
+            kind = config.pop("kind", kinds.DEFAULT.name)
             settings = dict(config.pop("settings", None) or {})
             values["tune"] = {k: config.pop(k) for k in list(config) if k in TuneOptions.model_fields}
         else:
@@ -254,13 +257,7 @@ class RunSpec(BaseModel):
     def train(self, out: str | Path, *, resume: bool = False, on_event=None, cancel=None):
         """Train one run into ``out``; returns the trainer's result."""
         config = self.train_config(out, resume=resume)
-        if self.kind == "text":
-            from .text.train import train_text
-
-            return train_text(config, on_event=on_event, cancel=cancel)
-        from .image.train import train_image
-
-        return train_image(config, on_event=on_event, cancel=cancel)
+        return kinds.get(self.kind).part("train")(config, on_event=on_event, cancel=cancel)
 
     def search(self, out: str | Path, *, on_trial=None, on_event=None, cancel=None):
         """Run the quick-tries search into ``out``; returns ``trainer.tune.TuneResult``."""
@@ -279,8 +276,9 @@ def _combination_problems(kind, base, settings: dict, data, dataset) -> list[str
         found.append(f"{', '.join(own)} is not a trainer setting here; give it as the run's own field")
     if not data and dataset is None:
         found.append("give the data to train on (files, folders or zips), or a dataset manifest")
-    if kind == "image" and not base:
-        found.append("image runs need a base pipeline (a hub id or a local diffusers folder)")
+    needs_base = kinds.KINDS[kind].needs_base if kind in kinds.KINDS else None
+    if needs_base and not base:
+        found.append(needs_base)
     return found
 
 
@@ -293,13 +291,5 @@ def _settings_problems(kind: str, values: dict) -> list[str]:
 
 
 def config_class(kind: str):
-    """The trainer config class of ``kind``."""
-    if kind == "text":
-        from .text.config import TextTrainConfig
-
-        return TextTrainConfig
-    if kind == "image":
-        from .image.config import ImageTrainConfig
-
-        return ImageTrainConfig
-    raise ConfigError(f"unknown kind {kind!r}; choose 'text' or 'image'")
+    """The trainer config class of ``kind``; ``ConfigError`` for an unknown kind."""
+    return kinds.get(kind).config_class

@@ -44,13 +44,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
+from . import kinds
 from .cancel import CancelToken
 from .errors import Cancelled, ConfigError, TrainingError
 from .events import EventCallback, ProgressEvent
 from .folds import cv_budget, fold_steps, folds_for
 from .presets import Preset
 
-Kind = Literal["text", "image"]
+Kind = Literal[kinds.names()]
 Pruner = Literal["successive-halving", "hyperband", "median", "none"]
 SEARCHED = ("lr", "rank", "lora_dropout", "augment", "steps")
 RANKS = (4, 8, 16, 32)
@@ -229,16 +230,14 @@ def tune(kind: Kind, data: Sequence[str | Path], out: str | Path, *, base: str |
 
 
 def probe_data(kind: Kind, fixed: dict[str, Any], preset: Preset) -> Probe:
-    """Read the data once, size the preset to it, and fix the validation cadence of all trials."""
-    if kind == "text":
-        probe = _probe_text(fixed, preset)
-    else:
-        probe = _probe_image(fixed, preset)
+    """Read the data once, size the preset to it, and fix the validation cadence of all trials
+    (the kind's ``probe``: ``probe_text``, ``probe_image``)."""
+    probe = kinds.get(kind).part("probe")(fixed, preset)
     probe.folds = 0 if fixed.get("holdout") else folds_for(probe.n_examples)
     return probe
 
 
-def _probe_text(fixed: dict[str, Any], preset: Preset) -> Probe:
+def probe_text(fixed: dict[str, Any], preset: Preset) -> Probe:
     from transformers import AutoTokenizer
 
     from .models import resolve_base
@@ -248,7 +247,7 @@ def _probe_text(fixed: dict[str, Any], preset: Preset) -> Probe:
     from .text.packing import encode
     from .text.presets import size_defaults
 
-    config = _build_config("text", {**fixed, "out": "probe", "preset": preset})
+    config = _build_config(kinds.TEXT.name, {**fixed, "out": "probe", "preset": preset})
     dataset = load_text_dataset(config.data, val_fraction=config.val_fraction, seed=config.seed)
     tokenizer = AutoTokenizer.from_pretrained(resolve_base(config.base), trust_remote_code=False)
     if tokenizer.pad_token is None:
@@ -264,15 +263,16 @@ def _probe_text(fixed: dict[str, Any], preset: Preset) -> Probe:
                  n_examples=len(dataset.train) + len(dataset.val))
 
 
-def _probe_image(fixed: dict[str, Any], preset: Preset) -> Probe:
+def probe_image(fixed: dict[str, Any], preset: Preset) -> Probe:
     from .image.data import load_images, training_limits
-    from .image.presets import size_defaults
+    from .image.presets import run_sizes, size_defaults
     from .image.train import split
 
-    config = _build_config("image", {**fixed, "out": "probe", "preset": preset})
-    dataset = load_images(config.data, instance_prompt=config.instance_prompt, limits=training_limits(config))
+    config = _build_config(kinds.IMAGE.name, {**fixed, "out": "probe", "preset": preset})
+    sizes = run_sizes(config)  # the same sizing a training run does, resolved once
+    dataset = load_images(config.data, instance_prompt=config.instance_prompt, limits=training_limits(config, sizes))
     train, _ = split(dataset.examples, config.val_fraction, config.seed)
-    sized = size_defaults(config, len(train))  # the same sizing a training run does
+    sized = size_defaults(config, len(train), sizes)
     baseline = {k: getattr(sized, k) for k in SEARCHED}
     return Probe(len(train), baseline, _eval_every(fixed, baseline["steps"]), n_examples=len(dataset.examples))
 
@@ -331,8 +331,8 @@ def cv_summary(rows: list[TrialRow], probe: Probe) -> dict[str, Any] | None:
 def check_search(kind, trials, budget_minutes, grid, settings, pruner) -> list[str]:
     """Every problem with a search's options, as lines (``trainer.spec`` checks specs with it)."""
     problems = []
-    if kind not in ("text", "image"):
-        problems.append(f"kind must be 'text' or 'image', not {kind!r}")
+    if kind not in kinds.KINDS:
+        problems.append(f"kind must be {kinds.choices()}, not {kind!r}")
     if trials is None and budget_minutes is None:
         problems.append("give a number of trials, a budget in minutes, or both")
     if trials is not None and trials < 1:
@@ -347,8 +347,10 @@ def check_search(kind, trials, budget_minutes, grid, settings, pruner) -> list[s
     for name, values in (grid or {}).items():
         if not isinstance(values, (list, tuple)) or not values:
             problems.append(f"grid value list for {name!r} is empty")
-        if name == "epochs" and kind != "text":
-            problems.append("grid 'epochs' works for text only; search 'steps' for images")
+        takes = [k.name for k in kinds.KINDS.values() if name in k.grid_extras]
+        if takes and kind in kinds.KINDS and kind not in takes:
+            problems.append(f"grid '{name}' works for {' and '.join(takes)} only; search 'steps' for "
+                            f"{kinds.KINDS[kind].units}")
         if name in settings:
             problems.append(f"{name!r} is both fixed in settings and in the grid")
     return problems
@@ -814,23 +816,11 @@ def trial_settings(params: dict[str, Any], probe: Probe) -> dict[str, Any]:
 
 
 def _build_config(kind: Kind, values: dict[str, Any]):
-    if kind == "text":
-        from .text.config import TextTrainConfig
-
-        return TextTrainConfig.build(**values)
-    from .image.config import ImageTrainConfig
-
-    return ImageTrainConfig.build(**values)
+    return kinds.get(kind).config_class.build(**values)
 
 
 def _train(kind: Kind, config, on_event: EventCallback, cancel: CancelToken):
-    if kind == "text":
-        from .text.train import train_text
-
-        return train_text(config, on_event=on_event, cancel=cancel)
-    from .image.train import train_image
-
-    return train_image(config, on_event=on_event, cancel=cancel)
+    return kinds.get(kind).part("train")(config, on_event=on_event, cancel=cancel)
 
 
 def _full_run(kind: Kind, folder: Path, fixed: dict, probe: Probe, params: dict, on_event, cancel) -> float | None:

@@ -1,9 +1,16 @@
-"""``/adapter export``: the trained adapter as a zip, posted when it fits the upload limit."""
+"""``/adapter export``: the trained adapter as a zip, posted when it fits the upload limit.
+
+The zip is made here (``zip_adapter``), off the event loop: it carries the adapter's files as
+others load them, never a path of the worker that trained it, and always a model card.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import math
+import shutil
+import zipfile
+from pathlib import Path
 from typing import Optional
 
 import discord
@@ -14,7 +21,6 @@ from trainer.models import loadable_name
 
 from ..client import LoracordBot
 from ..jobpick import pick_job
-from ..services import zip_adapter
 
 
 def file_size(size: int) -> str:
@@ -25,13 +31,78 @@ def file_size(size: int) -> str:
     return f"{max(1, math.ceil(size / 1024))} KB"
 
 
+def zip_adapter(blobs, manifest_hash: str, dest: Path, *, base: str | None = None, metrics: dict | None = None,
+                run_files: dict[str, str] | None = None) -> Path:
+    """Write the adapter tree as one zip file (off the event loop: it reads every blob).
+
+    The zip never carries a path of the worker that trained it, and always a card. Adapters
+    stored before runs wrote their card (``trainer.card``) name their base by that worker's
+    folder: in the zip, ``adapter_config.json`` names ``base`` as others load it (a built-in's
+    hub id, a local folder's name), and a README.md that is not loracord's card, or holds a host
+    path, is replaced by (a missing one added as) the card made from the run's metrics.json and
+    samples.json (``run_files``: the job's stored files by name; ``metrics``: the adapter's own
+    numbers where metrics.json is missing). The stored blobs stay as they are.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(".part")
+    files = blobs.tree_files(manifest_hash)
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
+        for rel, blob_hash in sorted(files.items()):
+            data = blobs.get_bytes(blob_hash)
+            if rel in ("adapter_config.json", "README.md"):
+                data = _portable_adapter_file(blobs, rel, data, base=base, metrics=metrics, run_files=run_files)
+            archive.writestr(rel, data)
+        if "README.md" not in files:  # image adapters stored before runs wrote a card had none
+            archive.writestr("README.md", _portable_adapter_file(blobs, "README.md", b"", base=base, metrics=metrics,
+                                                                 run_files=run_files))
+    shutil.move(tmp, dest)
+    return dest
+
+
+def _portable_adapter_file(blobs, rel: str, data: bytes, *, base: str | None, metrics: dict | None,
+                           run_files: dict[str, str] | None) -> bytes:
+    """An adapter's config or card as the zip carries it: base named as others load it, no host paths."""
+    import json
+
+    import yaml
+    from huggingface_hub import ModelCard
+
+    from trainer.card import model_card, portable_adapter_config
+    from trainer.hostpaths import scrub_paths
+
+    if rel == "adapter_config.json":
+        try:
+            config = json.loads(data)
+        except ValueError:
+            return data  # not peft's file; nothing of ours to fix
+        if not isinstance(config, dict) or "base_model_name_or_path" not in config:
+            return data
+        return json.dumps(portable_adapter_config(config, base or ""), indent=2, sort_keys=True).encode()
+    text = data.decode("utf-8", errors="replace")
+    try:
+        ours = "loracord" in (ModelCard(text, ignore_metadata_errors=True).data.tags or [])
+    except (ValueError, yaml.YAMLError):  # a header that does not parse: not a card to keep
+        ours = False
+    if ours and scrub_paths(text) == text:
+        return data  # the run wrote its card already
+
+    def stored(name: str):
+        digest = (run_files or {}).get(name)
+        return json.loads(blobs.get_bytes(digest)) if digest and blobs.exists(digest) else None
+
+    run_metrics = stored("metrics.json") or {**(metrics or {}), "kind": (metrics or {}).get("kind", "text")}
+    if base:
+        run_metrics = {**run_metrics, "base": base}
+    return str(model_card(run_metrics, stored("samples.json"))).encode()
+
+
 class AdapterCog(commands.GroupCog, group_name="adapter", group_description="Trained LoRA adapters"):
     def __init__(self, bot: LoracordBot):
         self.bot = bot
         self.svc = bot.services
 
     async def export(self, interaction: discord.Interaction, job, note: str | None = None) -> None:
-        adapter = await self.bot.db(self.svc.db.adapter_for_job, job.id)
+        adapter = await self.bot.db(self.svc.jobs.adapter, job.id)
         await interaction.response.defer(thinking=True)
         dest = self.svc.settings.data_dir / "exports" / f"loracord-job-{job.id}-adapter.zip"
         path = await asyncio.to_thread(zip_adapter, self.svc.blobs, adapter.blob_hash, dest, base=adapter.base_model,
@@ -54,14 +125,14 @@ class AdapterCog(commands.GroupCog, group_name="adapter", group_description="Tra
     @app_commands.command(name="export", description="Download a trained adapter: a zip of its files and a model card that says how to load it")
     @app_commands.describe(job="Which run (default: the newest with an adapter)")
     async def export_cmd(self, interaction: discord.Interaction, job: Optional[app_commands.Range[int, 1]] = None) -> None:
-        session = await self.bot.db(self.svc.session_here, interaction.channel_id)
-        found, note = await self.bot.db(pick_job, self.svc, session, job, need="adapter")
+        session = await self.bot.db(self.svc.sessions.session_here, interaction.channel_id)
+        found, note = await self.bot.db(pick_job, self.svc.jobs, session, job, need="adapter")
         await self.export(interaction, found, note)
 
     async def from_button(self, interaction: discord.Interaction, job_id: int) -> None:
-        job = await self.bot.db(self.svc.job, job_id)
-        session = await self.bot.db(self.svc.db.get_session, job.session_id)
-        await self.export(interaction, await self.bot.db(self.svc.job_for, session, job_id, need_adapter=True))
+        job = await self.bot.db(self.svc.jobs.job, job_id)
+        session = await self.bot.db(self.svc.sessions.get, job.session_id)
+        await self.export(interaction, await self.bot.db(self.svc.jobs.job_for, session, job_id, need_adapter=True))
 
 
 async def setup(bot: LoracordBot) -> None:

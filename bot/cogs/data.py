@@ -18,6 +18,7 @@ from ..client import LoracordBot, actor_of
 from ..ingest import CheckResult, Rejected, accepted_extensions, check_uploads
 from ..report import TARGETS, first_run, report_card
 from ..services import Actor
+from trainer import kinds
 from trainer.errors import UserError
 from trainer.limits import MAX_FILE_BYTES
 
@@ -86,20 +87,21 @@ class DataCog(commands.GroupCog, group_name="data", group_description="The sessi
 
     async def ingest(self, session, actor: Actor, attachments: list[discord.Attachment], caption: str | None,
                      limit: int) -> discord.Embed:
-        gs = await self.bot.db(self.svc.guild_settings, session.guild_id)
-        limit = min(limit, int(float(self.bot.config.limit("max_file_mb", gs)) * 2**20), MAX_FILE_BYTES)
+        max_file_mb = await self.bot.db(self.svc.server.limit, session.guild_id, "max_file_mb")
+        limit = min(limit, int(float(max_file_mb) * 2**20), MAX_FILE_BYTES)
         keep, too_big = self._split_by_size(attachments, limit)
         # URLs expire: download now. An attachment's description (its alt text) is its caption.
         uploads = [(a.filename, await a.read(), a.description) for a in keep]
         # Images are checked against the size the session trains at, by the trainer's own rule.
-        sizes = await self.bot.db(self.svc.image_sizes, session) if session.kind == "image" else None
+        sized = kinds.get(session.kind).sized_to_device
+        sizes = await self.bot.db(self.svc.sizes.image_sizes, session) if sized else None
         result = await asyncio.to_thread(check_uploads, session.kind, uploads, self.svc.blobs, caption=caption,
                                          resolution=sizes and sizes.resolution)
         result.rejected[:0] = too_big
-        added, duplicates = await self.bot.db(self.svc.add_items, session, actor, result)
-        items = await self.bot.db(self.svc.items, session)
+        added, duplicates = await self.bot.db(self.svc.data.add_items, session, actor, result)
+        items = await self.bot.db(self.svc.data.items, session)
         total, advice = sum(int(i.checks.get("examples", 1)) for i in items), []
-        if session.kind == "text" and items and added:
+        if kinds.get(session.kind).card_on_upload and items and added:
             # Advice about the dataset comes from the whole dataset (read as the trainer reads it),
             # not from this upload alone. Images are not re-decoded on every upload: `/data report` does that.
             card = await asyncio.to_thread(report_card, session.kind, items, self.svc.blobs)
@@ -112,8 +114,8 @@ class DataCog(commands.GroupCog, group_name="data", group_description="The sessi
 
     async def ingest_interaction(self, interaction: discord.Interaction, attachments: list[discord.Attachment],
                                  caption: str | None) -> None:
-        session = await self.bot.db(self.svc.session_here, interaction.channel_id)
-        await self.bot.db(self.svc.check_dataset_room, session, actor_of(interaction), len(attachments),
+        session = await self.bot.db(self.svc.sessions.session_here, interaction.channel_id)
+        await self.bot.db(self.svc.data.check_dataset_room, session, actor_of(interaction), len(attachments),
                           sum(a.size for a in attachments))
         await interaction.response.defer(thinking=True)
         embed = await self.ingest(session, actor_of(interaction), attachments, caption, interaction.filesize_limit)
@@ -130,16 +132,16 @@ class DataCog(commands.GroupCog, group_name="data", group_description="The sessi
                   caption: Optional[app_commands.Range[str, 1, 500]] = None) -> None:
         attachments = [a for a in (file, file2, file3, file4, file5) if a is not None]
         if not attachments:
-            session = await self.bot.db(self.svc.session_here, interaction.channel_id)
-            await self.bot.db(self.svc.require, session, actor_of(interaction), "contribute")
+            session = await self.bot.db(self.svc.sessions.session_here, interaction.channel_id)
+            await self.bot.db(self.svc.sessions.require, session, actor_of(interaction), "contribute")
             await interaction.response.send_modal(UploadModal(self))
             return
         await self.ingest_interaction(interaction, attachments, caption)
 
     @app_commands.command(name="list", description="List the dataset's files with their uploaders")
     async def list_(self, interaction: discord.Interaction) -> None:
-        session = await self.bot.db(self.svc.session_here, interaction.channel_id)
-        items = await self.bot.db(self.svc.items, session)
+        session = await self.bot.db(self.svc.sessions.session_here, interaction.channel_id)
+        items = await self.bot.db(self.svc.data.items, session)
         if not items:
             await interaction.response.send_message("The dataset is empty: add files with `/data add`.", ephemeral=True)
             return
@@ -153,21 +155,22 @@ class DataCog(commands.GroupCog, group_name="data", group_description="The sessi
     @app_commands.command(name="remove", description="Remove one file from the dataset (its uploader, owner or manager)")
     @app_commands.describe(item="The item number shown by /data list")
     async def remove(self, interaction: discord.Interaction, item: app_commands.Range[int, 1]) -> None:
-        session = await self.bot.db(self.svc.session_here, interaction.channel_id)
-        removed = await self.bot.db(self.svc.remove_item, session, actor_of(interaction), item)
+        session = await self.bot.db(self.svc.sessions.session_here, interaction.channel_id)
+        removed = await self.bot.db(self.svc.data.remove_item, session, actor_of(interaction), item)
         await interaction.response.send_message(f"Removed #{removed.id} `{removed.filename}` from the dataset.")
 
     @app_commands.command(name="report", description="Grade the dataset: counts, duplicates, sizes, captions, advice, preset")
     async def report(self, interaction: discord.Interaction) -> None:
-        session = await self.bot.db(self.svc.session_here, interaction.channel_id)
-        items = await self.bot.db(self.svc.items, session)
-        sizes = await self.bot.db(self.svc.image_sizes, session) if session.kind == "image" else None
+        session = await self.bot.db(self.svc.sessions.session_here, interaction.channel_id)
+        items = await self.bot.db(self.svc.data.items, session)
+        sized = kinds.get(session.kind).sized_to_device
+        sizes = await self.bot.db(self.svc.sizes.image_sizes, session) if sized else None
         await interaction.response.defer(thinking=True)
-        tuned = next((j.result.get("metrics") for j in await self.bot.db(self.svc.db.list_jobs, session_id=session.id,
+        tuned = next((j.result.get("metrics") for j in await self.bot.db(self.svc.jobs.find, session=session,
                                                                           status="done") if j.kind == "tune"), None)
         config = self.bot.config
         card = await asyncio.to_thread(report_card, session.kind, items, self.svc.blobs, sizes=sizes, tuned=tuned,
-                                       settings=config.text_train_defaults,
+                                       settings=config.train_defaults(session.kind),
                                        posted_files=config.session_threads and config.message_content)
         embed = discord.Embed(title=f"Report card · session #{session.id} ({session.kind})",
                               description="\n".join(card.lines) or "No data yet.",
@@ -185,13 +188,13 @@ class DataCog(commands.GroupCog, group_name="data", group_description="The sessi
     async def on_message(self, message: discord.Message) -> None:
         if message.author.bot or not message.attachments or not isinstance(message.channel, discord.Thread):
             return
-        session = await self.bot.db(self.svc.db.session_by_thread, message.channel.id)
+        session = await self.bot.db(self.svc.sessions.in_channel, message.channel.id)
         if session is None or session.status == "deleted":
             return
         perms = message.channel.permissions_for(message.author)
         actor = Actor(message.author.id, manager=perms.manage_guild or perms.administrator)
         try:
-            await self.bot.db(self.svc.check_dataset_room, session, actor, len(message.attachments),
+            await self.bot.db(self.svc.data.check_dataset_room, session, actor, len(message.attachments),
                               sum(a.size for a in message.attachments))
         except UserError as exc:
             await message.reply(f"I did not add these files: {exc}")

@@ -45,6 +45,22 @@ def commands_table(tree: app_commands.CommandTree) -> str:
     return "\n".join(lines) + "\n"
 
 
+def options_table(tree: app_commands.CommandTree, name: str) -> str:
+    """The Markdown table of one command's options (docs/commands.md): each option's values (its
+    range or choices, as Discord enforces them) and description, as the command declares them."""
+    command = next(c for c in tree.walk_commands() if c.qualified_name == name)
+    lines = ["| Option | Values | What it sets |", "| --- | --- | --- |"]
+    for p in command.parameters:
+        if p.choices:
+            values = ", ".join(str(c.value) for c in p.choices)
+        elif p.min_value is not None or p.max_value is not None:
+            values = f"{p.min_value:g} to {p.max_value:g}" if p.max_value is not None else f"{p.min_value:g} or more"
+        else:
+            values = p.type.name
+        lines.append(f"| `{p.name}` | {values} | {p.description} |")
+    return "\n".join(lines) + "\n"
+
+
 class HelpCog(commands.Cog):
     def __init__(self, bot: LoracordBot):
         self.bot = bot

@@ -8,11 +8,29 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from trainer.kinds import IMAGE
+
 from ..client import LoracordBot, actor_of
 from ..display import model_name
+from ..options import Setting
+from ..services import Actor, Refusal, Services
 
 LIMITS = ("max_dataset_items", "max_dataset_mb", "max_file_mb", "max_pending_jobs_per_user", "runs_per_day", "guild_runs_per_day",
           "max_jobs_per_guild")
+
+
+def store_settings(svc: Services, guild_id: int, actor: Actor, limits: dict, sizes: dict) -> tuple[dict, dict]:
+    """Store what a server manager changed (None: left as it is), image sizes first (a resolution is
+    checked against the server's image models); returns (image sizes, all the server's settings).
+    Runs on the bot's database thread."""
+    if not actor.manager:
+        raise Refusal("Only server managers (Manage Server permission) can change the server's limits.")
+    stored_sizes = svc.sizes.set_server_sizes(guild_id, **sizes)
+    settings = {}
+    for key, value in limits.items():
+        if value is not None:
+            settings = svc.server.store(guild_id, key, value)
+    return stored_sizes, settings or svc.server.settings(guild_id)
 
 
 class ServerCog(commands.GroupCog, group_name="server", group_description="Server-wide limits of loracord"):
@@ -42,18 +60,17 @@ class ServerCog(commands.GroupCog, group_name="server", group_description="Serve
                        runs_per_day: Optional[app_commands.Range[int, 1, 1000]] = None,
                        guild_runs_per_day: Optional[app_commands.Range[int, 1, 10000]] = None,
                        max_jobs_per_guild: Optional[app_commands.Range[int, 1, 100]] = None,
-                       image_resolution: Optional[app_commands.Range[int, 8, 2048]] = None,
-                       image_batch_size: Optional[app_commands.Range[int, 1, 64]] = None,
-                       image_sample_steps: Optional[app_commands.Range[int, 1, 200]] = None) -> None:
+                       image_resolution: Setting["resolution"] = None,
+                       image_batch_size: Setting["batch_size", IMAGE] = None,
+                       image_sample_steps: Setting["sample_steps"] = None) -> None:
         models = [m.strip() for m in allowed_models.split(",") if m.strip()] if allowed_models else None
         values = dict(allowed_models=models, max_dataset_items=max_dataset_items, max_dataset_mb=max_dataset_mb, max_file_mb=max_file_mb,
                       max_pending_jobs_per_user=max_pending_jobs_per_user, runs_per_day=runs_per_day,
                       guild_runs_per_day=guild_runs_per_day, max_jobs_per_guild=max_jobs_per_guild)
         svc = self.bot.services
-        sizes = await self.bot.db(svc.set_image_sizes, interaction.guild_id, actor_of(interaction),
-                                  resolution=image_resolution, batch_size=image_batch_size,
-                                  sample_steps=image_sample_steps)
-        settings = await self.bot.db(svc.set_guild_limits, interaction.guild_id, actor_of(interaction), **values)
+        sizes, settings = await self.bot.db(store_settings, svc, interaction.guild_id, actor_of(interaction), values,
+                                            dict(resolution=image_resolution, batch_size=image_batch_size,
+                                                 sample_steps=image_sample_steps))
         embed = discord.Embed(title="loracord limits on this server", colour=0x5865F2)
         models_now = settings.get("allowed_models") or self.bot.config.allowed_models
         embed.add_field(name="Allowed models", value=", ".join(f"`{model_name(m)}`" for m in models_now) or "none",

@@ -1,20 +1,125 @@
-"""``/train``: start a run (a preset or overrides), quick tries, status and cancel."""
+"""``/train``: start a run (a preset or overrides), quick tries, status and cancel.
+
+The rules of a run live here: who may start one and how many (``check_can_train``), the run
+spec it is built into (``run_spec``), and who may cancel it (``cancel_job``). They run on the
+bot's database thread and ask the shared services (``bot.services``) for what is stored.
+"""
 
 from __future__ import annotations
 
 import io
+import time
 from typing import Literal, Optional
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
+from storage.db import Job, Session
+from trainer import kinds
+from trainer.errors import ConfigError
+from trainer.limits import MIN_EXAMPLES
+from trainer.spec import RunSpec, TuneOptions
+
 from ..client import LoracordBot, actor_of
+from ..ingest import session_words
 from ..jobpick import pick_job
+from ..options import Setting, descriptions
 from ..progress import headline, progress_embed, steps_of
 from ..sampling import clean_sample, cut, no_pings
 from ..report import cv_plan, pick_preset, size_line
+from ..services import Actor, Refusal, Services, Submitted
 from ..views import job_view
+
+DAY_S = 86_400
+
+
+# ---- the rules of a run (on the bot's database thread)
+def check_quota(svc: Services, session: Session, actor: Actor) -> None:
+    """Refuse a run over the member's or the server's limits: jobs waiting, runs per day."""
+    limit_of = svc.server.limit
+    mine = svc.jobs.find(user_id=actor.user_id, unfinished=True)
+    limit = int(limit_of(session.guild_id, "max_pending_jobs_per_user"))
+    if len(mine) >= limit:
+        ids = ", ".join(f"#{j.id}" for j in mine)
+        raise Refusal(f"You already have {len(mine)} job(s) queued or running ({ids}); the limit is {limit}. "
+                      f"Wait for one to finish or `/train cancel` it.")
+    since = time.time() - DAY_S
+    today = [j for j in svc.jobs.find(user_id=actor.user_id) if (j.queued_at or 0) > since]
+    per_day = int(limit_of(session.guild_id, "runs_per_day"))
+    if len(today) >= per_day:
+        raise Refusal(f"You have started {len(today)} runs in the last 24 hours, this server's limit is {per_day}. "
+                      f"Try again tomorrow, or `/sample` the adapters you have.")
+    guild_today = [j for j in svc.jobs.find(guild_id=session.guild_id) if (j.queued_at or 0) > since]
+    guild_per_day = int(limit_of(session.guild_id, "guild_runs_per_day"))
+    if len(guild_today) >= guild_per_day:
+        raise Refusal(f"This server has started {len(guild_today)} runs in the last 24 hours (limit "
+                      f"{guild_per_day}). Try again tomorrow.")
+
+
+def check_can_train(svc: Services, session: Session, actor: Actor) -> None:
+    """The quick checks before a run is prepared: permission, quotas, enough data."""
+    svc.sessions.require(session, actor, "train")
+    check_quota(svc, session, actor)
+    have = sum(int(i.checks.get("examples", 1)) for i in svc.data.items(session))
+    need = MIN_EXAMPLES[session.kind]  # the trainer's own minimum (trainer.limits)
+    if have < need:
+        raise Refusal(f"The dataset has {have} {kinds.get(session.kind).units}; training needs at least {need}. "
+                      f"Add data with `/data add`, then check it with `/data report`.")
+
+
+def run_spec(svc: Services, session: Session, preset: str | None, chosen: dict, *,
+             tune: TuneOptions | None = None) -> RunSpec:
+    """The run spec of a run (or search) on the session's data: built and checked once, here.
+
+    ``chosen`` holds the member's options (``None``: not chosen). They and the server's
+    defaults for the kind are the spec's ``settings``; the trainer sizes every other knob
+    from ``preset``, and a search varies the searched knobs among those.
+    """
+    chosen = {k: v for k, v in chosen.items() if v is not None}
+    seed = chosen.pop("seed", 0)  # explicit, so samples and the run record which seed made them
+    config = svc.config
+    settings = {**config.train_defaults(session.kind), **chosen}
+    if kinds.get(session.kind).sized_to_device:  # sizes the server or session chose; the worker sizes the rest
+        settings.update(svc.sizes.image_sizes(session, chosen).chosen)
+    if config.train_threads:
+        settings.setdefault("threads", config.train_threads)
+    try:
+        return RunSpec.build(kind=session.kind, base=session.base_model, preset=preset, seed=seed,
+                             settings=settings, dataset=svc.data.manifest(session), tune=tune)
+    except ConfigError as exc:
+        problems = str(exc).removeprefix("invalid training settings: ")
+        raise Refusal(f"Those settings do not work: {problems}. Change them and try again.") from None
+
+
+def start_training(svc: Services, session: Session, actor: Actor, preset: str, overrides: dict) -> Submitted:
+    check_can_train(svc, session, actor)
+    spec = run_spec(svc, session, preset, overrides)
+    return svc.jobs.submit(spec.job_kind, spec.to_job(), session=session, actor=actor)
+
+
+def start_tuning(svc: Services, session: Session, actor: Actor, trials: int, steps: int | None) -> Submitted:
+    """Queue quick tries: short runs from the ``quick`` preset that vary what the member left open."""
+    check_can_train(svc, session, actor)
+    spec = run_spec(svc, session, "quick", {"steps": steps}, tune=TuneOptions(trials=trials))
+    return svc.jobs.submit(spec.job_kind, spec.to_job(), session=session, actor=actor)
+
+
+def cancel_job(svc: Services, session: Session, actor: Actor, job_id: int | None) -> Job:
+    """Cancel the named job of the session, else its newest unfinished one (its starter, the owner or a manager)."""
+    if job_id is None:
+        active = svc.jobs.find(session=session, unfinished=True)
+        if not active:
+            raise Refusal("Nothing is queued or running in this session.")
+        job = active[0]
+    else:
+        job = svc.jobs.job_for(session, job_id)
+    svc.sessions.require_author_or_manager(session, actor, job.user_id,
+                                           f"Job #{job.id} was started by <@{job.user_id}>: only they, the session "
+                                           f"owner or a server manager can cancel it.")
+    if job.finished:
+        raise Refusal(f"Job #{job.id} has already ended ({job.status}).")
+    return svc.jobs.cancel(job.id)
 
 
 def _train_cooldown(interaction: discord.Interaction) -> app_commands.Cooldown | None:
@@ -29,8 +134,8 @@ class TrainCog(commands.GroupCog, group_name="train", group_description="Train a
 
     async def _submit(self, interaction: discord.Interaction, start, intro: str) -> None:
         """Check quickly (refusals stay ephemeral), defer, prepare and queue the job, post its progress message."""
-        session = await self.bot.db(self.svc.session_here, interaction.channel_id)
-        await self.bot.db(self.svc.check_can_train, session, actor_of(interaction))
+        session = await self.bot.db(self.svc.sessions.session_here, interaction.channel_id)
+        await self.bot.db(check_can_train, self.svc, session, actor_of(interaction))
         await interaction.response.defer(thinking=True)  # copying the dataset may take a while
         submitted = await self.bot.db(start, session, actor_of(interaction))
         view = await self.bot.job_progress(submitted.job.id, interaction.guild)
@@ -41,79 +146,68 @@ class TrainCog(commands.GroupCog, group_name="train", group_description="Train a
         await self.bot.db(self.svc.state.set_progress, submitted.job.id, message.channel.id, message.id, intro)
 
     @app_commands.command(name="start", description="Train a LoRA adapter on this session's data")
+    # The settings' types, ranges and words are the trainer's declaration of each (bot.options).
     @app_commands.describe(preset="auto: the one /data report recommends; quick: a short first run; balanced: "
                                   "sized to the data; best: longer, for 100+ examples",
-                           steps="Optimizer steps (overrides the preset)", lr="Peak learning rate (overrides the preset)",
-                           rank="LoRA rank: capacity of the adapter", seed="Random seed, for a repeatable run",
-                           resolution="Image sessions: training and sample side in pixels (default: sized to the "
-                                      "base and the worker's device)",
-                           sample_steps="Image sessions: denoising steps per sample (default: sized to the device)",
-                           text_kind="Text sessions: what the text is, which decides the augmentation (auto: "
-                                     "detected, as /data report shows)")
+                           **descriptions("steps", "lr", "rank", "seed", "resolution", "sample_steps", "text_kind",
+                                          "lr_scheduler"))
     @app_commands.checks.dynamic_cooldown(_train_cooldown)
     async def start(self, interaction: discord.Interaction,
                     preset: Literal["auto", "quick", "balanced", "best"] = "auto",
-                    steps: Optional[app_commands.Range[int, 1, 100_000]] = None,
-                    lr: Optional[app_commands.Range[float, 1e-6, 1.0]] = None,
-                    rank: Optional[app_commands.Range[int, 1, 256]] = None,
-                    seed: Optional[int] = None,
-                    resolution: Optional[app_commands.Range[int, 8, 2048]] = None,
-                    sample_steps: Optional[app_commands.Range[int, 1, 200]] = None,
-                    text_kind: Optional[Literal["auto", "code", "dialogue", "verse", "prose"]] = None) -> None:
-        session = await self.bot.db(self.svc.session_here, interaction.channel_id)
+                    steps: Setting["steps"] = None, lr: Setting["lr"] = None, rank: Setting["rank"] = None,
+                    seed: Setting["seed"] = None, resolution: Setting["resolution"] = None,
+                    sample_steps: Setting["sample_steps"] = None, text_kind: Setting["text_kind"] = None,
+                    lr_scheduler: Setting["lr_scheduler"] = None) -> None:
+        session = await self.bot.db(self.svc.sessions.session_here, interaction.channel_id)
         why = ""
         if preset == "auto":
-            items = await self.bot.db(self.svc.items, session)
+            items = await self.bot.db(self.svc.data.items, session)
             preset, reason = pick_preset(session.kind, sum(int(i.checks.get("examples", 1)) for i in items))
             why = f"Preset **{preset}**: {reason}."
-        overrides = {"steps": steps, "lr": lr, "rank": rank, "seed": seed}
-        sizes = {"resolution": resolution, "sample_steps": sample_steps}
-        if session.kind == "image":
-            if text_kind is not None:
-                await self.bot.refuse(interaction, "`text_kind` chooses the augmentation of text runs; this is an "
-                                                   "image session. Leave it out.")
-                return
-            overrides.update(sizes)
-            why = f"{why}\n{size_line(await self.bot.db(self.svc.image_sizes, session, overrides))}.".strip()
-        elif any(v is not None for v in sizes.values()):
-            await self.bot.refuse(interaction, "`resolution` and `sample_steps` size image runs; this is a text "
-                                               "session. Leave them out.")
+        chosen = {"steps": steps, "lr": lr, "rank": rank, "seed": seed, "resolution": resolution,
+                  "sample_steps": sample_steps, "text_kind": text_kind, "lr_scheduler": lr_scheduler}
+        kind = kinds.get(session.kind)
+        elsewhere = [name for name, value in chosen.items() if value is not None and name not in kind.settings]
+        if elsewhere:  # a setting of another kind's runs
+            refusal = kinds.taking(elsewhere[0])[0].refused_elsewhere
+            await self.bot.refuse(interaction, refusal.format(session=session_words(kind.name)))
             return
-        else:
-            overrides["text_kind"] = text_kind
-        await self._submit(interaction, lambda s, a: self.svc.start_training(s, a, preset, overrides), why)
+        if kind.sized_to_device:
+            why = f"{why}\n{size_line(await self.bot.db(self.svc.sizes.image_sizes, session, chosen))}.".strip()
+        await self._submit(interaction, lambda s, a: start_training(self.svc, s, a, preset, chosen), why)
 
     @app_commands.command(name="tune", description="Quick tries: several short runs with different settings, ranked")
     @app_commands.describe(trials="How many settings to try",
                            steps="Steps per try (left out: the tries vary it too, with rate, rank, dropout, "
                                  "augmentation)")
     @app_commands.checks.dynamic_cooldown(_train_cooldown)
+    # Narrower than the declarations (TuneOptions.trials, steps) on purpose: quick tries from Discord stay quick.
     async def tune(self, interaction: discord.Interaction, trials: app_commands.Range[int, 2, 20] = 4,
                    steps: Optional[app_commands.Range[int, 5, 1000]] = None) -> None:
         intro = f"{trials} quick tries, ranked by validation loss (and then by your votes on their samples)."
-        session = await self.bot.db(self.svc.session_here, interaction.channel_id)
-        if session.kind == "image":
-            intro += f"\n{size_line(await self.bot.db(self.svc.image_sizes, session))}."
-        items = await self.bot.db(self.svc.items, session)
+        session = await self.bot.db(self.svc.sessions.session_here, interaction.channel_id)
+        if kinds.get(session.kind).sized_to_device:
+            intro += f"\n{size_line(await self.bot.db(self.svc.sizes.image_sizes, session))}."
+        items = await self.bot.db(self.svc.data.items, session)
         plan = cv_plan(session.kind, sum(int(i.checks.get("examples", 1)) for i in items), trials)
         intro += f"\n{plan}" if plan else ""
-        await self._submit(interaction, lambda s, a: self.svc.start_tuning(s, a, trials, steps), intro)
+        await self._submit(interaction, lambda s, a: start_tuning(self.svc, s, a, trials, steps), intro)
 
     @app_commands.command(name="status", description="Show a job's progress and the best-voted samples")
     @app_commands.describe(job="A job number (default: the newest running one, else the newest with results)")
     async def status(self, interaction: discord.Interaction, job: Optional[app_commands.Range[int, 1]] = None) -> None:
-        session = await self.bot.db(self.svc.session_here, interaction.channel_id)
-        found, note = await self.bot.db(pick_job, self.svc, session, job, need="status")
+        session = await self.bot.db(self.svc.sessions.session_here, interaction.channel_id)
+        found, note = await self.bot.db(pick_job, self.svc.jobs, session, job, need="status")
         view = await self.bot.job_progress(found.id, interaction.guild)
         embed = progress_embed(view)
-        ranking = await self.bot.db(self.svc.ranking, session)
+        ranking = await self.bot.db(self.svc.samples.ranking, session)
         files = []
         if ranking:
             lines = [await self._best_line(s) for s in ranking]
             embed.add_field(name="Best samples by votes", inline=False, value="\n".join(lines)[:1024])
-            best_image = next((s for s in ranking if s.kind == "image"), None)
+            best_image = next((s for s in ranking if kinds.KINDS.get(s.kind, kinds.DEFAULT).makes_images), None)
             if best_image is not None:  # an image is what was generated: show the best-voted one itself
-                data = await self.bot.db(self.svc.blob_bytes, best_image.blob_hash)
+                data = await self.bot.db(self.svc.samples.blob_bytes, best_image.blob_hash)
                 files.append(discord.File(io.BytesIO(data), f"sample-{best_image.id}.png"))
                 embed.set_image(url=f"attachment://sample-{best_image.id}.png")
         content = (f"Showing {note}; `/train status job:` shows another. " if note else "") + headline(view, live=False)
@@ -124,18 +218,19 @@ class TrainCog(commands.GroupCog, group_name="train", group_description="Train a
         """One ranked sample: what was generated (a text's opening words; an image shown above), then its prompt."""
         head = f"#{sample.id} (job #{sample.job_id}) score {sample.votes:+d}: "
         prompt = no_pings(sample.prompt or "")
-        if sample.kind == "image":  # a grid's "prompt" says its rows and columns; a /sample image has its prompt
+        # an image's "prompt": a grid's says its rows and columns; a /sample image has its prompt
+        if kinds.KINDS.get(sample.kind, kinds.DEFAULT).makes_images:  # a sample of no recorded kind is a text
             what = f"a training {prompt}" if sample.seed is None else f"an image of “{prompt}”, seed {sample.seed}"
             return cut(f"{head}{what}", 200)
-        text = (await self.bot.db(self.svc.blob_bytes, sample.blob_hash)).decode("utf-8", "replace")
+        text = (await self.bot.db(self.svc.samples.blob_bytes, sample.blob_hash)).decode("utf-8", "replace")
         wrote = cut(" ".join(clean_sample(text).split()), 110) or "(the model wrote nothing)"
         return cut(f"{head}“{wrote}”" + (f" (prompt: {prompt})" if prompt else ""), 200)
 
     @app_commands.command(name="cancel", description="Cancel a queued or running job (its starter, owner or manager)")
     @app_commands.describe(job="A job number (default: the session's newest active one)")
     async def cancel(self, interaction: discord.Interaction, job: Optional[app_commands.Range[int, 1]] = None) -> None:
-        session = await self.bot.db(self.svc.session_here, interaction.channel_id)
-        cancelled = await self.bot.db(self.svc.cancel, session, actor_of(interaction), job)
+        session = await self.bot.db(self.svc.sessions.session_here, interaction.channel_id)
+        cancelled = await self.bot.db(cancel_job, self.svc, session, actor_of(interaction), job)
         self.bot.dirty.add(cancelled.id)
         view = await self.bot.job_progress(cancelled.id, interaction.guild)
         if cancelled.finished:
@@ -147,9 +242,9 @@ class TrainCog(commands.GroupCog, group_name="train", group_description="Train a
         await interaction.response.send_message(f"Job #{cancelled.id}: {state}. **Next:** `/train start` when ready.")
 
     async def from_button(self, interaction: discord.Interaction, job_id: int) -> None:
-        job = await self.bot.db(self.svc.job, job_id)
-        session = await self.bot.db(self.svc.db.get_session, job.session_id)
-        cancelled = await self.bot.db(self.svc.cancel, session, actor_of(interaction), job_id)
+        job = await self.bot.db(self.svc.jobs.job, job_id)
+        session = await self.bot.db(self.svc.sessions.get, job.session_id)
+        cancelled = await self.bot.db(cancel_job, self.svc, session, actor_of(interaction), job_id)
         self.bot.dirty.add(job_id)
         await interaction.response.send_message(f"Cancelling job #{cancelled.id}…", ephemeral=True)
 

@@ -1,29 +1,32 @@
-"""``train_text`` and ``train_image``: one training run from a run spec (``trainer.spec``)."""
+"""``train_text`` and ``train_image``: one training run from a run spec (``trainer.spec``).
+
+One job kind per kind of run (``trainer.kinds``): a new run kind has its job kind here at once.
+"""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
+
+from trainer import kinds
 
 from .base import JobKind
 
-KINDS = (
-    JobKind("train_text", run="storage.jobkinds.train:train_text", prepare="storage.jobkinds.train:fetch_dataset",
-            multi_gpu=True, summary="train a text LoRA"),
-    JobKind("train_image", run="storage.jobkinds.train:train_image", prepare="storage.jobkinds.train:fetch_dataset",
-            multi_gpu=True, summary="train an image LoRA"),
-)
+KINDS = tuple(JobKind(f"train_{kind.name}", run=f"storage.jobkinds.train:train_{kind.name}",
+                      prepare="storage.jobkinds.train:fetch_dataset", multi_gpu=True,
+                      summary=f"train {'an' if kind.name[:1] in 'aeiou' else 'a'} {kind.name} LoRA")
+              for kind in kinds.KINDS.values())
 
 
-def train_text(config: dict, run, *, resume: bool, cancel) -> dict:
-    return run_training("train_text", config, run, resume=resume, cancel=cancel)
-
-
-def train_image(config: dict, run, *, resume: bool, cancel) -> dict:
-    return run_training("train_image", config, run, resume=resume, cancel=cancel)
+def __getattr__(name: str):
+    """``train_text``, ``train_image``: the run function of each job kind above."""
+    if name in {job.name for job in KINDS}:
+        return partial(run_training, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def run_training(job_kind: str, config: dict, run, *, resume: bool, cancel) -> dict:
-    """Train as the job row's run spec says; the trainer reads the spec as is."""
+    """Train as the job row's run spec says: the spec is read once, here, and the trainer reads it as is."""
     from trainer.spec import RunSpec
 
     return train_result(RunSpec.from_job(job_kind, config).train(run.root, resume=resume, cancel=cancel))
@@ -43,17 +46,21 @@ def fetch_dataset(blobs, run, config: dict) -> dict:
     so that a worker on another machine, sharing only the blob store, can train on it. Files
     keep their names (the extension decides how a file is read) and their order; an image
     dataset's captions are written beside them as ``metadata.jsonl``.
+
+    Only the manifest is read here: the job process reads the whole spec, once
+    (``run_training``), and fails a job whose settings do not read, saying why.
     """
     if "spec" in config and config.get("dataset"):
         from pydantic import ValidationError
 
-        from trainer.spec import RunSpec
+        from trainer.errors import ConfigError
+        from trainer.spec import DatasetManifest
 
         try:
-            spec = RunSpec.model_validate(config)
-        except ValidationError:
+            manifest, kind = DatasetManifest.model_validate(config["dataset"]), kinds.get(config.get("kind")).name
+        except (ValidationError, ConfigError):
             return config  # the job process fails it, saying what does not read
-        return spec.materialized(run.root / "data", blobs.get_file).to_job()
+        return {**config, "data": manifest.materialize(kind, run.root / "data", blobs.get_file)}
     refs = config.get("data_blobs")
     if not refs:
         return config

@@ -55,12 +55,15 @@ class DataLimits:
     min_images: int = 1  # training asks for ``limits.MIN_EXAMPLES["image"]``; one file alone can be checked
 
 
-def training_limits(config) -> DataLimits:
+def training_limits(config, sizes=None) -> DataLimits:
     """The limits a training run (or a search's probe) reads its images with, at the resolution
-    it will train at (sized to the base and this machine's device when nobody chose one)."""
-    from .presets import hardware_sizes
+    it will train at: ``sizes``' (the run's ``trainer.image.presets.run_sizes``, resolved once),
+    else the config's, else resolved here (sized to the base and this machine's device)."""
+    if sizes is None and config.resolution is None:
+        from .presets import run_sizes
 
-    resolution = config.resolution or hardware_sizes(config)["resolution"]
+        sizes = run_sizes(config)
+    resolution = sizes.resolution if sizes is not None else config.resolution
     return DataLimits(min_side=config.min_image_side or L.min_image_side(resolution), resolution=resolution,
                       max_pixels=config.max_pixels, min_images=L.MIN_EXAMPLES["image"])
 

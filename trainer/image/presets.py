@@ -15,16 +15,17 @@ from functools import lru_cache
 from ..errors import ConfigError
 from ..presets import preset_overrides
 from .config import ImageTrainConfig
-from .sizes import ImageFamily, guess_family, read_family, resolution_problem, sizes_for
+from .sizes import SIZE_KEYS, ImageFamily, RunSizes, guess_family, read_family, resolve_sizes
 
 
-def size_defaults(config: ImageTrainConfig, n_train: int) -> ImageTrainConfig:
+def size_defaults(config: ImageTrainConfig, n_train: int, sizes: RunSizes | None = None) -> ImageTrainConfig:
     """Return a copy of ``config`` with every ``None`` knob filled from its preset, the data's size,
-    the base and the device."""
+    the base and the device. ``sizes``: the run's sizes when it resolved them already (``run_sizes``,
+    once per run), else they are resolved here."""
     preset = preset_overrides("image", config.preset, n_train)
     steps = config.steps or preset["steps"]
     filled = {
-        **hardware_sizes(config),
+        **(sizes or run_sizes(config)).settings(),
         "steps": steps,
         "rank": config.rank or preset["rank"],
         "lr": config.lr or preset["lr"],
@@ -36,19 +37,17 @@ def size_defaults(config: ImageTrainConfig, n_train: int) -> ImageTrainConfig:
     return config.model_copy(update=filled)
 
 
-def hardware_sizes(config: ImageTrainConfig) -> dict:
-    """``resolution``, ``batch_size`` and ``sample_steps`` of this run: what the config chose, else
-    the defaults of its base's family on this machine's device. Raises ``ConfigError`` when the
-    resolution does not suit the base.
+def run_sizes(config: ImageTrainConfig) -> RunSizes:
+    """The sizes this run trains at on this machine: ``trainer.image.sizes.resolve_sizes`` (the one
+    resolver, which the bot reads too) with the family of the base as it loads and this process's
+    device. Raises ``ConfigError`` when the resolution does not suit the base.
 
     A base that is not a readable pipeline is sized by its name and not checked: loading it fails
     next, with the loader's own message, so sizing never hides that error behind another."""
     family = base_family(config.base)
-    sizes = sizes_for(family or guess_family(str(config.base)), device(),
-                      config.model_dump(include={"resolution", "batch_size", "sample_steps"}))
-    problem = family and resolution_problem(family, sizes["resolution"])
-    if problem:
-        raise ConfigError(f"invalid training settings: {problem}")
+    sizes = resolve_sizes(family or guess_family(str(config.base)), device(), config.model_dump(include=set(SIZE_KEYS)))
+    if family and sizes.problem:
+        raise ConfigError(f"invalid training settings: {sizes.problem}")
     return sizes
 
 

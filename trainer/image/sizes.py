@@ -10,9 +10,11 @@ included, gets its own numbers. A run that nobody sized trains at:
   steps, so that a step takes seconds rather than minutes.
 
 Somebody may choose any side from a quarter to twice the native one (a multiple of 8);
-``resolution_problem`` says the allowed range otherwise. The device is the one the job runs
-on: the trainer resolves the sizes itself (``hardware_sizes``); the bot, which never imports
-torch, says what it expects from where its jobs run (``bot.config.BotSettings.worker_device``).
+``resolution_problem`` says the allowed range otherwise. ``resolve_sizes`` is the one resolver of
+a run's sizes: the trainer calls it once per run with the family of the base it loads and its own
+device (``trainer.image.presets.run_sizes``); the bot, which never imports torch, calls it with
+the family the base's name or configs say and the device it expects its jobs to run on
+(``bot.config.BotSettings.worker_device``), to check uploads and say what a run will train at.
 
 Nothing here imports torch or diffusers: the bot reads the same table.
 """
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Literal
 
 Device = Literal["cpu", "gpu"]
+SIZE_KEYS = ("resolution", "batch_size", "sample_steps")  # what somebody may choose; the table sizes the rest
 GPU_SAMPLE_STEPS, CPU_SAMPLE_STEPS = 25, 8
 CPU_MAX_RESOLUTION = 256
 _CLASSES = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl"}
@@ -76,6 +79,41 @@ def sizes_for(family: ImageFamily, device: Device, chosen: dict) -> dict:
     family's default on ``device``."""
     defaults = family.defaults(device)
     return {key: chosen.get(key) if chosen.get(key) is not None else value for key, value in defaults.items()}
+
+
+@dataclass(frozen=True)
+class RunSizes:
+    """What an image run trains at (``resolve_sizes``): the sizes somebody chose, the rest the
+    family's defaults on the device."""
+
+    family: ImageFamily
+    device: Device
+    resolution: int
+    batch_size: int
+    sample_steps: int
+    chosen: dict  # the sizes somebody chose, in the order they were given; the others are the device's
+
+    @property
+    def problem(self) -> str | None:
+        """Why the resolution does not suit the base's family (with the allowed range), or None."""
+        return resolution_problem(self.family, self.resolution)
+
+    @property
+    def step_s(self) -> float:
+        """A rough guess of one training step's seconds at these sizes (``rough_step_seconds``)."""
+        return rough_step_seconds(self.family, self.device, self.resolution, self.batch_size)
+
+    def settings(self) -> dict:
+        """The three sizes as training settings (``ImageTrainConfig`` fields)."""
+        return {key: getattr(self, key) for key in SIZE_KEYS}
+
+
+def resolve_sizes(family: ImageFamily, device: Device, chosen: dict) -> RunSizes:
+    """The sizes of a run of a ``family`` base on ``device``: the ones in ``chosen`` (other keys and
+    None values are ignored), else the family's defaults there. The caller decides what a
+    ``problem`` means: the bot refuses the run, the trainer raises ``ConfigError``."""
+    chosen = {key: value for key, value in chosen.items() if key in SIZE_KEYS and value is not None}
+    return RunSizes(family, device, **sizes_for(family, device, chosen), chosen=chosen)
 
 
 # Rough seconds per optimizer step at the native side with one image, by family and device;

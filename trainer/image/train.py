@@ -106,21 +106,22 @@ def _setup(config: ImageTrainConfig) -> _Setup:
     from ..precision import choose_precision, compute_dtype, image_probe, make_accelerator, model_key, store_frozen_in
     from .data import load_images, training_limits
     from .pipelines import load_pipeline
-    from .presets import size_defaults
+    from .presets import run_sizes, size_defaults
 
     started = time.time()
     if config.train_text_encoder:
         check_text_encoder_lora()
     if config.threads:
         torch.set_num_threads(config.threads)
-    dataset = load_images(config.data, instance_prompt=config.instance_prompt, limits=training_limits(config))
+    sizes = run_sizes(config)  # once: the images are read and the run trains at the same sizes
+    dataset = load_images(config.data, instance_prompt=config.instance_prompt, limits=training_limits(config, sizes))
     if config.holdout:  # a cross-validation fold, or every image (trainer.folds)
         from ..folds import split_holdout
 
         train, val = split_holdout(dataset.examples, config.holdout, config.seed)
     else:
         train, val = split(dataset.examples, config.val_fraction, config.seed)
-    config = size_defaults(config, len(train))
+    config = size_defaults(config, len(train), sizes)
     loaded = load_pipeline(config.base)
     shape = dict(resolution=config.resolution, batch_size=config.batch_size, rank=config.rank)
     probe = image_probe(loaded, **shape)
@@ -266,7 +267,7 @@ class ImageTask(Task):
     def __init__(self, s: _Setup, run: RunDir):
         import torch
 
-        from ..checkpoint import lr_factor
+        from ..checkpoint import lr_schedule
 
         cfg, acc, pipe = s.config, s.accelerator, s.loaded.pipe
         self.s, self.run, self.config, self.accelerator = s, run, cfg, acc
@@ -274,8 +275,7 @@ class ImageTask(Task):
                                           if getattr(getattr(pipe, name, None), "peft_config", None)})
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = adamw(self.params, lr=cfg.lr, weight_decay=0.0)
-        warmup = int(cfg.warmup_ratio * cfg.steps)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, cfg.steps))
+        self.scheduler = lr_schedule(optimizer, cfg)
         # Under accelerate launch the UNet is wrapped to average its gradients over processes
         # (DDP); text-encoder LoRA runs outside that wrapper, so its gradients are averaged here.
         self.unet, self.optimizer = acc.prepare(pipe.unet, optimizer)

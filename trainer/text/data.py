@@ -34,9 +34,10 @@ from typing import Iterator, Literal, Sequence
 from .. import limits as L
 from ..errors import DataError
 from ..filetypes import not_text
+from ..kinds import TEXT
 
 MIN_EXAMPLES = L.MIN_EXAMPLES["text"]
-ACCEPTED_EXTENSIONS = (".txt", ".md", ".jsonl", ".csv")
+ACCEPTED_EXTENSIONS = TEXT.extensions  # what text sessions take (trainer.kinds)
 CHAT_ROLES = ("system", "user", "assistant")
 JSONL_SHAPES = ('{"text"}', '{"prompt", "completion"}', '{"messages"}')
 CSV_COLUMNS = ("text", "prompt + completion")

@@ -177,16 +177,13 @@ class TextTask(Task):
     """A causal LM's LoRA trained on packed token rows; ``train_step`` is one optimizer step."""
 
     def __init__(self, s: _Setup):
-        import torch
-
-        from ..checkpoint import lr_factor
+        from ..checkpoint import lr_schedule
 
         cfg = s.config
         self.s, self.config, self.accelerator = s, cfg, s.accelerator
         self.params = [p for p in s.model.parameters() if p.requires_grad]
         optimizer = adamw(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        warmup = int(cfg.warmup_ratio * cfg.steps)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, cfg.steps))
+        self.scheduler = lr_schedule(optimizer, cfg)
         # Under accelerate launch, `wrapped` syncs gradients between processes (DDP); `model` is
         # the module itself, whose LoRA weights checkpoints save and evaluation and sampling use.
         self.wrapped, self.optimizer = s.accelerator.prepare(s.model, optimizer)
