@@ -77,3 +77,13 @@ def test_each_cli_option_is_a_setting_with_its_declared_words(kind):
         assert name in options, f"loracord train {kind.name} lacks --{name.replace('_', '-')}"
         assert options[name].help.startswith(field.description), name
     assert set(options) == set(kind.config_class.model_fields)
+
+
+@pytest.mark.asyncio
+async def test_no_description_a_member_reads_is_cut_short(world):
+    """Discord takes 100 characters a description; discord.py cuts longer ones with an ellipsis."""
+    cut = [(command.qualified_name, p.name) for command in world.env.bot.tree.walk_commands()
+           for p in getattr(command, "parameters", []) if str(p.description).endswith("…")]
+    cut += [(command.qualified_name, "") for command in world.env.bot.tree.walk_commands()
+            if str(command.description).endswith("…")]
+    assert not cut, cut

@@ -147,8 +147,8 @@ class TrainCog(commands.GroupCog, group_name="train", group_description="Train a
 
     @app_commands.command(name="start", description="Train a LoRA adapter on this session's data")
     # The settings' types, ranges and words are the trainer's declaration of each (bot.options).
-    @app_commands.describe(preset="auto: the one /data report recommends; quick: a short first run; balanced: "
-                                  "sized to the data; best: longer, for 100+ examples",
+    @app_commands.describe(preset="auto: as /data report picks; quick: a short first run; balanced: sized to "
+                                  "the data; best: for 100+",
                            **descriptions("steps", "lr", "rank", "seed", "resolution", "sample_steps", "text_kind",
                                           "lr_scheduler"))
     @app_commands.checks.dynamic_cooldown(_train_cooldown)

@@ -28,8 +28,8 @@ class ImageTrainConfig(TrainConfig):
     resolution: int | None = Field(None, ge=8, le=2048, description=(
         "Training and sampling side in pixels (a multiple of 8); default: sized to the base and the device "
         "(trainer.image.sizes: the base's native side on a GPU, at most 256 px on a CPU)."),
-        json_schema_extra=slash("training and sample side in pixels (default: sized to the base and the worker's "
-                                "device)"))
+        json_schema_extra=slash("training and sample side in pixels (default: sized to the base and "
+                                "the device)"))
     batch_size: int | None = Field(None, ge=1, le=64, description="Images per optimizer step; default: 2 on a GPU "
                                                                    "(1 for SDXL), 1 on a CPU.")
     train_text_encoder: bool = Field(False, description="Also put LoRA on the text encoder(s) (no embedding cache).")

@@ -26,8 +26,8 @@ class TextTrainConfig(TrainConfig):
     text_kind: str = Field("auto", description="What the text is, which decides the augmentations it gets "
                                                "(trainer.text.kinds): 'auto' detects it, or 'code', "
                                                "'dialogue', 'verse', 'prose'.",
-                           json_schema_extra=slash("what the text is, which decides the augmentation (auto: "
-                                                   "detected, as /data report shows)", choices=TEXT_KIND_CHOICES))
+                           json_schema_extra=slash("what the text is, which picks its augmentation (auto: as "
+                                                   "/data report shows)", choices=TEXT_KIND_CHOICES))
     neftune_alpha: float = Field(0.0, ge=0, le=100, description="NEFTune: noise on the input embeddings while "
                                                                "training (the paper used 5 to 15); 0 = off, the "
                                                                "default until the benchmarks say otherwise.")
