@@ -162,3 +162,14 @@ def encode_images(vae, pixels, chunk: int = 8):
 def model_latents(vae_config, raw):
     """Raw VAE latents in the denoiser's space: ``(raw - shift_factor) * scaling_factor``."""
     return (raw - (vae_config.shift_factor or 0.0)) * vae_config.scaling_factor
+
+
+def pipe_images(pipe, pixels):
+    """Mean and std of the raw latent distribution of ``pixels`` ([-1, 1], sides a multiple of 16),
+    through the pipeline's VAE (what a flow family's ``encode_images`` is)."""
+    return encode_images(pipe.vae, pixels)
+
+
+def pipe_latents(pipe, raw):
+    """Raw latents shifted and scaled for the pipeline's transformer (a flow family's ``model_latents``)."""
+    return model_latents(pipe.vae.config, raw)

@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from . import flow
+from .flow import pipe_images as encode_images  # noqa: F401  (part of the family's interface)
+from .flow import pipe_latents as model_latents  # noqa: F401
 from .adapters import add_lora as _add_lora
 from .adapters import cache_captions as _cache
 from .adapters import drop_module, lora_factors, read_json, save_diffusers, vae_scale, verify_loads
@@ -119,16 +121,6 @@ def cache_captions(pipe, captions: list[str]) -> dict[str, flow.Conditioning]:
 def drop_t5(pipe) -> None:
     """Free the T5 encoder and its tokenizer once captions are cached."""
     drop_module(pipe, "text_encoder_2", "tokenizer_2")
-
-
-def encode_images(pipe, pixels):
-    """Mean and std of the raw latent distribution of ``pixels`` ([-1, 1], sides a multiple of 16)."""
-    return flow.encode_images(pipe.vae, pixels)
-
-
-def model_latents(pipe, raw):
-    """Raw latents shifted and scaled for the transformer."""
-    return flow.model_latents(pipe.vae.config, raw)
 
 
 def pack(latents):
