@@ -1,0 +1,39 @@
+"""Image families are parts: outside ``trainer/image/families/`` no code compares family names,
+reaches for a pipeline's UNet or builds a noise scheduler; it asks the family module instead."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("trainer", "bot", "storage", "loracord")
+FAMILIES = ROOT / "trainer" / "image" / "families"
+# What only a family module may say: the UNet attribute, SD/SDXL names as strings compared or
+# written, and the DDPM schedule.
+FORBIDDEN = {
+    "a pipeline's UNet": re.compile(r"\.unet\b"),
+    "the SDXL family's name": re.compile(r"""["']sdxl["']"""),
+    "a comparison with the SD family's name": re.compile(r"""[=!]=\s*["']sd["']"""),
+    "the DDPM noise schedule": re.compile(r"\bDDPMScheduler\b"),
+    "a family compared by name": re.compile(r"\bfamily\s*[=!]=|[=!]=\s*\w*\.?family\b"),
+}
+
+
+def sources() -> list[Path]:
+    return [p for package in PACKAGES for p in sorted((ROOT / package).rglob("*.py"))
+            if FAMILIES not in p.parents]
+
+
+@pytest.mark.parametrize("what", list(FORBIDDEN))
+def test_only_family_modules_know_families(what):
+    pattern = FORBIDDEN[what]
+    found = [f"{p.relative_to(ROOT)}:{n}: {line.strip()}" for p in sources()
+             for n, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    assert not found, f"{what} outside trainer/image/families/:\n" + "\n".join(found)
+
+
+def test_the_seam_check_sees_the_code():
+    assert len(sources()) > 50 and not any(FAMILIES in p.parents for p in sources())
