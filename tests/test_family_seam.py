@@ -37,3 +37,25 @@ def test_only_family_modules_know_families(what):
 
 def test_the_seam_check_sees_the_code():
     assert len(sources()) > 50 and not any(FAMILIES in p.parents for p in sources())
+
+
+@pytest.mark.parametrize("cls", ["StableVideoDiffusionPipeline", "StableDiffusionInpaintPipeline",
+                                 "StableDiffusionControlNetPipeline", ""])
+def test_other_pipeline_classes_are_refused_naming_the_trained_families(cls):
+    from trainer.errors import ModelError
+    from trainer.image import families
+
+    with pytest.raises(ModelError) as refused:
+        families.family_for(cls, "the base")
+    assert f"the base holds a {cls or 'unknown'} pipeline" in str(refused.value)
+    for part in families.FAMILIES:
+        assert part.label() in str(refused.value) and part.PIPELINE_CLASSES[0] in str(refused.value)
+
+
+def test_each_class_has_one_family():
+    from trainer.image import families
+
+    classes = [c for part in families.FAMILIES for c in part.PIPELINE_CLASSES]
+    assert len(classes) == len(set(classes))
+    assert all(families.family_for(c).NAME for c in classes)
+    assert [families.named(part.NAME) for part in families.FAMILIES] == list(families.FAMILIES)
