@@ -9,8 +9,8 @@ included, gets its own numbers. A run that nobody sized trains at:
 - on a CPU: a small side (half the native one, at most 256 px), 1 image a step, 8 denoising
   steps, so that a step takes seconds rather than minutes.
 
-Somebody may choose any side from a quarter to twice the native one (a multiple of 8);
-``resolution_problem`` says the allowed range otherwise. ``resolve_sizes`` is the one resolver of
+Somebody may choose any side from a quarter to twice the native one (a multiple of the family's
+``SIDE_MULTIPLE``: 8, 16 for FLUX.1 and SD 3.5); ``resolution_problem`` says the allowed range otherwise. ``resolve_sizes`` is the one resolver of
 a run's sizes: the trainer calls it once per run with the family of the base it loads and its own
 device (``trainer.image.presets.run_sizes``); the bot, which never imports torch, calls it with
 the family the base's name or configs say and the device it expects its jobs to run on
@@ -55,7 +55,8 @@ class ImageFamily:
 
     @property
     def min_resolution(self) -> int:
-        return max(8, self.native // 4 // 8 * 8)
+        m = self.part.SIDE_MULTIPLE
+        return max(m, self.native // 4 // m * m)
 
     @property
     def max_resolution(self) -> int:
@@ -66,16 +67,17 @@ class ImageFamily:
         if device == "gpu":
             return {"resolution": self.native, "batch_size": self.part.GPU_BATCH,
                     "sample_steps": GPU_SAMPLE_STEPS}
-        side = max(self.min_resolution, min(CPU_MAX_RESOLUTION, self.native // 2) // 8 * 8)
+        m = self.part.SIDE_MULTIPLE
+        side = max(self.min_resolution, min(CPU_MAX_RESOLUTION, self.native // 2) // m * m)
         return {"resolution": side, "batch_size": 1, "sample_steps": CPU_SAMPLE_STEPS}
 
 
 def resolution_problem(family: ImageFamily, resolution: int) -> str | None:
     """Why ``resolution`` does not suit ``family`` (with the allowed range), or None."""
     low, high = family.min_resolution, family.max_resolution
-    if resolution % 8 or not low <= resolution <= high:
+    if resolution % family.part.SIDE_MULTIPLE or not low <= resolution <= high:
         return (f"resolution {resolution} px does not suit this {family.label} base (trained at {family.native} px): "
-                f"choose a multiple of 8 from {low} to {high} px")
+                f"choose a multiple of {family.part.SIDE_MULTIPLE} from {low} to {high} px")
     return None
 
 
@@ -143,7 +145,7 @@ def read_family(folder: str | Path) -> ImageFamily | None:
         return None
     scheduler = read_json(folder / "scheduler" / "scheduler_config.json")
     prediction_type = scheduler.get("prediction_type") or "epsilon"
-    return ImageFamily(part, part.native_size(folder, prediction_type), prediction_type)
+    return ImageFamily(part, part.native_size(folder), prediction_type)
 
 
 def guess_family(base: str) -> ImageFamily:

@@ -19,7 +19,8 @@ This package's registry (``FAMILIES``) is the one place a pipeline class becomes
 (video, inpainting, ControlNet, ...) with a ``ModelError`` naming the families loracord trains.
 The rest of the code asks the module it got and never compares family names. Nothing here
 imports torch: the bot reads it through ``trainer.image.sizes``. The flow-matching families are
-not yet in the registry: the training loop does not run them.
+known for sizes (native side, label, rough step time) but not in ``TRAINED`` yet: the training
+loop does not run them, so ``family_for`` refuses them.
 """
 
 from __future__ import annotations
@@ -27,15 +28,16 @@ from __future__ import annotations
 from types import ModuleType
 
 from ...errors import ModelError
-from . import sd, sdxl
+from . import flux, sd, sd3, sdxl
 
-FAMILIES: tuple[ModuleType, ...] = (sd, sdxl)
+FAMILIES: tuple[ModuleType, ...] = (sd, sdxl, flux, sd3)
+TRAINED: tuple[ModuleType, ...] = (sd, sdxl)  # the ones the training loop runs
 DEFAULT = sd  # what a base whose name and configs say nothing is taken for
 
 
 def trained() -> str:
     """The families loracord trains, for messages: 'SD 1.x/2.x (StableDiffusionPipeline) and SDXL (...)'."""
-    names = [f"{part.label()} ({', '.join(part.PIPELINE_CLASSES)})" for part in FAMILIES]
+    names = [f"{part.label()} ({', '.join(part.PIPELINE_CLASSES)})" for part in TRAINED]
     return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]
 
 
@@ -45,10 +47,18 @@ def find(class_name: str) -> ModuleType | None:
 
 
 def family_for(class_name: str, where: str = "this base") -> ModuleType:
-    """The family module recognising ``class_name``; ``ModelError`` naming the trained ones otherwise."""
+    """The trained family module recognising ``class_name``; ``ModelError`` naming the trained ones otherwise."""
     part = find(class_name)
     if part is None:
         raise ModelError(f"{where} holds a {class_name or 'unknown'} pipeline; loracord trains {trained()} bases.")
+    return require_trained(part, where)
+
+
+def require_trained(part: ModuleType, where: str = "this base") -> ModuleType:
+    """``part`` when the training loop runs it; ``ModelError`` naming the trained families otherwise."""
+    if part not in TRAINED:
+        raise ModelError(f"{where} is a {part.label()} base ({', '.join(part.PIPELINE_CLASSES)}), which loracord "
+                         f"does not train yet; it trains {trained()} bases.")
     return part
 
 
@@ -59,7 +69,7 @@ def named(name: str) -> ModuleType | None:
 
 def guess_from_name(base: str) -> tuple[ModuleType, int, str]:
     """(family, native side, prediction type) that a hub name suggests, else ``DEFAULT``'s."""
-    for part in (sdxl, sd):  # a name saying "xl" is SDXL's even when it says "stable-diffusion-2"
+    for part in (flux, sd3, sdxl, sd):  # a name saying "xl" is SDXL's even when it says "stable-diffusion-2"
         found = part.guess_from_name(base)
         if found:
             return (part, *found)

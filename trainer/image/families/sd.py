@@ -22,6 +22,7 @@ PIPELINE_CLASSES = ("StableDiffusionPipeline",)
 DENOISER = "unet"
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 LOAD_KWARGS = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+SIDE_MULTIPLE = 8  # sides are multiples of the VAE's downscale
 GPU_BATCH = 2  # images a step on a GPU at the native side
 STEP_S = {"gpu": 0.25, "cpu": 30.0}  # rough seconds a step at STEP_NATIVE px, one image; not promises
 STEP_NATIVE = 512
@@ -42,15 +43,16 @@ def fallback_size(prediction_type: str) -> int:
     return 768 if prediction_type == "v_prediction" else 512
 
 
-def native_size(folder: Path, prediction_type: str = "epsilon", fallback=fallback_size) -> int:
-    """The UNet's ``sample_size`` times the VAE's downscale, else ``fallback(prediction_type)``."""
+def native_size(folder: Path, fallback=fallback_size) -> int:
+    """The UNet's ``sample_size`` times the VAE's downscale, else ``fallback`` of the scheduler's prediction type."""
     folder = Path(folder)
     sample_size = read_json(folder / "unet" / "config.json").get("sample_size")
     if isinstance(sample_size, list):
         sample_size = sample_size[0]
     if isinstance(sample_size, int) and read_json(folder / "vae" / "config.json").get("block_out_channels"):
         return sample_size * vae_scale(folder)
-    return fallback(prediction_type)
+    scheduler = read_json(folder / "scheduler" / "scheduler_config.json")
+    return fallback(scheduler.get("prediction_type") or "epsilon")
 
 
 def guess_from_name(name: str) -> tuple[int, str] | None:

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .sd import DENOISER, LORA_TARGETS, noise_loss, tokenize, training_scheduler  # noqa: F401 - SD's parts, shared
+from .sd import (DENOISER, LORA_TARGETS, SIDE_MULTIPLE, noise_loss, tokenize,  # noqa: F401 - SD's parts, shared
+                 training_scheduler)
 from .sd import native_size as sd_native_size
 
 NAME = "sdxl"
@@ -36,9 +37,9 @@ def fallback_size(prediction_type: str) -> int:
     return 1024
 
 
-def native_size(folder: Path, prediction_type: str = "epsilon") -> int:
+def native_size(folder: Path) -> int:
     """The UNet's ``sample_size`` times the VAE's downscale, else 1024."""
-    return sd_native_size(folder, prediction_type, fallback=fallback_size)
+    return sd_native_size(folder, fallback=fallback_size)
 
 
 def guess_from_name(name: str) -> tuple[int, str] | None:
