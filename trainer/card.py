@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .hostpaths import scrub_paths
+from .image import families
 from .models import BUILTIN_HUB_IDS, BUILTIN_TEXT_MODELS, is_hub_id, loadable_name
 from .rundir import RunDir, write_json_atomic
 
@@ -78,9 +79,9 @@ def model_card(metrics: dict, samples: list[dict] | None = None, *, adapter: str
     config = metrics.get("config") or {}
     clean = _Cleaner(roots, metrics.get("base_path"), config.get("out"), *(config.get("data") or []))
     image = kind == "image"
-    family = metrics.get("family")
-    tags = ["lora", "loracord"] + (["diffusers", "text-to-image", "stable-diffusion-xl" if family == "sdxl"
-                                    else "stable-diffusion"] if image else ["peft", "transformers", "text-generation"])
+    part = families.named(metrics.get("family") or "") or families.DEFAULT
+    tags = ["lora", "loracord"] + (["diffusers", "text-to-image", part.HUB_TAG] if image
+                                   else ["peft", "transformers", "text-generation"])
     data = ModelCardData(base_model=base if is_hub_id(base) else None, library_name="diffusers" if image else "peft",
                          pipeline_tag="text-to-image" if image else "text-generation", tags=tags)
     body = "\n\n".join(part for part in (

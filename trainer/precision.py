@@ -279,18 +279,13 @@ def image_probe(loaded, *, resolution: int, batch_size: int, rank: int) -> Calla
         """The LoRA copy of the UNet and a batch, made on the first call only."""
         if built:
             return built
-        unet = get_peft_model(copy.deepcopy(loaded.pipe.unet),
-                              LoraConfig(r=rank, lora_alpha=rank, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+        unet = get_peft_model(copy.deepcopy(loaded.denoiser),
+                              LoraConfig(r=rank, lora_alpha=rank, target_modules=list(loaded.part.LORA_TARGETS)))
         unet.to(device)
-        cfg = loaded.pipe.unet.config
+        cfg = loaded.denoiser.config
         scale = 2 ** (len(loaded.pipe.vae.config.block_out_channels) - 1)
         side = max(resolution // scale, 8)
-        extra = {}
-        if cfg.get("addition_embed_type") == "text_time":
-            pooled = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
-            time_ids = [[resolution, resolution, 0, 0, resolution, resolution]] * batch_size
-            extra["added_cond_kwargs"] = {"text_embeds": torch.randn(batch_size, pooled, device=device),
-                                          "time_ids": torch.tensor(time_ids, dtype=torch.float32, device=device)}
+        extra = loaded.part.probe_kwargs(cfg, resolution=resolution, batch_size=batch_size, device=device)
         built.update(unet=unet, extra=extra,
                      latents=torch.randn(batch_size, cfg.in_channels, side, side, device=device),
                      context=torch.randn(batch_size, 77, cfg.cross_attention_dim, device=device),

@@ -26,7 +26,7 @@ def lora_layers(loaded) -> dict[str, dict]:
     from peft.utils import get_peft_model_state_dict
 
     layers = {}
-    for name in ("unet", "text_encoder", "text_encoder_2"):
+    for name in (loaded.part.DENOISER, "text_encoder", "text_encoder_2"):
         module = getattr(loaded.pipe, name, None)
         if module is not None and getattr(module, "peft_config", None):
             layers[name] = convert_state_dict_to_diffusers(get_peft_model_state_dict(module))
@@ -43,7 +43,8 @@ def save_diffusers(loaded, folder: Path) -> Path:
 
 
 def save_kohya(loaded, diffusers_file: Path, folder: Path, *, rank: int, alpha: float) -> Path:
-    """Convert the diffusers file to kohya keys; alpha is written as trained (the converter assumes alpha = rank)."""
+    """Convert the diffusers file to kohya keys, as the family names them (``kohya_key``); alpha is
+    written as trained (the converter assumes alpha = rank)."""
     import torch
     from diffusers.utils.state_dict_utils import convert_all_state_dict_to_peft, convert_state_dict_to_kohya
     from safetensors.torch import load_file, save_file
@@ -51,11 +52,10 @@ def save_kohya(loaded, diffusers_file: Path, folder: Path, *, rank: int, alpha: 
     kohya = convert_state_dict_to_kohya(convert_all_state_dict_to_peft(load_file(str(diffusers_file))))
     out = {}
     for key, tensor in kohya.items():
-        if loaded.family == "sd":  # SD 1.x/2.x UIs name the single text encoder lora_te_, not lora_te1_
-            key = key.replace("lora_te1_", "lora_te_")
+        key = loaded.part.kohya_key(key)
         out[key] = torch.tensor(float(alpha)) if key.endswith(".alpha") else tensor.contiguous()
     metadata = {"ss_network_module": "networks.lora", "ss_network_dim": str(rank), "ss_network_alpha": str(alpha),
-                "ss_base_model_version": "sdxl_base_v1-0" if loaded.family == "sdxl" else "sd_v1"}
+                "ss_base_model_version": loaded.part.KOHYA_BASE_VERSION}
     path = folder / KOHYA_FILE
     save_file(out, str(path), metadata=metadata)
     return path
@@ -79,14 +79,14 @@ def verify_loads(fresh, trained, files: dict[str, Path]) -> None:
     """
     import torch
 
-    for component in ("unet", "text_encoder", "text_encoder_2"):
+    for component in (trained.part.DENOISER, "text_encoder", "text_encoder_2"):
         module = getattr(trained.pipe, component, None)
         if module is None or not getattr(module, "peft_config", None):
             continue
         expected = lora_deltas(module)
         for fmt, path in files.items():
             adapter = f"check_{fmt}"
-            if adapter not in getattr(fresh.pipe.unet, "peft_config", {}):
+            if adapter not in getattr(fresh.denoiser, "peft_config", {}):
                 try:
                     fresh.pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter)
                 except (ValueError, KeyError, RuntimeError, OSError, TypeError) as exc:

@@ -1,14 +1,8 @@
-"""Stable Diffusion families: load a pipeline from a resolved folder and encode prompts as it does.
+"""Load a base pipeline from a resolved folder as its family (``trainer.image.families``) says.
 
-Two families are supported, told apart by ``model_index.json``:
-
-- ``sd``: ``StableDiffusionPipeline`` (1.x and 2.x; epsilon or v-prediction, read from the
-  scheduler config), one CLIP text encoder, its last hidden state as conditioning.
-- ``sdxl``: ``StableDiffusionXLPipeline``, two text encoders whose penultimate hidden states
-  are concatenated, plus the second encoder's pooled embedding and six "added time ids"
-  (original size, crop top-left, target size) as extra conditioning.
-
-Weights load from safetensors only; no custom pipeline code is ever run.
+The folder's ``model_index.json`` names the pipeline class; the family module recognising it
+gives the class's load options, the denoiser, prompt encoding and the objective. Weights load
+from safetensors only; no custom pipeline code is ever run.
 """
 
 from __future__ import annotations
@@ -17,19 +11,29 @@ import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from ..errors import ModelError
 from ..models import resolve_base
-
-FAMILIES = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl"}
+from . import families
 
 
 @dataclass
 class LoadedPipeline:
     pipe: Any
-    family: str  # "sd" or "sdxl"
+    part: ModuleType  # its family module in trainer.image.families
     path: Path
+
+    @property
+    def family(self) -> str:
+        """The family's name, as runs record it."""
+        return self.part.NAME
+
+    @property
+    def denoiser(self):
+        """The model LoRA trains (the pipeline component the family names, e.g. its UNet)."""
+        return getattr(self.pipe, self.part.DENOISER)
 
     @property
     def text_encoders(self) -> list:
@@ -40,17 +44,13 @@ class LoadedPipeline:
         return self.pipe.scheduler.config.get("prediction_type", "epsilon")
 
 
-def pipeline_family(path: Path) -> str:
-    """'sd' or 'sdxl' from the folder's model_index.json; ``ModelError`` for anything else."""
+def pipeline_family(path: Path) -> ModuleType:
+    """The family module of the folder's model_index.json class; ``ModelError`` for any other class."""
     index = path / "model_index.json"
     if not index.exists():
         raise ModelError(f"{path} has no model_index.json: image training needs a diffusers pipeline folder "
                          "(for example 'stable-diffusion-v1-5/stable-diffusion-v1-5').")
-    name = json.loads(index.read_text()).get("_class_name", "")
-    if name not in FAMILIES:
-        raise ModelError(f"{path} holds a {name or 'unknown'} pipeline; loracord trains Stable Diffusion 1.x/2.x "
-                         "(StableDiffusionPipeline) and SDXL (StableDiffusionXLPipeline) bases.")
-    return FAMILIES[name]
+    return families.family_for(json.loads(index.read_text()).get("_class_name", ""), str(path))
 
 
 def load_pipeline(base: str | Path, dtype=None) -> LoadedPipeline:
@@ -58,17 +58,15 @@ def load_pipeline(base: str | Path, dtype=None) -> LoadedPipeline:
     import diffusers
 
     path = resolve_base(str(base))
-    family = pipeline_family(path)
-    cls = diffusers.StableDiffusionXLPipeline if family == "sdxl" else diffusers.StableDiffusionPipeline
-    extra = {} if family == "sdxl" else {"safety_checker": None, "feature_extractor": None,
-                                         "requires_safety_checker": False}
+    part = pipeline_family(path)
+    cls = getattr(diffusers, part.PIPELINE_CLASSES[0])
     try:
         with _quiet_loading():
-            pipe = cls.from_pretrained(path, use_safetensors=True, torch_dtype=dtype, **extra)
+            pipe = cls.from_pretrained(path, use_safetensors=True, torch_dtype=dtype, **part.LOAD_KWARGS)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ModelError(f"Could not load a {cls.__name__} from {path}: {exc}") from exc
     pipe.set_progress_bar_config(disable=True)
-    return LoadedPipeline(pipe, family, path)
+    return LoadedPipeline(pipe, part, path)
 
 
 @contextlib.contextmanager
@@ -89,34 +87,7 @@ def _quiet_loading():
 
 
 def encode_prompts(loaded: LoadedPipeline, prompts: list[str], device=None):
-    """Conditioning for ``prompts`` exactly as the pipeline computes it at inference.
-
-    Returns ``(prompt_embeds, pooled)``; ``pooled`` is ``None`` for SD 1.x/2.x. Gradients flow
-    when the caller has not disabled them (text-encoder LoRA).
-    """
-    import torch
-
-    pipe = loaded.pipe
-    device = device or pipe.text_encoder.device
-    if loaded.family == "sd":
-        ids = _tokenize(pipe.tokenizer, prompts).to(device)
-        return pipe.text_encoder(ids)[0], None
-    hidden, pooled = [], None
-    for tokenizer, encoder in ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)):
-        out = encoder(_tokenize(tokenizer, prompts).to(encoder.device), output_hidden_states=True)
-        pooled = out[0]  # the last encoder's (text_encoder_2) projected pooled output is what SDXL uses
-        hidden.append(out.hidden_states[-2])
-    return torch.cat(hidden, dim=-1).to(device), pooled.to(device)
-
-
-def _tokenize(tokenizer, prompts: list[str]):
-    return tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                     return_tensors="pt").input_ids
-
-
-def add_time_ids(original_sizes, crops_top_left, resolution: int):
-    """SDXL's micro-conditioning per image: (orig_h, orig_w, crop_top, crop_left, target_h, target_w)."""
-    import torch
-
-    rows = [list(o) + list(c) + [resolution, resolution] for o, c in zip(original_sizes, crops_top_left)]
-    return torch.tensor(rows, dtype=torch.float32)
+    """Conditioning for ``prompts`` exactly as the pipeline computes it at inference: ``(prompt_embeds,
+    pooled)``, ``pooled`` None where the family has none. Gradients flow when the caller has not
+    disabled them (text-encoder LoRA)."""
+    return loaded.part.encode_prompts(loaded.pipe, prompts, device)

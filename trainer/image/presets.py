@@ -54,15 +54,20 @@ def run_sizes(config: ImageTrainConfig) -> RunSizes:
 @lru_cache(maxsize=16)
 def base_family(base: str) -> ImageFamily | None:
     """The family of ``base`` (resolved as the trainer loads it: local folder or hub snapshot), or
-    None when it does not resolve to a pipeline folder."""
+    None when it does not resolve to a pipeline folder. ``ModelError`` for a family the loop does
+    not train yet, before its sizes could say anything else."""
     from ..errors import ModelError
     from ..models import resolve_base
+    from .families import require_trained
 
     try:
         path = resolve_base(str(base))
     except ModelError:
         return None
-    return read_family(path)
+    family = read_family(path)
+    if family:
+        require_trained(family.part, str(path))
+    return family
 
 
 def device() -> str:

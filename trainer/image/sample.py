@@ -28,9 +28,9 @@ def sample_grid(loaded, prompts: list[str], seeds: list[int], *, resolution: int
 
     import torch
 
-    unet = loaded.pipe.unet
-    was_training = unet.training
-    unet.eval()
+    denoiser = loaded.denoiser
+    was_training = denoiser.training
+    denoiser.eval()
     rows = []
     with torch.random.fork_rng(devices=[]), torch.no_grad(), (autocast or contextlib.nullcontext)():
         for prompt in prompts:
@@ -41,7 +41,7 @@ def sample_grid(loaded, prompts: list[str], seeds: list[int], *, resolution: int
                                   height=resolution, width=resolution, generator=generator, output_type="pil")
                 row.append(out.images[0])
             rows.append(row)
-    unet.train(was_training)
+    denoiser.train(was_training)
     return make_grid(rows)
 
 

@@ -9,8 +9,8 @@ included, gets its own numbers. A run that nobody sized trains at:
 - on a CPU: a small side (half the native one, at most 256 px), 1 image a step, 8 denoising
   steps, so that a step takes seconds rather than minutes.
 
-Somebody may choose any side from a quarter to twice the native one (a multiple of 8);
-``resolution_problem`` says the allowed range otherwise. ``resolve_sizes`` is the one resolver of
+Somebody may choose any side from a quarter to twice the native one (a multiple of the family's
+``SIDE_MULTIPLE``: 8, 16 for FLUX.1 and SD 3.5); ``resolution_problem`` says the allowed range otherwise. ``resolve_sizes`` is the one resolver of
 a run's sizes: the trainer calls it once per run with the family of the base it loads and its own
 device (``trainer.image.presets.run_sizes``); the bot, which never imports torch, calls it with
 the family the base's name or configs say and the device it expects its jobs to run on
@@ -21,36 +21,42 @@ Nothing here imports torch or diffusers: the bot reads the same table.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Literal
+
+from . import families
+from .families.adapters import read_json
 
 Device = Literal["cpu", "gpu"]
 SIZE_KEYS = ("resolution", "batch_size", "sample_steps")  # what somebody may choose; the table sizes the rest
 GPU_SAMPLE_STEPS, CPU_SAMPLE_STEPS = 25, 8
 CPU_MAX_RESOLUTION = 256
-_CLASSES = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl"}
 
 
 @dataclass(frozen=True)
 class ImageFamily:
     """What a base pipeline is, as far as sizes go."""
 
-    family: str  # "sd" or "sdxl"
+    part: ModuleType  # its family module in trainer.image.families
     native: int  # the side it was trained at, in pixels
     prediction_type: str = "epsilon"
 
     @property
+    def family(self) -> str:
+        """The family's name, as runs record it."""
+        return self.part.NAME
+
+    @property
     def label(self) -> str:
-        if self.family == "sdxl":
-            return "SDXL"
-        return "SD 2.x (v-prediction)" if self.prediction_type == "v_prediction" else "SD 1.x/2.x"
+        return self.part.label(self.prediction_type)
 
     @property
     def min_resolution(self) -> int:
-        return max(8, self.native // 4 // 8 * 8)
+        m = self.part.SIDE_MULTIPLE
+        return max(m, self.native // 4 // m * m)
 
     @property
     def max_resolution(self) -> int:
@@ -59,18 +65,19 @@ class ImageFamily:
     def defaults(self, device: Device) -> dict:
         """Resolution, batch size and sampling steps of a run nobody sized, on ``device``."""
         if device == "gpu":
-            return {"resolution": self.native, "batch_size": 1 if self.family == "sdxl" else 2,
+            return {"resolution": self.native, "batch_size": self.part.GPU_BATCH,
                     "sample_steps": GPU_SAMPLE_STEPS}
-        side = max(self.min_resolution, min(CPU_MAX_RESOLUTION, self.native // 2) // 8 * 8)
+        m = self.part.SIDE_MULTIPLE
+        side = max(self.min_resolution, min(CPU_MAX_RESOLUTION, self.native // 2) // m * m)
         return {"resolution": side, "batch_size": 1, "sample_steps": CPU_SAMPLE_STEPS}
 
 
 def resolution_problem(family: ImageFamily, resolution: int) -> str | None:
     """Why ``resolution`` does not suit ``family`` (with the allowed range), or None."""
     low, high = family.min_resolution, family.max_resolution
-    if resolution % 8 or not low <= resolution <= high:
+    if resolution % family.part.SIDE_MULTIPLE or not low <= resolution <= high:
         return (f"resolution {resolution} px does not suit this {family.label} base (trained at {family.native} px): "
-                f"choose a multiple of 8 from {low} to {high} px")
+                f"choose a multiple of {family.part.SIDE_MULTIPLE} from {low} to {high} px")
     return None
 
 
@@ -116,16 +123,11 @@ def resolve_sizes(family: ImageFamily, device: Device, chosen: dict) -> RunSizes
     return RunSizes(family, device, **sizes_for(family, device, chosen), chosen=chosen)
 
 
-# Rough seconds per optimizer step at the native side with one image, by family and device;
-# a step scales with pixels and batch. Measured orders of magnitude, not promises.
-_STEP_S = {("sd", "gpu"): 0.25, ("sdxl", "gpu"): 0.8, ("sd", "cpu"): 30.0, ("sdxl", "cpu"): 120.0}
-
-
 def rough_step_seconds(family: ImageFamily, device: Device, resolution: int, batch_size: int) -> float:
-    """A rough guess of one training step's seconds (real pipelines; tiny test ones are faster)."""
-    base = _STEP_S[(family.family, device)]
-    native = 1024 if family.family == "sdxl" else 512
-    return base * (resolution / native) ** 2 * batch_size
+    """A rough guess of one training step's seconds (real pipelines; tiny test ones are faster): the
+    family's seconds at its reference side with one image on ``device``, scaled by pixels and batch."""
+    part = family.part
+    return part.STEP_S[device] * (resolution / part.STEP_NATIVE) ** 2 * batch_size
 
 
 def describe_step_time(seconds: float) -> str:
@@ -138,17 +140,17 @@ def describe_step_time(seconds: float) -> str:
 def read_family(folder: str | Path) -> ImageFamily | None:
     """The family of a diffusers pipeline folder from its JSON configs; None when it is not one."""
     folder = Path(folder)
-    index = _json(folder / "model_index.json")
-    family = _CLASSES.get(index.get("_class_name", "")) if index else None
-    if family is None:
+    part = families.find(read_json(folder / "model_index.json").get("_class_name", ""))
+    if part is None:
         return None
-    scheduler = _json(folder / "scheduler" / "scheduler_config.json") or {}
-    return ImageFamily(family, _native(folder, family, scheduler), scheduler.get("prediction_type") or "epsilon")
+    scheduler = read_json(folder / "scheduler" / "scheduler_config.json")
+    prediction_type = scheduler.get("prediction_type") or "epsilon"
+    return ImageFamily(part, part.native_size(folder), prediction_type)
 
 
 def guess_family(base: str) -> ImageFamily:
     """The family of ``base`` without fetching anything: its local folder or the hub cache when
-    they hold its configs, else its name (SDXL names say "xl"; SD 2.x 768 bases say "2" without "base")."""
+    they hold its configs, else its name (``families.guess_from_name``)."""
     if os.path.isdir(base):
         found = read_family(base)
         if found:
@@ -156,25 +158,7 @@ def guess_family(base: str) -> ImageFamily:
     cached = _cached_configs(base)
     if cached:
         return cached
-    name = base.lower()
-    if "xl" in name:
-        return ImageFamily("sdxl", 1024)
-    if "stable-diffusion-2" in name and "base" not in name:
-        return ImageFamily("sd", 768, "v_prediction")
-    return ImageFamily("sd", 512)
-
-
-def _native(folder: Path, family: str, scheduler: dict) -> int:
-    unet = _json(folder / "unet" / "config.json") or {}
-    vae = _json(folder / "vae" / "config.json") or {}
-    sample_size, blocks = unet.get("sample_size"), vae.get("block_out_channels")
-    if isinstance(sample_size, list):
-        sample_size = sample_size[0]
-    if isinstance(sample_size, int) and blocks:
-        return sample_size * 2 ** (len(blocks) - 1)
-    if family == "sdxl":
-        return 1024
-    return 768 if scheduler.get("prediction_type") == "v_prediction" else 512
+    return ImageFamily(*families.guess_from_name(base))
 
 
 def _cached_configs(repo_id: str) -> ImageFamily | None:
@@ -190,10 +174,3 @@ def _cached_configs(repo_id: str) -> ImageFamily | None:
         return None
     return read_family(Path(index).parent)
 
-
-def _json(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None

@@ -32,7 +32,6 @@ from ..loop import LoopState, Task, adamw, fit, training_mode
 from ..rundir import RunDir, start_run
 from .config import ImageTrainConfig
 
-UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 VAL_TIMESTEPS = 4  # fixed timesteps per held-out image for the deterministic validation loss
 
@@ -100,7 +99,6 @@ def split(examples: list, val_fraction: float, seed: int) -> tuple[list, list]:
 def _setup(config: ImageTrainConfig) -> _Setup:
     import torch
     from accelerate.utils import set_seed
-    from diffusers import DDPMScheduler
     from peft import LoraConfig
 
     from ..precision import choose_precision, compute_dtype, image_probe, make_accelerator, model_key, store_frozen_in
@@ -129,16 +127,16 @@ def _setup(config: ImageTrainConfig) -> _Setup:
                               key=f"image|{model_key(loaded.path)}|" + ",".join(f"{k}={v}" for k, v in shape.items()))
     precision = choice.precision
     accelerator = make_accelerator(precision)
-    pipe = loaded.pipe  # moved to the device below, once the UNet is in its dtype
-    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    pipe, part = loaded.pipe, loaded.part  # moved to the device below, once the denoiser is in its dtype
+    noise_scheduler = part.training_scheduler(pipe)
 
     # Freeze everything, then add LoRA (seeded, so the initial adapter is the same every run).
-    for module in [pipe.vae, pipe.unet, *loaded.text_encoders]:
+    for module in [pipe.vae, loaded.denoiser, *loaded.text_encoders]:
         module.requires_grad_(False)
     set_seed(config.seed)
     lora = dict(r=config.rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                 init_lora_weights="gaussian")
-    pipe.unet.add_adapter(LoraConfig(target_modules=UNET_TARGETS, **lora))
+    loaded.denoiser.add_adapter(LoraConfig(target_modules=part.LORA_TARGETS, **lora))
     if config.train_text_encoder:
         from peft import inject_adapter_in_model
 
@@ -155,7 +153,7 @@ def _setup(config: ImageTrainConfig) -> _Setup:
     # stay float32: they run to cache latents and embeddings and to decode samples, not per step,
     # and SDXL's VAE overflows in fp16. Cast before the move, so a GPU never holds the fp32 UNet.
     if precision != "fp32":
-        store_frozen_in(pipe.unet, compute_dtype(precision))
+        store_frozen_in(loaded.denoiser, compute_dtype(precision))
     pipe.to(accelerator.device)
 
     cache = _build_cache(config, loaded, train, val, accelerator.device)
@@ -206,10 +204,7 @@ def _build_cache(config: ImageTrainConfig, loaded, train: list, val: list, devic
         stds.append(std)
     cache = {"latent_mean": torch.stack(means), "latent_std": torch.stack(stds),
              "captions": [e.caption for e in train]}
-    if loaded.family == "sdxl":
-        from .pipelines import add_time_ids
-
-        cache["time_ids"] = add_time_ids(sizes, crops, config.resolution).to(device)
+    cache["conditioning"] = _image_conditioning(loaded, sizes, crops, config.resolution, device)
     if not config.train_text_encoder:
         cache["embeds"] = _embed_captions(loaded, [e.caption for e in train + val] + [""], device)
 
@@ -223,9 +218,13 @@ def _build_cache(config: ImageTrainConfig, loaded, train: list, val: list, devic
                             generator=torch.Generator().manual_seed(config.seed + 1))
         cache["val"] = {"latents": val_latents, "timesteps": timesteps.to(device), "noise": noise.to(device),
                         "captions": [e.caption for e in val]}
-        if loaded.family == "sdxl":
-            cache["val"]["time_ids"] = add_time_ids(val_sizes, val_crops, config.resolution).to(device)
+        cache["val"]["conditioning"] = _image_conditioning(loaded, val_sizes, val_crops, config.resolution, device)
     return cache
+
+
+def _image_conditioning(loaded, sizes, crops, resolution: int, device) -> dict:
+    """The family's per-image conditioning besides the prompt (SDXL's time ids), on ``device``."""
+    return {key: value.to(device) for key, value in loaded.part.image_conditioning(sizes, crops, resolution).items()}
 
 
 def _encode_latents(vae, batch, device, chunk: int = 8):
@@ -262,24 +261,24 @@ def _embed_captions(loaded, captions: list[str], device) -> dict[str, tuple]:
 
 
 class ImageTask(Task):
-    """The UNet's LoRA (and the text encoders' with ``train_text_encoder``) on cached latents."""
+    """The denoiser's LoRA (and the text encoders' with ``train_text_encoder``) on cached latents."""
 
     def __init__(self, s: _Setup, run: RunDir):
         import torch
 
         from ..checkpoint import lr_schedule
 
-        cfg, acc, pipe = s.config, s.accelerator, s.loaded.pipe
+        cfg, acc, pipe, denoiser = s.config, s.accelerator, s.loaded.pipe, s.loaded.part.DENOISER
         self.s, self.run, self.config, self.accelerator = s, run, cfg, acc
-        self.model = torch.nn.ModuleDict({name: getattr(pipe, name) for name in ("unet", "text_encoder", "text_encoder_2")
+        self.model = torch.nn.ModuleDict({name: getattr(pipe, name) for name in (denoiser, "text_encoder", "text_encoder_2")
                                           if getattr(getattr(pipe, name, None), "peft_config", None)})
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = adamw(self.params, lr=cfg.lr, weight_decay=0.0)
         self.scheduler = lr_schedule(optimizer, cfg)
-        # Under accelerate launch the UNet is wrapped to average its gradients over processes
+        # Under accelerate launch the denoiser is wrapped to average its gradients over processes
         # (DDP); text-encoder LoRA runs outside that wrapper, so its gradients are averaged here.
-        self.unet, self.optimizer = acc.prepare(pipe.unet, optimizer)
-        self.unsynced = [p for name, module in self.model.items() if name != "unet"
+        self.denoiser, self.optimizer = acc.prepare(s.loaded.denoiser, optimizer)
+        self.unsynced = [p for name, module in self.model.items() if name != denoiser
                          for p in module.parameters() if p.requires_grad] if acc.num_processes > 1 else []
         self.generator = torch.Generator().manual_seed(cfg.seed)  # all of a step's randomness
         self.adapter_files: dict[str, Path] = {}
@@ -292,10 +291,10 @@ class ImageTask(Task):
     def train_step(self) -> tuple[float, None]:
         """One batch of cached latents with fresh noise and timesteps: forward, backward, clip, step."""
         acc = self.accelerator
-        training_mode(self.unet, *self.model.values())
+        training_mode(self.denoiser, *self.model.values())
         batch = _draw_batch(self.s, self.generator)
         with acc.autocast():
-            loss = diffusion_loss(self.s, self.unet, batch, weighted=True)
+            loss = diffusion_loss(self.s, self.denoiser, batch, weighted=True)
         acc.backward(loss)
         if self.unsynced:
             _average_gradients(self.unsynced, acc)
@@ -305,7 +304,7 @@ class ImageTask(Task):
         return loss.item(), None
 
     def evaluate(self) -> float | None:
-        return validation_loss(self.s, self.s.loaded.pipe.unet) if self.s.val else None
+        return validation_loss(self.s, self.s.loaded.denoiser) if self.s.val else None
 
     def sample(self, name: str) -> str:
         path = self.run.root / "samples" / f"{name}.png"
@@ -374,8 +373,7 @@ def _draw_batch(s: _Setup, generator) -> dict[str, Any]:
     latents = mean[variant, idx] + std[variant, idx] * eps.to(device)
     captions = ["" if d else cache["captions"][i] for i, d in zip(idx.tolist(), dropped.tolist())]
     batch = {"latents": latents, "noise": noise.to(device), "timesteps": timesteps.to(device), "captions": captions}
-    if "time_ids" in cache:
-        batch["time_ids"] = cache["time_ids"][idx.to(device)]
+    batch |= {key: rows[idx.to(device)] for key, rows in cache["conditioning"].items()}
     return batch
 
 
@@ -392,43 +390,25 @@ def _conditioning(s: _Setup, captions: list[str]):
     return torch.stack([r[0] for r in rows]), pooled
 
 
-def diffusion_loss(s: _Setup, unet, batch: dict[str, Any], *, weighted: bool):
-    """Noise the latents, predict with the UNet, and take the (min-SNR weighted) MSE to the target."""
-    import torch
-    import torch.nn.functional as F
-
-    ns = s.noise_scheduler
-    latents = batch["latents"] * s.loaded.pipe.vae.config.scaling_factor
-    noisy = ns.add_noise(latents, batch["noise"], batch["timesteps"])
-    if s.loaded.prediction_type == "v_prediction":
-        target = ns.get_velocity(latents, batch["noise"], batch["timesteps"])
-    else:
-        target = batch["noise"]
+def diffusion_loss(s: _Setup, denoiser, batch: dict[str, Any], *, weighted: bool):
+    """The family's objective on ``batch`` (``noise_loss``), conditioned on the batch's captions."""
     embeds, pooled = _conditioning(s, batch["captions"])
-    extra = {}
-    if pooled is not None:
-        extra["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": batch["time_ids"]}
-    pred = unet(noisy, batch["timesteps"], embeds, return_dict=False, **extra)[0]
-    per_image = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-    if weighted and s.config.min_snr_gamma:
-        from diffusers.training_utils import compute_snr
-
-        snr = compute_snr(ns, batch["timesteps"])
-        weight = torch.clamp(snr, max=s.config.min_snr_gamma)
-        weight = weight / (snr + 1) if s.loaded.prediction_type == "v_prediction" else weight / snr
-        per_image = per_image * weight
-    return per_image.mean()
+    part = s.loaded.part
+    return part.noise_loss(s.noise_scheduler, denoiser, batch, embeds, part.denoiser_kwargs(pooled, batch),
+                           scaling_factor=s.loaded.pipe.vae.config.scaling_factor,
+                           prediction_type=s.loaded.prediction_type, min_snr_gamma=s.config.min_snr_gamma,
+                           weighted=weighted)
 
 
-def validation_loss(s: _Setup, unet) -> float:
+def validation_loss(s: _Setup, denoiser) -> float:
     """Unweighted loss on held-out images at fixed timesteps with fixed noise: the same number every time."""
     import torch
 
     val, acc = s.cache["val"], s.accelerator
     mine = torch.arange(acc.process_index, len(val["latents"]), acc.num_processes)  # this process's images
     chunks = mine.split(s.config.batch_size) if len(mine) else []  # fewer images than processes: none here
-    was_training = unet.training
-    unet.eval()
+    was_training = denoiser.training
+    denoiser.eval()
     total, count = 0.0, 0
     with torch.no_grad(), acc.autocast():
         for k in range(len(val["timesteps"])):
@@ -436,11 +416,10 @@ def validation_loss(s: _Setup, unet) -> float:
                 n = len(rows)
                 batch = {"latents": val["latents"][rows], "noise": val["noise"][rows, k],
                          "timesteps": val["timesteps"][k].repeat(n), "captions": [val["captions"][i] for i in rows.tolist()]}
-                if "time_ids" in val:
-                    batch["time_ids"] = val["time_ids"][rows]
-                total += diffusion_loss(s, unet, batch, weighted=False).item() * n
+                batch |= {key: values[rows] for key, values in val["conditioning"].items()}
+                total += diffusion_loss(s, denoiser, batch, weighted=False).item() * n
                 count += n
-    unet.train(was_training)
+    denoiser.train(was_training)
     if acc.num_processes > 1:
         total, count = acc.reduce(torch.tensor([total, count], device=acc.device), reduction="sum").tolist()
     return total / count

@@ -26,13 +26,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from . import flow
-from .flow import pipe_images as encode_images  # noqa: F401  (part of the family's interface)
-from .flow import pipe_latents as model_latents  # noqa: F401
+import trainer.image.families.flow as flow  # not "from . import": the registry in __init__ imports this module
+from trainer.image.families.flow import pipe_images as encode_images  # noqa: F401,E501  (the family's interface)
+from trainer.image.families.flow import pipe_latents as model_latents  # noqa: F401
 from .adapters import add_lora as _add_lora
 from .adapters import cache_captions as _cache
 from .adapters import drop_module, lora_factors, read_json, save_diffusers, vae_scale, verify_loads
 
+NAME = "flux"
 PIPELINE_CLASSES = ("FluxPipeline",)
 DENOISER = "transformer"
 LORA_TARGETS = ("attn.to_k", "attn.to_q", "attn.to_v", "attn.to_out.0",
@@ -43,6 +44,10 @@ SIDE_MULTIPLE = 16
 DEFAULT_SAMPLE_SIZE = 128  # FluxPipeline.default_sample_size, in latent pixels
 TRAIN_GUIDANCE = 3.5  # train_dreambooth_lora_flux.py --guidance_scale, fed to dev's guidance embedding
 SINGLE_FILE = "lora_kohya.safetensors"
+GPU_BATCH = 1  # images a step on a GPU at the native side
+STEP_NATIVE = 1024
+STEP_S = {"gpu": 2.0, "cpu": 900.0}  # rough guesses (12B transformer) at STEP_NATIVE px, one image; not measured
+HUB_TAG = "flux"
 
 
 # --------------------------------------------------------------------------------------------
@@ -52,6 +57,15 @@ SINGLE_FILE = "lora_kohya.safetensors"
 def recognises(class_name: str) -> bool:
     """Whether a ``model_index.json`` ``_class_name`` is this family's."""
     return class_name in PIPELINE_CLASSES
+
+
+def label(prediction_type: str = "flow") -> str:
+    return "FLUX.1"
+
+
+def guess_from_name(name: str) -> tuple[int, str] | None:
+    """(native side, prediction type) when a hub name says FLUX."""
+    return (DEFAULT_SAMPLE_SIZE * 8, "flow") if "flux" in name.lower() else None  # the 8x VAE of every FLUX.1
 
 
 def guidance_distilled(folder: Path) -> bool:

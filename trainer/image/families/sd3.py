@@ -22,13 +22,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from . import flow
-from .flow import pipe_images as encode_images  # noqa: F401  (part of the family's interface)
-from .flow import pipe_latents as model_latents  # noqa: F401
+import trainer.image.families.flow as flow  # not "from . import": the registry in __init__ imports this module
+from trainer.image.families.flow import pipe_images as encode_images  # noqa: F401,E501  (the family's interface)
+from trainer.image.families.flow import pipe_latents as model_latents  # noqa: F401
 from .adapters import add_lora as _add_lora
 from .adapters import cache_captions as _cache
 from .adapters import drop_module, lora_factors, read_json, save_diffusers, vae_scale, verify_loads
 
+NAME = "sd3"
 PIPELINE_CLASSES = ("StableDiffusion3Pipeline",)
 DENOISER = "transformer"
 LORA_TARGETS = ("attn.add_k_proj", "attn.add_q_proj", "attn.add_v_proj", "attn.to_add_out",
@@ -37,6 +38,10 @@ LATENT_CHANNELS = 16
 SIDE_MULTIPLE = 16
 T5_TOKENS = 256  # StableDiffusion3Pipeline's max_sequence_length default
 SINGLE_FILE = "lora_comfyui.safetensors"
+GPU_BATCH = 1  # images a step on a GPU at the native side
+STEP_NATIVE = 1024
+STEP_S = {"gpu": 1.0, "cpu": 450.0}  # rough guesses (2.5B-8B transformer) at STEP_NATIVE px, one image; not measured
+HUB_TAG = "sd3"
 
 
 # --------------------------------------------------------------------------------------------
@@ -46,6 +51,15 @@ SINGLE_FILE = "lora_comfyui.safetensors"
 def recognises(class_name: str) -> bool:
     """Whether a ``model_index.json`` ``_class_name`` is this family's."""
     return class_name in PIPELINE_CLASSES
+
+
+def label(prediction_type: str = "flow") -> str:
+    return "SD 3.5"
+
+
+def guess_from_name(name: str) -> tuple[int, str] | None:
+    """(native side, prediction type) when a hub name says SD 3 / 3.5."""
+    return (1024, "flow") if "stable-diffusion-3" in name.lower() else None
 
 
 def native_size(folder: Path) -> int:

@@ -1,0 +1,140 @@
+"""Stable Diffusion 1.x/2.x as an image family: everything the trainer asks of a ``StableDiffusionPipeline``.
+
+- Denoiser: ``pipe.unet`` (``UNet2DConditionModel``); LoRA on its attention projections.
+- Prompts: one CLIP text encoder, its last hidden state as conditioning (no pooled embedding).
+- Objective: DDPM noise prediction, epsilon or v-prediction as the scheduler config says, with
+  optional min-SNR weighting (``noise_loss``); SDXL (``sdxl.py``) shares it.
+- Native size: the UNet's ``sample_size`` times the VAE's downscale (512 for 1.x, 768 for the
+  2.x v-prediction bases when the configs are missing).
+- Single file: kohya keys, the single text encoder named ``lora_te_`` as SD 1.x/2.x UIs expect.
+
+Nothing here imports torch or diffusers at module level: the bot reads the sizes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .adapters import read_json, vae_scale
+
+NAME = "sd"
+PIPELINE_CLASSES = ("StableDiffusionPipeline",)
+DENOISER = "unet"
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+LOAD_KWARGS = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+SIDE_MULTIPLE = 8  # sides are multiples of the VAE's downscale
+GPU_BATCH = 2  # images a step on a GPU at the native side
+STEP_S = {"gpu": 0.25, "cpu": 30.0}  # rough seconds a step at STEP_NATIVE px, one image; not promises
+STEP_NATIVE = 512
+HUB_TAG = "stable-diffusion"
+KOHYA_BASE_VERSION = "sd_v1"
+
+
+# --------------------------------------------------------------------------------------------
+# what a folder is, without torch
+
+
+def label(prediction_type: str = "epsilon") -> str:
+    return "SD 2.x (v-prediction)" if prediction_type == "v_prediction" else "SD 1.x/2.x"
+
+
+def fallback_size(prediction_type: str) -> int:
+    """The native side when the configs do not say: 768 for the 2.x v-prediction bases, else 512."""
+    return 768 if prediction_type == "v_prediction" else 512
+
+
+def native_size(folder: Path, fallback=fallback_size) -> int:
+    """The UNet's ``sample_size`` times the VAE's downscale, else ``fallback`` of the scheduler's prediction type."""
+    folder = Path(folder)
+    sample_size = read_json(folder / "unet" / "config.json").get("sample_size")
+    if isinstance(sample_size, list):
+        sample_size = sample_size[0]
+    if isinstance(sample_size, int) and read_json(folder / "vae" / "config.json").get("block_out_channels"):
+        return sample_size * vae_scale(folder)
+    scheduler = read_json(folder / "scheduler" / "scheduler_config.json")
+    return fallback(scheduler.get("prediction_type") or "epsilon")
+
+
+def guess_from_name(name: str) -> tuple[int, str] | None:
+    """(native side, prediction type) when a hub name says so: SD 2.x 768 bases say "2" without
+    "base". Other names get the registry's default, SD 1.x at 512 px."""
+    name = name.lower()
+    if "stable-diffusion-2" in name and "base" not in name:
+        return 768, "v_prediction"
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# prompts and conditioning
+
+
+def encode_prompts(pipe, prompts: list[str], device=None):
+    """``(prompt_embeds, None)`` exactly as the pipeline computes it at inference; gradients flow
+    when the caller has not disabled them (text-encoder LoRA)."""
+    device = device or pipe.text_encoder.device
+    return pipe.text_encoder(tokenize(pipe.tokenizer, prompts).to(device))[0], None
+
+
+def tokenize(tokenizer, prompts: list[str]):
+    return tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids
+
+
+def image_conditioning(original_sizes, crops_top_left, resolution: int) -> dict:
+    """Per-image conditioning besides the prompt: none for SD 1.x/2.x."""
+    return {}
+
+
+def denoiser_kwargs(pooled, batch: dict) -> dict:
+    """Extra keyword arguments of the UNet's forward: none for SD 1.x/2.x."""
+    return {}
+
+
+def probe_kwargs(unet_config, *, resolution: int, batch_size: int, device) -> dict:
+    """Random extra UNet inputs for the precision probe: none for SD 1.x/2.x."""
+    return {}
+
+
+# --------------------------------------------------------------------------------------------
+# the objective: DDPM noise prediction
+
+
+def training_scheduler(pipe):
+    """The noise schedule training adds noise with (DDPM, from the pipeline's scheduler config)."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config(pipe.scheduler.config)
+
+
+def noise_loss(noise_scheduler, unet, batch: dict, embeds, extra: dict, *, scaling_factor: float,
+               prediction_type: str, min_snr_gamma: float | None, weighted: bool):
+    """Noise the latents, predict with the UNet, and take the (min-SNR weighted) MSE to the target."""
+    import torch
+    import torch.nn.functional as F
+
+    ns = noise_scheduler
+    latents = batch["latents"] * scaling_factor
+    noisy = ns.add_noise(latents, batch["noise"], batch["timesteps"])
+    if prediction_type == "v_prediction":
+        target = ns.get_velocity(latents, batch["noise"], batch["timesteps"])
+    else:
+        target = batch["noise"]
+    pred = unet(noisy, batch["timesteps"], embeds, return_dict=False, **extra)[0]
+    per_image = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    if weighted and min_snr_gamma:
+        from diffusers.training_utils import compute_snr
+
+        snr = compute_snr(ns, batch["timesteps"])
+        weight = torch.clamp(snr, max=min_snr_gamma)
+        weight = weight / (snr + 1) if prediction_type == "v_prediction" else weight / snr
+        per_image = per_image * weight
+    return per_image.mean()
+
+
+# --------------------------------------------------------------------------------------------
+# export
+
+
+def kohya_key(key: str) -> str:
+    """SD 1.x/2.x UIs name the single text encoder lora_te_, not lora_te1_."""
+    return key.replace("lora_te1_", "lora_te_")
