@@ -25,7 +25,7 @@ from storage.blobs import BlobStore
 from storage.queue import JobQueue
 from storage.settings import Settings
 from storage.testing import tick_until
-from storage.worker import start_worker_process
+from tests.queue_world import queue, worker  # noqa: F401  (fixtures)
 
 NOTHING_TRAINED = "cancelled before training started; nothing was trained"
 AT_ONCE_S = 30  # well below the 60 s grace: the worker did not wait for the trainer to stop itself
@@ -35,21 +35,6 @@ AT_ONCE_S = 30  # well below the 60 s grace: the worker did not wait for the tra
 def settings(tmp_path):
     return Settings(data_dir=tmp_path / "data", heartbeat_s=0.2, heartbeat_timeout_s=10, cancel_grace_s=60,
                     kill_grace_s=5, poll_s=0.05, max_jobs_per_user=1, max_jobs_per_guild=2)
-
-
-@pytest.fixture
-def queue(settings):
-    q = JobQueue(settings)
-    yield q
-    q.close()
-
-
-@pytest.fixture
-def worker(settings):
-    proc = start_worker_process(settings)
-    yield proc
-    proc.kill()
-    proc.wait()
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from storage.lock import WriterLock
 from storage.queue import JobQueue
 from storage.settings import Settings
 from storage.testing import tick_until
-from storage.worker import start_worker_process
+from tests.queue_world import queue, worker  # noqa: F401  (fixtures)
 from trainer.errors import UserError
 
 
@@ -23,21 +23,6 @@ from trainer.errors import UserError
 def settings(tmp_path):
     return Settings(data_dir=tmp_path / "data", heartbeat_s=0.2, heartbeat_timeout_s=3, cancel_grace_s=0.5,
                     kill_grace_s=0.5, poll_s=0.05, max_jobs_per_user=1, max_jobs_per_guild=2)
-
-
-@pytest.fixture
-def queue(settings):
-    q = JobQueue(settings)
-    yield q
-    q.close()
-
-
-@pytest.fixture
-def worker(settings):
-    proc = start_worker_process(settings)
-    yield proc
-    proc.kill()
-    proc.wait()
 
 
 def run_next_task_here(queue: JobQueue, lane: str = "runs") -> None:
