@@ -7,7 +7,6 @@ from safetensors only; no custom pipeline code is ever run.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 from ..errors import ModelError
 from ..models import resolve_base
 from . import families
+from .families.adapters import open_pipeline
 
 
 @dataclass
@@ -55,35 +55,9 @@ def pipeline_family(path: Path) -> ModuleType:
 
 def load_pipeline(base: str | Path, dtype=None) -> LoadedPipeline:
     """Resolve ``base`` (hub id or local folder) and load its pipeline, without a safety checker."""
-    import diffusers
-
     path = resolve_base(str(base))
     part = pipeline_family(path)
-    cls = getattr(diffusers, part.PIPELINE_CLASSES[0])
-    try:
-        with _quiet_loading():
-            pipe = cls.from_pretrained(path, use_safetensors=True, torch_dtype=dtype, **part.LOAD_KWARGS)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ModelError(f"Could not load a {cls.__name__} from {path}: {exc}") from exc
-    pipe.set_progress_bar_config(disable=True)
-    return LoadedPipeline(pipe, part, path)
-
-
-@contextlib.contextmanager
-def _quiet_loading():
-    """No per-component loading bars from diffusers and transformers (the CLI draws its own progress)."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    restore = [m.enable_progress_bar for m in (diffusers_logging, transformers_logging)
-               if m.is_progress_bar_enabled()]
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        for enable in restore:
-            enable()
+    return LoadedPipeline(open_pipeline(part, path, dtype), part, path)
 
 
 def encode_prompts(loaded: LoadedPipeline, prompts: list[str], device=None):

@@ -9,11 +9,12 @@ compares the weight updates with the trained ones.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
 
-from ...errors import TrainingError
+from ...errors import ModelError, TrainingError
 from ..export import DIFFUSERS_FILE, lora_deltas
 
 ADAPTER = "default"
@@ -123,3 +124,35 @@ def vae_scale(folder: Path) -> int:
     """The VAE's downscale (2 ** (blocks - 1)) from its config, 8 when the config is missing."""
     blocks = read_json(Path(folder) / "vae" / "config.json").get("block_out_channels")
     return 2 ** (len(blocks) - 1) if blocks else 8
+
+
+def open_pipeline(part, path: Path, dtype=None):
+    """The family ``part``'s pipeline from the folder ``path``: safetensors only, its own loading
+    options (``part.LOAD_KWARGS``), no progress bars; ``ModelError`` when it does not load."""
+    import diffusers
+
+    cls = getattr(diffusers, part.PIPELINE_CLASSES[0])
+    try:
+        with _quiet_loading():
+            pipe = cls.from_pretrained(path, use_safetensors=True, torch_dtype=dtype, **part.LOAD_KWARGS)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelError(f"Could not load a {cls.__name__} from {path}: {exc}") from exc
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@contextlib.contextmanager
+def _quiet_loading():
+    """No per-component loading bars from diffusers and transformers (the CLI draws its own progress)."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    restore = [m.enable_progress_bar for m in (diffusers_logging, transformers_logging)
+               if m.is_progress_bar_enabled()]
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for enable in restore:
+            enable()

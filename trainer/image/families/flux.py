@@ -31,9 +31,11 @@ from trainer.image.families.flow import pipe_images as encode_images  # noqa: F4
 from trainer.image.families.flow import pipe_latents as model_latents  # noqa: F401
 from .adapters import add_lora as _add_lora
 from .adapters import cache_captions as _cache
+from .adapters import open_pipeline
 from .adapters import drop_module, lora_factors, read_json, save_diffusers, vae_scale, verify_loads
 
 NAME = "flux"
+LOAD_KWARGS: dict = {}  # nothing beyond safetensors (adapters.open_pipeline)
 PIPELINE_CLASSES = ("FluxPipeline",)
 DENOISER = "transformer"
 LORA_TARGETS = ("attn.to_k", "attn.to_q", "attn.to_v", "attn.to_out.0",
@@ -52,11 +54,6 @@ HUB_TAG = "flux"
 
 # --------------------------------------------------------------------------------------------
 # what a folder is, without torch
-
-
-def recognises(class_name: str) -> bool:
-    """Whether a ``model_index.json`` ``_class_name`` is this family's."""
-    return class_name in PIPELINE_CLASSES
 
 
 def label(prediction_type: str = "flow") -> str:
@@ -95,12 +92,10 @@ def sampling_defaults(folder: Path) -> dict:
 
 
 def load(path, dtype=None):
-    """``FluxPipeline.from_pretrained`` on a resolved folder, safetensors only, progress bars off."""
-    from diffusers import FluxPipeline
+    """``FluxPipeline`` from a resolved folder, as every family loads (``adapters.open_pipeline``)."""
+    import sys
 
-    pipe = FluxPipeline.from_pretrained(path, use_safetensors=True, torch_dtype=dtype)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return open_pipeline(sys.modules[__name__], path, dtype)
 
 
 def add_lora(pipe, *, rank: int, alpha: float, dropout: float = 0.0, targets=LORA_TARGETS) -> None:

@@ -27,9 +27,11 @@ from trainer.image.families.flow import pipe_images as encode_images  # noqa: F4
 from trainer.image.families.flow import pipe_latents as model_latents  # noqa: F401
 from .adapters import add_lora as _add_lora
 from .adapters import cache_captions as _cache
+from .adapters import open_pipeline
 from .adapters import drop_module, lora_factors, read_json, save_diffusers, vae_scale, verify_loads
 
 NAME = "sd3"
+LOAD_KWARGS: dict = {}  # nothing beyond safetensors (adapters.open_pipeline)
 PIPELINE_CLASSES = ("StableDiffusion3Pipeline",)
 DENOISER = "transformer"
 LORA_TARGETS = ("attn.add_k_proj", "attn.add_q_proj", "attn.add_v_proj", "attn.to_add_out",
@@ -46,11 +48,6 @@ HUB_TAG = "sd3"
 
 # --------------------------------------------------------------------------------------------
 # what a folder is, without torch
-
-
-def recognises(class_name: str) -> bool:
-    """Whether a ``model_index.json`` ``_class_name`` is this family's."""
-    return class_name in PIPELINE_CLASSES
 
 
 def label(prediction_type: str = "flow") -> str:
@@ -83,12 +80,10 @@ def sampling_defaults(folder: Path) -> dict:
 
 
 def load(path, dtype=None):
-    """``StableDiffusion3Pipeline.from_pretrained`` on a resolved folder, safetensors only, progress bars off."""
-    from diffusers import StableDiffusion3Pipeline
+    """``StableDiffusion3Pipeline`` from a resolved folder, as every family loads (``adapters.open_pipeline``)."""
+    import sys
 
-    pipe = StableDiffusion3Pipeline.from_pretrained(path, use_safetensors=True, torch_dtype=dtype)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return open_pipeline(sys.modules[__name__], path, dtype)
 
 
 def add_lora(pipe, *, rank: int, alpha: float, dropout: float = 0.0, targets=LORA_TARGETS) -> None:
