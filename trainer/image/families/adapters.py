@@ -156,3 +156,14 @@ def _quiet_loading():
     finally:
         for enable in restore:
             enable()
+
+
+def export_files(pipe, fresh, folder: Path, **single_file) -> dict[str, Path]:
+    """Write the diffusers file and the family's single file (``name=writer(pipe, folder)``) into
+    ``folder``, and prove each loads into ``fresh`` with the trained updates (``verify_loads``)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"diffusers": save_diffusers(pipe, folder)}
+    files |= {name: write(pipe, folder) for name, write in single_file.items()}
+    verify_loads(fresh, pipe, files)
+    return files

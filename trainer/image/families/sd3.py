@@ -27,8 +27,8 @@ from trainer.image.families.flow import pipe_images as encode_images  # noqa: F4
 from trainer.image.families.flow import pipe_latents as model_latents  # noqa: F401
 from .adapters import add_lora as _add_lora
 from .adapters import cache_captions as _cache
-from .adapters import open_pipeline
-from .adapters import drop_module, lora_factors, read_json, save_diffusers, vae_scale, verify_loads
+from .adapters import export_files, open_pipeline
+from .adapters import drop_module, lora_factors, read_json, vae_scale
 
 NAME = "sd3"
 LOAD_KWARGS: dict = {}  # nothing beyond safetensors (adapters.open_pipeline)
@@ -236,8 +236,4 @@ def export(pipe, fresh, folder: Path) -> dict[str, Path]:
 
     Raises ``TrainingError`` when a file does not load back with the same updates.
     """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    files = {"diffusers": save_diffusers(pipe, folder), "comfyui": save_single_file(pipe, folder)}
-    verify_loads(fresh, pipe, files)
-    return files
+    return export_files(pipe, fresh, folder, comfyui=save_single_file)
