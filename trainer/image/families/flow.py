@@ -173,3 +173,18 @@ def pipe_images(pipe, pixels):
 def pipe_latents(pipe, raw):
     """Raw latents shifted and scaled for the pipeline's transformer (a flow family's ``model_latents``)."""
     return model_latents(pipe.vae.config, raw)
+
+
+def generate(pipe, kwargs: dict, *, seed: int, steps: int, guidance_scale: float, size: int):
+    """One image from a flow family's pipeline with its prompt ``kwargs`` (text or cached embeddings):
+    the transformer in eval mode, torch's random state untouched, a CPU generator seeded ``seed``."""
+    import torch
+
+    was_training = pipe.transformer.training
+    pipe.transformer.eval()
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            return pipe(num_inference_steps=steps, guidance_scale=guidance_scale, height=size, width=size,
+                        generator=torch.Generator("cpu").manual_seed(seed), output_type="pil", **kwargs).images[0]
+    finally:
+        pipe.transformer.train(was_training)

@@ -209,8 +209,6 @@ def sample(pipe, prompt: str, *, seed: int, steps: int, guidance_scale: float, s
 
     With ``cache`` the prompt's cached embeddings are used (required once T5 is dropped).
     """
-    import torch
-
     if cache is None and pipe.text_encoder_2 is None:
         raise ValueError("The T5 encoder was dropped after caching; pass the cached embeddings.")
     kwargs: dict[str, Any] = {"prompt": prompt, "max_sequence_length": max_sequence_length(pipe)}
@@ -219,14 +217,7 @@ def sample(pipe, prompt: str, *, seed: int, steps: int, guidance_scale: float, s
             raise ValueError(f"No cached embeddings for the sample prompt {prompt!r}.")
         cond = cache[prompt].to(pipe.transformer.device)
         kwargs = {"prompt_embeds": cond.prompt[None], "pooled_prompt_embeds": cond.pooled[None]}
-    was_training = pipe.transformer.training
-    pipe.transformer.eval()
-    try:
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
-            return pipe(num_inference_steps=steps, guidance_scale=guidance_scale, height=size, width=size,
-                        generator=torch.Generator("cpu").manual_seed(seed), output_type="pil", **kwargs).images[0]
-    finally:
-        pipe.transformer.train(was_training)
+    return flow.generate(pipe, kwargs, seed=seed, steps=steps, guidance_scale=guidance_scale, size=size)
 
 
 # --------------------------------------------------------------------------------------------

@@ -170,21 +170,12 @@ def sample(pipe, prompt: str, *, seed: int, steps: int, guidance_scale: float, s
     With ``cache`` the prompt's cached embeddings are used (required once T5 is dropped); with
     guidance above 1 the cache must also hold "" for the negative prompt.
     """
-    import torch
-
     if cache is None and pipe.text_encoder_3 is None:
         raise ValueError("The T5 encoder was dropped after caching; pass the cached embeddings.")
     kwargs: dict[str, Any] = {"prompt": prompt, "max_sequence_length": max_sequence_length(pipe)}
     if cache is not None:
         kwargs = _cached_kwargs(pipe, prompt, cache, guidance_scale > 1)
-    was_training = pipe.transformer.training
-    pipe.transformer.eval()
-    try:
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
-            return pipe(num_inference_steps=steps, guidance_scale=guidance_scale, height=size, width=size,
-                        generator=torch.Generator("cpu").manual_seed(seed), output_type="pil", **kwargs).images[0]
-    finally:
-        pipe.transformer.train(was_training)
+    return flow.generate(pipe, kwargs, seed=seed, steps=steps, guidance_scale=guidance_scale, size=size)
 
 
 def _cached_kwargs(pipe, prompt: str, cache: dict, guided: bool) -> dict:
