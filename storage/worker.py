@@ -36,7 +36,6 @@ import ctypes
 import json
 import logging
 import os
-import re
 import shutil
 import signal
 import socket
@@ -48,7 +47,7 @@ from pathlib import Path
 
 from trainer.errors import UserError
 from trainer.events import grid_words
-from trainer.rundir import RunDir, atomic_folder, write_json_atomic
+from trainer.rundir import RunDir, atomic_folder, checkpoint_step, write_json_atomic
 
 from . import jobkinds
 from .blobs import BlobStore
@@ -88,7 +87,7 @@ class JobAttempt:
         self.proc: subprocess.Popen | None = None
         self.cancel_at: float | None = None
         self.stop_at_once = False  # the cancel came before this attempt's first step: nothing to keep
-        self.resume_step = _checkpoint_step(spec.get("checkpoint"))  # a retry's, from the bot or this run folder
+        self.resume_step = checkpoint_step(spec.get("checkpoint"))  # a retry's, from the bot or this run folder
         self.last_superseded_check = 0.0
 
     def execute(self) -> str:
@@ -133,7 +132,7 @@ class JobAttempt:
         # machine); an attempt lost before its first checkpoint starts over.
         resume = run.latest_checkpoint() is not None
         if resume:
-            self.resume_step = _checkpoint_step(run.latest_checkpoint().name)
+            self.resume_step = checkpoint_step(run.latest_checkpoint().name)
         config = jobkinds.get(spec["kind"]).prepare_inputs(self.blobs, run, spec["config"])  # its dataset, adapter, ...
         if self._cancel_requested():  # asked while we fetched them
             return self.reporter.finish("cancelled", self._nothing_trained())
@@ -301,12 +300,6 @@ def _outcome(returncode: int, run: RunDir, *, cancelled: bool) -> tuple[str, str
 def _last_line(path: Path) -> str:
     lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()] if path.exists() else []
     return lines[-1][:500] if lines else "no output"
-
-
-def _checkpoint_step(name: str | None) -> int | None:
-    """The step of a checkpoint named ``step-000012`` (or ``step-000012/tree-hash``), else None."""
-    match = re.fullmatch(r"step-(\d+)(/.*)?", name or "")
-    return int(match.group(1)) if match else None
 
 
 def _restore_checkpoint(blobs: BlobStore, run: RunDir, checkpoint: str | None) -> None:

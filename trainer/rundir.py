@@ -100,7 +100,14 @@ class RunDir:
         write_json_atomic(self.metrics, data)
 
 
-_CHECKPOINT_NAME = re.compile(r"step-\d+")
+_CHECKPOINT_NAME = re.compile(r"step-(\d+)")
+
+
+def checkpoint_step(name: str | None) -> int | None:
+    """The step of a checkpoint named ``step-000012`` (or ``step-000012/tree-hash``, as the queue
+    records it), else None."""
+    match = _CHECKPOINT_NAME.fullmatch((name or "").split("/")[0])
+    return int(match.group(1)) if match else None
 
 
 @contextlib.contextmanager
