@@ -23,6 +23,7 @@ from discord import app_commands
 from discord.ext import commands, tasks
 
 from storage.settings import Settings
+from trainer import kinds
 from trainer.errors import UserError
 
 from .config import BotSettings
@@ -242,7 +243,7 @@ class LoracordBot(commands.Bot):
             head = f"**Sample #{sample.id}** ({source}, seed {sample.seed}) · prompt: {sample.prompt or '–'}"
         # What a model wrote is posted cleaned (no control characters, no pings, cut to fit) and pings nobody.
         quiet = discord.AllowedMentions.none()
-        if sample.kind == "image":
+        if kinds.recorded(sample.kind).makes_images:
             await channel.send(sample_message(head), file=discord.File(io.BytesIO(data), f"sample-{sample.id}.png"),
                                view=vote_view(sample.id), allowed_mentions=quiet)
         else:

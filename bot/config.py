@@ -15,9 +15,8 @@ from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from typing_extensions import Annotated
 
+from trainer import kinds
 from trainer.limits import MAX_FILE_BYTES, MiB
-
-IMAGE_PREFIX = "image:"
 
 
 class BotSettings(BaseSettings):
@@ -65,11 +64,11 @@ class BotSettings(BaseSettings):
         return [v.strip() for v in value if v and v.strip()]
 
     def models_for(self, kind: str, guild_settings: dict | None = None) -> list[str]:
-        """Allowed base models of one kind ('text' or 'image'), the guild's list when it set one."""
+        """Allowed base models of one kind (unmarked, or after the kind's ``model_prefix``), the guild's
+        list when it set one."""
         names = (guild_settings or {}).get("allowed_models") or self.allowed_models
-        if kind == "image":
-            return [n[len(IMAGE_PREFIX):] for n in names if n.startswith(IMAGE_PREFIX)]
-        return [n for n in names if not n.startswith(IMAGE_PREFIX)]
+        wanted = kinds.get(kind)
+        return [model for marked, model in map(kinds.of_model, names) if marked is wanted]
 
     def train_defaults(self, kind: str) -> dict:
         """The trainer settings runs of ``kind`` start from (``text_train_defaults``, ``image_train_defaults``)."""

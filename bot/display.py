@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import PurePath, PurePosixPath, PureWindowsPath
 
+from trainer import kinds
 from trainer.hostpaths import scrub_paths  # noqa: F401  (the bot's messages cut host paths by the same rule)
 
 
@@ -23,8 +24,9 @@ def model_name(ref: str | None) -> str:
     """A base model as members see it: a local folder by its name, anything else as given."""
     if not ref:
         return ""
-    if ref.startswith("image:"):  # the server's list marks image models so
-        return "image:" + model_name(ref[len("image:"):])
+    kind, model = kinds.of_model(ref)
+    if kind.model_prefix:  # the server's list marks image models so ('image:')
+        return kind.model_prefix + model_name(model)
     if not is_local_path(ref):
         return ref
     path: PurePath = PureWindowsPath(ref) if "\\" in ref else PurePosixPath(ref)

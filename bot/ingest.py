@@ -113,18 +113,18 @@ def _check_file(kind: str, filename: str, data: bytes, blobs: BlobStore, caption
         result.rejected.append(Rejected(shown, problem))
         return
     try:
-        checks = _check_text(name, data) if kind == "text" else _check_image(name, data, resolution)
+        checks = kinds.get(kind).part("upload_check")(name, data, resolution)  # check_text, check_image
     except DataError as exc:
         result.rejected.append(Rejected(shown, _own_words(str(exc), name)))
         return
-    if kind == "image" and caption:
+    if kinds.get(kind).captioned and caption:
         checks["caption_from"] = source or "caption"
     result.accepted.append(Checked(name, blobs.put_bytes(data), len(data), caption, checks))
 
 
 def _refusal(kind: str, name: str, found: FileType, *, inside_archive: bool) -> str | None:
     """Why a session of ``kind`` cannot take this file, from what it is and what it is called."""
-    ext = extension(name)
+    ext, images = extension(name), kinds.get(kind).makes_images
     accepted = accepted_extensions(kind)
     if found.kind == "archive":
         if inside_archive:
@@ -136,20 +136,21 @@ def _refusal(kind: str, name: str, found: FileType, *, inside_archive: bool) -> 
         return f"this is {found.what}; {found.instead or 'upload ' + takes(kind)}"
     if is_archive_name(name):
         return f"not a readable {ext} archive; pack the files again and re-upload"
-    if found.kind == "image" and kind == "text":
+    if found.kind == "image" and not images:
         return (f"this is {found.what}: {session_words(kind)} takes {takes(kind)}; "
                 f"images go in an image session")
-    if found.kind == "image" and kind == "image" and ext not in accepted:
+    if found.kind == "image" and images and ext not in accepted:
         return f"this is {found.what} named {ext or 'without an extension'}: rename it to .{found.format} and upload it again"
     if ext not in accepted:
         what = f"{ext} files are" if ext else "a file without an extension is"
         return f"{what} not accepted in {session_words(kind)}; upload {takes(kind)}"
-    if kind == "image" and found.kind != "image":
+    if images and found.kind != "image":
         return f"this is {found.what}, not an image; upload {takes(kind)}"
     return None
 
 
-def _check_text(name: str, data: bytes) -> dict:
+def check_text(name: str, data: bytes, resolution: int | None = None) -> dict:
+    """What the trainer's text reader finds in one file (``resolution``: unused, images only)."""
     from trainer.text.data import read_text_examples
 
     with tempfile.TemporaryDirectory() as folder:
@@ -163,7 +164,8 @@ def _check_text(name: str, data: bytes) -> dict:
             "chars_median": report.chars_median, "warnings": report.warnings}
 
 
-def _check_image(name: str, data: bytes, resolution: int | None = None) -> dict:
+def check_image(name: str, data: bytes, resolution: int | None = None) -> dict:
+    """What the trainer's image reader finds in one file, checked against the training ``resolution``."""
     from trainer.image.data import DataLimits, load_images
 
     limits = DataLimits(min_side=min_image_side(resolution), resolution=resolution)
@@ -210,7 +212,7 @@ def _check_archive(kind: str, filename: str, data: bytes, found: FileType, blobs
         result.rejected.append(Rejected(filename, str(exc)))
         return
     captions: dict[str, tuple[str | None, str]] = {}  # image path without extension -> (caption, source)
-    if kind == "image":  # captions: metadata.jsonl rows (the imagefolder convention), sidecars (cat.png + cat.txt)
+    if kinds.get(kind).captioned:  # captions: metadata.jsonl rows (the imagefolder convention), sidecars (cat.png + cat.txt)
         for path, content in list(files.items()):
             if PurePosixPath(path).name == METADATA_FILE:
                 try:

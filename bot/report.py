@@ -18,12 +18,12 @@ from trainer import kinds
 from trainer.errors import DataError
 from trainer.folds import FOLDS_BELOW, cv_trials, folds_for
 from trainer.image.sizes import describe_step_time
-from trainer.limits import MIN_EXAMPLES, min_image_side
+from trainer.limits import min_image_side
 
 from .display import scrub_paths
 
 # What works for each kind: (too few below, good from, what it counts); sources in trainer presets' docstrings.
-TARGETS = {kind.name: (MIN_EXAMPLES[kind.name], kind.good_from, kind.units) for kind in kinds.KINDS.values()}
+TARGETS = {kind.name: (kind.min_examples, kind.good_from, kind.units) for kind in kinds.KINDS.values()}
 
 # The trainer's presets (trainer.presets, docs/presets.md), in a member's words.
 PRESETS = {
@@ -73,7 +73,7 @@ def first_run(preset: str, device: str) -> str:
 def cv_plan(kind: str, count: int, trials: int | None = None) -> str | None:
     """How quick tries will score settings on a set this small (``trainer.folds``), or None."""
     folds = folds_for(count)
-    if count < MIN_EXAMPLES[kind] or not folds:
+    if count < kinds.get(kind).min_examples or not folds:
         return None
     unit = TARGETS[kind][2]
     tries = (f" ({cv_trials(trials, folds)} settings x {folds} short runs, about the steps of {trials} tries)"

@@ -114,7 +114,7 @@ def demo_cmd(
 
 
 # ``loracord train text``: its options are the text config's settings (loracord.options).
-train_app.command("text")(train_command(TEXT, "LoRA-fine-tune a language model on a few texts.", _print_text_result))
+train_app.command(TEXT.name)(train_command(TEXT, "LoRA-fine-tune a language model on a few texts.", _print_text_result))
 
 # Commands from other parts (image training, queue, bot).
 registry.register(app, train_app)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import typer
 
+from trainer.kinds import IMAGE
+
 from . import cli_bot, cli_image, cli_ops, cli_tune
 
 
 def register(app: typer.Typer, train_app: typer.Typer) -> None:
     cli_ops.register(app)  # storage: worker, jobs, db
-    train_app.command("image")(cli_image.train_image)  # image training
+    train_app.command(IMAGE.name)(cli_image.train_image)  # image training
     cli_tune.register(app)  # tune, presets
     cli_bot.register(app)  # bot: run

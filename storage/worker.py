@@ -45,6 +45,7 @@ import threading
 import time
 from pathlib import Path
 
+from trainer import kinds
 from trainer.errors import UserError
 from trainer.events import grid_words
 from trainer.rundir import RunDir, atomic_folder, checkpoint_step, write_json_atomic
@@ -400,7 +401,7 @@ class Reporter:
         if event.get("kind") == "sample":
             shows = event.get("shows")  # a grid says its prompts and seeds; its file name is no prompt
             prompt, seed = (grid_words(shows), None) if shows else (event.get("message"), self.seed)
-            payload["samples"] = [{"blob": h, "prompt": prompt, "seed": seed, "kind": _sample_kind(n)}
+            payload["samples"] = [{"blob": h, "prompt": prompt, "seed": seed, "kind": kinds.for_file(n).name}
                                   for n, h in payload["blobs"].items()]
         if attempt == self.attempt:
             self.stepped = self.stepped or event.get("kind") == "step"
@@ -478,13 +479,9 @@ class Reporter:
                 text = row.get("after") or row.get("text")
                 if text:
                     out["samples"].append({"blob": self.blobs.put_bytes(text.encode()), "prompt": row.get("prompt"),
-                                           "seed": self.seed, "kind": "text"})
+                                           "seed": self.seed, "kind": kinds.TEXT.name})  # rows of texts
         self.kind.publish_outputs(self.blobs, run, out)  # what only this kind makes (trial adapters, samples)
         return out
-
-
-def _sample_kind(name: str) -> str:
-    return "image" if name.lower().endswith((".png", ".jpg", ".jpeg", ".webp")) else "text"
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import kinds
 from .hostpaths import scrub_paths
 from .image import families
 from .models import BUILTIN_HUB_IDS, BUILTIN_TEXT_MODELS, is_hub_id, loadable_name
@@ -73,16 +74,16 @@ def model_card(metrics: dict, samples: list[dict] | None = None, *, adapter: str
     """
     from huggingface_hub import ModelCard, ModelCardData
 
-    kind = metrics.get("kind", "text")
+    kind = kinds.recorded(metrics.get("kind"))
     base_ref = metrics.get("base") or ""
     base = loadable_name(base_ref) if base_ref else "its base model"
     config = metrics.get("config") or {}
     clean = _Cleaner(roots, metrics.get("base_path"), config.get("out"), *(config.get("data") or []))
-    image = kind == "image"
+    image = kind.makes_images
     part = families.named(metrics.get("family") or "") or families.DEFAULT
     tags = ["lora", "loracord"] + (["diffusers", "text-to-image", part.HUB_TAG] if image
                                    else ["peft", "transformers", "text-generation"])
-    data = ModelCardData(base_model=base if is_hub_id(base) else None, library_name="diffusers" if image else "peft",
+    data = ModelCardData(base_model=base if is_hub_id(base) else None, library_name=kind.library,
                          pipeline_tag="text-to-image" if image else "text-generation", tags=tags)
     body = "\n\n".join(part for part in (
         f"# {'Image' if image else 'Text'} LoRA adapter for {base}",
@@ -101,9 +102,8 @@ def model_card(metrics: dict, samples: list[dict] | None = None, *, adapter: str
 # the card's parts
 
 
-def _about(kind: str, base: str, base_ref: str) -> str:
-    what = "a Stable Diffusion pipeline" if kind == "image" else "a causal language model"
-    lines = [f"A LoRA adapter for {what}, **{base}**, trained with loracord (a Discord bot and CLI that "
+def _about(kind: kinds.RunKind, base: str, base_ref: str) -> str:
+    lines = [f"A LoRA adapter for {kind.base_is}, **{base}**, trained with loracord (a Discord bot and CLI that "
              "fine-tunes models on a few examples)."]
     builtin = base_ref.strip().lower()
     if builtin in BUILTIN_HUB_IDS:
@@ -155,10 +155,10 @@ image.save("sample.png")"""
             "most other UIs: put it in their LoRA folder.")
 
 
-def _settings(kind: str, metrics: dict, config: dict, clean: "_Cleaner") -> str:
+def _settings(kind: kinds.RunKind, metrics: dict, config: dict, clean: "_Cleaner") -> str:
     config = dict(config)
     if config.get("alpha") is None and config.get("rank"):  # the configs' documented default
-        config["alpha"] = float(config["rank"] * (1 if kind == "image" else 2))
+        config["alpha"] = float(config["rank"] * kind.alpha_per_rank)
     shown = {name: config[name] for name in SETTINGS if config.get(name) is not None}
     if metrics.get("precision"):
         shown["precision"] = metrics["precision"]
@@ -166,15 +166,13 @@ def _settings(kind: str, metrics: dict, config: dict, clean: "_Cleaner") -> str:
     return "\n".join(["| setting | value |", "|---|---|", *rows])
 
 
-def _data(kind: str, metrics: dict, clean: "_Cleaner") -> str:
+def _data(kind: kinds.RunKind, metrics: dict, clean: "_Cleaner") -> str:
     report = metrics.get("data_report") or {}
-    if kind == "image":
-        train, val, unit = report.get("train_images"), report.get("val_images"), "images"
-    else:
-        train, val, unit = report.get("n_train"), report.get("n_val"), "examples"
-    lines = [f"- {train} training {unit}, {val} held out for validation" if train is not None
+    counted = ("train_images", "val_images") if kind.makes_images else ("n_train", "n_val")  # trainer's metrics keys
+    train, val = (report.get(key) for key in counted)
+    lines = [f"- {train} training {kind.units}, {val} held out for validation" if train is not None
              else "- (not recorded)"]
-    if kind == "text" and metrics.get("text_kind"):
+    if "text_kind" in kind.settings and metrics.get("text_kind"):
         lines.append(f"- kind of text: {metrics['text_kind']}"
                      + (f" ({clean(metrics['text_kind_reason'])})" if metrics.get("text_kind_reason") else ""))
     if metrics.get("tokens_trained"):
@@ -182,12 +180,12 @@ def _data(kind: str, metrics: dict, clean: "_Cleaner") -> str:
     return "\n".join(lines)
 
 
-def _results(kind: str, metrics: dict) -> str:
+def _results(kind: kinds.RunKind, metrics: dict) -> str:
     best, step = metrics.get("best_val_loss"), metrics.get("best_step")
     lines = [f"- steps trained: {metrics.get('steps_done', '?')} ({_stop(metrics.get('stop_reason'))})"]
     if best is not None:
         lines.append(f"- best validation loss: {best:.4f}, at step {step} (the adapter holds that step's weights)")
-        if kind == "text":
+        if not kind.makes_images:  # a language model's loss: its perplexity too
             perplexity = metrics.get("val_perplexity") or math.exp(min(best, 50))
             lines.append(f"- validation perplexity: {perplexity:.2f}")
     else:

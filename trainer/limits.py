@@ -15,6 +15,8 @@ import math
 import re
 from pathlib import PurePosixPath
 
+from . import kinds
+
 MiB = 2**20
 
 MAX_FILE_BYTES = 25 * MiB
@@ -39,9 +41,8 @@ MAX_EXAMPLE_CHARS = 20_000
 MAX_CAPTION_CHARS = 1000
 """Longest image caption; longer ones are cut (the text encoders read 77 tokens anyway)."""
 
-MIN_EXAMPLES = {"text": 5, "image": 5}
-"""Fewest training examples a run takes: a held-out example (validation: early stopping, quick
-tries) and four to train on, for text and images alike."""
+MIN_EXAMPLES = {kind.name: kind.min_examples for kind in kinds.KINDS.values()}
+"""Fewest training examples a run takes, by kind (each kind's ``min_examples``)."""
 MIN_IMAGE_SIDE = 64
 """Shortest image side any reader takes; training asks for more (``min_image_side``)."""
 
@@ -61,12 +62,9 @@ def image_size_problem(width: int, height: int, min_side: int, resolution: int |
     return f"{width}x{height} px is too small{at}; the shorter side must be at least {min_side} px"
 
 
-TOO_LARGE_FIX = {
-    "image": "resize or re-export it",
-    "text": "split it into smaller files",
-    "caption": "a caption is a line or two: check it is the file you meant",
-}
-"""What to do with a file over the size limit, by what it is meant to be."""
+TOO_LARGE_FIX = {**{kind.name: kind.too_large_fix for kind in kinds.KINDS.values()},
+                 "caption": "a caption is a line or two: check it is the file you meant"}
+"""What to do with a file over the size limit, by what it is meant to be: a file of a kind, or a caption."""
 
 
 def file_size_problem(size: int, kind: str, limit: int = MAX_FILE_BYTES) -> str | None:

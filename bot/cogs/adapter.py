@@ -17,6 +17,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from trainer import kinds
 from trainer.models import loadable_name
 
 from ..client import LoracordBot
@@ -90,7 +91,7 @@ def _portable_adapter_file(blobs, rel: str, data: bytes, *, base: str | None, me
         digest = (run_files or {}).get(name)
         return json.loads(blobs.get_bytes(digest)) if digest and blobs.exists(digest) else None
 
-    run_metrics = stored("metrics.json") or {**(metrics or {}), "kind": (metrics or {}).get("kind", "text")}
+    run_metrics = stored("metrics.json") or {**(metrics or {}), "kind": (metrics or {}).get("kind", kinds.DEFAULT.name)}
     if base:
         run_metrics = {**run_metrics, "base": base}
     return str(model_card(run_metrics, stored("samples.json"))).encode()
@@ -108,7 +109,7 @@ class AdapterCog(commands.GroupCog, group_name="adapter", group_description="Tra
         path = await asyncio.to_thread(zip_adapter, self.svc.blobs, adapter.blob_hash, dest, base=adapter.base_model,
                                        metrics=adapter.metrics, run_files=(job.result or {}).get("files"))
         size, limit = path.stat().st_size, interaction.filesize_limit
-        library = "diffusers" if (adapter.metrics or {}).get("kind") == "image" else "peft"
+        library = kinds.recorded((adapter.metrics or {}).get("kind")).library
         base = f"`{loadable_name(adapter.base_model)}`" if adapter.base_model else "its base model"
         picked = f"\nI took {note}; `job:` picks another." if note else ""
         if size <= limit:

@@ -18,7 +18,6 @@ from discord.ext import commands
 from storage.db import Job, Session
 from trainer import kinds
 from trainer.errors import ConfigError
-from trainer.limits import MIN_EXAMPLES
 from trainer.spec import RunSpec, TuneOptions
 
 from ..client import LoracordBot, actor_of
@@ -61,10 +60,10 @@ def check_can_train(svc: Services, session: Session, actor: Actor) -> None:
     """The quick checks before a run is prepared: permission, quotas, enough data."""
     svc.sessions.require(session, actor, "train")
     check_quota(svc, session, actor)
-    have = sum(int(i.checks.get("examples", 1)) for i in svc.data.items(session))
-    need = MIN_EXAMPLES[session.kind]  # the trainer's own minimum (trainer.limits)
+    have, kind = sum(int(i.checks.get("examples", 1)) for i in svc.data.items(session)), kinds.get(session.kind)
+    need = kind.min_examples  # the trainer's own minimum (trainer.kinds)
     if have < need:
-        raise Refusal(f"The dataset has {have} {kinds.get(session.kind).units}; training needs at least {need}. "
+        raise Refusal(f"The dataset has {have} {kind.units}; training needs at least {need}. "
                       f"Add data with `/data add`, then check it with `/data report`.")
 
 
@@ -205,7 +204,7 @@ class TrainCog(commands.GroupCog, group_name="train", group_description="Train a
         if ranking:
             lines = [await self._best_line(s) for s in ranking]
             embed.add_field(name="Best samples by votes", inline=False, value="\n".join(lines)[:1024])
-            best_image = next((s for s in ranking if kinds.KINDS.get(s.kind, kinds.DEFAULT).makes_images), None)
+            best_image = next((s for s in ranking if kinds.recorded(s.kind).makes_images), None)
             if best_image is not None:  # an image is what was generated: show the best-voted one itself
                 data = await self.bot.db(self.svc.samples.blob_bytes, best_image.blob_hash)
                 files.append(discord.File(io.BytesIO(data), f"sample-{best_image.id}.png"))
@@ -219,7 +218,7 @@ class TrainCog(commands.GroupCog, group_name="train", group_description="Train a
         head = f"#{sample.id} (job #{sample.job_id}) score {sample.votes:+d}: "
         prompt = no_pings(sample.prompt or "")
         # an image's "prompt": a grid's says its rows and columns; a /sample image has its prompt
-        if kinds.KINDS.get(sample.kind, kinds.DEFAULT).makes_images:  # a sample of no recorded kind is a text
+        if kinds.recorded(sample.kind).makes_images:  # a sample of no recorded kind is a text
             what = f"a training {prompt}" if sample.seed is None else f"an image of “{prompt}”, seed {sample.seed}"
             return cut(f"{head}{what}", 200)
         text = (await self.bot.db(self.svc.samples.blob_bytes, sample.blob_hash)).decode("utf-8", "replace")

@@ -9,6 +9,7 @@ its jobs to run on. The worker resolves the same table for its own device when t
 from __future__ import annotations
 
 from storage.db import Session
+from trainer import kinds
 from trainer.image.sizes import SIZE_KEYS, RunSizes, guess_family, resolution_problem, resolve_sizes
 
 from ..display import model_name
@@ -38,7 +39,9 @@ class ImageSizing(Service):
         stored = self.services.server.settings(guild_id).get("image_sizes") or {}
         if not values:
             return stored
-        self._check_resolution(self.services.server.allowed_models(guild_id, "image"), values)
+        sized = [model for kind in kinds.KINDS.values() if kind.sized_to_device
+                 for model in self.services.server.allowed_models(guild_id, kind.name)]
+        self._check_resolution(sized, values)
         return self.services.server.store(guild_id, "image_sizes", {**stored, **values}).get("image_sizes") or {}
 
     def set_session_sizes(self, session: Session, actor: Actor, **values) -> dict:
@@ -46,7 +49,7 @@ class ImageSizing(Service):
         A resolution is checked against the session's base."""
         values = _given(values)
         self.services.sessions.require(session, actor, "manage")
-        if values and session.kind != "image":
+        if values and not kinds.get(session.kind).sized_to_device:
             raise Refusal("Resolution, batch size and sampling steps are settings of image sessions.")
         by_session = dict(self.services.server.settings(session.guild_id).get("session_sizes") or {})
         key = str(session.id)

@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 import shutil
 
+from trainer import kinds
+
 from .base import JobKind
 
 KIND = JobKind("sample", run="storage.jobkinds.sample:run_sample", prepare="storage.jobkinds.sample:fetch_adapter",
@@ -46,7 +48,7 @@ def fetch_adapter(blobs, run, config: dict) -> dict:
         if config.get("metrics"):
             blobs.get_file(config["metrics"], metrics)
         else:
-            metrics.write_text(json.dumps({"kind": config.get("kind", "text"), "base": config.get("base")}))
+            metrics.write_text(json.dumps({"kind": config.get("kind", kinds.DEFAULT.name), "base": config.get("base")}))
     return config
 
 
@@ -63,14 +65,14 @@ def run_sample(config: dict, run, *, resume: bool, cancel) -> dict:
     out.mkdir(parents=True)
     if cancel.is_set():
         return {"status": "cancelled"}
-    rows = []
-    if config.get("kind") == "image":
+    rows, kind = [], kinds.recorded(config.get("kind"))
+    if kind.makes_images:
         from trainer.image.sample import sample_run as sample_images
 
         for index, (prompt, path) in enumerate(zip(prompts, sample_images(source, prompts, seed=seed, count=count))):
             target = out / f"sample-{index}.png"  # one grid per prompt, seeds seed .. seed+count-1
             shutil.move(str(path), target)
-            rows.append({"file": f"samples/{target.name}", "prompt": prompt, "seed": seed, "kind": "image"})
+            rows.append({"file": f"samples/{target.name}", "prompt": prompt, "seed": seed, "kind": kind.name})
     else:
         from trainer.text.sample import sample_run as sample_text
 
@@ -79,7 +81,8 @@ def run_sample(config: dict, run, *, resume: bool, cancel) -> dict:
         for index, row in enumerate(generated):
             target = out / f"sample-{index}.txt"
             target.write_text(row["text"], encoding="utf-8")
-            rows.append({"file": f"samples/{target.name}", "prompt": row["prompt"], "seed": row["seed"], "kind": "text"})
+            rows.append({"file": f"samples/{target.name}", "prompt": row["prompt"], "seed": row["seed"],
+                         "kind": kind.name})
     return {"status": "done", "samples": rows,
             "source": {"job": config.get("source_job"), "trial": config.get("trial")}}
 

@@ -36,7 +36,7 @@ from ..errors import DataError
 from ..filetypes import not_text
 from ..kinds import TEXT
 
-MIN_EXAMPLES = L.MIN_EXAMPLES["text"]
+MIN_EXAMPLES = TEXT.min_examples
 ACCEPTED_EXTENSIONS = TEXT.extensions  # what text sessions take (trainer.kinds)
 CHAT_ROLES = ("system", "user", "assistant")
 JSONL_SHAPES = ('{"text"}', '{"prompt", "completion"}', '{"messages"}')
@@ -246,7 +246,7 @@ def _read_file(path: Path, limits: TextLimits, report: DataReport) -> tuple[list
         return [], [f"{name}: file not found ({path})."], []
     if not path.is_file():
         return [], [f"{name}: not a file ({path})."], []
-    too_large = L.file_size_problem(path.stat().st_size, "text", limits.max_file_bytes)
+    too_large = L.file_size_problem(path.stat().st_size, TEXT.name, limits.max_file_bytes)
     if too_large:  # before the content: a huge file is refused for its size, whatever its bytes are
         return [], [f"{name}: {too_large}"], []
     raw = path.read_bytes()

@@ -9,6 +9,7 @@ picks ``quick``, ``balanced`` (the default) or ``best``.
 
 from __future__ import annotations
 
+from ..kinds import TEXT
 from ..presets import preset_overrides
 from .config import TextTrainConfig
 
@@ -18,14 +19,14 @@ def size_defaults(config: TextTrainConfig, *, n_train: int, train_tokens: int,
     """Return a copy of ``config`` with every ``None`` knob filled from its preset, the dataset's
     size and the kind of text (``text_kind``, which can switch augmentation and dropout off)."""
     tokens_per_step = config.batch_size * config.seq_len * config.grad_accum
-    preset = preset_overrides("text", config.preset, n_train, train_tokens=train_tokens,
+    preset = preset_overrides(TEXT.name, config.preset, n_train, train_tokens=train_tokens,
                               tokens_per_step=tokens_per_step, text_kind=text_kind)
     steps = config.steps or preset["steps"]
     rank = config.rank or preset["rank"]
     filled = {
         "steps": steps,
         "rank": rank,
-        "alpha": config.alpha or float(2 * rank),
+        "alpha": config.alpha or float(TEXT.alpha_per_rank * rank),  # trainer.kinds
         "lr": config.lr or preset["lr"],
         "lora_dropout": config.lora_dropout if config.lora_dropout is not None else preset["lora_dropout"],
         "augment": config.augment if config.augment is not None else preset["augment"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .. import kinds
 from ..errors import ModelError
 from ..rundir import RunDir
 
@@ -16,7 +17,7 @@ def load_run_model(run: str | Path, dtype=None):
 
     run_dir = RunDir.open(run)
     metrics = run_dir.read_metrics()
-    if metrics.get("kind", "text") != "text":
+    if kinds.KINDS.get(metrics.get("kind", kinds.DEFAULT.name)) is not kinds.TEXT:
         raise ModelError(f"{run_dir.root} is an {metrics['kind']} run, not a text run.")
     if not (run_dir.adapter / "adapter_config.json").exists():
         raise ModelError(f"{run_dir.root} has no adapter (status: {metrics.get('status')}); finish or resume the run first.")

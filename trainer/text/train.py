@@ -17,6 +17,7 @@ from typing import Any, Iterator
 from ..cancel import CancelToken
 from ..errors import ConfigError
 from ..events import EventCallback
+from ..kinds import TEXT
 from ..loop import LoopState, Task, adamw, fit, training_mode
 from ..rundir import RunDir, start_run, write_json_atomic
 from .config import TextTrainConfig
@@ -266,7 +267,7 @@ class TextTask(Task):
 
     def metrics(self, state: LoopState) -> dict:
         s, best = self.s, state.best_val
-        return {"kind": "text", "base": s.config.base, "base_path": str(s.base_path), "precision": s.precision,
+        return {"kind": TEXT.name, "base": s.config.base, "base_path": str(s.base_path), "precision": s.precision,
                 "precision_choice": s.precision_choice, "text_kind": s.text_kind.kind,
                 "text_kind_reason": s.text_kind.reason, "text_kind_declared": s.text_kind.declared,
                 "regularisation_off_for_kind": s.regularisation_off,
