@@ -18,7 +18,6 @@ shows the temporary folder the checks ran in.
 from __future__ import annotations
 
 import io
-import json
 import re
 import tarfile
 import tempfile
@@ -28,15 +27,15 @@ from pathlib import Path, PurePosixPath
 
 from storage.blobs import BlobStore
 from trainer import kinds
+from trainer.captions import CAPTION_SUFFIX, METADATA_NAME, metadata_captions
 from trainer.errors import DataError
 from trainer.filetypes import FileType, extension, is_archive_name, sniff
-from trainer.limits import (MAX_ARCHIVE_BYTES, MAX_ARCHIVE_MEMBERS, MAX_CAPTION_CHARS, file_size_problem,
-                            looks_like_zip_bomb, mib, min_image_side, unsafe_archive_path)
+from trainer.limits import (MAX_ARCHIVE_BYTES, MAX_ARCHIVE_MEMBERS, MAX_CAPTION_CHARS, encrypted_member,
+                            file_size_problem, looks_like_zip_bomb, mib, min_image_side, unsafe_archive_path)
 
 from .display import scrub_paths
 
 _JUNK = ("__MACOSX/", ".DS_Store", "Thumbs.db", "desktop.ini")
-METADATA_FILE = "metadata.jsonl"  # captions inside an image archive (the imagefolder convention)
 
 
 @dataclass
@@ -214,14 +213,14 @@ def _check_archive(kind: str, filename: str, data: bytes, found: FileType, blobs
     captions: dict[str, tuple[str | None, str]] = {}  # image path without extension -> (caption, source)
     if kinds.get(kind).captioned:  # captions: metadata.jsonl rows (the imagefolder convention), sidecars (cat.png + cat.txt)
         for path, content in list(files.items()):
-            if PurePosixPath(path).name == METADATA_FILE:
+            if PurePosixPath(path).name == METADATA_NAME:
                 try:
                     captions.update({k: (v, "metadata") for k, v in _metadata_captions(path, content).items()})
                 except _Refused as exc:
                     result.rejected.append(Rejected(f"{filename}/{path}", str(exc)))
                 del files[path]
         for path, content in list(files.items()):
-            if path.lower().endswith(".txt"):  # a sidecar wins over a metadata row, as in the trainer's reader
+            if path.lower().endswith(CAPTION_SUFFIX):  # a sidecar wins over a metadata row, as in the trainer's reader
                 text = _caption(content.decode("utf-8", "replace"))
                 if text:
                     captions[str(PurePosixPath(path).with_suffix(""))] = (text, "sidecar")
@@ -246,21 +245,13 @@ def _caption(text: str | None) -> str | None:
 
 
 def _metadata_captions(path: str, content: bytes) -> dict[str, str]:
-    """Captions from a ``metadata.jsonl`` in an archive: ``{"file_name": ..., "text": ...}`` per line
-    (``caption`` is read too), keyed like sidecars (the image's path without its extension)."""
-    folder = PurePosixPath(path).parent
-    captions = {}
-    for number, line in enumerate(content.decode("utf-8-sig", "replace").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            name, text = row["file_name"], row.get("text", row.get("caption"))
-        except (ValueError, KeyError, TypeError):
-            raise _Refused(f"line {number}: expected a JSON object with 'file_name' and 'text'") from None
-        if isinstance(name, str) and isinstance(text, str) and _caption(text):
-            captions[str((folder / name).with_suffix(""))] = _caption(text)
-    return captions
+    """Captions from a ``metadata.jsonl`` in an archive (read as the trainer reads it,
+    ``trainer.captions``), keyed like sidecars (the image's path without its extension);
+    refused whole at its first line that is not a row."""
+    captions, problems = metadata_captions(content.decode("utf-8-sig", "replace"), PurePosixPath(path).parent)
+    if problems:
+        raise _Refused(problems[0])
+    return {str(PurePosixPath(image).with_suffix("")): _caption(text) for image, text in captions.items()}
 
 
 def _wanted(path: str) -> bool:
@@ -278,7 +269,7 @@ def _zip_files(data: bytes) -> dict[str, bytes]:
         if looks_like_zip_bomb(m.file_size, m.compress_size):
             raise _Refused(f"{m.filename} inflates {m.file_size // max(1, m.compress_size)}x: "
                            f"refusing a possible zip bomb")
-        if m.flag_bits & 0x1:
+        if encrypted_member(m):
             raise _Refused(f"{m.filename} is encrypted; zip the files again without a password")
     try:
         return {m.filename: archive.read(m) for m in members}

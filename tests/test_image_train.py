@@ -226,11 +226,11 @@ def test_bad_base_models_get_clear_errors(tmp_path, image_folder):
     (not_a_pipeline / "model.safetensors").write_bytes(b"")
     with pytest.raises(ModelError, match="model_index.json"):
         train_image(config(image_folder, tmp_path / "r1", not_a_pipeline))
-    other = tmp_path / "flux"
+    other = tmp_path / "video"
     other.mkdir()
-    (other / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    (other / "model_index.json").write_text(json.dumps({"_class_name": "CogVideoXPipeline"}))
     (other / "x.safetensors").write_bytes(b"")
-    with pytest.raises(ModelError, match="FluxPipeline"):
+    with pytest.raises(ModelError, match="CogVideoXPipeline pipeline; loracord trains SD 1.x/2.x .* FLUX.1"):
         train_image(config(image_folder, tmp_path / "r2", other))
     with pytest.raises(ModelError, match="Unknown base model"):
         train_image(config(image_folder, tmp_path / "r3", "not a model"))

@@ -90,6 +90,11 @@ def unsafe_archive_path(name: str) -> bool:
     return posix.startswith("/") or bool(re.match(r"^[A-Za-z]:", posix)) or ".." in PurePosixPath(posix).parts
 
 
+def encrypted_member(member) -> bool:
+    """Whether a zip member (a ``zipfile.ZipInfo``) is encrypted: no reader asks for a password."""
+    return bool(member.flag_bits & 0x1)
+
+
 def mib(n_bytes: float, digits: int = 0) -> str:
     """``n_bytes`` in MiB, as messages show it."""
     return f"{n_bytes / MiB:.{digits}f} MiB"

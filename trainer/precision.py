@@ -262,10 +262,11 @@ def text_probe(base_path: Path, *, seq_len: int, batch_size: int, rank: int,
 
 
 def image_probe(loaded, *, resolution: int, batch_size: int, rank: int) -> Callable[[str], float]:
-    """``probe(precision)``: seconds of one LoRA training step of ``loaded``'s UNet at ``resolution``.
+    """``probe(precision)``: seconds of one LoRA training step of ``loaded``'s denoiser at ``resolution``.
 
-    As the image trainer runs it: the frozen UNet stored in the compute dtype, its LoRA weights
-    float32, under autocast. A copy with LoRA is made, so the run's own UNet is left untouched.
+    As the image trainer runs it: the frozen denoiser (UNet or transformer) stored in the compute
+    dtype, its LoRA weights float32, under autocast; the family gives a forward's random inputs
+    (``probe_inputs``). A copy with LoRA is made, so the run's own denoiser is left untouched.
     """
     import copy
 
@@ -276,33 +277,30 @@ def image_probe(loaded, *, resolution: int, batch_size: int, rank: int) -> Calla
     built: dict = {}
 
     def build() -> dict:
-        """The LoRA copy of the UNet and a batch, made on the first call only."""
+        """The LoRA copy of the denoiser and its inputs, made on the first call only."""
         if built:
             return built
-        unet = get_peft_model(copy.deepcopy(loaded.denoiser),
-                              LoraConfig(r=rank, lora_alpha=rank, target_modules=list(loaded.part.LORA_TARGETS)))
-        unet.to(device)
-        cfg = loaded.denoiser.config
+        denoiser = get_peft_model(copy.deepcopy(loaded.denoiser),
+                                  LoraConfig(r=rank, lora_alpha=rank, target_modules=list(loaded.part.LORA_TARGETS)))
+        denoiser.to(device)
         scale = 2 ** (len(loaded.pipe.vae.config.block_out_channels) - 1)
         side = max(resolution // scale, 8)
-        extra = loaded.part.probe_kwargs(cfg, resolution=resolution, batch_size=batch_size, device=device)
-        built.update(unet=unet, extra=extra,
-                     latents=torch.randn(batch_size, cfg.in_channels, side, side, device=device),
-                     context=torch.randn(batch_size, 77, cfg.cross_attention_dim, device=device),
-                     timesteps=torch.randint(0, 1000, (batch_size,), device=device))
+        inputs = loaded.part.probe_inputs(loaded.denoiser.config, side=side, resolution=resolution,
+                                          batch_size=batch_size, device=device)
+        built.update(denoiser=denoiser, inputs=inputs)
         return built
 
     def probe(precision: str) -> float:
         dtype = compute_dtype(precision)
         b = build()
-        store_frozen_in(b["unet"], dtype)  # outside the timed steps
+        store_frozen_in(b["denoiser"], dtype)  # outside the timed steps
 
         def step() -> None:
             with torch.autocast(device, dtype=dtype, enabled=precision != "fp32"):
-                out = b["unet"](b["latents"], b["timesteps"], b["context"], **b["extra"]).sample
-                loss = torch.nn.functional.mse_loss(out.float(), b["latents"])
+                out = b["denoiser"](**b["inputs"], return_dict=False)[0]
+                loss = out.float().pow(2).mean()
             loss.backward()
-            b["unet"].zero_grad(set_to_none=True)
+            b["denoiser"].zero_grad(set_to_none=True)
 
         return _timed(step)
 

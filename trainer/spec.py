@@ -30,6 +30,7 @@ from typing import Any, Callable, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import kinds
+from .captions import METADATA_NAME
 from .config import problems, settings_error
 from .errors import ConfigError
 from .presets import Preset
@@ -37,7 +38,6 @@ from .presets import Preset
 Kind = Literal[kinds.names()]
 Pruner = Literal["successive-halving", "hyperband", "median", "none"]
 SPEC_VERSION = 1
-METADATA_FILE = "metadata.jsonl"  # the imagefolder captions file that trainer.image.data reads
 # Fields of the spec itself: they are never trainer ``settings``.
 OWN_FIELDS = ("kind", "base", "preset", "seed", "data", "out", "resume")
 
@@ -82,7 +82,7 @@ class DatasetManifest(BaseModel):
             if captioned and item.caption and item.caption.strip():
                 rows.append({"file_name": name, "text": item.caption.strip()})
         if rows:
-            metadata = folder / METADATA_FILE
+            metadata = folder / METADATA_NAME
             tmp = metadata.with_name(metadata.name + ".part")
             tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
             os.replace(tmp, metadata)

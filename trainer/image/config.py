@@ -17,25 +17,26 @@ from ..config import TrainConfig, slash
 
 
 class ImageTrainConfig(TrainConfig):
-    """One LoRA fine-tuning run of a Stable Diffusion 1.x/2.x or SDXL pipeline on a few images."""
+    """One LoRA fine-tuning run of an image pipeline (SD 1.x/2.x, SDXL, FLUX.1, SD 3.5) on a few images."""
 
     kind_defaults = {"warmup_ratio": 0.05, "min_delta": 0.0}
 
     data: list[str] = Field(description="Images (png/jpg/webp), folders of them or zip archives; captions from "
                                         "sidecar .txt files or metadata.jsonl.")
-    base: str = Field(description="Base pipeline: hub id or local folder (SD 1.x/2.x or SDXL, diffusers layout).")
+    base: str = Field(description="Base pipeline: hub id or local folder (SD 1.x/2.x, SDXL, FLUX.1 or SD 3.5, "
+                                  "diffusers layout).")
     instance_prompt: str = Field("a photo of sks", description="Caption for images without one; put the trigger word in it.")
     resolution: int | None = Field(None, ge=8, le=2048, description=(
-        "Training and sampling side in pixels (a multiple of 8); default: sized to the base and the device "
+        "Training and sampling side in pixels (a multiple of 8, of 16 for FLUX.1 and SD 3.5); default: sized to the base and the device "
         "(trainer.image.sizes: the base's native side on a GPU, at most 256 px on a CPU)."),
         json_schema_extra=slash("training and sample side in pixels (default: sized to the base and "
                                 "the device)"))
     batch_size: int | None = Field(None, ge=1, le=64, description="Images per optimizer step; default: 2 on a GPU "
-                                                                   "(1 for SDXL), 1 on a CPU.")
-    train_text_encoder: bool = Field(False, description="Also put LoRA on the text encoder(s) (no embedding cache).")
+                                                                   "(1 for SDXL, FLUX.1, SD 3.5), 1 on a CPU.")
+    train_text_encoder: bool = Field(False, description="Also put LoRA on the text encoder(s) (no embedding cache; SD and SDXL only).")
     augment_variants: int = Field(4, ge=1, le=32, description="Augmented copies per image whose latents are cached.")
     caption_dropout: float = Field(0.1, ge=0, lt=1, description="Share of steps' captions replaced by the empty one (for CFG).")
-    min_snr_gamma: float | None = Field(5.0, gt=0, description="Min-SNR loss weighting gamma; None turns it off.")
+    min_snr_gamma: float | None = Field(5.0, gt=0, description="Min-SNR loss weighting gamma; None turns it off (DDPM families; flow matching has no SNR weighting).")
     noise_offset: float = Field(0.0, ge=0, le=1, description="Noise offset (brighter darks and lighter lights); 0 = off.")
     val_fraction: float = Field(0.2, ge=0, le=0.5, description="Share of images held out for validation (at least one when >= 4 images).")
     sample_every: int | None = Field(None, ge=0, description="Draw a sample grid every N steps (0: only at the end); "
@@ -43,11 +44,14 @@ class ImageTrainConfig(TrainConfig):
     sample_prompts: list[str] | None = Field(None, description="Prompts of the sample grids; default: the instance "
                                                                "prompt and a held-out caption.")
     sample_seeds: list[int] = Field([0, 1], description="One grid column per seed.")
-    sample_steps: int | None = Field(None, ge=1, le=200, description="Denoising steps per sample; default: 25 on a "
-                                                                     "GPU, 8 on a CPU.",
+    sample_steps: int | None = Field(None, ge=1, le=200, description="Denoising steps per sample; default: the "
+                                                                     "family's on a GPU (25; FLUX.1 schnell 4, dev and "
+                                                                     "SD 3.5 28), at most 8 on a CPU.",
                                      json_schema_extra=slash("denoising steps per sample (default: sized to the "
                                                              "device)"))
-    guidance_scale: float = Field(7.0, ge=0, le=30, description="Classifier-free guidance scale of samples.")
+    guidance_scale: float | None = Field(None, ge=0, le=30, description="Guidance scale of samples; default: the "
+                                                                        "base family's (7 for SD/SDXL, 0 for FLUX.1 "
+                                                                        "schnell, 3.5 for dev, 4.5 for SD 3.5).")
     min_image_side: int | None = Field(None, ge=8, description="Refuse smaller images; default: half the resolution "
                                                                "(trainer.limits.min_image_side).")
     max_pixels: int = Field(L.MAX_IMAGE_PIXELS, ge=1, description="Pixel cap per image (decompression bombs).")

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import re
 import warnings
 import zipfile
@@ -32,12 +31,11 @@ from typing import Iterable, Iterator
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .. import limits as L
+from ..captions import CAPTION_SUFFIX, METADATA_NAME, metadata_captions
 from ..errors import DataError
 from ..filetypes import extension, is_archive_name, sniff
 
 IMAGE_FORMATS = {"PNG", "JPEG", "MPO", "WEBP"}  # MPO: the JPEG variant many phones write
-CAPTION_SUFFIX = ".txt"
-METADATA_NAME = "metadata.jsonl"
 _JUNK = re.compile(r"(^|/)(\.[^/]*|__MACOSX|Thumbs\.db|desktop\.ini)(/|$)", re.IGNORECASE)
 
 
@@ -251,7 +249,7 @@ def _zip_entries(path: Path, limits: DataLimits, problems: list[str]) -> Iterato
             ratio = m.file_size / max(m.compress_size, 1)
             problems.append(f"{path}:{m.filename}: compressed {ratio:.0f}:1, refusing a likely zip bomb")
             return
-        if m.flag_bits & 0x1:
+        if L.encrypted_member(m):
             problems.append(f"{path}:{m.filename}: encrypted archive members are not supported")
             return
     for m in members:
@@ -298,22 +296,9 @@ def _read_text(entry: _Entry, limits: DataLimits, problems: list[str]) -> str | 
 
 
 def _read_metadata(entry: _Entry, limits: DataLimits, problems: list[str]) -> dict[tuple[str, str], str]:
-    text = _read_text(entry, limits, problems)
-    folder = PurePosixPath(entry.key).parent
-    rows = {}
-    for number, line in enumerate((text or "").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            name, caption = row["file_name"], row.get("text", row.get("caption"))
-        except (json.JSONDecodeError, KeyError, TypeError):
-            problems.append(f"{entry.name} line {number}: expected a JSON object with 'file_name' and 'text'")
-            continue
-        if isinstance(caption, str) and caption.strip():
-            key = (folder / name).as_posix() if str(folder) != "." else PurePosixPath(name).as_posix()
-            rows[(entry.container, key)] = caption.strip()
-    return rows
+    captions, bad = metadata_captions(_read_text(entry, limits, problems) or "", PurePosixPath(entry.key).parent)
+    problems.extend(f"{entry.name} {problem}" for problem in bad)
+    return {(entry.container, key): caption for key, caption in captions.items()}
 
 
 def _decode(entry: _Entry, limits: DataLimits, problems: list[str]) -> tuple[Image.Image, str] | None:

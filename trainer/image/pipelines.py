@@ -37,11 +37,14 @@ class LoadedPipeline:
 
     @property
     def text_encoders(self) -> list:
-        return [e for e in (self.pipe.text_encoder, getattr(self.pipe, "text_encoder_2", None)) if e is not None]
+        """The pipeline's text encoders still loaded (one to three; a flow family's T5 goes once cached)."""
+        names = ("text_encoder", "text_encoder_2", "text_encoder_3")
+        return [e for e in (getattr(self.pipe, name, None) for name in names) if e is not None]
 
     @property
     def prediction_type(self) -> str:
-        return self.pipe.scheduler.config.get("prediction_type", "epsilon")
+        """'epsilon' or 'v_prediction' as the scheduler says, or the family's own ('flow')."""
+        return self.part.PREDICTION_TYPE or self.pipe.scheduler.config.get("prediction_type", "epsilon")
 
 
 def pipeline_family(path: Path) -> ModuleType:

@@ -22,16 +22,19 @@ def size_defaults(config: ImageTrainConfig, n_train: int, sizes: RunSizes | None
     """Return a copy of ``config`` with every ``None`` knob filled from its preset, the data's size,
     the base and the device. ``sizes``: the run's sizes when it resolved them already (``run_sizes``,
     once per run), else they are resolved here."""
-    preset = preset_overrides("image", config.preset, n_train)
+    sizes = sizes or run_sizes(config)
+    family = sizes.family
+    preset = preset_overrides("image", config.preset, n_train) | family.part.PRESET
     steps = config.steps or preset["steps"]
     filled = {
-        **(sizes or run_sizes(config)).settings(),
+        **sizes.settings(),
         "steps": steps,
         "rank": config.rank or preset["rank"],
         "lr": config.lr or preset["lr"],
         "lora_dropout": config.lora_dropout if config.lora_dropout is not None else preset["lora_dropout"],
         "augment": config.augment if config.augment is not None else preset["augment"],
         "eval_every": min(config.eval_every or max(1, steps // 8), steps),
+        "guidance_scale": config.guidance_scale if config.guidance_scale is not None else family.guidance,
         "sample_every": config.sample_every if config.sample_every is not None else max(1, steps // 4),
     }
     return config.model_copy(update=filled)

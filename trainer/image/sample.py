@@ -22,8 +22,12 @@ def make_grid(rows: list[list[Image.Image]]) -> Image.Image:
 
 
 def sample_grid(loaded, prompts: list[str], seeds: list[int], *, resolution: int, steps: int,
-                guidance_scale: float, autocast=None) -> Image.Image:
-    """Generate each prompt with each seed; training RNG is left untouched."""
+                guidance_scale: float, autocast=None, cache: dict | None = None) -> Image.Image:
+    """Generate each prompt with each seed through the family's sampler; training RNG is left untouched.
+
+    ``cache``: the run's ``{prompt: (embeddings, pooled)}``, which families that freed an encoder
+    after caching (FLUX.1's and SD 3.5's T5) sample from; the others encode the prompt themselves.
+    """
     import contextlib
 
     import torch
@@ -34,13 +38,8 @@ def sample_grid(loaded, prompts: list[str], seeds: list[int], *, resolution: int
     rows = []
     with torch.random.fork_rng(devices=[]), torch.no_grad(), (autocast or contextlib.nullcontext)():
         for prompt in prompts:
-            row = []
-            for seed in seeds:
-                generator = torch.Generator("cpu").manual_seed(seed)
-                out = loaded.pipe(prompt=prompt, num_inference_steps=steps, guidance_scale=guidance_scale,
-                                  height=resolution, width=resolution, generator=generator, output_type="pil")
-                row.append(out.images[0])
-            rows.append(row)
+            rows.append([loaded.part.sample(loaded.pipe, prompt, seed=seed, steps=steps, guidance_scale=guidance_scale,
+                                            size=resolution, cache=cache) for seed in seeds])
     denoiser.train(was_training)
     return make_grid(rows)
 

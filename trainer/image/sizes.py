@@ -5,9 +5,10 @@ its v-prediction bases, SDXL 1024), read from the pipeline's own configs (the UN
 ``sample_size`` times the VAE's downscale) so that any diffusers folder, tiny test pipelines
 included, gets its own numbers. A run that nobody sized trains at:
 
-- on a GPU: the native side, 2 images a step (1 for SDXL), 25 denoising steps per sample;
-- on a CPU: a small side (half the native one, at most 256 px), 1 image a step, 8 denoising
-  steps, so that a step takes seconds rather than minutes.
+- on a GPU: the native side, 2 images a step (1 for SDXL, FLUX.1 and SD 3.5), the family's
+  denoising steps per sample (25 for the UNet families, 4 for FLUX.1 schnell, 28 for dev and SD 3.5);
+- on a CPU: a small side (half the native one, at most 256 px), 1 image a step, at most 8
+  denoising steps, so that a step takes seconds rather than minutes.
 
 Somebody may choose any side from a quarter to twice the native one (a multiple of the family's
 ``SIDE_MULTIPLE``: 8, 16 for FLUX.1 and SD 3.5); ``resolution_problem`` says the allowed range otherwise. ``resolve_sizes`` is the one resolver of
@@ -22,7 +23,7 @@ Nothing here imports torch or diffusers: the bot reads the same table.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Literal
@@ -34,6 +35,7 @@ Device = Literal["cpu", "gpu"]
 SIZE_KEYS = ("resolution", "batch_size", "sample_steps")  # what somebody may choose; the table sizes the rest
 GPU_SAMPLE_STEPS, CPU_SAMPLE_STEPS = 25, 8
 CPU_MAX_RESOLUTION = 256
+DEFAULT_GUIDANCE = 7.0  # a base's configs unread (sized by its name): the UNet families' guidance
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class ImageFamily:
     part: ModuleType  # its family module in trainer.image.families
     native: int  # the side it was trained at, in pixels
     prediction_type: str = "epsilon"
+    sampling: dict = field(default_factory=dict)  # the family's sampling defaults for this base (steps, guidance_scale)
 
     @property
     def family(self) -> str:
@@ -52,6 +55,11 @@ class ImageFamily:
     @property
     def label(self) -> str:
         return self.part.label(self.prediction_type)
+
+    @property
+    def guidance(self) -> float:
+        """The guidance scale samples of this base draw with by default."""
+        return self.sampling.get("guidance_scale", DEFAULT_GUIDANCE)
 
     @property
     def min_resolution(self) -> int:
@@ -64,12 +72,12 @@ class ImageFamily:
 
     def defaults(self, device: Device) -> dict:
         """Resolution, batch size and sampling steps of a run nobody sized, on ``device``."""
+        steps = self.sampling.get("steps", GPU_SAMPLE_STEPS)
         if device == "gpu":
-            return {"resolution": self.native, "batch_size": self.part.GPU_BATCH,
-                    "sample_steps": GPU_SAMPLE_STEPS}
+            return {"resolution": self.native, "batch_size": self.part.GPU_BATCH, "sample_steps": steps}
         m = self.part.SIDE_MULTIPLE
         side = max(self.min_resolution, min(CPU_MAX_RESOLUTION, self.native // 2) // m * m)
-        return {"resolution": side, "batch_size": 1, "sample_steps": CPU_SAMPLE_STEPS}
+        return {"resolution": side, "batch_size": 1, "sample_steps": min(CPU_SAMPLE_STEPS, steps)}
 
 
 def resolution_problem(family: ImageFamily, resolution: int) -> str | None:
@@ -145,7 +153,7 @@ def read_family(folder: str | Path) -> ImageFamily | None:
         return None
     scheduler = read_json(folder / "scheduler" / "scheduler_config.json")
     prediction_type = scheduler.get("prediction_type") or "epsilon"
-    return ImageFamily(part, part.native_size(folder), prediction_type)
+    return ImageFamily(part, part.native_size(folder), prediction_type, part.sampling_defaults(folder))
 
 
 def guess_family(base: str) -> ImageFamily:

@@ -1,4 +1,4 @@
-"""Train a LoRA adapter for a Stable Diffusion 1.x/2.x or SDXL pipeline on a few images.
+"""Train a LoRA adapter for an image pipeline (SD 1.x/2.x, SDXL, FLUX.1, SD 3.5) on a few images.
 
 ``train_image`` reads the data, loads the pipeline and caches what stays fixed (``_setup``);
 ``ImageTask.train_step`` is one optimizer step, run by the loop shared with text runs
@@ -8,9 +8,13 @@
   space, so ``augment_variants`` augmented copies are encoded up front and each step picks one;
   the latent distribution's mean and std are kept, so each step still samples a fresh latent);
 - text embeddings of the frozen encoders are computed once per caption (and for the empty
-  caption used by caption dropout); with ``train_text_encoder`` they are computed every step;
-- bf16 autocast where the hardware has fast bf16, the frozen UNet stored in bf16 (LoRA weights and
-  the optimizer stay fp32).
+  caption used by caption dropout, and the sample prompts); with ``train_text_encoder`` they are
+  computed every step. Then the family frees what only caching needed (FLUX.1's and SD 3.5's T5);
+- bf16 autocast where the hardware has fast bf16, the frozen denoiser stored in bf16 (LoRA weights
+  and the optimizer stay fp32).
+
+What differs between families (the denoiser, prompt encoding, the objective, sampling, exports)
+is asked of the base's family module (``trainer.image.families``); nothing here names one.
 
 All randomness of a step (batch, variant, noise, timesteps, caption dropout) comes from one
 ``torch.Generator`` saved in checkpoints, so a resumed run continues exactly. Under
@@ -99,6 +103,7 @@ def split(examples: list, val_fraction: float, seed: int) -> tuple[list, list]:
 def _setup(config: ImageTrainConfig) -> _Setup:
     import torch
     from accelerate.utils import set_seed
+    from diffusers.training_utils import cast_training_params
     from peft import LoraConfig
 
     from ..precision import choose_precision, compute_dtype, image_probe, make_accelerator, model_key, store_frozen_in
@@ -107,11 +112,15 @@ def _setup(config: ImageTrainConfig) -> _Setup:
     from .presets import run_sizes, size_defaults
 
     started = time.time()
-    if config.train_text_encoder:
-        check_text_encoder_lora()
     if config.threads:
         torch.set_num_threads(config.threads)
     sizes = run_sizes(config)  # once: the images are read and the run trains at the same sizes
+    if config.train_text_encoder and not sizes.family.part.TEXT_ENCODER_LORA:
+        raise ConfigError(f"train_text_encoder: loracord keeps a {sizes.family.label} base's text encoders frozen "
+                          f"(their embeddings are cached and T5 is freed); leave it off to train the "
+                          f"{sizes.family.part.DENOISER} alone.")
+    if config.train_text_encoder:
+        check_text_encoder_lora()
     dataset = load_images(config.data, instance_prompt=config.instance_prompt, limits=training_limits(config, sizes))
     if config.holdout:  # a cross-validation fold, or every image (trainer.folds)
         from ..folds import split_holdout
@@ -120,11 +129,14 @@ def _setup(config: ImageTrainConfig) -> _Setup:
     else:
         train, val = split(dataset.examples, config.val_fraction, config.seed)
     config = size_defaults(config, len(train), sizes)
-    loaded = load_pipeline(config.base)
     shape = dict(resolution=config.resolution, batch_size=config.batch_size, rank=config.rank)
-    probe = image_probe(loaded, **shape)
-    choice = choose_precision(config.precision, probe=probe,
-                              key=f"image|{model_key(loaded.path)}|" + ",".join(f"{k}={v}" for k, v in shape.items()))
+    if sizes.family.part.PRECISION_PROBE:  # small denoisers: measure which precision steps faster here
+        loaded = load_pipeline(config.base)
+        choice = choose_precision(config.precision, probe=image_probe(loaded, **shape),
+                                  key=f"image|{model_key(loaded.path)}|" + ",".join(f"{k}={v}" for k, v in shape.items()))
+    else:  # big transformers: the hardware's half precision, and the pipeline loads in it (half the memory)
+        choice = choose_precision(config.precision, probe=None, key="")
+        loaded = load_pipeline(config.base, dtype=None if choice.precision == "fp32" else compute_dtype(choice.precision))
     precision = choice.precision
     accelerator = make_accelerator(precision)
     pipe, part = loaded.pipe, loaded.part  # moved to the device below, once the denoiser is in its dtype
@@ -136,7 +148,8 @@ def _setup(config: ImageTrainConfig) -> _Setup:
     set_seed(config.seed)
     lora = dict(r=config.rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                 init_lora_weights="gaussian")
-    loaded.denoiser.add_adapter(LoraConfig(target_modules=part.LORA_TARGETS, **lora))
+    loaded.denoiser.add_adapter(LoraConfig(target_modules=list(part.LORA_TARGETS), **lora))
+    cast_training_params(loaded.denoiser, dtype=torch.float32)  # the adapter trains in float32 whatever the base's dtype
     if config.train_text_encoder:
         from peft import inject_adapter_in_model
 
@@ -146,18 +159,20 @@ def _setup(config: ImageTrainConfig) -> _Setup:
             inject_adapter_in_model(lora_config, encoder)
             encoder.peft_config = {"default": lora_config}
 
-    # The frozen UNet is stored in the compute dtype, as diffusers' LoRA recipe and the text trainer
+    # The frozen denoiser is stored in the compute dtype, as diffusers' LoRA recipe and the text trainer
     # store frozen weights: half its memory, and autocast no longer casts its weights on every step.
     # Cast after the LoRA layers were made, so the adapter's float32 initialisation is the same in
     # every precision; the adapter (and so the optimizer) stays float32. The VAE and text encoders
     # stay float32: they run to cache latents and embeddings and to decode samples, not per step,
-    # and SDXL's VAE overflows in fp16. Cast before the move, so a GPU never holds the fp32 UNet.
+    # and SDXL's VAE overflows in fp16. Cast before the move, so a GPU never holds the fp32 denoiser.
     if precision != "fp32":
         store_frozen_in(loaded.denoiser, compute_dtype(precision))
     pipe.to(accelerator.device)
 
-    cache = _build_cache(config, loaded, train, val, accelerator.device)
     prompts = config.sample_prompts or list(dict.fromkeys([config.instance_prompt] + [e.caption for e in val[:1]]))
+    cache = _build_cache(config, loaded, noise_scheduler, train, val, prompts, accelerator.device)
+    if "embeds" in cache:
+        part.free_after_caching(pipe)  # samples and steps read the cached embeddings from here on
     return _Setup(config, dataset, train, val, loaded, noise_scheduler, accelerator, precision, cache, prompts,
                   setup_s=time.time() - started, precision_choice=choice.as_dict())
 
@@ -181,8 +196,10 @@ def check_text_encoder_lora() -> None:
             "LoRA weights back. Upgrade peft or train the UNet only.") from exc
 
 
-def _build_cache(config: ImageTrainConfig, loaded, train: list, val: list, device) -> dict[str, Any]:
-    """Latent distributions of every (augmented variant, image) and embeddings of every caption."""
+def _build_cache(config: ImageTrainConfig, loaded, noise_scheduler, train: list, val: list, prompts: list[str],
+                 device) -> dict[str, Any]:
+    """Latent distributions of every (augmented variant, image) and embeddings of every caption and
+    sample prompt."""
     import torch
 
     from .augment import augment
@@ -206,14 +223,13 @@ def _build_cache(config: ImageTrainConfig, loaded, train: list, val: list, devic
              "captions": [e.caption for e in train]}
     cache["conditioning"] = _image_conditioning(loaded, sizes, crops, config.resolution, device)
     if not config.train_text_encoder:
-        cache["embeds"] = _embed_captions(loaded, [e.caption for e in train + val] + [""], device)
+        cache["embeds"] = _embed_captions(loaded, [e.caption for e in train + val] + [""] + prompts, device)
 
     # Validation: clean latents (the distribution's mean), fixed timesteps and fixed noise.
     if val:
         val_pixels, val_sizes, val_crops = prepare(val)
         val_latents = _encode_latents(loaded.pipe.vae, normalize(val_pixels), device)[0]
-        total = loaded.pipe.scheduler.config.num_train_timesteps
-        timesteps = torch.linspace(total * 0.1, total * 0.9, VAL_TIMESTEPS).long()
+        timesteps = loaded.part.val_timesteps(noise_scheduler, VAL_TIMESTEPS)
         noise = torch.randn((len(val), VAL_TIMESTEPS, *val_latents.shape[1:]),
                             generator=torch.Generator().manual_seed(config.seed + 1))
         cache["val"] = {"latents": val_latents, "timesteps": timesteps.to(device), "noise": noise.to(device),
@@ -316,14 +332,13 @@ class ImageTask(Task):
         return {"prompts": list(self.s.sample_prompts), "seeds": list(self.config.sample_seeds)}
 
     def finish(self, run: RunDir, state: LoopState) -> tuple[list[str], dict]:
-        """Both adapter formats, each loaded back into a fresh pipeline by ``export_adapter``."""
-        from .export import export_adapter
+        """The family's adapter files (diffusers and its single file), each loaded back into a fresh pipeline."""
         from .pipelines import load_pipeline
 
         self.model.eval()
         fresh = load_pipeline(self.s.loaded.path)
-        self.adapter_files = export_adapter(self.s.loaded, fresh, run.adapter, rank=self.config.rank,
-                                            alpha=self.config.lora_alpha)
+        self.adapter_files = self.s.loaded.part.export_adapter(self.s.loaded, fresh, run.adapter, rank=self.config.rank,
+                                                               alpha=self.config.lora_alpha)
         del fresh
         return ["adapter"], {"adapter_files": {k: str(v.relative_to(run.root)) for k, v in self.adapter_files.items()}}
 
@@ -365,7 +380,7 @@ def _draw_batch(s: _Setup, generator) -> dict[str, Any]:
     noise = torch.randn((size, *mean.shape[2:]), generator=generator)
     if cfg.noise_offset:
         noise += cfg.noise_offset * torch.randn((size, mean.shape[2], 1, 1), generator=generator)
-    timesteps = torch.randint(0, s.noise_scheduler.config.num_train_timesteps, (size,), generator=generator)
+    timesteps = s.loaded.part.draw_timesteps(s.noise_scheduler, size, generator)
     dropped = torch.rand(size, generator=generator) < cfg.caption_dropout
     mine = slice(acc.process_index, None, acc.num_processes)
     idx, variant, eps, noise, timesteps, dropped = idx[mine], variant[mine], eps[mine], noise[mine], timesteps[mine], dropped[mine]
@@ -395,7 +410,7 @@ def diffusion_loss(s: _Setup, denoiser, batch: dict[str, Any], *, weighted: bool
     embeds, pooled = _conditioning(s, batch["captions"])
     part = s.loaded.part
     return part.noise_loss(s.noise_scheduler, denoiser, batch, embeds, part.denoiser_kwargs(pooled, batch),
-                           scaling_factor=s.loaded.pipe.vae.config.scaling_factor,
+                           vae_config=s.loaded.pipe.vae.config,
                            prediction_type=s.loaded.prediction_type, min_snr_gamma=s.config.min_snr_gamma,
                            weighted=weighted)
 
@@ -429,4 +444,5 @@ def sample_grid_for(s: _Setup, autocast=None):
     from .sample import sample_grid
 
     return sample_grid(s.loaded, s.sample_prompts, s.config.sample_seeds, resolution=s.config.resolution,
-                       steps=s.config.sample_steps, guidance_scale=s.config.guidance_scale, autocast=autocast)
+                       steps=s.config.sample_steps, guidance_scale=s.config.guidance_scale, autocast=autocast,
+                       cache=s.cache.get("embeds"))

@@ -18,9 +18,9 @@ This package's registry (``FAMILIES``) is the one place a pipeline class becomes
 ``family_for`` picks the module for a ``model_index.json`` ``_class_name`` and refuses any other
 (video, inpainting, ControlNet, ...) with a ``ModelError`` naming the families loracord trains.
 The rest of the code asks the module it got and never compares family names. Nothing here
-imports torch: the bot reads it through ``trainer.image.sizes``. The flow-matching families are
-known for sizes (native side, label, rough step time) but not in ``TRAINED`` yet: the training
-loop does not run them, so ``family_for`` refuses them.
+imports torch: the bot reads it through ``trainer.image.sizes``. ``TRAINED`` names the families the
+training loop runs: a family being written can be registered for sizes first, and ``family_for``
+refuses it until it is trained.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from ...errors import ModelError
 from . import flux, sd, sd3, sdxl
 
 FAMILIES: tuple[ModuleType, ...] = (sd, sdxl, flux, sd3)
-TRAINED: tuple[ModuleType, ...] = (sd, sdxl)  # the ones the training loop runs
+TRAINED: tuple[ModuleType, ...] = FAMILIES  # the ones the training loop runs (a new family may start outside)
 DEFAULT = sd  # what a base whose name and configs say nothing is taken for
 
 

@@ -134,7 +134,7 @@ def open_pipeline(part, path: Path, dtype=None):
     cls = getattr(diffusers, part.PIPELINE_CLASSES[0])
     try:
         with _quiet_loading():
-            pipe = cls.from_pretrained(path, use_safetensors=True, torch_dtype=dtype, **part.LOAD_KWARGS)
+            pipe = cls.from_pretrained(path, use_safetensors=True, dtype=dtype, **part.LOAD_KWARGS)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ModelError(f"Could not load a {cls.__name__} from {path}: {exc}") from exc
     pipe.set_progress_bar_config(disable=True)

@@ -23,8 +23,13 @@ fixed points of the density and noise from a fixed seed: the same number for the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
+TEXT_ENCODER_LORA = False  # their text encoders stay frozen (T5 is freed once captions are cached)
+PREDICTION_TYPE = "flow"  # what runs record as the prediction type: velocity, noise - latents
+# Not timed: a probe would copy a multi-billion-parameter transformer. A run takes the hardware's
+# half precision (or what LORACORD_CPU_BF16 / --precision say) and loads the pipeline in it.
+PRECISION_PROBE = False
 TIMESTEP_SAMPLING = ("none", "logit_normal", "mode")
 LOSS_WEIGHTING = ("none", "sigma_sqrt", "cosmap")
 VAL_POINTS = (0.2, 0.4, 0.6, 0.8)  # fixed positions in [0, 1) for the validation loss
@@ -32,12 +37,12 @@ VAL_POINTS = (0.2, 0.4, 0.6, 0.8)  # fixed positions in [0, 1) for the validatio
 Predict = Callable[[Any, Any], Any]  # (noisy latents, sigmas) -> predicted velocity, same shape
 
 
-@dataclass(frozen=True)
-class Conditioning:
+class Conditioning(NamedTuple):
     """Text conditioning: the token sequence the denoiser attends to and the pooled vector.
 
     Batched (``prompt`` [B, S, D], ``pooled`` [B, P]) or one caption's rows ([S, D], [P]), as
-    cached per caption; ``stack`` turns cached rows into a batch.
+    cached per caption; ``stack`` turns cached rows into a batch. A pair, as every family's
+    ``encode_prompts`` answers the training loop: ``(prompt embeddings, pooled)``.
     """
 
     prompt: Any
@@ -98,16 +103,29 @@ def sigmas_at(objective: FlowObjective, u):
     return objective.sigmas[(u * n).long().clamp(0, n - 1)]
 
 
+def draw_sigmas(objective: FlowObjective, count: int, generator):
+    """One training sigma for each of ``count`` images, from the objective's density and ``generator``."""
+    from diffusers.training_utils import compute_density_for_timestep_sampling
+
+    u = compute_density_for_timestep_sampling(objective.timestep_sampling, count, logit_mean=objective.logit_mean,
+                                              logit_std=objective.logit_std, mode_scale=objective.mode_scale,
+                                              generator=generator)
+    return sigmas_at(objective, u)
+
+
+def val_sigmas(objective: FlowObjective, count: int):
+    """``count`` fixed sigmas at evenly spaced points of [0, 1) (0.2, 0.4, 0.6, 0.8 for four), for validation."""
+    import torch
+
+    return sigmas_at(objective, torch.tensor([(k + 1) / (count + 1) for k in range(count)]))
+
+
 def draw(objective: FlowObjective, shape, generator):
     """Noise of ``shape`` and one sigma per image, drawn from ``generator`` (on the CPU) in that order."""
     import torch
-    from diffusers.training_utils import compute_density_for_timestep_sampling
 
     noise = torch.randn(tuple(shape), generator=generator)
-    u = compute_density_for_timestep_sampling(objective.timestep_sampling, shape[0], logit_mean=objective.logit_mean,
-                                              logit_std=objective.logit_std, mode_scale=objective.mode_scale,
-                                              generator=generator)
-    return noise, sigmas_at(objective, u)
+    return noise, draw_sigmas(objective, shape[0], generator)
 
 
 def per_image_loss(predict: Predict, objective: FlowObjective, latents, noise, sigmas, *, weighted: bool):
@@ -122,6 +140,23 @@ def per_image_loss(predict: Predict, objective: FlowObjective, latents, noise, s
     if weighted:
         per_image = per_image * compute_loss_weighting_for_sd3(objective.loss_weighting, sigmas.float())
     return per_image
+
+
+def image_conditioning(original_sizes, crops_top_left, resolution: int) -> dict:
+    """Per-image conditioning besides the prompt: none for the flow families."""
+    return {}
+
+
+def denoiser_kwargs(pooled, batch: dict) -> dict:
+    """What a flow family's ``noise_loss`` takes besides the prompt embeddings: the pooled ones."""
+    return {"pooled": pooled}
+
+
+def batch_loss(predict: Predict, objective: FlowObjective, batch: dict, vae_config, *, weighted: bool):
+    """The mean loss of a training loop's batch: raw ``latents`` (shifted and scaled here), its
+    ``noise`` and its ``timesteps`` (sigmas, drawn by ``draw_sigmas`` or fixed by ``val_sigmas``)."""
+    latents = model_latents(vae_config, batch["latents"])
+    return per_image_loss(predict, objective, latents, batch["noise"], batch["timesteps"], weighted=weighted).mean()
 
 
 def training_loss(predict: Predict, objective: FlowObjective, latents, generator):

@@ -29,6 +29,10 @@ from typing import Any
 import trainer.image.families.flow as flow  # not "from . import": the registry in __init__ imports this module
 from trainer.image.families.flow import pipe_images as encode_images  # noqa: F401,E501  (the family's interface)
 from trainer.image.families.flow import pipe_latents as model_latents  # noqa: F401
+from trainer.image.families.flow import (PRECISION_PROBE, PREDICTION_TYPE, TEXT_ENCODER_LORA, denoiser_kwargs,  # noqa: F401
+                                         image_conditioning)
+from trainer.image.families.flow import draw_sigmas as draw_timesteps  # noqa: F401
+from trainer.image.families.flow import val_sigmas as val_timesteps  # noqa: F401
 from .adapters import add_lora as _add_lora
 from .adapters import cache_captions as _cache
 from .adapters import export_files, open_pipeline
@@ -46,6 +50,7 @@ SIDE_MULTIPLE = 16
 DEFAULT_SAMPLE_SIZE = 128  # FluxPipeline.default_sample_size, in latent pixels
 TRAIN_GUIDANCE = 3.5  # train_dreambooth_lora_flux.py --guidance_scale, fed to dev's guidance embedding
 SINGLE_FILE = "lora_kohya.safetensors"
+PRESET = {"rank": 16}  # ai-toolkit's FLUX.1 LoRA example config (network linear 16, lr 1e-4, the table's lr)
 GPU_BATCH = 1  # images a step on a GPU at the native side
 STEP_NATIVE = 1024
 STEP_S = {"gpu": 2.0, "cpu": 900.0}  # rough guesses (12B transformer) at STEP_NATIVE px, one image; not measured
@@ -109,14 +114,14 @@ def max_sequence_length(pipe) -> int:
     return min(default, pipe.tokenizer_2.model_max_length) if pipe.tokenizer_2 is not None else default
 
 
-def encode_prompts(pipe, prompts: list[str], max_length: int | None = None) -> flow.Conditioning:
+def encode_prompts(pipe, prompts: list[str], device=None, max_length: int | None = None) -> flow.Conditioning:
     """CLIP pooled + T5 sequence for ``prompts``, through the pipeline's own ``encode_prompt``."""
     import torch
 
     if pipe.text_encoder_2 is None:
         raise ValueError("The T5 encoder was dropped after caching; use the cached embeddings.")
     with torch.no_grad():
-        prompt, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, device=pipe.transformer.device,
+        prompt, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, device=device or pipe.transformer.device,
                                                max_sequence_length=max_length or max_sequence_length(pipe))
     return flow.Conditioning(prompt, pooled)
 
@@ -124,12 +129,15 @@ def encode_prompts(pipe, prompts: list[str], max_length: int | None = None) -> f
 def cache_captions(pipe, captions: list[str]) -> dict[str, flow.Conditioning]:
     """``{caption: Conditioning}`` for every distinct caption (include "" for caption dropout)."""
     length = max_sequence_length(pipe)
-    return _cache(lambda part: encode_prompts(pipe, part, length), captions)
+    return _cache(lambda part: encode_prompts(pipe, part, max_length=length), captions)
 
 
 def drop_t5(pipe) -> None:
     """Free the T5 encoder and its tokenizer once captions are cached."""
     drop_module(pipe, "text_encoder_2", "tokenizer_2")
+
+
+free_after_caching = drop_t5  # what the training loop calls once its captions and sample prompts are cached
 
 
 def pack(latents):
@@ -181,6 +189,20 @@ def predict(transformer, noisy, sigmas, cond: flow.Conditioning, guidance: float
     return unpack(out, h, w)
 
 
+def training_scheduler(pipe) -> flow.FlowObjective:
+    """The objective the training loop draws timesteps from: ``objective`` with this family's defaults."""
+    return objective(pipe)
+
+
+def noise_loss(objective: flow.FlowObjective, transformer, batch: dict, embeds, extra: dict, *, vae_config,
+               weighted: bool, **_ddpm):
+    """The training loop's loss of ``batch`` (raw latents, noise, sigmas as ``timesteps``); the
+    DDPM knobs (prediction type, min-SNR) do not apply to flow matching."""
+    cond = flow.Conditioning(embeds, extra["pooled"])
+    return flow.batch_loss(lambda x, s: predict(transformer, x, s, cond, objective.guidance), objective, batch,
+                           vae_config, weighted=weighted)
+
+
 def training_loss(transformer, objective: flow.FlowObjective, latents, cond: flow.Conditioning, generator):
     """Mean loss of model-space ``latents`` under ``cond``; noise and sigmas come from ``generator``."""
     return flow.training_loss(lambda x, s: predict(transformer, x, s, cond, objective.guidance), objective, latents,
@@ -215,7 +237,7 @@ def sample(pipe, prompt: str, *, seed: int, steps: int, guidance_scale: float, s
     if cache is not None:
         if prompt not in cache:
             raise ValueError(f"No cached embeddings for the sample prompt {prompt!r}.")
-        cond = cache[prompt].to(pipe.transformer.device)
+        cond = flow.Conditioning(*cache[prompt]).to(pipe.transformer.device)
         kwargs = {"prompt_embeds": cond.prompt[None], "pooled_prompt_embeds": cond.pooled[None]}
     return flow.generate(pipe, kwargs, seed=seed, steps=steps, guidance_scale=guidance_scale, size=size)
 
@@ -331,6 +353,14 @@ def save_single_file(pipe, folder: Path) -> Path:
     path = Path(folder) / SINGLE_FILE
     save_file(state, str(path), metadata=metadata)
     return path
+
+
+def export_adapter(trained, fresh, folder: Path, *, rank: int, alpha: float) -> dict[str, Path]:
+    """The training loop's export: the diffusers file, and the kohya file wherever diffusers can
+    read it back (``single_file_problem``; always at FLUX.1's own widths), each proven to load into
+    ``fresh``. Rank and alpha travel in the files."""
+    writers = {} if single_file_problem(trained.denoiser) else {"kohya": save_single_file}
+    return export_files(trained.pipe, fresh.pipe, folder, **writers)
 
 
 def export(pipe, fresh, folder: Path) -> dict[str, Path]:

@@ -22,7 +22,11 @@ PIPELINE_CLASSES = ("StableDiffusionPipeline",)
 DENOISER = "unet"
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 LOAD_KWARGS = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+TEXT_ENCODER_LORA = True  # train_text_encoder puts LoRA on its CLIP encoder(s) too
+PREDICTION_TYPE = None  # the scheduler config's prediction_type (epsilon or v_prediction)
+PRECISION_PROBE = True  # a copy of the UNet is cheap to time in both precisions (trainer.precision.image_probe)
 SIDE_MULTIPLE = 8  # sides are multiples of the VAE's downscale
+PRESET: dict = {}  # the preset table's numbers as they are (trainer.presets, docs/presets.md)
 GPU_BATCH = 2  # images a step on a GPU at the native side
 STEP_S = {"gpu": 0.25, "cpu": 30.0}  # rough seconds a step at STEP_NATIVE px, one image; not promises
 STEP_NATIVE = 512
@@ -53,6 +57,12 @@ def native_size(folder: Path, fallback=fallback_size) -> int:
         return sample_size * vae_scale(folder)
     scheduler = read_json(folder / "scheduler" / "scheduler_config.json")
     return fallback(scheduler.get("prediction_type") or "epsilon")
+
+
+def sampling_defaults(folder: Path | None = None) -> dict:
+    """Denoising steps and classifier-free guidance of samples: 25 steps (trainer.image.sizes'
+    GPU default) and guidance 7.0, near the pipelines' own 7.5."""
+    return {"steps": 25, "guidance_scale": 7.0}
 
 
 def guess_from_name(name: str) -> tuple[int, str] | None:
@@ -90,9 +100,18 @@ def denoiser_kwargs(pooled, batch: dict) -> dict:
     return {}
 
 
-def probe_kwargs(unet_config, *, resolution: int, batch_size: int, device) -> dict:
-    """Random extra UNet inputs for the precision probe: none for SD 1.x/2.x."""
-    return {}
+def probe_inputs(unet_config, *, side: int, resolution: int, batch_size: int, device) -> dict:
+    """Random inputs of one UNet forward for the precision probe, latents ``side`` x ``side``."""
+    import torch
+
+    cfg, b = unet_config, batch_size
+    return {"sample": torch.randn(b, cfg.in_channels, side, side, device=device),
+            "timestep": torch.randint(0, 1000, (b,), device=device),
+            "encoder_hidden_states": torch.randn(b, 77, cfg.cross_attention_dim, device=device)}
+
+
+def free_after_caching(pipe) -> None:
+    """Nothing to free once captions are cached: the CLIP encoders are small and samples use them."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -106,14 +125,29 @@ def training_scheduler(pipe):
     return DDPMScheduler.from_config(pipe.scheduler.config)
 
 
-def noise_loss(noise_scheduler, unet, batch: dict, embeds, extra: dict, *, scaling_factor: float,
+def draw_timesteps(noise_scheduler, count: int, generator):
+    """One training timestep per image, uniform over the schedule, from ``generator``."""
+    import torch
+
+    return torch.randint(0, noise_scheduler.config.num_train_timesteps, (count,), generator=generator)
+
+
+def val_timesteps(noise_scheduler, count: int):
+    """``count`` fixed timesteps from 10% to 90% of the schedule, for the validation loss."""
+    import torch
+
+    total = noise_scheduler.config.num_train_timesteps
+    return torch.linspace(total * 0.1, total * 0.9, count).long()
+
+
+def noise_loss(noise_scheduler, unet, batch: dict, embeds, extra: dict, *, vae_config,
                prediction_type: str, min_snr_gamma: float | None, weighted: bool):
     """Noise the latents, predict with the UNet, and take the (min-SNR weighted) MSE to the target."""
     import torch
     import torch.nn.functional as F
 
     ns = noise_scheduler
-    latents = batch["latents"] * scaling_factor
+    latents = batch["latents"] * vae_config.scaling_factor
     noisy = ns.add_noise(latents, batch["noise"], batch["timesteps"])
     if prediction_type == "v_prediction":
         target = ns.get_velocity(latents, batch["noise"], batch["timesteps"])
@@ -132,7 +166,24 @@ def noise_loss(noise_scheduler, unet, batch: dict, embeds, extra: dict, *, scali
 
 
 # --------------------------------------------------------------------------------------------
-# export
+# sampling and export
+
+
+def sample(pipe, prompt: str, *, seed: int, steps: int, guidance_scale: float, size: int, cache=None):
+    """One image for ``prompt`` through the pipeline, from a CPU generator seeded ``seed``. The
+    prompt goes through the pipeline's own text encoders (with their LoRA, if trained); ``cache``
+    is not needed."""
+    import torch
+
+    return pipe(prompt=prompt, num_inference_steps=steps, guidance_scale=guidance_scale, height=size, width=size,
+                generator=torch.Generator("cpu").manual_seed(seed), output_type="pil").images[0]
+
+
+def export_adapter(trained, fresh, folder: Path, *, rank: int, alpha: float) -> dict[str, Path]:
+    """The diffusers file and the kohya file (``trainer.image.export``), each proven to load into ``fresh``."""
+    from ..export import export_adapter as export_unet_adapter
+
+    return export_unet_adapter(trained, fresh, folder, rank=rank, alpha=alpha)
 
 
 def kohya_key(key: str) -> str:

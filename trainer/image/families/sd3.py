@@ -25,6 +25,10 @@ from typing import Any
 import trainer.image.families.flow as flow  # not "from . import": the registry in __init__ imports this module
 from trainer.image.families.flow import pipe_images as encode_images  # noqa: F401,E501  (the family's interface)
 from trainer.image.families.flow import pipe_latents as model_latents  # noqa: F401
+from trainer.image.families.flow import (PRECISION_PROBE, PREDICTION_TYPE, TEXT_ENCODER_LORA, denoiser_kwargs,  # noqa: F401
+                                         image_conditioning)
+from trainer.image.families.flow import draw_sigmas as draw_timesteps  # noqa: F401
+from trainer.image.families.flow import val_sigmas as val_timesteps  # noqa: F401
 from .adapters import add_lora as _add_lora
 from .adapters import cache_captions as _cache
 from .adapters import export_files, open_pipeline
@@ -40,6 +44,7 @@ LATENT_CHANNELS = 16
 SIDE_MULTIPLE = 16
 T5_TOKENS = 256  # StableDiffusion3Pipeline's max_sequence_length default
 SINGLE_FILE = "lora_comfyui.safetensors"
+PRESET: dict = {}  # the preset table's numbers (trainer.presets); no SD 3.5 source asks for others
 GPU_BATCH = 1  # images a step on a GPU at the native side
 STEP_NATIVE = 1024
 STEP_S = {"gpu": 1.0, "cpu": 450.0}  # rough guesses (2.5B-8B transformer) at STEP_NATIVE px, one image; not measured
@@ -96,7 +101,7 @@ def max_sequence_length(pipe) -> int:
     return min(T5_TOKENS, pipe.tokenizer_3.model_max_length) if pipe.tokenizer_3 is not None else T5_TOKENS
 
 
-def encode_prompts(pipe, prompts: list[str], max_length: int | None = None) -> flow.Conditioning:
+def encode_prompts(pipe, prompts: list[str], device=None, max_length: int | None = None) -> flow.Conditioning:
     """CLIP-L + CLIP-G + T5 sequence and the two CLIPs' pooled projections, via ``pipe.encode_prompt``."""
     import torch
 
@@ -105,7 +110,8 @@ def encode_prompts(pipe, prompts: list[str], max_length: int | None = None) -> f
         raise ValueError("The T5 encoder was dropped after caching; use the cached embeddings.")
     with torch.no_grad():
         prompt, _, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, prompt_3=None,
-                                                  device=pipe.transformer.device, do_classifier_free_guidance=False,
+                                                  device=device or pipe.transformer.device,
+                                                  do_classifier_free_guidance=False,
                                                   max_sequence_length=max_length or max_sequence_length(pipe))
     return flow.Conditioning(prompt, pooled)
 
@@ -114,12 +120,15 @@ def cache_captions(pipe, captions: list[str]) -> dict[str, flow.Conditioning]:
     """``{caption: Conditioning}`` for every distinct caption (include "" for caption dropout and
     for the negative prompt that sampling with guidance needs)."""
     length = max_sequence_length(pipe)
-    return _cache(lambda part: encode_prompts(pipe, part, length), captions)
+    return _cache(lambda part: encode_prompts(pipe, part, max_length=length), captions)
 
 
 def drop_t5(pipe) -> None:
     """Free the T5 encoder and its tokenizer once captions are cached."""
     drop_module(pipe, "text_encoder_3", "tokenizer_3")
+
+
+free_after_caching = drop_t5  # what the training loop calls once its captions and sample prompts are cached
 
 
 # --------------------------------------------------------------------------------------------
@@ -139,6 +148,21 @@ def predict(transformer, noisy, sigmas, cond: flow.Conditioning, num_train_times
     return transformer(hidden_states=noisy, timestep=sigmas * num_train_timesteps,
                        encoder_hidden_states=cond.prompt.to(dtype), pooled_projections=cond.pooled.to(dtype),
                        return_dict=False)[0]
+
+
+def training_scheduler(pipe) -> flow.FlowObjective:
+    """The objective the training loop draws timesteps from: ``objective`` with this family's defaults."""
+    return objective(pipe)
+
+
+def noise_loss(objective: flow.FlowObjective, transformer, batch: dict, embeds, extra: dict, *, vae_config,
+               weighted: bool, **_ddpm):
+    """The training loop's loss of ``batch`` (raw latents, noise, sigmas as ``timesteps``); the
+    DDPM knobs (prediction type, min-SNR) do not apply to flow matching."""
+    cond = flow.Conditioning(embeds, extra["pooled"])
+    n = objective.num_train_timesteps
+    return flow.batch_loss(lambda x, s: predict(transformer, x, s, cond, n), objective, batch, vae_config,
+                           weighted=weighted)
 
 
 def training_loss(transformer, objective: flow.FlowObjective, latents, cond: flow.Conditioning, generator):
@@ -183,10 +207,10 @@ def _cached_kwargs(pipe, prompt: str, cache: dict, guided: bool) -> dict:
     missing = [p for p in needed if p not in cache]
     if missing:
         raise ValueError(f"No cached embeddings for {missing[0]!r} (sampling with guidance also needs '').")
-    cond = cache[prompt].to(pipe.transformer.device)
+    cond = flow.Conditioning(*cache[prompt]).to(pipe.transformer.device)
     kwargs = {"prompt_embeds": cond.prompt[None], "pooled_prompt_embeds": cond.pooled[None]}
     if guided:
-        neg = cache[""].to(pipe.transformer.device)
+        neg = flow.Conditioning(*cache[""]).to(pipe.transformer.device)
         kwargs |= {"negative_prompt_embeds": neg.prompt[None], "negative_pooled_prompt_embeds": neg.pooled[None]}
     return kwargs
 
@@ -220,6 +244,12 @@ def save_single_file(pipe, folder: Path) -> Path:
     path = Path(folder) / SINGLE_FILE
     save_file(baked_state_dict(lora_factors(pipe.transformer)), str(path))
     return path
+
+
+def export_adapter(trained, fresh, folder: Path, *, rank: int, alpha: float) -> dict[str, Path]:
+    """The training loop's export: the diffusers file and the alpha-baked single file, each proven
+    to load into ``fresh``."""
+    return export(trained.pipe, fresh.pipe, folder)
 
 
 def export(pipe, fresh, folder: Path) -> dict[str, Path]:

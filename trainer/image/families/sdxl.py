@@ -15,9 +15,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .sd import (DENOISER, LORA_TARGETS, SIDE_MULTIPLE, noise_loss, tokenize,  # noqa: F401 - SD's parts, shared
-                 training_scheduler)
+from .sd import (DENOISER, LORA_TARGETS, PRECISION_PROBE, PREDICTION_TYPE, PRESET, SIDE_MULTIPLE, TEXT_ENCODER_LORA,  # noqa: F401 - SD's
+                 draw_timesteps, export_adapter, free_after_caching, noise_loss, sample, sampling_defaults,
+                 tokenize, training_scheduler, val_timesteps)
 from .sd import native_size as sd_native_size
+from .sd import probe_inputs as sd_probe_inputs
 
 NAME = "sdxl"
 PIPELINE_CLASSES = ("StableDiffusionXLPipeline",)
@@ -78,15 +80,16 @@ def denoiser_kwargs(pooled, batch: dict) -> dict:
     return {"added_cond_kwargs": {"text_embeds": pooled, "time_ids": batch["time_ids"]}}
 
 
-def probe_kwargs(unet_config, *, resolution: int, batch_size: int, device) -> dict:
-    """Random pooled embeddings and full-size time ids for the precision probe."""
+def probe_inputs(unet_config, *, side: int, resolution: int, batch_size: int, device) -> dict:
+    """SD's random UNet inputs for the precision probe, plus pooled embeddings and full-size time ids."""
     import torch
 
     cfg = unet_config
     pooled = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
     time_ids = [[resolution, resolution, 0, 0, resolution, resolution]] * batch_size
-    return {"added_cond_kwargs": {"text_embeds": torch.randn(batch_size, pooled, device=device),
-                                  "time_ids": torch.tensor(time_ids, dtype=torch.float32, device=device)}}
+    return sd_probe_inputs(cfg, side=side, resolution=resolution, batch_size=batch_size, device=device) | {
+        "added_cond_kwargs": {"text_embeds": torch.randn(batch_size, pooled, device=device),
+                              "time_ids": torch.tensor(time_ids, dtype=torch.float32, device=device)}}
 
 
 def kohya_key(key: str) -> str:
