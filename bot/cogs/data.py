@@ -18,6 +18,7 @@ from ..client import LoracordBot, actor_of
 from ..ingest import CheckResult, Rejected, accepted_extensions, check_uploads
 from ..report import TARGETS, first_run, report_card
 from ..services import Actor
+from ..services.data import examples_in
 from trainer import kinds
 from trainer.errors import UserError
 from trainer.limits import MAX_FILE_BYTES
@@ -100,7 +101,7 @@ class DataCog(commands.GroupCog, group_name="data", group_description="The sessi
         result.rejected[:0] = too_big
         added, duplicates = await self.bot.db(self.svc.data.add_items, session, actor, result)
         items = await self.bot.db(self.svc.data.items, session)
-        total, advice = sum(int(i.checks.get("examples", 1)) for i in items), []
+        total, advice = self.svc.data.examples(items), []
         if kinds.get(session.kind).card_on_upload and items and added:
             # Advice about the dataset comes from the whole dataset (read as the trainer reads it),
             # not from this upload alone. Images are not re-decoded on every upload: `/data report` does that.
@@ -145,9 +146,9 @@ class DataCog(commands.GroupCog, group_name="data", group_description="The sessi
         if not items:
             await interaction.response.send_message("The dataset is empty: add files with `/data add`.", ephemeral=True)
             return
-        lines = [f"#{i.id} `{i.filename}` · {i.checks.get('examples', 1)} ex. · {(i.size or 0) / 1024:.1f} KiB · "
+        lines = [f"#{i.id} `{i.filename}` · {examples_in(i)} ex. · {(i.size or 0) / 1024:.1f} KiB · "
                  f"<@{i.uploader_id}>" + (f" · “{i.caption[:40]}”" if i.caption else "") for i in items]
-        total = sum(int(i.checks.get("examples", 1)) for i in items)
+        total = self.svc.data.examples(items)
         embed = discord.Embed(title=f"Dataset of session #{session.id}: {len(items)} file(s), {total} example(s)",
                               description="\n".join(lines)[:4000], colour=0x5865F2)
         await interaction.response.send_message(embed=embed, ephemeral=True)

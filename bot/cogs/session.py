@@ -75,7 +75,7 @@ def session_info(svc: Services, session: Session) -> dict:
     """What ``/session info`` shows: members, dataset size, jobs and adapters."""
     items = svc.data.items(session)
     return {"session": session, "members": svc.sessions.members(session), "items": len(items),
-            "examples": sum(int(i.checks.get("examples", 1)) for i in items),
+            "examples": svc.data.examples(items),
             "jobs": svc.jobs.find(session=session), "adapters": svc.jobs.adapters(session)}
 
 

@@ -60,7 +60,7 @@ def check_can_train(svc: Services, session: Session, actor: Actor) -> None:
     """The quick checks before a run is prepared: permission, quotas, enough data."""
     svc.sessions.require(session, actor, "train")
     check_quota(svc, session, actor)
-    have, kind = sum(int(i.checks.get("examples", 1)) for i in svc.data.items(session)), kinds.get(session.kind)
+    have, kind = svc.data.examples(svc.data.items(session)), kinds.get(session.kind)
     need = kind.min_examples  # the trainer's own minimum (trainer.kinds)
     if have < need:
         raise Refusal(f"The dataset has {have} {kind.units}; training needs at least {need}. "
@@ -161,7 +161,7 @@ class TrainCog(commands.GroupCog, group_name="train", group_description="Train a
         why = ""
         if preset == "auto":
             items = await self.bot.db(self.svc.data.items, session)
-            preset, reason = pick_preset(session.kind, sum(int(i.checks.get("examples", 1)) for i in items))
+            preset, reason = pick_preset(session.kind, self.svc.data.examples(items))
             why = f"Preset **{preset}**: {reason}."
         chosen = {"steps": steps, "lr": lr, "rank": rank, "seed": seed, "resolution": resolution,
                   "sample_steps": sample_steps, "text_kind": text_kind, "lr_scheduler": lr_scheduler}
@@ -188,7 +188,7 @@ class TrainCog(commands.GroupCog, group_name="train", group_description="Train a
         if kinds.get(session.kind).sized_to_device:
             intro += f"\n{size_line(await self.bot.db(self.svc.sizes.image_sizes, session))}."
         items = await self.bot.db(self.svc.data.items, session)
-        plan = cv_plan(session.kind, sum(int(i.checks.get("examples", 1)) for i in items), trials)
+        plan = cv_plan(session.kind, self.svc.data.examples(items), trials)
         intro += f"\n{plan}" if plan else ""
         await self._submit(interaction, lambda s, a: start_tuning(self.svc, s, a, trials, steps), intro)
 

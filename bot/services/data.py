@@ -13,9 +13,19 @@ from ..ingest import CheckResult
 from .base import Actor, Refusal, Service
 
 
+def examples_in(item: DatasetItem) -> int:
+    """The examples one item counts: as many as its check found in it (a text file), else one (an image)."""
+    return int(item.checks.get("examples", 1))
+
+
 class Datasets(Service):
     def items(self, session: Session) -> list[DatasetItem]:
         return self._db.list_dataset_items(session.id)
+
+    @staticmethod
+    def examples(items: list[DatasetItem]) -> int:
+        """The examples a dataset of ``items`` counts."""
+        return sum(examples_in(i) for i in items)
 
     def check_dataset_room(self, session: Session, actor: Actor, n_files: int, n_bytes: int) -> None:
         """Refuse an upload that would not fit the session's dataset limits (before downloading it)."""
