@@ -31,7 +31,14 @@ if TYPE_CHECKING:
 CARD_FILE = "README.md"
 ADAPTER_CONFIG = "adapter_config.json"
 DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"  # trainer.image.export's names, without its imports
-KOHYA_FILE = "lora_kohya.safetensors"
+# What each single-file format an image run may add beside the diffusers file is for (the formats
+# trainer.image.families write; metrics.json's adapter_files names the ones a run wrote).
+SINGLE_FILES = {
+    "kohya": ("lora_kohya.safetensors", "the same LoRA in kohya's format, for AUTOMATIC1111, ComfyUI, Forge, "
+                                        "kohya_ss and most other UIs: put it in their LoRA folder"),
+    "comfyui": ("lora_comfyui.safetensors", "the same LoRA with its scale folded in, in the layout ComfyUI reads: "
+                                            "put it in ComfyUI's `models/loras` folder"),
+}
 
 # The settings a card lists, in this order, where the run's config has them. The rest of the
 # config names files of the host (data, out) or is the base, which the card names apart.
@@ -85,16 +92,16 @@ def model_card(metrics: dict, samples: list[dict] | None = None, *, adapter: str
                                    else ["peft", "transformers", "text-generation"])
     data = ModelCardData(base_model=base if is_hub_id(base) else None, library_name=kind.library,
                          pipeline_tag="text-to-image" if image else "text-generation", tags=tags)
-    body = "\n\n".join(part for part in (
+    body = "\n\n".join(piece for piece in (
         f"# {'Image' if image else 'Text'} LoRA adapter for {base}",
-        _about(kind, base, base_ref),
+        _about(kind, base, base_ref, part.label(metrics.get("prediction_type") or "epsilon")),
         "## How to load it\n\n" + (_image_code(base, adapter, metrics, clean) if image
                                    else _text_code(base, adapter, samples, clean)),
         "## Training settings\n\n" + _settings(kind, metrics, config, clean),
         "## Data\n\n" + _data(kind, metrics, clean),
         "## Results\n\n" + _results(kind, metrics),
         "## Samples\n\n" + (_image_samples(metrics, config, clean) if image else _text_samples(samples, clean)),
-    ) if part)
+    ) if piece)
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}\n")
 
 
@@ -102,8 +109,8 @@ def model_card(metrics: dict, samples: list[dict] | None = None, *, adapter: str
 # the card's parts
 
 
-def _about(kind: kinds.RunKind, base: str, base_ref: str) -> str:
-    lines = [f"A LoRA adapter for {kind.base_is}, **{base}**, trained with loracord (a Discord bot and CLI that "
+def _about(kind: kinds.RunKind, base: str, base_ref: str, family: str) -> str:
+    lines = [f"A LoRA adapter for {kind.base_is.format(family=family)}, **{base}**, trained with loracord (a Discord bot and CLI that "
              "fine-tunes models on a few examples)."]
     builtin = base_ref.strip().lower()
     if builtin in BUILTIN_HUB_IDS:
@@ -150,9 +157,9 @@ pipe.load_lora_weights({json.dumps(adapter)}, weight_name="{DIFFUSERS_FILE}")
 image = pipe({json.dumps(prompt)}).images[0]
 image.save("sample.png")"""
     where = ("Run it in this folder, or put the folder's path in place of `\".\"`. " if adapter == "." else "")
-    return (f"With [diffusers](https://huggingface.co/docs/diffusers):\n\n```python\n{code}\n```\n\n{where}"
-            f"`{KOHYA_FILE}` is the same LoRA in kohya's format, for AUTOMATIC1111, ComfyUI, kohya_ss and "
-            "most other UIs: put it in their LoRA folder.")
+    written = metrics.get("adapter_files") or {"kohya": SINGLE_FILES["kohya"][0]}  # runs before the record: kohya
+    singles = " ".join(f"`{name}` is {what}." for fmt, (name, what) in SINGLE_FILES.items() if fmt in written)
+    return f"With [diffusers](https://huggingface.co/docs/diffusers):\n\n```python\n{code}\n```\n\n{where}{singles}".rstrip()
 
 
 def _settings(kind: kinds.RunKind, metrics: dict, config: dict, clean: "_Cleaner") -> str:

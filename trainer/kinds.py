@@ -39,7 +39,7 @@ class RunKind:
     refused_elsewhere: str  # /train start's answer when its options of this kind are given in another kind's {session}
     too_large_fix: str  # what to do with a file of this kind over the size limit (trainer.limits.file_size_problem)
     library: str  # what loads its adapters, as the model card and /adapter export name it
-    base_is: str  # what its base model is, in the model card's words
+    base_is: str  # what its base model is, in the model card's words ({family}: the image family's label)
     alpha_per_rank: float  # LoRA alpha when none is given: this many times the rank
     min_examples: int = 5  # fewest examples a run takes: one held out (early stopping, quick tries), four to train on
     captioned: bool = False  # its items carry captions, written beside the files as metadata.jsonl
@@ -84,7 +84,7 @@ IMAGE = RunKind(
     first_step="drop 10–30 images (`.png`, `.jpg`, `.webp`, or one `.zip`) of your subject, with captions if you can",
     sample_prompt="a photo of sks", card="bot.report:image_card", upload_check="bot.ingest:check_image",
     refused_elsewhere="`resolution` and `sample_steps` size image runs; this is {session}. Leave them out.",
-    too_large_fix="resize or re-export it", library="diffusers", base_is="a Stable Diffusion pipeline", alpha_per_rank=1,
+    too_large_fix="resize or re-export it", library="diffusers", base_is="a diffusion pipeline of the {family} family", alpha_per_rank=1,
     captioned=True, sized_to_device=True, makes_images=True, model_prefix="image:",
     needs_base="image runs need a base pipeline (a hub id or a local diffusers folder)")
 
