@@ -18,56 +18,11 @@ class DatabaseBusy(UserError):
     """Another process (the bot) is writing the database."""
 
 
-class WriterLock:
-    def __init__(self, data_dir: str | Path):
-        self.path = Path(data_dir) / "writer.lock"
-        self._fd: int | None = None
+class _PidLock:
+    """An exclusive OS lock on the file ``path``, which holds its holder's pid while it is held.
 
-    def acquire(self) -> "WriterLock":
-        """Take the lock or raise ``DatabaseBusy`` naming the holder's pid."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise DatabaseBusy(f"the database in {self.path.parent} is in use by process {holder} "
-                               "(the bot?); stop it first") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self._fd = fd
-        return self
-
-    def try_acquire(self) -> bool:
-        try:
-            self.acquire()
-        except DatabaseBusy:
-            return False
-        return True
-
-    def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-    def __enter__(self) -> "WriterLock":
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-
-class RunLock:
-    """An exclusive OS lock on a file in a run folder, held by whoever trains in it.
-
-    The worker holds ``RUN/worker.lock`` for a whole attempt and the job process holds
-    ``RUN/trainer.lock`` while it trains, so a retry on the same machine waits until the
-    attempt before it has really stopped: the kernel releases the lock only when its process
-    is gone (also after kill -9). Waiting calls ``while_waiting()`` about every ``every_s``
-    seconds; it may raise to give up.
-    """
+    The kernel releases it only when its process is gone (also after kill -9), so a crash never
+    leaves it stuck."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -86,19 +41,10 @@ class RunLock:
         self._fd = fd
         return True
 
-    def acquire(self, while_waiting=None, every_s: float = 0.1) -> "RunLock":
-        import time
-
-        while not self.try_acquire():
-            if while_waiting is not None:
-                while_waiting()
-            time.sleep(every_s)
-        return self
-
     def holder(self) -> str:
         """The pid written by the holder (or '?')."""
         try:
-            return self.path.read_text().strip() or "?"
+            return self.path.read_text(errors="replace").strip() or "?"
         except OSError:
             return "?"
 
@@ -108,8 +54,40 @@ class RunLock:
             os.close(self._fd)
             self._fd = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self):
         return self.acquire()
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+class WriterLock(_PidLock):
+    def __init__(self, data_dir: str | Path):
+        super().__init__(Path(data_dir) / "writer.lock")
+
+    def acquire(self) -> "WriterLock":
+        """Take the lock or raise ``DatabaseBusy`` naming the holder's pid."""
+        if not self.try_acquire():
+            raise DatabaseBusy(f"the database in {self.path.parent} is in use by process {self.holder()} "
+                               "(the bot?); stop it first")
+        return self
+
+
+class RunLock(_PidLock):
+    """An exclusive OS lock on a file in a run folder, held by whoever trains in it.
+
+    The worker holds ``RUN/worker.lock`` for a whole attempt and the job process holds
+    ``RUN/trainer.lock`` while it trains, so a retry on the same machine waits until the
+    attempt before it has really stopped: the kernel releases the lock only when its process
+    is gone (also after kill -9). Waiting calls ``while_waiting()`` about every ``every_s``
+    seconds; it may raise to give up.
+    """
+
+    def acquire(self, while_waiting=None, every_s: float = 0.1) -> "RunLock":
+        import time
+
+        while not self.try_acquire():
+            if while_waiting is not None:
+                while_waiting()
+            time.sleep(every_s)
+        return self
