@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from trainer.errors import ModelError
@@ -69,3 +71,43 @@ def test_hub_cache_snapshot_resolves_offline(monkeypatch, tmp_path, tiny_llama):
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     path = resolve_base("someone/tiny")
     assert (path / "config.json").exists() and path.name == snapshot.name
+
+
+@pytest.mark.parametrize("token", [None, "hf_not_allowed"])
+def test_a_gated_base_says_that_hf_token_is_needed(tmp_path, token):
+    """Against a local stand-in for the Hub's HTTP API (HF_ENDPOINT; no network here) that answers
+    every request as the Hub answers for a gated repo, in a fresh process as a worker starts."""
+    import http.server
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    class Gated(http.server.BaseHTTPRequestHandler):
+        def _gated(self):
+            self.send_response(401 if not self.headers.get("authorization") else 403)
+            self.send_header("X-Error-Code", "GatedRepo")
+            self.send_header("X-Error-Message", "Access to model black-forest-labs/FLUX.1-dev is restricted.")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_HEAD = _gated
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Gated)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HF_HUB_OFFLINE")}
+    env |= {"HF_ENDPOINT": f"http://127.0.0.1:{server.server_port}", "HF_HOME": str(tmp_path / "hf"),
+            "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_TELEMETRY": "1"} | ({"HF_TOKEN": token} if token else {})
+    code = ("from trainer.errors import ModelError\nfrom trainer.models import resolve_base\n"
+            "try:\n    resolve_base('black-forest-labs/FLUX.1-dev')\nexcept ModelError as exc:\n    print(exc)\n")
+    try:
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                             cwd=Path(__file__).resolve().parents[1])
+    finally:
+        server.shutdown()
+    assert "'black-forest-labs/FLUX.1-dev' is gated on the Hugging Face Hub" in out.stdout, out.stdout + out.stderr
+    assert ("the token in HF_TOKEN" if token else "set HF_TOKEN to a read token") in out.stdout
+    assert token is None or token not in out.stdout + out.stderr  # never the secret itself

@@ -106,10 +106,17 @@ def _check_folder(path: Path) -> None:
 
 def _from_hub(repo_id: str) -> Path:
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError
 
+    token = os.environ.get("HF_TOKEN") or None
     try:
-        folder = snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS, token=os.environ.get("HF_TOKEN") or None)
+        folder = snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS, token=token)
+    except GatedRepoError as exc:  # FLUX.1-dev, SD 3.5 and others ask for their licence to be accepted first
+        raise ModelError(
+            f"{repo_id!r} is gated on the Hugging Face Hub: accept its licence on https://huggingface.co/{repo_id} "
+            + ("with the account of the token in HF_TOKEN (this one has no access yet)." if token else
+               "and set HF_TOKEN to a read token of that account (in .env, or the environment of the worker).")
+        ) from exc
     except LocalEntryNotFoundError as exc:
         raise ModelError(
             f"Model {repo_id!r} is not in the local cache and the hub cannot be reached "
