@@ -14,7 +14,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from tests.family_fixtures import build_tiny_flux, tiny_flux_dev, tiny_flux_schnell, tiny_sd3  # noqa: F401
-from tests.image_fixtures import image_folder  # noqa: F401
+from tests.image_fixtures import RESOLUTION, image_folder, tiny_sd  # noqa: F401
 from trainer.cancel import CancelToken
 from trainer.errors import Cancelled, ConfigError
 from trainer.image.config import ImageTrainConfig
@@ -150,3 +150,25 @@ def test_text_encoder_lora_is_refused_for_flow_families(tiny_flux_schnell, image
     with pytest.raises(ConfigError, match="keeps a FLUX.1 base's text encoders frozen"):
         train_image(config(image_folder, tmp_path / "te", tiny_flux_schnell, 256, train_text_encoder=True))
     assert not (tmp_path / "te" / "adapter").exists()
+
+
+@pytest.mark.parametrize("fixture", ["tiny_sd3", "tiny_sd"])
+def test_gradient_checkpointing_trains_the_same_adapter(fixture, request, image_folder, tmp_path):
+    """Recomputing activations in the backward pass saves memory, not results: same losses, same adapter."""
+    base = request.getfixturevalue(fixture)
+    side = SIDES.get(fixture, RESOLUTION)
+    runs = [train_image(config(image_folder, tmp_path / str(on), base, side, steps=4, eval_every=2, lora_dropout=0.1,
+                               gradient_checkpointing=on)) for on in (False, True)]
+    plain, checkpointed = (r.metrics["curves"] for r in runs)
+    assert runs[1].metrics["config"]["gradient_checkpointing"] is True
+    from trainer.image.presets import size_defaults
+    from trainer.image.train import _setup
+
+    s = _setup(size_defaults(config(image_folder, tmp_path / "setup", base, side, gradient_checkpointing=True), 6))
+    assert s.loaded.denoiser.is_gradient_checkpointing  # the denoiser really recomputes
+    for curve in ("train_loss", "val_loss"):
+        assert [v for _, v in checkpointed[curve]] == pytest.approx([v for _, v in plain[curve]], abs=1e-5)
+    with safe_open(str(runs[0].adapter_files["diffusers"]), "pt") as a, \
+            safe_open(str(runs[1].adapter_files["diffusers"]), "pt") as b:
+        for key in a.keys():
+            torch.testing.assert_close(b.get_tensor(key), a.get_tensor(key), atol=1e-5, rtol=1e-4)

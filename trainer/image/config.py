@@ -34,6 +34,9 @@ class ImageTrainConfig(TrainConfig):
     batch_size: int | None = Field(None, ge=1, le=64, description="Images per optimizer step; default: 2 on a GPU "
                                                                    "(1 for SDXL, FLUX.1, SD 3.5), 1 on a CPU.")
     train_text_encoder: bool = Field(False, description="Also put LoRA on the text encoder(s) (no embedding cache; SD and SDXL only).")
+    gradient_checkpointing: bool = Field(False, description="Recompute the denoiser's activations in the backward "
+                                                            "pass instead of keeping them: much less GPU memory for "
+                                                            "big bases at native size, for slower steps.")
     augment_variants: int = Field(4, ge=1, le=32, description="Augmented copies per image whose latents are cached.")
     caption_dropout: float = Field(0.1, ge=0, lt=1, description="Share of steps' captions replaced by the empty one (for CFG).")
     min_snr_gamma: float | None = Field(5.0, gt=0, description="Min-SNR loss weighting gamma; None turns it off (DDPM families; flow matching has no SNR weighting).")

@@ -165,14 +165,21 @@ def _setup(config: ImageTrainConfig) -> _Setup:
     # every precision; the adapter (and so the optimizer) stays float32. The VAE and text encoders
     # stay float32: they run to cache latents and embeddings and to decode samples, not per step,
     # and SDXL's VAE overflows in fp16. Cast before the move, so a GPU never holds the fp32 denoiser.
+    # Flow families' pipelines load in the compute dtype already (above): their VAE and encoders too.
     if precision != "fp32":
         store_frozen_in(loaded.denoiser, compute_dtype(precision))
-    pipe.to(accelerator.device)
+    if config.gradient_checkpointing:
+        loaded.denoiser.enable_gradient_checkpointing()
 
+    # The VAE and text encoders go to the device first and cache; the family frees what only caching
+    # needed (a flow family's T5) before the denoiser joins them, so the two never share the device.
+    for module in (pipe.vae, *loaded.text_encoders):
+        module.to(accelerator.device)
     prompts = config.sample_prompts or list(dict.fromkeys([config.instance_prompt] + [e.caption for e in val[:1]]))
     cache = _build_cache(config, loaded, noise_scheduler, train, val, prompts, accelerator.device)
     if "embeds" in cache:
         part.free_after_caching(pipe)  # samples and steps read the cached embeddings from here on
+    pipe.to(accelerator.device)
     return _Setup(config, dataset, train, val, loaded, noise_scheduler, accelerator, precision, cache, prompts,
                   setup_s=time.time() - started, precision_choice=choice.as_dict())
 
