@@ -179,3 +179,20 @@ def build_sd1_small(folder: Path) -> Path:
                                    requires_safety_checker=False)
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def assert_same_run(got, want) -> None:
+    """Two image runs (``ImageTrainResult``) trained alike: the same loss curves at the same steps and
+    the same diffusers adapter file, to float tolerance (a resumed run against an uninterrupted one)."""
+    import pytest
+    import torch
+    from safetensors import safe_open
+
+    for curve in ("train_loss", "val_loss"):
+        a, b = got.metrics["curves"][curve], want.metrics["curves"][curve]
+        assert [s for s, _ in a] == [s for s, _ in b]
+        assert [v for _, v in a] == pytest.approx([v for _, v in b], abs=1e-5)
+    with safe_open(str(want.adapter_files["diffusers"]), "pt") as a, \
+            safe_open(str(got.adapter_files["diffusers"]), "pt") as b:
+        for key in a.keys():
+            torch.testing.assert_close(b.get_tensor(key), a.get_tensor(key), atol=1e-5, rtol=1e-4)

@@ -1,7 +1,8 @@
 """FLUX.1 (schnell and dev) and SD 3.5 through the one image training loop (``train_image``), on tiny
 offline pipelines loaded through ``from_pretrained`` as hub bases are: the validation loss falls,
 the T5 encoder is freed once captions are cached, both export files load back into a fresh pipeline
-and change what it draws, a cancelled run resumes exactly, and sampling a finished run works."""
+and change what it draws, and sampling a finished run works (exact resume after a cancel:
+tests/test_image_train.py, for every family)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,8 @@ from PIL import Image
 from safetensors import safe_open
 
 from tests.family_fixtures import build_tiny_flux, tiny_flux_dev, tiny_flux_schnell, tiny_sd3  # noqa: F401
-from tests.image_fixtures import RESOLUTION, image_folder, tiny_sd  # noqa: F401
-from trainer.cancel import CancelToken
-from trainer.errors import Cancelled, ConfigError
+from tests.image_fixtures import RESOLUTION, assert_same_run, image_folder, tiny_sd  # noqa: F401
+from trainer.errors import ConfigError
 from trainer.image.config import ImageTrainConfig
 from trainer.image.pipelines import load_pipeline
 from trainer.image.sample import sample_run
@@ -106,33 +106,6 @@ def test_t5_is_freed_once_captions_are_cached(tiny_flux_dev, tiny_sd3, image_fol
         assert [e for e in s.loaded.text_encoders if "T5" in type(e).__name__] == []
 
 
-@pytest.mark.parametrize("fixture", ["tiny_flux_dev", "tiny_sd3"])
-def test_cancel_then_resume_continues_exactly(fixture, request, image_folder, tmp_path):
-    base, side = request.getfixturevalue(fixture), SIDES[fixture]
-    settings = dict(steps=8, eval_every=4, lora_dropout=0.1)
-    straight = train_image(config(image_folder, tmp_path / "straight", base, side, **settings))
-
-    cancel = CancelToken()
-
-    def stop_after_five(event):
-        if event.kind == "step" and event.step == 5:
-            cancel.cancel()
-
-    out = tmp_path / "resumed"
-    with pytest.raises(Cancelled, match="step 5"):
-        train_image(config(image_folder, out, base, side, **settings), on_event=stop_after_five, cancel=cancel)
-    resumed = train_image(config(image_folder, out, base, side, resume=True, **settings))
-    assert resumed.steps_done == 8
-    for curve in ("train_loss", "val_loss"):
-        got, want = resumed.metrics["curves"][curve], straight.metrics["curves"][curve]
-        assert [s for s, _ in got] == [s for s, _ in want]
-        assert [v for _, v in got] == pytest.approx([v for _, v in want], abs=1e-5)
-    with safe_open(str(straight.adapter_files["diffusers"]), "pt") as a, \
-            safe_open(str(resumed.adapter_files["diffusers"]), "pt") as b:
-        for key in a.keys():
-            torch.testing.assert_close(b.get_tensor(key), a.get_tensor(key), atol=1e-5, rtol=1e-4)
-
-
 def test_bf16_run_loads_the_pipeline_in_bf16_and_trains_a_float32_adapter(tiny_sd3, image_folder, tmp_path):
     """A flow family is not probed: bf16 asked for, the base loads in bf16 and its LoRA trains in float32."""
     from trainer.image.presets import size_defaults
@@ -159,16 +132,10 @@ def test_gradient_checkpointing_trains_the_same_adapter(fixture, request, image_
     side = SIDES.get(fixture, RESOLUTION)
     runs = [train_image(config(image_folder, tmp_path / str(on), base, side, steps=4, eval_every=2, lora_dropout=0.1,
                                gradient_checkpointing=on)) for on in (False, True)]
-    plain, checkpointed = (r.metrics["curves"] for r in runs)
+    assert_same_run(runs[1], runs[0])
     assert runs[1].metrics["config"]["gradient_checkpointing"] is True
     from trainer.image.presets import size_defaults
     from trainer.image.train import _setup
 
     s = _setup(size_defaults(config(image_folder, tmp_path / "setup", base, side, gradient_checkpointing=True), 6))
     assert s.loaded.denoiser.is_gradient_checkpointing  # the denoiser really recomputes
-    for curve in ("train_loss", "val_loss"):
-        assert [v for _, v in checkpointed[curve]] == pytest.approx([v for _, v in plain[curve]], abs=1e-5)
-    with safe_open(str(runs[0].adapter_files["diffusers"]), "pt") as a, \
-            safe_open(str(runs[1].adapter_files["diffusers"]), "pt") as b:
-        for key in a.keys():
-            torch.testing.assert_close(b.get_tensor(key), a.get_tensor(key), atol=1e-5, rtol=1e-4)

@@ -45,32 +45,60 @@ def pixels(count: int) -> torch.Tensor:
     return torch.from_numpy(array).permute(0, 3, 1, 2) / 127.5 - 1
 
 
+def load(path):
+    """The family's pipeline from a tiny folder, as the trainer loads a base (from_pretrained, safetensors)."""
+    from trainer.image.pipelines import load_pipeline
+
+    return load_pipeline(path).pipe
+
+
+def rows(module, pipe, captions: list[str]) -> dict:
+    """``{caption: Conditioning}`` one row each, as the training loop caches them."""
+    cond = module.encode_prompts(pipe, captions)
+    return {c: flow.Conditioning(cond.prompt[i], cond.pooled[i]) for i, c in enumerate(captions)}
+
+
 def prepared(module, path, *, rank=4, alpha=4.0, drop_t5=True):
-    """The family's pipeline with cached captions and latents, T5 dropped, and a fresh seeded LoRA."""
-    pipe = module.load(path)
-    cache = module.cache_captions(pipe, CAPTIONS + [""])
+    """The family's pipeline with cached captions and latents, T5 freed, and a fresh seeded LoRA."""
+    from peft import LoraConfig
+
+    pipe = load(path)
+    cache = rows(module, pipe, CAPTIONS + [""])
     if drop_t5:
-        module.drop_t5(pipe)
-    mean, std = module.encode_images(pipe, pixels(len(CAPTIONS)))
+        module.free_after_caching(pipe)
+    with torch.no_grad():
+        dist = pipe.vae.encode(pixels(len(CAPTIONS))).latent_dist
     torch.manual_seed(0)
-    module.add_lora(pipe, rank=rank, alpha=alpha)
-    return SimpleNamespace(pipe=pipe, cache=cache, mean=mean, std=std, objective=module.objective(pipe))
+    pipe.transformer.requires_grad_(False)
+    pipe.transformer.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian",
+                                            target_modules=list(module.LORA_TARGETS)))
+    return SimpleNamespace(pipe=pipe, cache=cache, mean=dist.mean, std=dist.std,
+                           objective=module.training_scheduler(pipe))
 
 
 def optimizer_for(s):
     return torch.optim.AdamW([p for p in s.pipe.transformer.parameters() if p.requires_grad], lr=5e-3)
 
 
+def loss_of(module, s, latents, noise, timesteps, captions, *, weighted: bool):
+    """The family's ``noise_loss`` of raw latents, as the training loop asks it."""
+    cond = flow.stack([s.cache[c] for c in captions])
+    batch = {"latents": latents, "noise": noise, "timesteps": timesteps}
+    return module.noise_loss(s.objective, s.pipe.transformer, batch, cond.prompt,
+                             module.denoiser_kwargs(cond.pooled, batch), vae_config=s.pipe.vae.config,
+                             prediction_type=module.PREDICTION_TYPE, min_snr_gamma=5.0, weighted=weighted)
+
+
 def train_step(module, s, optimizer, generator, batch: int = 2) -> float:
-    """One step as the trainer will run it: the batch, noise and sigmas all from ``generator``.
+    """One step as the trainer runs it: the batch, noise and sigmas all from ``generator``.
 
     Latents are the distributions' means: a random VAE's posterior std is about 1, which would
     drown the images (a trained VAE's is tiny; the trainer draws from the distribution).
     """
     idx = torch.randint(len(s.mean), (batch,), generator=generator)
-    latents = module.model_latents(s.pipe, s.mean[idx])
-    cond = flow.stack([s.cache[CAPTIONS[i]] for i in idx.tolist()])
-    loss = module.training_loss(s.pipe.transformer, s.objective, latents, cond, generator)
+    noise = torch.randn((batch, *s.mean.shape[1:]), generator=generator)
+    sigmas = module.draw_timesteps(s.objective, batch, generator)
+    loss = loss_of(module, s, s.mean[idx], noise, sigmas, [CAPTIONS[i] for i in idx.tolist()], weighted=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_([p for p in s.pipe.transformer.parameters() if p.requires_grad], 1.0)
     optimizer.step()
@@ -78,9 +106,16 @@ def train_step(module, s, optimizer, generator, batch: int = 2) -> float:
     return loss.item()
 
 
-def val_loss(module, s) -> float:
-    cond = flow.stack([s.cache[c] for c in CAPTIONS])
-    return module.validation_loss(s.pipe.transformer, s.objective, module.model_latents(s.pipe, s.mean), cond)
+def val_loss(module, s, points: int = 4) -> float:
+    """Unweighted loss at the family's fixed validation sigmas with fixed noise, in eval mode."""
+    noise = torch.randn((points, *s.mean.shape), generator=torch.Generator().manual_seed(0))
+    sigmas = module.val_timesteps(s.objective, points)
+    s.pipe.transformer.eval()
+    with torch.no_grad():
+        total = sum(loss_of(module, s, s.mean, noise[k], sigmas[k].repeat(len(s.mean)), CAPTIONS,
+                            weighted=False).item() for k in range(points))
+    s.pipe.transformer.train()
+    return total / points
 
 
 def lora_state(s) -> dict:
@@ -97,7 +132,7 @@ def test_tiny_pipelines_load_like_hub_ones(family):
     module, path = family
     index = json.loads((path / "model_index.json").read_text())
     assert families.find(index["_class_name"]) is module  # the registry tells the two apart by class
-    pipe = module.load(path)
+    pipe = load(path)
     from transformers import T5TokenizerFast
 
     t5_tokenizer = pipe.tokenizer_2 if module is flux else pipe.tokenizer_3
@@ -121,8 +156,8 @@ def test_sampling_defaults_per_variant(tiny_flux_schnell, tiny_flux_dev, tiny_sd
 def test_prompt_encoding_is_the_pipelines(family):
     """Cached embeddings have the family's layout and sample exactly the image the prompt itself gives."""
     module, path = family
-    pipe = module.load(path)
-    cache = module.cache_captions(pipe, CAPTIONS + [""])
+    pipe = load(path)
+    cache = rows(module, pipe, CAPTIONS + [""])
     cond = cache[CAPTIONS[0]]
     if module is flux:  # T5 sequence; CLIP pooled
         assert cond.prompt.shape == (T5_TOKENS, 32) and cond.pooled.shape == (32,)
@@ -156,7 +191,7 @@ def test_t5_can_go_after_caching(family):
 
 
 def test_objective_follows_the_scheduler(tiny_flux_schnell, tiny_flux_dev, tiny_sd3):
-    schnell, dev, sd = flux.load(tiny_flux_schnell), flux.load(tiny_flux_dev), sd3.load(tiny_sd3)
+    schnell, dev, sd = load(tiny_flux_schnell), load(tiny_flux_dev), load(tiny_sd3)
     half = torch.tensor([0.5])
     assert flow.sigmas_at(flux.objective(schnell), half).item() == pytest.approx(0.5, abs=1e-3)  # shift 1
     assert flow.sigmas_at(flux.objective(dev), half).item() == pytest.approx(0.5, abs=1e-3)  # shifts at inference only
@@ -231,7 +266,7 @@ def trained_briefly(module, path, steps: int = 6):
 def test_both_files_load_back_with_the_trained_updates(module, tiny_flux_double, tiny_sd3, tmp_path):
     path = tiny_flux_double if module is flux else tiny_sd3
     s = trained_briefly(module, path)
-    files = module.export(s.pipe, module.load(path), tmp_path)  # raises TrainingError on any mismatch
+    files = module.export(s.pipe, load(path), tmp_path)  # raises TrainingError on any mismatch
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([DIFFUSERS_FILE, module.SINGLE_FILE])
     with safe_open(str(files[next(k for k in files if k != "diffusers")]), "pt") as f:
         keys, metadata = list(f.keys()), f.metadata()
@@ -252,7 +287,7 @@ def test_verify_catches_a_wrong_scale(tiny_flux_double, tmp_path):
     state["lora_unet_double_blocks_0_img_attn_proj.alpha"] *= 2
     save_file(state, str(path))
     with pytest.raises(TrainingError, match=r"transformer_blocks\.0\.attn\.to_out\.0 differently"):
-        verify_loads(flux.load(tiny_flux_double), s.pipe, {"kohya": path})
+        verify_loads(load(tiny_flux_double), s.pipe, {"kohya": path})
 
 
 @pytest.mark.parametrize("fixture", ["tiny_flux_schnell", "tiny_flux_dev"])
@@ -261,7 +296,7 @@ def test_flux_single_blocks_export_diffusers_only_below_flux1_widths(fixture, re
     path = request.getfixturevalue(fixture)
     s = trained_briefly(flux, path, steps=2)
     assert any(n.startswith("single_transformer_blocks.") for n in flux.lora_factors(s.pipe.transformer))
-    verify_loads(flux.load(path), s.pipe, {"diffusers": save_diffusers(s.pipe, tmp_path)})
+    verify_loads(load(path), s.pipe, {"diffusers": save_diffusers(s.pipe, tmp_path)})
     assert "3072" in flux.single_file_problem(s.pipe.transformer)
     with pytest.raises(ValueError, match="widths"):
         flux.save_single_file(s.pipe, tmp_path)
@@ -302,7 +337,7 @@ def test_sample_with_the_exported_adapter(family, tmp_path):
     module, path = family
     s = trained_briefly(module, path)
     save_diffusers(s.pipe, tmp_path)
-    pipe = module.load(path)
+    pipe = load(path)
     defaults = module.sampling_defaults(path)
     kwargs = dict(seed=0, steps=2, guidance_scale=defaults["guidance_scale"], size=SIZE)
     base = np.asarray(module.sample(pipe, CAPTIONS[0], **kwargs))

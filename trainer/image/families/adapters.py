@@ -1,4 +1,5 @@
-"""LoRA on a transformer denoiser (FLUX.1, SD 3.5): add it, read it, save it, prove a file loads back.
+"""LoRA on a transformer denoiser (FLUX.1, SD 3.5): read it, save it, prove a file loads back; and
+what every family shares (loading a pipeline, reading a folder's configs).
 
 The diffusers file (``pytorch_lora_weights.safetensors``) is what the pipeline class's own
 ``save_lora_weights(transformer_lora_layers=...)`` writes, with the peft config (rank, alpha,
@@ -12,27 +13,11 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
-from typing import Any
 
 from ...errors import ModelError, TrainingError
 from ..export import DIFFUSERS_FILE, lora_deltas
 
 ADAPTER = "default"
-
-
-def add_lora(pipe, targets, *, rank: int, alpha: float, dropout: float = 0.0) -> None:
-    """Freeze the whole pipeline, then add a trainable LoRA (gaussian init, as the examples) to its transformer.
-
-    Seed torch before calling for the same initial adapter every run.
-    """
-    from peft import LoraConfig
-
-    for name in ("vae", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3"):
-        module = getattr(pipe, name, None)
-        if module is not None:
-            module.requires_grad_(False)
-    pipe.transformer.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
-                                            init_lora_weights="gaussian", target_modules=list(targets)))
 
 
 def lora_factors(transformer, adapter: str = ADAPTER) -> dict[str, tuple]:
@@ -84,22 +69,6 @@ def verify_loads(fresh, trained, files: dict[str, Path]) -> None:
             if not torch.allclose(got[name], delta, rtol=1e-3, atol=1e-6):
                 raise TrainingError(f"The exported {fmt} LoRA {path} changes transformer.{name} differently "
                                     "from the trained adapter (scale or conversion error).")
-
-
-def cache_captions(encode, captions: list[str], chunk: int = 16) -> dict[str, Any]:
-    """``{caption: Conditioning rows}`` for every distinct caption; ``encode(list) -> Conditioning`` runs per chunk."""
-    import torch
-
-    from .flow import Conditioning
-
-    unique = list(dict.fromkeys(captions))
-    out = {}
-    with torch.no_grad():
-        for i in range(0, len(unique), chunk):
-            part = unique[i:i + chunk]
-            cond = encode(part)
-            out.update({c: Conditioning(cond.prompt[j], cond.pooled[j]) for j, c in enumerate(part)})
-    return out
 
 
 def drop_module(pipe, *names: str) -> None:

@@ -15,9 +15,9 @@
 (SD3's example can instead "precondition" the output, ``pred * -sigma + noisy``, against the
 clean latents; that is the same loss weighted by ``sigma**2``, so it is not a separate mode here.)
 
-Everything random in a step (noise and sigmas) comes from the ``torch.Generator`` passed in,
-so a run resumed with the generator's saved state continues exactly. The validation loss uses
-fixed points of the density and noise from a fixed seed: the same number for the same weights.
+The training loop (``trainer/image/train.py``) draws the noise and, through ``draw_sigmas``, the
+sigmas from its one ``torch.Generator``, so a resumed run continues exactly; its validation loss
+uses ``val_sigmas``, fixed points of [0, 1), with fixed noise: the same number for the same weights.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ PREDICTION_TYPE = "flow"  # what runs record as the prediction type: velocity, n
 PRECISION_PROBE = False
 TIMESTEP_SAMPLING = ("none", "logit_normal", "mode")
 LOSS_WEIGHTING = ("none", "sigma_sqrt", "cosmap")
-VAL_POINTS = (0.2, 0.4, 0.6, 0.8)  # fixed positions in [0, 1) for the validation loss
 
 Predict = Callable[[Any, Any], Any]  # (noisy latents, sigmas) -> predicted velocity, same shape
 
@@ -120,14 +119,6 @@ def val_sigmas(objective: FlowObjective, count: int):
     return sigmas_at(objective, torch.tensor([(k + 1) / (count + 1) for k in range(count)]))
 
 
-def draw(objective: FlowObjective, shape, generator):
-    """Noise of ``shape`` and one sigma per image, drawn from ``generator`` (on the CPU) in that order."""
-    import torch
-
-    noise = torch.randn(tuple(shape), generator=generator)
-    return noise, draw_sigmas(objective, shape[0], generator)
-
-
 def per_image_loss(predict: Predict, objective: FlowObjective, latents, noise, sigmas, *, weighted: bool):
     """MSE between the predicted and the true velocity for each image, weighted as the objective says."""
     from diffusers.training_utils import compute_loss_weighting_for_sd3
@@ -152,62 +143,22 @@ def denoiser_kwargs(pooled, batch: dict) -> dict:
     return {"pooled": pooled}
 
 
-def batch_loss(predict: Predict, objective: FlowObjective, batch: dict, vae_config, *, weighted: bool):
-    """The mean loss of a training loop's batch: raw ``latents`` (shifted and scaled here), its
-    ``noise`` and its ``timesteps`` (sigmas, drawn by ``draw_sigmas`` or fixed by ``val_sigmas``)."""
+def noise_loss(predict, objective: FlowObjective, denoiser, batch: dict, embeds, extra: dict, *, vae_config,
+               weighted: bool, **_ddpm):
+    """A flow family's ``noise_loss`` (the training loop's question), given the family's
+    ``predict(denoiser, noisy, sigmas, cond, objective)``: the mean loss of a batch of raw
+    ``latents`` (shifted and scaled here), its ``noise`` and its ``timesteps`` (sigmas, drawn by
+    ``draw_sigmas`` or fixed by ``val_sigmas``). The DDPM knobs (prediction type, min-SNR) do not apply."""
+    cond = Conditioning(embeds, extra["pooled"])
     latents = model_latents(vae_config, batch["latents"])
-    return per_image_loss(predict, objective, latents, batch["noise"], batch["timesteps"], weighted=weighted).mean()
-
-
-def training_loss(predict: Predict, objective: FlowObjective, latents, generator):
-    """The mean (weighted) loss of a batch of model-space latents, with noise and sigmas from ``generator``."""
-    noise, sigmas = draw(objective, latents.shape, generator)
-    return per_image_loss(predict, objective, latents, noise, sigmas, weighted=True).mean()
-
-
-def validation_loss(predict: Predict, objective: FlowObjective, latents, seed: int = 0) -> float:
-    """Unweighted loss at the fixed ``VAL_POINTS`` with noise from ``seed``: deterministic for fixed weights."""
-    import torch
-
-    noise = torch.randn((len(VAL_POINTS), *latents.shape), generator=torch.Generator().manual_seed(seed))
-    total = 0.0
-    with torch.no_grad():
-        for k, u in enumerate(VAL_POINTS):
-            sigmas = sigmas_at(objective, torch.full((len(latents),), u))
-            total += per_image_loss(predict, objective, latents, noise[k], sigmas, weighted=False).mean().item()
-    return total / len(VAL_POINTS)
-
-
-def encode_images(vae, pixels, chunk: int = 8):
-    """Mean and std of the VAE's latent distribution for ``pixels`` in [-1, 1], float32, ``chunk`` at a time.
-
-    These are raw latents; ``model_latents`` shifts and scales a draw from them for the denoiser.
-    """
-    import torch
-
-    means, stds = [], []
-    with torch.no_grad():
-        for i in range(0, len(pixels), chunk):
-            dist = vae.encode(pixels[i:i + chunk].to(vae.device, vae.dtype)).latent_dist
-            means.append(dist.mean.float())
-            stds.append(dist.std.float())
-    return torch.cat(means), torch.cat(stds)
+    per_image = per_image_loss(lambda x, s: predict(denoiser, x, s, cond, objective), objective, latents,
+                               batch["noise"], batch["timesteps"], weighted=weighted)
+    return per_image.mean()
 
 
 def model_latents(vae_config, raw):
     """Raw VAE latents in the denoiser's space: ``(raw - shift_factor) * scaling_factor``."""
     return (raw - (vae_config.shift_factor or 0.0)) * vae_config.scaling_factor
-
-
-def pipe_images(pipe, pixels):
-    """Mean and std of the raw latent distribution of ``pixels`` ([-1, 1], sides a multiple of 16),
-    through the pipeline's VAE (what a flow family's ``encode_images`` is)."""
-    return encode_images(pipe.vae, pixels)
-
-
-def pipe_latents(pipe, raw):
-    """Raw latents shifted and scaled for the pipeline's transformer (a flow family's ``model_latents``)."""
-    return model_latents(pipe.vae.config, raw)
 
 
 def generate(pipe, kwargs: dict, *, seed: int, steps: int, guidance_scale: float, size: int):

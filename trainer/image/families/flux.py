@@ -6,7 +6,7 @@
   reach the single-stream blocks' attention).
 - Prompts: CLIP's pooled output and T5's last hidden state (``pipe.encode_prompt``, exactly as at
   inference), cached per caption; ``text_ids`` are zeros of the sequence length. After caching,
-  ``drop_t5`` frees the T5 encoder (the biggest part) and ``sample`` takes the cached embeddings.
+  ``free_after_caching`` frees the T5 encoder (the biggest part) and ``sample`` takes the cached embeddings.
 - Latents: 16 channels, ``(z - shift_factor) * scaling_factor``, packed into 2x2-patch tokens with
   their position ids (``latent_image_ids``), as the pipeline packs them. Sides must be multiples
   of 16 px (8x VAE, 2x2 patches).
@@ -23,20 +23,16 @@ Nothing here imports torch or diffusers at module level, so ``native_size`` and
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
 import trainer.image.families.flow as flow  # not "from . import": the registry in __init__ imports this module
-from trainer.image.families.flow import pipe_images as encode_images  # noqa: F401,E501  (the family's interface)
-from trainer.image.families.flow import pipe_latents as model_latents  # noqa: F401
 from trainer.image.families.flow import (PRECISION_PROBE, PREDICTION_TYPE, TEXT_ENCODER_LORA, denoiser_kwargs,  # noqa: F401
                                          image_conditioning)
 from trainer.image.families.flow import draw_sigmas as draw_timesteps  # noqa: F401
 from trainer.image.families.flow import val_sigmas as val_timesteps  # noqa: F401
-from .adapters import add_lora as _add_lora
-from .adapters import cache_captions as _cache
-from .adapters import export_files, open_pipeline
-from .adapters import drop_module, lora_factors, read_json, vae_scale
+from .adapters import drop_module, export_files, lora_factors, read_json, vae_scale
 
 NAME = "flux"
 LOAD_KWARGS: dict = {}  # nothing beyond safetensors (adapters.open_pipeline)
@@ -96,18 +92,6 @@ def sampling_defaults(folder: Path) -> dict:
 # loading, LoRA, prompts, latents
 
 
-def load(path, dtype=None):
-    """``FluxPipeline`` from a resolved folder, as every family loads (``adapters.open_pipeline``)."""
-    import sys
-
-    return open_pipeline(sys.modules[__name__], path, dtype)
-
-
-def add_lora(pipe, *, rank: int, alpha: float, dropout: float = 0.0, targets=LORA_TARGETS) -> None:
-    """Freeze the pipeline and add a trainable LoRA to ``pipe.transformer`` (seed torch first)."""
-    _add_lora(pipe, targets, rank=rank, alpha=alpha, dropout=dropout)
-
-
 def max_sequence_length(pipe) -> int:
     """T5 tokens per prompt: the variant's length, or the T5 tokenizer's own limit when smaller."""
     default = 512 if pipe.transformer.config.guidance_embeds else 256
@@ -126,18 +110,9 @@ def encode_prompts(pipe, prompts: list[str], device=None, max_length: int | None
     return flow.Conditioning(prompt, pooled)
 
 
-def cache_captions(pipe, captions: list[str]) -> dict[str, flow.Conditioning]:
-    """``{caption: Conditioning}`` for every distinct caption (include "" for caption dropout)."""
-    length = max_sequence_length(pipe)
-    return _cache(lambda part: encode_prompts(pipe, part, max_length=length), captions)
-
-
-def drop_t5(pipe) -> None:
-    """Free the T5 encoder and its tokenizer once captions are cached."""
+def free_after_caching(pipe) -> None:
+    """Free the T5 encoder and its tokenizer once the training loop has cached its captions and sample prompts."""
     drop_module(pipe, "text_encoder_2", "tokenizer_2")
-
-
-free_after_caching = drop_t5  # what the training loop calls once its captions and sample prompts are cached
 
 
 def pack(latents):
@@ -174,10 +149,12 @@ def objective(pipe, *, timestep_sampling: str = "none", loss_weighting: str = "n
                                loss_weighting=loss_weighting, guidance=guidance, **density)
 
 
-def predict(transformer, noisy, sigmas, cond: flow.Conditioning, guidance: float | None = None):
-    """The transformer's velocity for ``noisy`` [B, 16, H, W] latents at ``sigmas``, unpacked to their shape."""
+def predict(transformer, noisy, sigmas, cond: flow.Conditioning, objective: flow.FlowObjective):
+    """The transformer's velocity for ``noisy`` [B, 16, H, W] latents at ``sigmas``, unpacked to their
+    shape; a dev-like transformer gets the objective's constant guidance."""
     import torch
 
+    guidance = objective.guidance
     b, _, h, w = noisy.shape
     dtype = noisy.dtype
     out = transformer(hidden_states=pack(noisy), timestep=sigmas.to(dtype),  # the pipeline's t / 1000
@@ -189,36 +166,8 @@ def predict(transformer, noisy, sigmas, cond: flow.Conditioning, guidance: float
     return unpack(out, h, w)
 
 
-def training_scheduler(pipe) -> flow.FlowObjective:
-    """The objective the training loop draws timesteps from: ``objective`` with this family's defaults."""
-    return objective(pipe)
-
-
-def noise_loss(objective: flow.FlowObjective, transformer, batch: dict, embeds, extra: dict, *, vae_config,
-               weighted: bool, **_ddpm):
-    """The training loop's loss of ``batch`` (raw latents, noise, sigmas as ``timesteps``); the
-    DDPM knobs (prediction type, min-SNR) do not apply to flow matching."""
-    cond = flow.Conditioning(embeds, extra["pooled"])
-    return flow.batch_loss(lambda x, s: predict(transformer, x, s, cond, objective.guidance), objective, batch,
-                           vae_config, weighted=weighted)
-
-
-def training_loss(transformer, objective: flow.FlowObjective, latents, cond: flow.Conditioning, generator):
-    """Mean loss of model-space ``latents`` under ``cond``; noise and sigmas come from ``generator``."""
-    return flow.training_loss(lambda x, s: predict(transformer, x, s, cond, objective.guidance), objective, latents,
-                              generator)
-
-
-def validation_loss(transformer, objective: flow.FlowObjective, latents, cond: flow.Conditioning,
-                    seed: int = 0) -> float:
-    """Deterministic held-out loss (fixed sigmas, noise from ``seed``); the transformer is put in eval mode."""
-    was_training = transformer.training
-    transformer.eval()
-    try:
-        return flow.validation_loss(lambda x, s: predict(transformer, x, s, cond, objective.guidance), objective,
-                                    latents, seed)
-    finally:
-        transformer.train(was_training)
+training_scheduler = objective  # what the training loop draws timesteps from: this family's defaults
+noise_loss = functools.partial(flow.noise_loss, predict)  # the training loop's loss of a cached batch
 
 
 # --------------------------------------------------------------------------------------------

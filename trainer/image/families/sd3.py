@@ -5,7 +5,7 @@
   diffusers' ``train_dreambooth_lora_sd3.py``, the joint attention of both streams.
 - Prompts: both CLIPs' penultimate hidden states side by side, padded to T5's width and followed
   by T5's sequence; pooled: both CLIPs' projections side by side (``pipe.encode_prompt``, exactly
-  as at inference). Cached per caption; ``drop_t5`` frees T5 afterwards.
+  as at inference). Cached per caption; ``free_after_caching`` frees T5 afterwards.
 - Latents: 16 channels, ``(z - shift_factor) * scaling_factor``; the transformer patchifies
   2x2 itself, so sides must be multiples of 16 px.
 - Objective: flow matching (``flow.py``) with the scheduler's ``shift`` (3.0 in SD3/3.5);
@@ -19,20 +19,16 @@ Nothing here imports torch or diffusers at module level.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
 import trainer.image.families.flow as flow  # not "from . import": the registry in __init__ imports this module
-from trainer.image.families.flow import pipe_images as encode_images  # noqa: F401,E501  (the family's interface)
-from trainer.image.families.flow import pipe_latents as model_latents  # noqa: F401
 from trainer.image.families.flow import (PRECISION_PROBE, PREDICTION_TYPE, TEXT_ENCODER_LORA, denoiser_kwargs,  # noqa: F401
                                          image_conditioning)
 from trainer.image.families.flow import draw_sigmas as draw_timesteps  # noqa: F401
 from trainer.image.families.flow import val_sigmas as val_timesteps  # noqa: F401
-from .adapters import add_lora as _add_lora
-from .adapters import cache_captions as _cache
-from .adapters import export_files, open_pipeline
-from .adapters import drop_module, lora_factors, read_json, vae_scale
+from .adapters import drop_module, export_files, lora_factors, read_json, vae_scale
 
 NAME = "sd3"
 LOAD_KWARGS: dict = {}  # nothing beyond safetensors (adapters.open_pipeline)
@@ -84,18 +80,6 @@ def sampling_defaults(folder: Path) -> dict:
 # loading, LoRA, prompts, latents
 
 
-def load(path, dtype=None):
-    """``StableDiffusion3Pipeline`` from a resolved folder, as every family loads (``adapters.open_pipeline``)."""
-    import sys
-
-    return open_pipeline(sys.modules[__name__], path, dtype)
-
-
-def add_lora(pipe, *, rank: int, alpha: float, dropout: float = 0.0, targets=LORA_TARGETS) -> None:
-    """Freeze the pipeline and add a trainable LoRA to ``pipe.transformer`` (seed torch first)."""
-    _add_lora(pipe, targets, rank=rank, alpha=alpha, dropout=dropout)
-
-
 def max_sequence_length(pipe) -> int:
     """T5 tokens per prompt: the pipeline's 256, or the T5 tokenizer's own limit when smaller."""
     return min(T5_TOKENS, pipe.tokenizer_3.model_max_length) if pipe.tokenizer_3 is not None else T5_TOKENS
@@ -116,19 +100,9 @@ def encode_prompts(pipe, prompts: list[str], device=None, max_length: int | None
     return flow.Conditioning(prompt, pooled)
 
 
-def cache_captions(pipe, captions: list[str]) -> dict[str, flow.Conditioning]:
-    """``{caption: Conditioning}`` for every distinct caption (include "" for caption dropout and
-    for the negative prompt that sampling with guidance needs)."""
-    length = max_sequence_length(pipe)
-    return _cache(lambda part: encode_prompts(pipe, part, max_length=length), captions)
-
-
-def drop_t5(pipe) -> None:
-    """Free the T5 encoder and its tokenizer once captions are cached."""
+def free_after_caching(pipe) -> None:
+    """Free the T5 encoder and its tokenizer once the training loop has cached its captions and sample prompts."""
     drop_module(pipe, "text_encoder_3", "tokenizer_3")
-
-
-free_after_caching = drop_t5  # what the training loop calls once its captions and sample prompts are cached
 
 
 # --------------------------------------------------------------------------------------------
@@ -142,45 +116,16 @@ def objective(pipe, *, timestep_sampling: str = "logit_normal", loss_weighting: 
                                loss_weighting=loss_weighting, **density)
 
 
-def predict(transformer, noisy, sigmas, cond: flow.Conditioning, num_train_timesteps: int = 1000):
+def predict(transformer, noisy, sigmas, cond: flow.Conditioning, objective: flow.FlowObjective):
     """The transformer's velocity for ``noisy`` [B, 16, H, W] latents at ``sigmas`` (timestep = sigma x 1000)."""
     dtype = noisy.dtype
-    return transformer(hidden_states=noisy, timestep=sigmas * num_train_timesteps,
+    return transformer(hidden_states=noisy, timestep=sigmas * objective.num_train_timesteps,
                        encoder_hidden_states=cond.prompt.to(dtype), pooled_projections=cond.pooled.to(dtype),
                        return_dict=False)[0]
 
 
-def training_scheduler(pipe) -> flow.FlowObjective:
-    """The objective the training loop draws timesteps from: ``objective`` with this family's defaults."""
-    return objective(pipe)
-
-
-def noise_loss(objective: flow.FlowObjective, transformer, batch: dict, embeds, extra: dict, *, vae_config,
-               weighted: bool, **_ddpm):
-    """The training loop's loss of ``batch`` (raw latents, noise, sigmas as ``timesteps``); the
-    DDPM knobs (prediction type, min-SNR) do not apply to flow matching."""
-    cond = flow.Conditioning(embeds, extra["pooled"])
-    n = objective.num_train_timesteps
-    return flow.batch_loss(lambda x, s: predict(transformer, x, s, cond, n), objective, batch, vae_config,
-                           weighted=weighted)
-
-
-def training_loss(transformer, objective: flow.FlowObjective, latents, cond: flow.Conditioning, generator):
-    """Mean (weighted) loss of model-space ``latents`` under ``cond``; noise and sigmas come from ``generator``."""
-    n = objective.num_train_timesteps
-    return flow.training_loss(lambda x, s: predict(transformer, x, s, cond, n), objective, latents, generator)
-
-
-def validation_loss(transformer, objective: flow.FlowObjective, latents, cond: flow.Conditioning,
-                    seed: int = 0) -> float:
-    """Deterministic held-out loss (fixed sigmas, noise from ``seed``); the transformer is put in eval mode."""
-    n = objective.num_train_timesteps
-    was_training = transformer.training
-    transformer.eval()
-    try:
-        return flow.validation_loss(lambda x, s: predict(transformer, x, s, cond, n), objective, latents, seed)
-    finally:
-        transformer.train(was_training)
+training_scheduler = objective  # what the training loop draws timesteps from: this family's defaults
+noise_loss = functools.partial(flow.noise_loss, predict)  # the training loop's loss of a cached batch
 
 
 # --------------------------------------------------------------------------------------------
