@@ -93,7 +93,7 @@ NOT_RUN_KINDS = {"found.kind", "top", "example.kind"}
 KIND_SOURCES = [p for package in ("bot", "storage", "trainer", "loracord") for p in sorted((ROOT / package).rglob("*.py"))
                 if p != ROOT / "trainer" / "kinds.py"]
 # Left to the image families' rework under way there: the check of a run's kind before sampling it.
-NOT_YET = {("trainer/image/sample.py", 'if metrics.get("kind") != "image":')}
+NOT_YET: set[tuple[str, str]] = set()  # (file, line) a change may leave for later, named here
 
 
 def _kind_name(node: ast.AST) -> bool:

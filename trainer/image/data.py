@@ -30,6 +30,7 @@ from typing import Iterable, Iterator
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .. import kinds
 from .. import limits as L
 from ..captions import CAPTION_SUFFIX, METADATA_NAME, metadata_captions
 from ..errors import DataError
@@ -50,7 +51,7 @@ class DataLimits:
     max_archive_bytes: int = L.MAX_ARCHIVE_BYTES  # all members of one zip, uncompressed
     max_compression_ratio: float = L.MAX_COMPRESSION_RATIO  # a member that inflates more than this is a zip bomb
     max_images: int = L.MAX_IMAGES
-    min_images: int = 1  # training asks for ``limits.MIN_EXAMPLES["image"]``; one file alone can be checked
+    min_images: int = 1  # training asks for ``kinds.IMAGE.min_examples``; one file alone can be checked
 
 
 def training_limits(config, sizes=None) -> DataLimits:
@@ -63,7 +64,7 @@ def training_limits(config, sizes=None) -> DataLimits:
         sizes = run_sizes(config)
     resolution = sizes.resolution if sizes is not None else config.resolution
     return DataLimits(min_side=config.min_image_side or L.min_image_side(resolution), resolution=resolution,
-                      max_pixels=config.max_pixels, min_images=L.MIN_EXAMPLES["image"])
+                      max_pixels=config.max_pixels, min_images=kinds.IMAGE.min_examples)
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from .. import kinds
 from ..errors import ConfigError
 from ..presets import preset_overrides
 from .config import ImageTrainConfig
@@ -24,7 +25,7 @@ def size_defaults(config: ImageTrainConfig, n_train: int, sizes: RunSizes | None
     once per run), else they are resolved here."""
     sizes = sizes or run_sizes(config)
     family = sizes.family
-    preset = preset_overrides("image", config.preset, n_train) | family.part.PRESET
+    preset = preset_overrides(kinds.IMAGE.name, config.preset, n_train) | family.part.PRESET
     steps = config.steps or preset["steps"]
     filled = {
         **sizes.settings(),

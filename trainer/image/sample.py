@@ -7,6 +7,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from .. import kinds
 from ..errors import UserError
 from ..rundir import RunDir
 
@@ -56,7 +57,7 @@ def sample_run(run: str | Path, prompts: list[str], seed: int = 0, count: int = 
 
     folder = RunDir.open(run)
     metrics = folder.read_metrics()
-    if metrics.get("kind") != "image":
+    if not kinds.recorded(metrics.get("kind")).makes_images:
         raise UserError(f"{folder.root} is not an image run.")
     adapter = folder.adapter / DIFFUSERS_FILE
     if not adapter.exists():

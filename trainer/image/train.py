@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import kinds
 from ..cancel import CancelToken
 from ..errors import ConfigError
 from ..events import EventCallback
@@ -351,7 +352,7 @@ class ImageTask(Task):
 
     def metrics(self, state: LoopState) -> dict:
         s = self.s
-        return {"kind": "image", "base": s.config.base, "base_path": str(s.loaded.path), "family": s.loaded.family,
+        return {"kind": kinds.IMAGE.name, "base": s.config.base, "base_path": str(s.loaded.path), "family": s.loaded.family,
                 "prediction_type": s.loaded.prediction_type, "precision": s.precision,
                 "precision_choice": s.precision_choice,
                 "data_report": s.dataset.report.to_dict() | {"train_images": len(s.train), "val_images": len(s.val)},
