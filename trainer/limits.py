@@ -41,6 +41,8 @@ MAX_EXAMPLE_CHARS = 20_000
 MAX_CAPTION_CHARS = 1000
 """Longest image caption; longer ones are cut (the text encoders read 77 tokens anyway)."""
 
+MIN_EXAMPLES = {kind.name: kind.min_examples for kind in kinds.KINDS.values()}
+"""Fewest training examples a run takes, by kind (each kind's ``min_examples``)."""
 MIN_IMAGE_SIDE = 64
 """Shortest image side any reader takes; training asks for more (``min_image_side``)."""
 
