@@ -139,140 +139,177 @@ class Outcome:
 
 def fit(task: Task, start: RunStart) -> Outcome:
     """Train ``task`` in ``start.run`` to the end (or an early stop); raise ``Cancelled`` on cancel."""
-    from .checkpoint import load_checkpoint, load_trainable, save_checkpoint, trainable_state
-    from .card import write_card
-    from .charts import plot_curves
+    return _Fit(task, start)()
 
-    cfg, acc, run = task.config, task.accelerator, start.run
-    main = acc.is_main_process
-    emit = start.emit if main else _ignore  # several processes: only the main one reports
-    state, best_weights = LoopState(), None
 
-    # resume: weights, optimizer, scheduler, RNGs, the loop's and the task's state
-    if start.checkpoint is not None:
-        saved = load_checkpoint(start.checkpoint, model=task.model, optimizer=task.optimizer,
-                                scheduler=task.scheduler, generator=task.generator)
-        task.load_state_dict(saved.get("task", saved))
-        state = LoopState(**{k: v for k, v in saved.items() if k in LoopState.__dataclass_fields__})
-        if (start.checkpoint / "best.safetensors").exists():
-            from safetensors.torch import load_file
-            best_weights = load_file(str(start.checkpoint / "best.safetensors"))
-    elif main:
-        task.before_training()
-    emit(ProgressEvent("start", state.step, cfg.steps, message=task.describe() + (
-        f", resumed at step {state.step}" if start.checkpoint else "")))
+class _Fit:
+    """One run of the loop: its state, and each thing ``fit`` does in turn (resume or begin, the
+    steps with their samples, validations and checkpoints, then the outputs)."""
 
-    def checkpoint(step: int) -> None:
-        acc.wait_for_everyone()
-        if main:
-            extra = asdict(state) | {"task": task.state_dict(), "config": cfg.model_dump()}
-            extra.pop("step")
-            save_checkpoint(run.checkpoint(step), model=task.model, optimizer=task.optimizer,
-                            scheduler=task.scheduler, step=step, generator=task.generator, extra=extra,
-                            tensors={"best": best_weights} if best_weights is not None else None)
-            run.prune_checkpoints(keep=1)
-            emit(ProgressEvent("checkpoint", step, cfg.steps, message=f"checkpoint at step {step}"))
+    def __init__(self, task: Task, start: RunStart):
+        self.task, self.start = task, start
+        self.cfg, self.acc, self.run = task.config, task.accelerator, start.run
+        self.main = self.acc.is_main_process
+        self.emit = start.emit if self.main else _ignore  # several processes: only the main one reports
+        self.state, self.best_weights, self.stop_reason = LoopState(), None, "completed"
+        self.started, self.start_step, self.session_tokens = 0.0, 0, 0
 
-    def write_metrics(status: str, stop_reason: str, **extra) -> dict:
-        metrics = {**task.metrics(state), "status": status, "config": cfg.model_dump(), "steps_done": state.step,
-                   "stop_reason": stop_reason, "best_step": state.best_step, "best_val_loss": state.best_val,
-                   "curves": state.curves, "processes": acc.num_processes, **extra}
-        run.write_metrics(metrics)
-        return metrics
+    def __call__(self) -> Outcome:
+        cfg = self.cfg
+        self.resume_or_begin()
+        self.started, self.start_step = time.time(), self.state.step
+        sample_every = getattr(cfg, "sample_every", 0) or 0
+        while self.state.step < cfg.steps:
+            self.cancel_if_asked()
+            loss, lr = self.train_step()
+            step = self.state.step
+            # samples every N steps (the final ones are drawn with the outputs)
+            if self.main and sample_every and step % sample_every == 0 and step < cfg.steps:
+                self.draw(f"step-{step:06d}")
+            if (step % cfg.eval_every == 0 or step == cfg.steps) and self.validate(loss, lr):
+                break  # stopped early
+            if step % cfg.eval_every == 0 and step < cfg.steps:  # a finished run needs no checkpoint
+                self.checkpoint(step)
+        return self.finish(time.time() - self.started)
 
-    def draw(name: str) -> str | None:
-        drawn = task.sample(name)
-        if drawn:
-            state.samples.append(drawn)
-            emit(ProgressEvent("sample", state.step, cfg.steps, artifacts=[drawn], message=f"samples: {drawn}",
-                               shows=task.sample_shows()))
-        return drawn
+    def resume_or_begin(self) -> None:
+        """Resume: weights, optimizer, scheduler, RNGs, the loop's and the task's state; else begin."""
+        from .checkpoint import load_checkpoint
 
-    start_time, start_step, session_tokens, stop_reason = time.time(), state.step, 0, "completed"
-    sample_every = getattr(cfg, "sample_every", 0) or 0
-    while state.step < cfg.steps:
-        # cooperative cancel, decided together: keep a checkpoint so the run can resume
-        if _any_process(acc, start.cancel.is_set()):
-            checkpoint(state.step)
-            emit(ProgressEvent("cancelled", state.step, cfg.steps, message="cancelled; resume with --resume"))
-            if main:
-                write_metrics("cancelled", "cancelled")
-            raise Cancelled(f"run cancelled at step {state.step}; its checkpoint is kept in {run.checkpoints}")
+        task, start = self.task, self.start
+        if start.checkpoint is not None:
+            saved = load_checkpoint(start.checkpoint, model=task.model, optimizer=task.optimizer,
+                                    scheduler=task.scheduler, generator=task.generator)
+            task.load_state_dict(saved.get("task", saved))
+            self.state = LoopState(**{k: v for k, v in saved.items() if k in LoopState.__dataclass_fields__})
+            if (start.checkpoint / "best.safetensors").exists():
+                from safetensors.torch import load_file
+                self.best_weights = load_file(str(start.checkpoint / "best.safetensors"))
+        elif self.main:
+            task.before_training()
+        self.emit(ProgressEvent("start", self.state.step, self.cfg.steps, message=task.describe() + (
+            f", resumed at step {self.state.step}" if start.checkpoint else "")))
 
-        # one optimizer step of the kind (forward, backward, clip, step), then the schedule
+    def cancel_if_asked(self) -> None:
+        """Cooperative cancel, decided by all processes together: keep a checkpoint so the run can resume."""
+        state, steps = self.state, self.cfg.steps
+        if _any_process(self.acc, self.start.cancel.is_set()):
+            self.checkpoint(state.step)
+            self.emit(ProgressEvent("cancelled", state.step, steps, message="cancelled; resume with --resume"))
+            if self.main:
+                self.write_metrics("cancelled", "cancelled")
+            raise Cancelled(f"run cancelled at step {state.step}; its checkpoint is kept in {self.run.checkpoints}")
+
+    def train_step(self) -> tuple[float, float]:
+        """One optimizer step of the kind (forward, backward, clip, step), the schedule, and its log."""
+        task, state, steps = self.task, self.state, self.cfg.steps
         loss, tokens = task.train_step()
         task.scheduler.step()
-        loss, tokens = _across_processes(acc, loss, tokens)
+        loss, tokens = _across_processes(self.acc, loss, tokens)
         if not math.isfinite(loss):
             raise TrainingError(f"loss became {loss} at step {state.step + 1}: "
                                 "lower the learning rate (--lr) and try again.")
         state.step += 1
         step = state.step
-
-        # log
         lr = task.scheduler.get_last_lr()[0]
         state.curves["train_loss"].append([step, loss])
         state.curves["lr"].append([step, lr])
-        elapsed = time.time() - start_time
+        elapsed = time.time() - self.started
         if tokens is not None:
             state.tokens += tokens
-            session_tokens += tokens
-        emit(ProgressEvent("step", step, cfg.steps, loss=loss, lr=lr,
-                           tokens_per_s=session_tokens / elapsed if tokens is not None and elapsed else None,
-                           eta_s=elapsed / (step - start_step) * (cfg.steps - step),
-                           tokens=state.tokens if tokens is not None else None))
+            self.session_tokens += tokens
+        self.emit(ProgressEvent("step", step, steps, loss=loss, lr=lr,
+                                tokens_per_s=self.session_tokens / elapsed if tokens is not None and elapsed else None,
+                                eta_s=elapsed / (step - self.start_step) * (steps - step),
+                                tokens=state.tokens if tokens is not None else None))
+        return loss, lr
 
-        # samples every N steps (the final ones are drawn with the outputs)
-        if main and sample_every and step % sample_every == 0 and step < cfg.steps:
-            draw(f"step-{step:06d}")
+    def validate(self, loss: float, lr: float) -> bool:
+        """Validate, keep the best adapter; True when the run should stop early."""
+        from .checkpoint import trainable_state
 
-        # validate, keep the best adapter, stop early
-        if step % cfg.eval_every == 0 or step == cfg.steps:
-            val = task.evaluate()
-            if val is not None:
-                state.curves["val_loss"].append([step, val])
-                if state.best_val is None or val < state.best_val - cfg.min_delta:
-                    state.best_val, state.best_step, state.bad_evals = val, step, 0
-                    best_weights = trainable_state(task.model)
-                else:
-                    state.bad_evals += 1
-                emit(ProgressEvent("eval", step, cfg.steps, loss=loss, val_loss=val, lr=lr,
-                                   message=task.eval_message(val)))
-                if cfg.patience and state.bad_evals >= cfg.patience:
-                    stop_reason = "early_stopped"
-                    emit(ProgressEvent("stopped_early", step, cfg.steps, val_loss=val, message=(
-                        f"validation loss has not improved for {cfg.patience} evaluations; "
-                        f"keeping the adapter from step {state.best_step}")))
-                    break
+        cfg, state, step = self.cfg, self.state, self.state.step
+        val = self.task.evaluate()
+        if val is None:
+            return False
+        state.curves["val_loss"].append([step, val])
+        if state.best_val is None or val < state.best_val - cfg.min_delta:
+            state.best_val, state.best_step, state.bad_evals = val, step, 0
+            self.best_weights = trainable_state(self.task.model)
+        else:
+            state.bad_evals += 1
+        self.emit(ProgressEvent("eval", step, cfg.steps, loss=loss, val_loss=val, lr=lr,
+                                message=self.task.eval_message(val)))
+        if not (cfg.patience and state.bad_evals >= cfg.patience):
+            return False
+        self.stop_reason = "early_stopped"
+        self.emit(ProgressEvent("stopped_early", step, cfg.steps, val_loss=val, message=(
+            f"validation loss has not improved for {cfg.patience} evaluations; "
+            f"keeping the adapter from step {state.best_step}")))
+        return True
 
-        # checkpoint (a finished run needs none)
-        if step % cfg.eval_every == 0 and step < cfg.steps:
-            checkpoint(step)
-    train_s = time.time() - start_time
+    def checkpoint(self, step: int) -> None:
+        from .checkpoint import save_checkpoint
 
-    # outputs, main process only: best adapter, final samples, chart, metrics, the adapter's card
-    if best_weights is not None:
-        load_trainable(task.model, best_weights)
-    acc.wait_for_everyone()
-    artifacts, metrics = [], {}
-    if main:
-        artifacts, extra = task.finish(run, state)
-        final = draw("final")
-        artifacts += [final] if final else []
-        plot_curves(run.loss_chart, {"train loss": state.curves["train_loss"],
-                                     "validation loss": state.curves["val_loss"]}, title=f"{Path(run.root).name}: loss")
-        artifacts.append(run.loss_chart.name)
-        steps_here = state.step - start_step
-        metrics = write_metrics("done", stop_reason, train_time_s=train_s,
-                                steps_per_s=steps_here / train_s if train_s > 0 else None, **extra)
-        # the adapter's card, from those metrics: the folder leaves the machine (export zip, Hub)
-        # naming its base as others load it, never by a path of this host
-        write_card(run)
-        shutil.rmtree(run.checkpoints, ignore_errors=True)  # a finished run needs no resume point
-    best = state.best_val
-    emit(ProgressEvent("done", state.step, cfg.steps, val_loss=best, artifacts=artifacts, message="done" + (
-        f": best validation loss {best:.4f} at step {state.best_step}" if best is not None else "")))
-    return Outcome(state, stop_reason, metrics, artifacts)
+        task, state = self.task, self.state
+        self.acc.wait_for_everyone()
+        if self.main:
+            extra = asdict(state) | {"task": task.state_dict(), "config": self.cfg.model_dump()}
+            extra.pop("step")
+            save_checkpoint(self.run.checkpoint(step), model=task.model, optimizer=task.optimizer,
+                            scheduler=task.scheduler, step=step, generator=task.generator, extra=extra,
+                            tensors={"best": self.best_weights} if self.best_weights is not None else None)
+            self.run.prune_checkpoints(keep=1)
+            self.emit(ProgressEvent("checkpoint", step, self.cfg.steps, message=f"checkpoint at step {step}"))
+
+    def write_metrics(self, status: str, stop_reason: str, **extra) -> dict:
+        state = self.state
+        metrics = {**self.task.metrics(state), "status": status, "config": self.cfg.model_dump(),
+                   "steps_done": state.step, "stop_reason": stop_reason, "best_step": state.best_step,
+                   "best_val_loss": state.best_val, "curves": state.curves, "processes": self.acc.num_processes,
+                   **extra}
+        self.run.write_metrics(metrics)
+        return metrics
+
+    def draw(self, name: str) -> str | None:
+        drawn = self.task.sample(name)
+        if drawn:
+            self.state.samples.append(drawn)
+            self.emit(ProgressEvent("sample", self.state.step, self.cfg.steps, artifacts=[drawn],
+                                    message=f"samples: {drawn}", shows=self.task.sample_shows()))
+        return drawn
+
+    def finish(self, train_s: float) -> Outcome:
+        """Outputs, main process only: best adapter, final samples, chart, metrics, the adapter's card."""
+        from .card import write_card
+        from .charts import plot_curves
+        from .checkpoint import load_trainable
+
+        state, run = self.state, self.run
+        if self.best_weights is not None:
+            load_trainable(self.task.model, self.best_weights)
+        self.acc.wait_for_everyone()
+        artifacts, metrics = [], {}
+        if self.main:
+            artifacts, extra = self.task.finish(run, state)
+            final = self.draw("final")
+            artifacts += [final] if final else []
+            plot_curves(run.loss_chart, {"train loss": state.curves["train_loss"],
+                                         "validation loss": state.curves["val_loss"]},
+                        title=f"{Path(run.root).name}: loss")
+            artifacts.append(run.loss_chart.name)
+            steps_here = state.step - self.start_step
+            metrics = self.write_metrics("done", self.stop_reason, train_time_s=train_s,
+                                         steps_per_s=steps_here / train_s if train_s > 0 else None, **extra)
+            # the adapter's card, from those metrics: the folder leaves the machine (export zip, Hub)
+            # naming its base as others load it, never by a path of this host
+            write_card(run)
+            shutil.rmtree(run.checkpoints, ignore_errors=True)  # a finished run needs no resume point
+        best = state.best_val
+        self.emit(ProgressEvent("done", state.step, self.cfg.steps, val_loss=best, artifacts=artifacts,
+                                message="done" + (f": best validation loss {best:.4f} at step {state.best_step}"
+                                                  if best is not None else "")))
+        return Outcome(state, self.stop_reason, metrics, artifacts)
 
 
 def _ignore(event: ProgressEvent) -> None:

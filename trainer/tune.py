@@ -155,27 +155,7 @@ def tune(kind: Kind, data: Sequence[str | Path], out: str | Path, *, base: str |
     # Trials are built with the search's preset, so knobs that are neither searched nor fixed
     # (alpha, and any a grid leaves out) are sized the way the baseline was.
     fixed = {**settings, "data": [str(p) for p in data], "preset": preset, **({"base": base} if base else {})}
-    probe = probe_data(kind, fixed, preset)
-    if folds is not None:
-        if folds > probe.n_examples:
-            raise ConfigError(f"folds ({folds}) cannot exceed the {probe.n_examples} examples")
-        probe.folds = folds
-    space = _space(probe, settings, grid)
-    budget = None
-    if probe.folds:
-        # Cross-validated trials read the step count from their curves, and the search stops when
-        # the steps a one-split search would spend are spent: fewer, better-measured settings.
-        budget = cv_budget(trials, fixed.get("steps") or probe.baseline["steps"], probe.folds,
-                           probe.fold_length(fixed))
-        if not grid:
-            space.pop("steps", None)
-    if not grid:
-        # The preset's own setting is always scored (first), so the choice is never worse than the
-        # default it started from on the search's own validation. That anchors the choice only as
-        # far as the validation can be trusted: on one split of 32 or 64 passages it still lost to
-        # the default, hence the folds below FOLDS_BELOW (docs/tune.md, "Why 128 and 2").
-        preset_setting = {k: v for k, v in probe.baseline.items() if k in space and _inside(space[k], v)}
-        enqueue = [preset_setting, *enqueue] if preset_setting else list(enqueue)
+    probe, space, budget, enqueue = _plan_search(kind, fixed, settings, preset, grid, trials, folds, enqueue)
     started = time.monotonic()
     deadline = started + budget_minutes * 60 if budget_minutes else None
 
@@ -203,6 +183,50 @@ def tune(kind: Kind, data: Sequence[str | Path], out: str | Path, *, base: str |
         study.optimize(objective, n_trials=remaining, timeout=budget_minutes * 60 if budget_minutes else None,
                        catch=(TrainingError,), callbacks=[stop, _Report(on_trial)])
 
+    result = _summarise(study, kind, out, study_name, storage_url, probe, budget, top_k)
+    best = result.best
+    if full_run and best is not None:
+        params = {**result.best_params, **({"steps": full_steps} if full_steps else {})}
+        if probe.folds:
+            params["holdout"] = "none"  # the chosen setting trains on every example
+        progress.plan(progress.done + int(params.get("steps") or fixed.get("steps") or probe.baseline["steps"]))
+        result.full_val_loss = _full_run(kind, out / "best-run", fixed, probe, params, progress.watch(), cancel)
+        result.full_run = out / "best-run"
+    return result
+
+
+
+def _plan_search(kind: Kind, fixed: dict, settings: dict, preset: Preset, grid: dict | None, trials: int | None,
+                 folds: int | None, enqueue: Sequence[dict]) -> tuple[Probe, dict, int | None, list[dict]]:
+    """(the data's probe, the search space, the cross-validated step budget or None, the settings to try first)."""
+    probe = probe_data(kind, fixed, preset)
+    if folds is not None:
+        if folds > probe.n_examples:
+            raise ConfigError(f"folds ({folds}) cannot exceed the {probe.n_examples} examples")
+        probe.folds = folds
+    space = _space(probe, settings, grid)
+    budget = None
+    if probe.folds:
+        # Cross-validated trials read the step count from their curves, and the search stops when
+        # the steps a one-split search would spend are spent: fewer, better-measured settings.
+        budget = cv_budget(trials, fixed.get("steps") or probe.baseline["steps"], probe.folds,
+                           probe.fold_length(fixed))
+        if not grid:
+            space.pop("steps", None)
+    enqueue = list(enqueue)
+    if not grid:
+        # The preset's own setting is always scored (first), so the choice is never worse than the
+        # default it started from on the search's own validation. That anchors the choice only as
+        # far as the validation can be trusted: on one split of 32 or 64 passages it still lost to
+        # the default, hence the folds below FOLDS_BELOW (docs/tune.md, "Why 128 and 2").
+        preset_setting = {k: v for k, v in probe.baseline.items() if k in space and _inside(space[k], v)}
+        enqueue = [preset_setting, *enqueue] if preset_setting else enqueue
+    return probe, space, budget, enqueue
+
+
+def _summarise(study, kind: Kind, out: Path, study_name: str, storage_url: str, probe: Probe, budget: int | None,
+               top_k: int) -> TuneResult:
+    """The search's result (its best trial, cross-validation summary) with its report files written."""
     from .tune_report import write_report
 
     rows = trial_rows(study)
@@ -215,15 +239,7 @@ def tune(kind: Kind, data: Sequence[str | Path], out: str | Path, *, base: str |
         if best is not None and best.cv_steps:
             result.best_params["steps"] = best.cv_steps
     result.files = write_report(result, kind=kind, top_k=top_k)
-    if full_run and best is not None:
-        params = {**result.best_params, **({"steps": full_steps} if full_steps else {})}
-        if probe.folds:
-            params["holdout"] = "none"  # the chosen setting trains on every example
-        progress.plan(progress.done + int(params.get("steps") or fixed.get("steps") or probe.baseline["steps"]))
-        result.full_val_loss = _full_run(kind, out / "best-run", fixed, probe, params, progress.watch(), cancel)
-        result.full_run = out / "best-run"
     return result
-
 
 # --------------------------------------------------------------------------------------------
 # what to search: the data's preset and the space around it

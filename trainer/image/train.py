@@ -102,14 +102,11 @@ def split(examples: list, val_fraction: float, seed: int) -> tuple[list, list]:
 
 
 def _setup(config: ImageTrainConfig) -> _Setup:
+    """Read the data, size the run, load the base in its precision, add LoRA, cache, and move to the device."""
     import torch
-    from accelerate.utils import set_seed
-    from diffusers.training_utils import cast_training_params
-    from peft import LoraConfig
 
-    from ..precision import choose_precision, compute_dtype, image_probe, make_accelerator, model_key, store_frozen_in
+    from ..precision import make_accelerator
     from .data import load_images, training_limits
-    from .pipelines import load_pipeline
     from .presets import run_sizes, size_defaults
 
     started = time.time()
@@ -130,26 +127,57 @@ def _setup(config: ImageTrainConfig) -> _Setup:
     else:
         train, val = split(dataset.examples, config.val_fraction, config.seed)
     config = size_defaults(config, len(train), sizes)
-    shape = dict(resolution=config.resolution, batch_size=config.batch_size, rank=config.rank)
-    if sizes.family.part.PRECISION_PROBE:  # small denoisers: measure which precision steps faster here
-        loaded = load_pipeline(config.base)
-        choice = choose_precision(config.precision, probe=image_probe(loaded, **shape),
-                                  key=f"image|{model_key(loaded.path)}|" + ",".join(f"{k}={v}" for k, v in shape.items()))
-    else:  # big transformers: the hardware's half precision, and the pipeline loads in it (half the memory)
-        choice = choose_precision(config.precision, probe=None, key="")
-        loaded = load_pipeline(config.base, dtype=None if choice.precision == "fp32" else compute_dtype(choice.precision))
-    precision = choice.precision
-    accelerator = make_accelerator(precision)
-    pipe, part = loaded.pipe, loaded.part  # moved to the device below, once the denoiser is in its dtype
-    noise_scheduler = part.training_scheduler(pipe)
+    loaded, choice = _load_in_precision(config, sizes.family.part)
+    accelerator = make_accelerator(choice.precision)
+    noise_scheduler = loaded.part.training_scheduler(loaded.pipe)
+    _add_lora(config, loaded, choice.precision)
 
-    # Freeze everything, then add LoRA (seeded, so the initial adapter is the same every run).
-    for module in [pipe.vae, loaded.denoiser, *loaded.text_encoders]:
+    # The VAE and text encoders go to the device first and cache; the family frees what only caching
+    # needed (a flow family's T5) before the denoiser joins them, so the two never share the device.
+    for module in (loaded.pipe.vae, *loaded.text_encoders):
+        module.to(accelerator.device)
+    prompts = config.sample_prompts or list(dict.fromkeys([config.instance_prompt] + [e.caption for e in val[:1]]))
+    cache = _build_cache(config, loaded, noise_scheduler, train, val, prompts, accelerator.device)
+    if "embeds" in cache:
+        loaded.part.free_after_caching(loaded.pipe)  # samples and steps read the cached embeddings from here on
+    loaded.pipe.to(accelerator.device)
+    return _Setup(config, dataset, train, val, loaded, noise_scheduler, accelerator, choice.precision, cache, prompts,
+                  setup_s=time.time() - started, precision_choice=choice.as_dict())
+
+
+def _load_in_precision(config: ImageTrainConfig, part):
+    """(the loaded base, the precision choice). A family whose denoiser is cheap to copy is timed in
+    both precisions (``--precision auto``); a big transformer takes the hardware's half precision
+    untimed and loads in it (half the memory)."""
+    from ..precision import choose_precision, compute_dtype, image_probe, model_key
+    from .pipelines import load_pipeline
+
+    shape = dict(resolution=config.resolution, batch_size=config.batch_size, rank=config.rank)
+    if part.PRECISION_PROBE:
+        loaded = load_pipeline(config.base)
+        key = f"image|{model_key(loaded.path)}|" + ",".join(f"{k}={v}" for k, v in shape.items())
+        return loaded, choose_precision(config.precision, probe=image_probe(loaded, **shape), key=key)
+    choice = choose_precision(config.precision, probe=None, key="")
+    dtype = None if choice.precision == "fp32" else compute_dtype(choice.precision)
+    return load_pipeline(config.base, dtype=dtype), choice
+
+
+def _add_lora(config: ImageTrainConfig, loaded, precision: str) -> None:
+    """Freeze the pipeline, add a float32 LoRA to the denoiser (and the text encoders with
+    ``train_text_encoder``), seeded, and store the frozen denoiser in the compute dtype."""
+    import torch
+    from accelerate.utils import set_seed
+    from diffusers.training_utils import cast_training_params
+    from peft import LoraConfig
+
+    from ..precision import compute_dtype, store_frozen_in
+
+    for module in [loaded.pipe.vae, loaded.denoiser, *loaded.text_encoders]:
         module.requires_grad_(False)
-    set_seed(config.seed)
+    set_seed(config.seed)  # the same initial adapter every run
     lora = dict(r=config.rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                 init_lora_weights="gaussian")
-    loaded.denoiser.add_adapter(LoraConfig(target_modules=list(part.LORA_TARGETS), **lora))
+    loaded.denoiser.add_adapter(LoraConfig(target_modules=list(loaded.part.LORA_TARGETS), **lora))
     cast_training_params(loaded.denoiser, dtype=torch.float32)  # the adapter trains in float32 whatever the base's dtype
     if config.train_text_encoder:
         from peft import inject_adapter_in_model
@@ -163,26 +191,15 @@ def _setup(config: ImageTrainConfig) -> _Setup:
     # The frozen denoiser is stored in the compute dtype, as diffusers' LoRA recipe and the text trainer
     # store frozen weights: half its memory, and autocast no longer casts its weights on every step.
     # Cast after the LoRA layers were made, so the adapter's float32 initialisation is the same in
-    # every precision; the adapter (and so the optimizer) stays float32. The VAE and text encoders
-    # stay float32: they run to cache latents and embeddings and to decode samples, not per step,
-    # and SDXL's VAE overflows in fp16. Cast before the move, so a GPU never holds the fp32 denoiser.
-    # Flow families' pipelines load in the compute dtype already (above): their VAE and encoders too.
+    # every precision (for the UNet families; flow families load in the compute dtype already, VAE
+    # and encoders too); the adapter (and so the optimizer) stays float32. The UNet families' VAE
+    # and text encoders stay float32: they run to cache latents and embeddings and to decode
+    # samples, not per step, and SDXL's VAE overflows in fp16. Cast before the move to the device,
+    # so a GPU never holds the fp32 denoiser.
     if precision != "fp32":
         store_frozen_in(loaded.denoiser, compute_dtype(precision))
     if config.gradient_checkpointing:
         loaded.denoiser.enable_gradient_checkpointing()
-
-    # The VAE and text encoders go to the device first and cache; the family frees what only caching
-    # needed (a flow family's T5) before the denoiser joins them, so the two never share the device.
-    for module in (pipe.vae, *loaded.text_encoders):
-        module.to(accelerator.device)
-    prompts = config.sample_prompts or list(dict.fromkeys([config.instance_prompt] + [e.caption for e in val[:1]]))
-    cache = _build_cache(config, loaded, noise_scheduler, train, val, prompts, accelerator.device)
-    if "embeds" in cache:
-        part.free_after_caching(pipe)  # samples and steps read the cached embeddings from here on
-    pipe.to(accelerator.device)
-    return _Setup(config, dataset, train, val, loaded, noise_scheduler, accelerator, precision, cache, prompts,
-                  setup_s=time.time() - started, precision_choice=choice.as_dict())
 
 
 def check_text_encoder_lora() -> None:
