@@ -7,6 +7,7 @@ tests/test_image_train.py, for every family)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -139,3 +140,19 @@ def test_gradient_checkpointing_trains_the_same_adapter(fixture, request, image_
 
     s = _setup(size_defaults(config(image_folder, tmp_path / "setup", base, side, gradient_checkpointing=True), 6))
     assert s.loaded.denoiser.is_gradient_checkpointing  # the denoiser really recomputes
+
+
+def test_quick_tries_search_a_flow_family(tiny_sd3, image_folder, tmp_path):
+    """Quick tries run on a flow base like on the others: each trial trains with its own settings."""
+    from trainer.tune import tune
+
+    fixed = dict(resolution=64, steps=4, eval_every=2, sample_every=0, sample_steps=2, sample_seeds=[0],
+                 min_image_side=16, augment_variants=1, precision="fp32")
+    result = tune("image", [str(image_folder)], tmp_path / "search", base=str(tiny_sd3), trials=2, settings=fixed,
+                  folds=0, full_run=False)
+    complete = [r for r in result.trials if r.status == "complete"]
+    assert len(complete) == 2 and complete[0].params != complete[1].params
+    assert all(r.val_loss is not None for r in complete) and result.best is not None
+    for row in complete:
+        run = json.loads((Path(row.run_dir) / "metrics.json").read_text())
+        assert run["family"] == "sd3" and {k: run["config"][k] for k in row.params} == row.params
