@@ -42,10 +42,11 @@ SINGLE_FILES = {
 
 # The settings a card lists, in this order, where the run's config has them. The rest of the
 # config names files of the host (data, out) or is the base, which the card names apart.
-SETTINGS = ("preset", "steps", "lr", "rank", "alpha", "lora_dropout", "target_modules", "batch_size", "grad_accum",
-            "seq_len", "resolution", "augment", "text_kind", "neftune_alpha", "train_text_encoder",
+SETTINGS = ("preset", "steps", "lr", "rank", "alpha", "lora_dropout", "dora", "target_modules", "batch_size",
+            "grad_accum", "seq_len", "resolution", "augment", "text_kind", "neftune_alpha", "train_text_encoder",
             "caption_dropout", "min_snr_gamma", "noise_offset", "warmup_ratio", "weight_decay", "max_grad_norm",
             "val_fraction", "instance_prompt", "seed")
+ONLY_WHEN_ON = {"dora"}  # switches a card names only when they are on
 
 
 def write_card(run: RunDir) -> Path | None:
@@ -159,6 +160,8 @@ image.save("sample.png")"""
     where = ("Run it in this folder, or put the folder's path in place of `\".\"`. " if adapter == "." else "")
     written = metrics.get("adapter_files") or {"kohya": SINGLE_FILES["kohya"][0]}  # runs before the record: kohya
     singles = " ".join(f"`{name}` is {what}." for fmt, (name, what) in SINGLE_FILES.items() if fmt in written)
+    if metrics.get("single_file_skipped"):  # a DoRA run: the diffusers file alone, and why
+        singles = f"No single file for other UIs comes with it: {clean(metrics['single_file_skipped'])}."
     return f"With [diffusers](https://huggingface.co/docs/diffusers):\n\n```python\n{code}\n```\n\n{where}{singles}".rstrip()
 
 
@@ -166,7 +169,8 @@ def _settings(kind: kinds.RunKind, metrics: dict, config: dict, clean: "_Cleaner
     config = dict(config)
     if config.get("alpha") is None and config.get("rank"):  # the configs' documented default
         config["alpha"] = float(config["rank"] * kind.alpha_per_rank)
-    shown = {name: config[name] for name in SETTINGS if config.get(name) is not None}
+    shown = {name: config[name] for name in SETTINGS
+             if config.get(name) is not None and (config[name] or name not in ONLY_WHEN_ON)}
     if metrics.get("precision"):
         shown["precision"] = metrics["precision"]
     rows = [f"| {name} | {clean(_value(value)).replace('|', '&#124;')} |" for name, value in shown.items()]

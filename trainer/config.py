@@ -94,6 +94,10 @@ class TrainConfig(BaseModel):
                                                         "for images.")
     lora_dropout: float | None = Field(None, ge=0, lt=1, description="Dropout on the LoRA path; default: sized "
                                                                      "to the data.")
+    dora: bool = Field(False, description=(
+        "DoRA (peft's weight-decomposed LoRA): each adapted layer also trains a magnitude per output feature. "
+        "Off in every preset; image runs with it write the diffusers file only (docs/trainer.md)."),
+        json_schema_extra=slash("DoRA: LoRA plus a trained magnitude per output (image runs: diffusers file only)"))
     augment: float | None = Field(None, ge=0, le=1, description="Augmentation strength 0..1 (0 turns it off); "
                                                                 "default: sized to the data.")
     eval_every: int | None = Field(None, ge=1, description="Validate and checkpoint every N steps; default: about "

@@ -8,6 +8,10 @@
 Both are made with diffusers' own converters. Right after writing, each file is loaded into a
 fresh copy of the base pipeline and its weight updates are compared with the trained ones;
 a file that does not load, drops modules or scales differently raises ``TrainingError``.
+
+A DoRA adapter (``use_dora`` in its LoRA config, set when LoRA is added, before training) is
+written as the diffusers file only (``single_file_skipped``): the file keeps each layer's
+magnitude (``lora_magnitude_vector``), which no single-file format diffusers loads does.
 """
 
 from __future__ import annotations
@@ -18,6 +22,16 @@ from ..errors import TrainingError
 
 DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
 KOHYA_FILE = "lora_kohya.safetensors"
+# metrics.json's single_file_skipped for a DoRA run, and the model card's sentence about it
+DORA_SINGLE_FILE = ("a single-file LoRA keeps DoRA's magnitudes as LyCORIS' dora_scale, which diffusers drops "
+                    "when loading, so a DoRA run writes the diffusers file only; load that one")
+
+
+def single_file_skipped(denoiser) -> str | None:
+    """Why a run writes no single file beside the diffusers one, or None: the adapter's own LoRA
+    config says DoRA (fixed when LoRA was added, before the first step, so nothing is tried and dropped)."""
+    config = (getattr(denoiser, "peft_config", None) or {}).get("default")
+    return DORA_SINGLE_FILE if config is not None and getattr(config, "use_dora", False) else None
 
 
 def lora_layers(loaded) -> dict[str, dict]:
@@ -61,15 +75,45 @@ def save_kohya(loaded, diffusers_file: Path, folder: Path, *, rank: int, alpha: 
     return path
 
 
-def lora_deltas(module, adapter: str = "default") -> dict[str, "torch.Tensor"]:
-    """The weight update (B @ A x scale) each LoRA layer of ``module`` adds, by module path."""
+def lora_deltas(module, adapter: str = "default", bases: dict | None = None) -> dict[str, "torch.Tensor"]:
+    """The weight change each LoRA layer of ``module`` makes, by module path: B @ A x scale.
+
+    A DoRA layer's change is more than that (peft's ``get_delta_weight`` leaves its magnitude out):
+    it is the layer's effective weight less its base weight, ``m / ||W + dW|| * (W + dW) - W``, the
+    norm per output feature as peft takes it, which is exactly what merging the layer would write
+    into it. ``bases``: the base weight ``W`` to take it on, by path (``dora_bases`` of the trained
+    copy, so that a fresh pipeline storing its base in another dtype is compared on the same W:
+    the file carries dW and m, not W); default: each layer's own. A layer whose weights did not
+    load is left out (diffusers leaves a file's missing keys on the meta device, with a warning).
+    """
     from peft.tuners.lora import LoraLayer
 
     deltas = {}
     for name, layer in module.named_modules():
         if isinstance(layer, LoraLayer) and adapter in layer.lora_A:
-            deltas[name] = layer.get_delta_weight(adapter).detach().float().cpu()
+            dora = bool(layer.use_dora.get(adapter))
+            weights = [layer.lora_A[adapter].weight, layer.lora_B[adapter].weight]
+            if any(w.is_meta for w in weights + ([layer.lora_magnitude_vector[adapter].weight] if dora else [])):
+                continue
+            delta = layer.get_delta_weight(adapter).detach().float().cpu()
+            if dora:
+                base = (bases or {}).get(name)
+                base = layer.get_base_layer().weight.detach().float().cpu() if base is None else base
+                magnitude = layer.lora_magnitude_vector[adapter].weight.detach().float().cpu().flatten()
+                merged = base + delta
+                scale = magnitude / merged.flatten(1).norm(dim=1)
+                delta = scale.view(-1, *[1] * (merged.dim() - 1)) * merged - base
+            deltas[name] = delta
     return deltas
+
+
+def dora_bases(module, adapter: str = "default") -> dict[str, "torch.Tensor"]:
+    """The base weights (float32, on the CPU) of ``module``'s DoRA layers, by path: what ``lora_deltas``
+    takes a loaded copy's DoRA changes on."""
+    from peft.tuners.lora import LoraLayer
+
+    return {name: layer.get_base_layer().weight.detach().float().cpu() for name, layer in module.named_modules()
+            if isinstance(layer, LoraLayer) and layer.use_dora.get(adapter)}
 
 
 def verify_loads(fresh, trained, files: dict[str, Path]) -> None:
@@ -83,7 +127,7 @@ def verify_loads(fresh, trained, files: dict[str, Path]) -> None:
         module = getattr(trained.pipe, component, None)
         if module is None or not getattr(module, "peft_config", None):
             continue
-        expected = lora_deltas(module)
+        expected, bases = lora_deltas(module), dora_bases(module)
         for fmt, path in files.items():
             adapter = f"check_{fmt}"
             if adapter not in getattr(fresh.denoiser, "peft_config", {}):
@@ -92,7 +136,7 @@ def verify_loads(fresh, trained, files: dict[str, Path]) -> None:
                 except (ValueError, KeyError, RuntimeError, OSError, TypeError) as exc:
                     raise TrainingError(f"The exported {fmt} LoRA {path} does not load into "
                                         f"{type(fresh.pipe).__name__}: {exc}") from exc
-            got = lora_deltas(getattr(fresh.pipe, component), adapter)
+            got = lora_deltas(getattr(fresh.pipe, component), adapter, bases)
             if set(got) != set(expected):
                 missing = sorted(set(expected) - set(got))
                 raise TrainingError(f"The exported {fmt} LoRA {path} loads only {len(got)} of {len(expected)} "
@@ -104,9 +148,12 @@ def verify_loads(fresh, trained, files: dict[str, Path]) -> None:
 
 
 def export_adapter(trained, fresh, folder: Path, *, rank: int, alpha: float) -> dict[str, Path]:
-    """Write both formats into ``folder``, verify them against ``fresh``, and return their paths."""
+    """Write both formats into ``folder`` (the diffusers one alone for DoRA: ``single_file_skipped``),
+    verify them against ``fresh``, and return their paths."""
     folder.mkdir(parents=True, exist_ok=True)
     diffusers_file = save_diffusers(trained, folder)
-    files = {"diffusers": diffusers_file, "kohya": save_kohya(trained, diffusers_file, folder, rank=rank, alpha=alpha)}
+    files = {"diffusers": diffusers_file}
+    if not single_file_skipped(trained.denoiser):
+        files["kohya"] = save_kohya(trained, diffusers_file, folder, rank=rank, alpha=alpha)
     verify_loads(fresh, trained, files)
     return files

@@ -175,8 +175,9 @@ def _add_lora(config: ImageTrainConfig, loaded, precision: str) -> None:
     for module in [loaded.pipe.vae, loaded.denoiser, *loaded.text_encoders]:
         module.requires_grad_(False)
     set_seed(config.seed)  # the same initial adapter every run
+    # use_dora: peft's DoRA; the magnitudes are set from the base's weights here, before the cast below
     lora = dict(r=config.rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                init_lora_weights="gaussian")
+                init_lora_weights="gaussian", use_dora=config.dora)
     loaded.denoiser.add_adapter(LoraConfig(target_modules=list(loaded.part.LORA_TARGETS), **lora))
     cast_training_params(loaded.denoiser, dtype=torch.float32)  # the adapter trains in float32 whatever the base's dtype
     if config.train_text_encoder:
@@ -358,6 +359,7 @@ class ImageTask(Task):
 
     def finish(self, run: RunDir, state: LoopState) -> tuple[list[str], dict]:
         """The family's adapter files (diffusers and its single file), each loaded back into a fresh pipeline."""
+        from .export import single_file_skipped
         from .pipelines import load_pipeline
 
         self.model.eval()
@@ -365,7 +367,9 @@ class ImageTask(Task):
         self.adapter_files = self.s.loaded.part.export_adapter(self.s.loaded, fresh, run.adapter, rank=self.config.rank,
                                                                alpha=self.config.lora_alpha)
         del fresh
-        return ["adapter"], {"adapter_files": {k: str(v.relative_to(run.root)) for k, v in self.adapter_files.items()}}
+        skipped = single_file_skipped(self.s.loaded.denoiser)  # DoRA, as _add_lora made the adapter
+        return ["adapter"], {"adapter_files": {k: str(v.relative_to(run.root)) for k, v in self.adapter_files.items()},
+                             **({"single_file_skipped": skipped} if skipped else {})}
 
     def metrics(self, state: LoopState) -> dict:
         s = self.s

@@ -144,8 +144,9 @@ def _add_lora(model, config: TextTrainConfig):
         targets = [m.strip() for m in config.target_modules.split(",")]
     else:
         targets = TARGET_MODULES.get(model.config.model_type)
+    # use_dora: peft's DoRA, a trained magnitude per output feature beside A and B (saved with them)
     lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.lora_dropout,
-                      target_modules=targets, task_type="CAUSAL_LM", bias="none")
+                      target_modules=targets, task_type="CAUSAL_LM", bias="none", use_dora=config.dora)
     try:
         return get_peft_model(model, lora)
     except ValueError as exc:

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from ...errors import ModelError, TrainingError
-from ..export import DIFFUSERS_FILE, lora_deltas
+from ..export import DIFFUSERS_FILE, dora_bases, lora_deltas
 
 ADAPTER = "default"
 
@@ -49,7 +49,7 @@ def verify_loads(fresh, trained, files: dict[str, Path]) -> None:
     """
     import torch
 
-    expected = lora_deltas(trained.transformer)
+    expected, bases = lora_deltas(trained.transformer), dora_bases(trained.transformer)
     for fmt, path in files.items():
         adapter = f"check_{fmt}"
         try:
@@ -57,7 +57,7 @@ def verify_loads(fresh, trained, files: dict[str, Path]) -> None:
         except (ValueError, KeyError, RuntimeError, OSError, TypeError, AssertionError) as exc:
             raise TrainingError(f"The exported {fmt} LoRA {path} does not load into "
                                 f"{type(fresh).__name__}: {exc}") from exc
-        got = lora_deltas(fresh.transformer, adapter)
+        got = lora_deltas(fresh.transformer, adapter, bases)
         missing = sorted(set(expected) - set(got))
         if missing:
             raise TrainingError(f"The exported {fmt} LoRA {path} loads only {len(expected) - len(missing)} of "

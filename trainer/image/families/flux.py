@@ -33,6 +33,7 @@ from trainer.image.families.flow import (PRECISION_PROBE, PREDICTION_TYPE, TEXT_
 from trainer.image.families.flow import draw_sigmas as draw_timesteps  # noqa: F401
 from trainer.image.families.flow import val_sigmas as val_timesteps  # noqa: F401
 from .adapters import drop_module, export_files, lora_factors, read_json, vae_scale
+from ..export import single_file_skipped
 
 NAME = "flux"
 LOAD_KWARGS: dict = {}  # nothing beyond safetensors (adapters.open_pipeline)
@@ -306,9 +307,10 @@ def save_single_file(pipe, folder: Path) -> Path:
 
 def export_adapter(trained, fresh, folder: Path, *, rank: int, alpha: float) -> dict[str, Path]:
     """The training loop's export: the diffusers file, and the kohya file wherever diffusers can
-    read it back (``single_file_problem``; always at FLUX.1's own widths), each proven to load into
-    ``fresh``. Rank and alpha travel in the files."""
-    writers = {} if single_file_problem(trained.denoiser) else {"kohya": save_single_file}
+    read it back (``single_file_problem``; always at FLUX.1's own widths) and the adapter is not
+    DoRA (``single_file_skipped``), each proven to load into ``fresh``. Rank and alpha travel in the files."""
+    skip = single_file_skipped(trained.denoiser) or single_file_problem(trained.denoiser)
+    writers = {} if skip else {"kohya": save_single_file}
     return export_files(trained.pipe, fresh.pipe, folder, **writers)
 
 

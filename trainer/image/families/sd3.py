@@ -29,6 +29,7 @@ from trainer.image.families.flow import (PRECISION_PROBE, PREDICTION_TYPE, TEXT_
 from trainer.image.families.flow import draw_sigmas as draw_timesteps  # noqa: F401
 from trainer.image.families.flow import val_sigmas as val_timesteps  # noqa: F401
 from .adapters import drop_module, export_files, lora_factors, read_json, vae_scale
+from ..export import single_file_skipped
 
 NAME = "sd3"
 LOAD_KWARGS: dict = {}  # nothing beyond safetensors (adapters.open_pipeline)
@@ -192,8 +193,10 @@ def save_single_file(pipe, folder: Path) -> Path:
 
 
 def export_adapter(trained, fresh, folder: Path, *, rank: int, alpha: float) -> dict[str, Path]:
-    """The training loop's export: the diffusers file and the alpha-baked single file, each proven
-    to load into ``fresh``."""
+    """The training loop's export: the diffusers file and the alpha-baked single file (not for a
+    DoRA adapter: ``single_file_skipped``), each proven to load into ``fresh``."""
+    if single_file_skipped(trained.denoiser):
+        return export_files(trained.pipe, fresh.pipe, folder)
     return export(trained.pipe, fresh.pipe, folder)
 
 
