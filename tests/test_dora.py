@@ -5,6 +5,7 @@ loads with ``PeftModel.from_pretrained`` and samples what the run sampled. An im
 diffusers file alone (metrics.json and the card say why: no single-file format diffusers loads keeps
 the magnitudes), and that file draws in a fresh pipeline what the trained pipeline drew. The export's
 load-back check compares a DoRA layer's effective weight change, so a file without the magnitudes fails it.
+The CLI's ``--dora`` and ``/train start``'s ``dora`` option reach the trainer.
 """
 
 from __future__ import annotations
@@ -18,6 +19,11 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from bot.config import BotSettings
+from loracord.cli import app
+from storage import jobkinds
+from storage.jobrun import run_job
+from tests.bot_world import *  # noqa: F401,F403
 from tests.family_fixtures import tiny_sd3  # noqa: F401
 from tests.image_fixtures import RESOLUTION, image_folder, tiny_sd  # noqa: F401
 from trainer.errors import TrainingError
@@ -27,9 +33,13 @@ from trainer.image.pipelines import load_pipeline
 from trainer.image.sample import sample_grid
 from trainer.image.train import train_image
 from trainer.text.config import TextTrainConfig
+from trainer.rundir import RunDir
+from trainer.spec import RunSpec
 from trainer.text.train import generate, train_text
 
 MAGNITUDE = "lora_magnitude_vector"
+TEXT_CLI = ["--steps", "4", "--patience", "0", "--seq-len", "64", "--batch-size", "2", "--max-new-tokens", "4",
+            "--prompt", "To be", "--precision", "fp32", "--threads", "1"]
 
 
 def keys(path) -> list[str]:
@@ -228,3 +238,41 @@ def test_the_load_back_check_fails_a_dora_file_without_its_magnitudes(dora_pipel
     check("cut", {k: v for k, v in tensors.items() if MAGNITUDE not in k}, "loads only 0 of")
     # A and B as trained, the magnitudes 1% off: B @ A x scale alike, the layers' weights not
     check("off", {k: v * 1.01 if MAGNITUDE in k else v for k, v in tensors.items()}, "differently")
+
+
+# --------------------------------------------------------------------------------------------
+# the edges: the CLI's --dora and /train start's dora option reach the trainer
+
+
+def test_cli_dora_switch_trains_a_dora_adapter(tiny_llama, text_file, tmp_path):
+    from typer.testing import CliRunner
+
+    for extra in ([], ["--dora"]):
+        run = tmp_path / ("dora" if extra else "lora")
+        result = CliRunner().invoke(app, ["train", "text", str(text_file), "--out", str(run), "--base", str(tiny_llama),
+                                          *TEXT_CLI, *extra])
+        assert result.exit_code == 0, result.output
+        assert json.loads((run / "adapter" / "adapter_config.json").read_text())["use_dora"] is bool(extra)
+
+
+@pytest.fixture
+def bot_config(tiny_llama) -> BotSettings:
+    return BotSettings(_env_file=None, allowed_models=[str(tiny_llama)], progress_edit_s=0, train_cooldown_s=0,
+                       train_threads=1,
+                       text_train_defaults={"precision": "fp32", "patience": 0, "seq_len": 64, "batch_size": 2,
+                                            "max_new_tokens": 4, "augment": 0.0, "prompts": ["To be"]})
+
+
+@pytest.mark.asyncio
+async def test_train_start_dora_reaches_the_trainer(world, tiny_llama, tmp_path):
+    await world.alice.slash(world.channel, "session new", kind="text", title="Magnitudes", base_model=str(tiny_llama))
+    thread = world.channel.threads[-1]
+    await world.alice.slash(thread, "data add", file=("fox.txt", text_bytes(12)))
+    started = await world.alice.slash(thread, "train start", steps=4, dora=True)
+    assert not started.ephemeral, started.response.content
+    job = world.env.bot.services.db.list_jobs()[-1]
+    assert RunSpec.from_job(job.kind, job.config).settings["dora"] is True
+    run = RunDir(tmp_path / f"job-{job.id}")  # run as the worker runs it
+    config = jobkinds.get(job.kind).prepare_inputs(world.env.bot.services.blobs, run, job.config)
+    assert run_job(job.kind, config, run, resume=False)["status"] == "done"
+    assert json.loads((run.adapter / "adapter_config.json").read_text())["use_dora"] is True
