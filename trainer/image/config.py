@@ -45,6 +45,11 @@ class ImageTrainConfig(TrainConfig):
                                                             "pass instead of keeping them: much less GPU memory for "
                                                             "big bases at native size, for slower steps.")
     augment_variants: int = Field(4, ge=1, le=32, description="Augmented copies per image whose latents are cached.")
+    shuffle_tags: bool = Field(False, description="Captions written as comma-separated tags: train each step on "
+                                                  "one of a few orders of the tags (kohya's shuffle_caption), the "
+                                                  "first keep_tags kept in place.")
+    keep_tags: int = Field(1, ge=0, le=16, description="With shuffle_tags: leading tags that never move (the trigger "
+                                                       "word first; kohya's keep_tokens).")
     caption_dropout: float = Field(0.1, ge=0, lt=1, description="Share of steps' captions replaced by the empty one (for CFG).")
     min_snr_gamma: float | None = Field(5.0, gt=0, description="Min-SNR loss weighting gamma; None turns it off (DDPM families; flow matching has no SNR weighting).")
     noise_offset: float = Field(0.0, ge=0, le=1, description="Noise offset (brighter darks and lighter lights); 0 = off.")

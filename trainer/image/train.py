@@ -39,6 +39,7 @@ from .config import ImageTrainConfig
 
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 VAL_TIMESTEPS = 4  # fixed timesteps per held-out image for the deterministic validation loss
+TAG_ORDERS = 4  # orders of each caption's tags cached with shuffle_tags (the caption itself and three shuffles)
 
 
 @dataclass
@@ -244,8 +245,12 @@ def _build_cache(config: ImageTrainConfig, loaded, noise_scheduler, train: list,
         buckets.append({"size": size, "rows": rows, "latent_mean": torch.stack(means), "latent_std": torch.stack(stds),
                         "conditioning": conditioning})
     cache = {"buckets": buckets, "captions": [e.caption for e in train]}
+    if config.shuffle_tags:  # a few orders of each caption's tags, embedded once like the latents' variants
+        cache["tag_orders"] = [tag_orders(e.caption, config.keep_tags, TAG_ORDERS, seed=config.seed * 1000 + i)
+                               for i, e in enumerate(train)]
+    orders = [c for row in cache.get("tag_orders", []) for c in row]
     if not config.train_text_encoder:
-        cache["embeds"] = _embed_captions(loaded, [e.caption for e in train + val] + [""] + prompts, device)
+        cache["embeds"] = _embed_captions(loaded, [e.caption for e in train + val] + [""] + prompts + orders, device)
 
     # Validation: clean latents (the distribution's mean), fixed timesteps and fixed noise.
     if val:
@@ -442,14 +447,34 @@ def _draw_batch(s: _Setup, generator) -> dict[str, Any]:
         noise += cfg.noise_offset * torch.randn((size, mean.shape[2], 1, 1), generator=generator)
     timesteps = s.loaded.part.draw_timesteps(s.noise_scheduler, size, generator)
     dropped = torch.rand(size, generator=generator) < cfg.caption_dropout
+    if "tag_orders" in cache:  # which order of its tags each row's caption comes in
+        order = torch.randint(TAG_ORDERS, (size,), generator=generator)
+        texts = [cache["tag_orders"][bucket["rows"][i]][k] for i, k in zip(idx.tolist(), order.tolist())]
+    else:
+        texts = [cache["captions"][bucket["rows"][i]] for i in idx.tolist()]
     mine = slice(acc.process_index, None, acc.num_processes)
     idx, variant, eps, noise, timesteps, dropped = idx[mine], variant[mine], eps[mine], noise[mine], timesteps[mine], dropped[mine]
     device = mean.device
     latents = mean[variant, idx] + std[variant, idx] * eps.to(device)
-    captions = ["" if d else cache["captions"][bucket["rows"][i]] for i, d in zip(idx.tolist(), dropped.tolist())]
+    captions = ["" if d else text for text, d in zip(texts[mine], dropped.tolist())]
     batch = {"latents": latents, "noise": noise.to(device), "timesteps": timesteps.to(device), "captions": captions}
     batch |= {key: rows[idx.to(device)] for key, rows in bucket["conditioning"].items()}
     return batch
+
+
+def tag_orders(caption: str, keep: int, count: int, seed: int) -> list[str]:
+    """``count`` orders of a caption's comma-separated tags, the caption itself first; the first
+    ``keep`` tags stay in place and the rest are shuffled (seeded). A caption of fewer than two
+    movable tags has one order, repeated."""
+    tags = [t.strip() for t in caption.split(",") if t.strip()]
+    kept, moving = tags[:keep], tags[keep:]
+    rng = random.Random(seed)
+    orders = [caption]
+    for _ in range(count - 1):
+        shuffled = moving[:]
+        rng.shuffle(shuffled)
+        orders.append(", ".join(kept + shuffled) if len(moving) > 1 else caption)
+    return orders
 
 
 def _conditioning(s: _Setup, captions: list[str]):
