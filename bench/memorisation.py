@@ -113,7 +113,7 @@ def image_check(out: Path, *, steps: int, n_train: int = 6, n_heldout: int = 6, 
     samples = split_grid(grid, RESOLUTION)
     # the same prompt and seeds through the untrained pipeline: where samples fall without the adapter
     loaded = load_pipeline(pipe)
-    before = sample_grid(loaded, [prompt], list(range(n_samples)), resolution=RESOLUTION, steps=SAMPLE_STEPS,
+    before = sample_grid(loaded, [prompt], list(range(n_samples)), size=(RESOLUTION, RESOLUTION), steps=SAMPLE_STEPS,
                          guidance_scale=config.guidance_scale)
     report = result.metrics["data_report"]
     return {"pipeline": "tiny SD 1.x, random weights, 32 px", "trained_on": report.get("train_images"),

@@ -199,6 +199,8 @@ def image_card(card: ReportCard, items: list[DatasetItem], paths: list[Path], se
     card.lines.append(f"**Duplicates dropped:** {len(report.duplicates)}")
     if report.sizes:
         card.lines.append(f"**Sizes:** shortest side {report.sizes['min_side']} px, longest {report.sizes['max_side']} px")
+    if sizes and dataset.examples:
+        card.lines.append(bucket_line(dataset.examples, sizes.resolution, sizes.family.part.SIDE_MULTIPLE))
         if resolution and report.sizes["min_side"] < resolution:
             card.advice.append(f"Some images are under {resolution} px on a side, the size this session trains at: "
                                "they are upscaled and train blurrier; use larger originals.")
@@ -209,6 +211,22 @@ def image_card(card: ReportCard, items: list[DatasetItem], paths: list[Path], se
     if captioned < len(items):
         card.advice.append("Caption every image (what is in it besides your subject): add captions with "
                            "`/data add caption:`, or sidecar .txt files or a metadata.jsonl beside the images in a zip.")
+
+
+def bucket_line(examples: list, resolution: int, multiple: int, shown: int = 3) -> str:
+    """'**Buckets** (each image keeps its shape, resized to): 512x512 (1:1): 3 (cat.png, ...); 448x576 (portrait): 2 (...)'."""
+    from trainer.image.sizes import bucket_for
+
+    found: dict[tuple[int, int], list[str]] = {}
+    for e in examples:
+        found.setdefault(bucket_for(e.image.width, e.image.height, resolution, multiple), []).append(
+            Path(e.name).name)
+    parts = []
+    for (w, h), names in sorted(found.items(), key=lambda item: -len(item[1])):
+        shape = "square" if w == h else "landscape" if w > h else "portrait"
+        listed = ", ".join(names[:shown]) + (f", +{len(names) - shown}" if len(names) > shown else "")
+        parts.append(f"{w}x{h} ({shape}): {len(names)} ({listed})")
+    return "**Buckets** (each image keeps its shape, resized to): " + "; ".join(parts)
 
 
 def _grade(card: ReportCard, few: int, good: int, unit: str) -> None:

@@ -64,6 +64,8 @@ def sample_cmd(
     seed: int = typer.Option(0, help="Sampling seed."),
     max_new_tokens: int = typer.Option(60, help="Text runs: tokens to generate."),
     count: int = typer.Option(1, help="Samples per prompt."),
+    aspect: Optional[str] = typer.Option(None, help="Image runs: the images' aspect as W:H (3:4, 16:9); "
+                                                   "default: the run's sample aspect, else square."),
 ) -> None:
     """Generate from a trained adapter (text completions, or an image grid for image runs)."""
     from trainer.rundir import RunDir
@@ -72,9 +74,11 @@ def sample_cmd(
     if kind.makes_images:
         from trainer.image.sample import sample_run  # noqa: PLC0415 (image stack is heavy)
 
-        for path in sample_run(run, prompts=prompt, seed=seed, count=count):
+        for path in sample_run(run, prompts=prompt, seed=seed, count=count, aspect=aspect):
             typer.echo(str(path))
         return
+    if aspect:
+        raise typer.BadParameter(f"{run} is a {kind.name} run; --aspect is for image runs.", param_hint="--aspect")
     from trainer.text.sample import sample_run as sample_text_run
 
     for row in sample_text_run(run, prompt, seed=seed, max_new_tokens=max_new_tokens, count=count):

@@ -18,6 +18,7 @@ import json
 import zipfile
 
 import pytest
+from PIL import Image
 
 from bot.config import BotSettings
 from tests.bot_world import *  # noqa: F401,F403
@@ -144,3 +145,44 @@ async def test_quick_tries_from_the_bot_vary_the_settings_the_member_left_open(w
     assert configs[0]["lr"] != configs[1]["lr"]
     # the member's steps, not a count read from the folds
     assert any(m.content.startswith("✅ Job #1 finished after 5 steps") for m in thread.history())
+
+
+ODD = {"portrait.png": (72, 96), "square.png": (80, 80), "wide.png": (128, 72), "tall.png": (72, 128),
+       "landscape.png": (96, 72)}  # 3:4, 1:1, 16:9, 9:16, 4:3, every side at least the bot's 64 px
+
+
+async def test_odd_shapes_are_bucketed_from_the_report_to_the_samples(world, tiny_sd):
+    """/data report shows each bucket and what it holds, the run trains each image in its bucket,
+    /train start crop:square crops them all, and /sample aspect:3:4 draws at 3:4."""
+    w, db = world, world.env.bot.services.db
+    await w.alice.slash(w.channel, "session new", kind="image", title="Shapes", base_model=str(tiny_sd))
+    thread = w.channel.threads[-1]
+    for i, (name, size) in enumerate(ODD.items()):
+        await w.alice.slash(thread, "data add", file=(name, image_bytes(pattern_image(i, size=size))))
+    report = await w.alice.slash(thread, "data report")
+    message = report.followups[0] if report.followups else report.response
+    text = "\n".join(f.value for f in message.embeds[0].fields) + (message.embeds[0].description or "")
+    line = next(line for line in text.splitlines() if line.startswith("**Buckets**"))
+    assert "32x32 (square): 1 (square.png)" in line
+    assert "24x40 (portrait): 2 (portrait.png, tall.png)" in line and "40x24 (landscape): 2 (" in line
+
+    await w.alice.slash(thread, "train start", steps=2)
+    await pump_until(w.env, lambda: db.get_job(1).finished, timeout=300, what="the bucketed run")
+    assert db.get_job(1).status == "done", db.get_job(1).error
+    metrics = json.loads((w.env.bot.services.settings.run_root / "job-1" / "metrics.json").read_text())
+    assert {b["size"] for b in metrics["buckets"]} == {"32x32", "24x40", "40x24"}
+    assert sum(len(b["images"]) + len(b["held_out"]) for b in metrics["buckets"]) == 5  # none dropped
+
+    refused = await w.alice.slash(thread, "sample", prompt="a photo of sks", aspect="5:1")
+    assert "at most 2:1" in refused.response.content and len(db.list_samples(job_id=1)) == 1
+    await w.env.advance_time(6.0)  # /sample's cooldown
+    await w.alice.slash(thread, "sample", prompt="a photo of sks", aspect="3:4")
+    await pump_until(w.env, lambda: len(db.list_samples(job_id=1)) == 2, timeout=120, what="the 3:4 sample")
+    posted = thread.last_message
+    with Image.open(io.BytesIO(await posted.attachments[0].read())) as image:
+        assert image.size == (24, 40)
+
+    await w.alice.slash(thread, "train start", steps=2, crop="square")
+    await pump_until(w.env, lambda: db.get_job(3).finished, timeout=300, what="the square run")
+    metrics = json.loads((w.env.bot.services.settings.run_root / "job-3" / "metrics.json").read_text())
+    assert [b["size"] for b in metrics["buckets"]] == ["32x32"] and metrics["config"]["crop"] == "square"

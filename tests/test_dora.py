@@ -160,7 +160,8 @@ def test_the_image_dora_file_draws_in_a_fresh_pipeline_what_the_run_drew(sd_dora
         trained = np.asarray(image, dtype=np.float32)
 
     def draw(loaded):
-        grid = sample_grid(loaded, config["sample_prompts"], config["sample_seeds"], resolution=config["resolution"],
+        side = config["resolution"]
+        grid = sample_grid(loaded, config["sample_prompts"], config["sample_seeds"], size=(side, side),
                            steps=config["sample_steps"], guidance_scale=config["guidance_scale"])
         return np.asarray(grid, dtype=np.float32)
 

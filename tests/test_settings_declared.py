@@ -19,7 +19,7 @@ from trainer.config import TrainConfig, bounds
 from trainer.kinds import IMAGE
 
 ROOT = Path(__file__).resolve().parents[1]
-START = ("steps", "lr", "rank", "seed", "resolution", "sample_steps", "text_kind", "lr_scheduler", "dora")
+START = ("steps", "lr", "rank", "seed", "resolution", "sample_steps", "text_kind", "lr_scheduler", "dora", "crop")
 # slash command -> option -> (setting, the kind whose declaration it reads)
 SETTING_OPTIONS = {
     "train start": {name: (name, None) for name in START},

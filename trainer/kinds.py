@@ -83,7 +83,7 @@ IMAGE = RunKind(
     extensions=(".png", ".jpg", ".jpeg", ".webp"), units="images", good_from=10,
     first_step="drop 10–30 images (`.png`, `.jpg`, `.webp`, or one `.zip`) of your subject, with captions if you can",
     sample_prompt="a photo of sks", card="bot.report:image_card", upload_check="bot.ingest:check_image",
-    refused_elsewhere="`resolution` and `sample_steps` size image runs; this is {session}. Leave them out.",
+    refused_elsewhere="`resolution`, `sample_steps` and `crop` shape image runs; this is {session}. Leave them out.",
     too_large_fix="resize or re-export it", library="diffusers", base_is="a diffusion pipeline of the {family} family", alpha_per_rank=1,
     captioned=True, sized_to_device=True, makes_images=True, model_prefix="image:",
     needs_base="image runs need a base pipeline (a hub id or a local diffusers folder)")

@@ -45,12 +45,13 @@ def sample_source(jobs: Jobs, job: Job, trial: int | None = None) -> tuple[str, 
 
 
 def request_sample(svc: Services, session: Session, actor: Actor, job: Job, *, prompt: str, count: int, seed: int,
-                   trial: int | None = None, channel_id: int | None = None) -> Submitted:
+                   trial: int | None = None, channel_id: int | None = None, aspect: str | None = None) -> Submitted:
     """Queue a ``sample`` job for ``job``'s adapter (or one trial's); the bot posts its samples
     into ``channel_id`` when it ends. It is not one of the session's runs (no session, member or
     server on its row: it neither counts against run limits nor waits for them) and goes ahead
     of waiting runs on a lane of its own (``storage.jobkinds``)."""
     svc.sessions.require(session, actor, "contribute")
+    aspect = sample_aspect(session, aspect)
     adapter, metrics = sample_source(svc.jobs, job, trial)
     waiting = [j for j in svc.jobs.find(unfinished=True)
                if j.kind == "sample" and j.config.get("requested_by") == actor.user_id]
@@ -58,8 +59,24 @@ def request_sample(svc: Services, session: Session, actor: Actor, job: Job, *, p
         raise Refusal(f"{len(waiting)} samplings of yours are waiting already; ask again once they are posted.")
     config = {"source_job": job.id, "trial": trial, "kind": session.kind, "base": session.base_model,
               "adapter": adapter, "metrics": metrics, "prompts": [prompt], "count": count, "seed": seed,
-              "requested_by": actor.user_id, "session": session.id, "channel": channel_id}
+              "requested_by": actor.user_id, "session": session.id, "channel": channel_id,
+              **({"aspect": aspect} if aspect else {})}
     return svc.jobs.submit("sample", config)
+
+
+def sample_aspect(session: Session, aspect: str | None) -> str | None:
+    """``aspect`` as W:H when this session's samples are images; a ``Refusal`` saying why otherwise."""
+    if not aspect:
+        return None
+    if not kinds.get(session.kind).makes_images:
+        raise Refusal("`aspect` shapes image samples; this session's samples are texts. Leave it out.")
+    from trainer.image.sizes import parse_aspect
+
+    try:
+        w, h = parse_aspect(aspect)
+    except ValueError as exc:
+        raise Refusal(f"{exc}.") from None
+    return f"{w}:{h}"
 
 
 class SampleCog(commands.Cog):
@@ -68,11 +85,11 @@ class SampleCog(commands.Cog):
         self.svc = bot.services
 
     async def _start(self, interaction: discord.Interaction, session, job, prompt: str, count: int, seed: int,
-                     trial: int | None = None, note: str | None = None) -> None:
+                     trial: int | None = None, note: str | None = None, aspect: str | None = None) -> None:
         """Queue a sample job (it runs on a worker, see ``storage.jobkinds.sample``) and say so; the bot
         posts the samples into this thread when the job ends (``LoracordBot.post_sampling``)."""
         await self.bot.db(request_sample, self.svc, session, actor_of(interaction), job, prompt=prompt,
-                          count=count, seed=seed, trial=trial, channel_id=interaction.channel_id)
+                          count=count, seed=seed, trial=trial, channel_id=interaction.channel_id, aspect=aspect)
         source = f"trial #{trial} of job #{job.id}" if trial is not None else f"job #{job.id}"
         picked = f"\nI took {note}; `job:` picks another." if note else ""
         await interaction.response.send_message(
@@ -85,15 +102,17 @@ class SampleCog(commands.Cog):
     @app_commands.describe(prompt="What to generate from", count="How many samples",
                            seed="Random seed (same seed, same result)",
                            job="Which run (default: the newest with an adapter)",
-                           trial="Quick tries only: which trial of that job (default: its best run)")
+                           trial="Quick tries only: which trial of that job (default: its best run)",
+                           aspect="Image sessions: the images' shape as W:H, e.g. 3:4 or 16:9 (default: the run's)")
     @app_commands.checks.cooldown(1, 5.0)
     async def sample(self, interaction: discord.Interaction, prompt: app_commands.Range[str, 1, 500],
                      count: app_commands.Range[int, 1, 4] = 1, seed: app_commands.Range[int, 0, 2**31 - 1] = 0,
                      job: Optional[app_commands.Range[int, 1]] = None,
-                     trial: Optional[app_commands.Range[int, 0]] = None) -> None:
+                     trial: Optional[app_commands.Range[int, 0]] = None,
+                     aspect: Optional[app_commands.Range[str, 3, 11]] = None) -> None:
         session = await self.bot.db(self.svc.sessions.session_here, interaction.channel_id)
         found, note = await self.bot.db(pick_job, self.svc.jobs, session, job, need="adapter")
-        await self._start(interaction, session, found, prompt, count, seed, trial, note)
+        await self._start(interaction, session, found, prompt, count, seed, trial, note, aspect)
 
     async def from_button(self, interaction: discord.Interaction, job_id: int) -> None:
         job = await self.bot.db(self.svc.jobs.job, job_id)

@@ -149,14 +149,15 @@ class TrainCog(commands.GroupCog, group_name="train", group_description="Train a
     @app_commands.describe(preset="auto: as /data report picks; quick: a short first run; balanced: sized to "
                                   "the data; best: for 100+",
                            **descriptions("steps", "lr", "rank", "seed", "resolution", "sample_steps", "text_kind",
-                                          "lr_scheduler", "dora"))
+                                          "lr_scheduler", "dora", "crop"))
     @app_commands.checks.dynamic_cooldown(_train_cooldown)
     async def start(self, interaction: discord.Interaction,
                     preset: Literal["auto", "quick", "balanced", "best"] = "auto",
                     steps: Setting["steps"] = None, lr: Setting["lr"] = None, rank: Setting["rank"] = None,
                     seed: Setting["seed"] = None, resolution: Setting["resolution"] = None,
                     sample_steps: Setting["sample_steps"] = None, text_kind: Setting["text_kind"] = None,
-                    lr_scheduler: Setting["lr_scheduler"] = None, dora: Setting["dora"] = None) -> None:
+                    lr_scheduler: Setting["lr_scheduler"] = None, dora: Setting["dora"] = None,
+                    crop: Setting["crop"] = None) -> None:
         session = await self.bot.db(self.svc.sessions.session_here, interaction.channel_id)
         why = ""
         if preset == "auto":
@@ -164,7 +165,8 @@ class TrainCog(commands.GroupCog, group_name="train", group_description="Train a
             preset, reason = pick_preset(session.kind, self.svc.data.examples(items))
             why = f"Preset **{preset}**: {reason}."
         chosen = {"steps": steps, "lr": lr, "rank": rank, "seed": seed, "resolution": resolution,
-                  "sample_steps": sample_steps, "text_kind": text_kind, "lr_scheduler": lr_scheduler, "dora": dora}
+                  "sample_steps": sample_steps, "text_kind": text_kind, "lr_scheduler": lr_scheduler, "dora": dora,
+                  "crop": crop}
         kind = kinds.get(session.kind)
         elsewhere = [name for name, value in chosen.items() if value is not None and name not in kind.settings]
         if elsewhere:  # a setting of another kind's runs

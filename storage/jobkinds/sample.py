@@ -69,7 +69,8 @@ def run_sample(config: dict, run, *, resume: bool, cancel) -> dict:
     if kind.makes_images:
         from trainer.image.sample import sample_run as sample_images
 
-        for index, (prompt, path) in enumerate(zip(prompts, sample_images(source, prompts, seed=seed, count=count))):
+        drawn = sample_images(source, prompts, seed=seed, count=count, aspect=config.get("aspect"))
+        for index, (prompt, path) in enumerate(zip(prompts, drawn)):
             target = out / f"sample-{index}.png"  # one grid per prompt, seeds seed .. seed+count-1
             shutil.move(str(path), target)
             rows.append({"file": f"samples/{target.name}", "prompt": prompt, "seed": seed, "kind": kind.name})

@@ -9,19 +9,23 @@ jitter). Input and output are float batches in [0, 1] of the same shape.
 from __future__ import annotations
 
 
-def build_augmenter(strength: float, resolution: int):
-    """A kornia pipeline for ``strength`` (``None`` when strength is 0)."""
+def build_augmenter(strength: float, size: int | tuple[int, int]):
+    """A kornia pipeline for ``strength`` (``None`` when strength is 0) for images of ``size``
+    (a side, or (height, width) for an aspect bucket)."""
     if strength <= 0:
         return None
     import kornia.augmentation as K
     import torch
 
     s = float(min(strength, 1.0))
+    height, width = size if isinstance(size, tuple) else (size, size)
+    aspect = width / height  # crops keep about the bucket's aspect
     return torch.nn.Sequential(
         K.RandomHorizontalFlip(p=0.5),
         # Rotation through an affine warp so the corners are reflected, not filled with black.
         K.RandomAffine(degrees=10.0 * s, padding_mode="reflection", p=0.5 * s + 0.2),
-        K.RandomResizedCrop((resolution, resolution), scale=(1.0 - 0.3 * s, 1.0), ratio=(0.9, 1.1), p=0.5 * s + 0.2),
+        K.RandomResizedCrop(size if isinstance(size, tuple) else (size, size), scale=(1.0 - 0.3 * s, 1.0),
+                            ratio=(0.9 * aspect, 1.1 * aspect), p=0.5 * s + 0.2),
         K.ColorJitter(brightness=0.15 * s, contrast=0.15 * s, saturation=0.15 * s, hue=0.03 * s, p=0.5 * s + 0.2),
     )
 
@@ -34,7 +38,7 @@ def augment(batch, strength: float, generator_seed: int | None = None):
     """
     import torch
 
-    augmenter = build_augmenter(strength, batch.shape[-1])
+    augmenter = build_augmenter(strength, tuple(batch.shape[-2:]))
     if augmenter is None:
         return batch
     augmenter = augmenter.to(batch.device)

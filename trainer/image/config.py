@@ -10,6 +10,8 @@ use): a user only names what they want to change.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator
 
 from .. import limits as L
@@ -31,6 +33,11 @@ class ImageTrainConfig(TrainConfig):
         "(trainer.image.sizes: the base's native side on a GPU, at most 256 px on a CPU)."),
         json_schema_extra=slash("training and sample side in pixels (default: sized to the base and "
                                 "the device)"))
+    crop: Literal["buckets", "square"] = Field("buckets", description=(
+        "'buckets': each image keeps its aspect, in the aspect bucket nearest to it at about the run's pixel "
+        "area (sides up to 2:1; batches come from one bucket, small buckets repeat their own images); "
+        "'square': every image centre-cropped to a square."),
+        json_schema_extra=slash("aspect buckets (each image keeps its shape) or square crops (default: buckets)"))
     batch_size: int | None = Field(None, ge=1, le=64, description="Images per optimizer step; default: 2 on a GPU "
                                                                    "(1 for SDXL, FLUX.1, SD 3.5), 1 on a CPU.")
     train_text_encoder: bool = Field(False, description="Also put LoRA on the text encoder(s) (no embedding cache; SD and SDXL only).")
@@ -38,6 +45,11 @@ class ImageTrainConfig(TrainConfig):
                                                             "pass instead of keeping them: much less GPU memory for "
                                                             "big bases at native size, for slower steps.")
     augment_variants: int = Field(4, ge=1, le=32, description="Augmented copies per image whose latents are cached.")
+    shuffle_tags: bool = Field(False, description="Captions written as comma-separated tags: train each step on "
+                                                  "one of a few orders of the tags (kohya's shuffle_caption), the "
+                                                  "first keep_tags kept in place.")
+    keep_tags: int = Field(1, ge=0, le=16, description="With shuffle_tags: leading tags that never move (the trigger "
+                                                       "word first; kohya's keep_tokens).")
     caption_dropout: float = Field(0.1, ge=0, lt=1, description="Share of steps' captions replaced by the empty one (for CFG).")
     min_snr_gamma: float | None = Field(5.0, gt=0, description="Min-SNR loss weighting gamma; None turns it off (DDPM families; flow matching has no SNR weighting).")
     noise_offset: float = Field(0.0, ge=0, le=1, description="Noise offset (brighter darks and lighter lights); 0 = off.")
@@ -46,6 +58,8 @@ class ImageTrainConfig(TrainConfig):
                                                              "default: about 4 times a run.")
     sample_prompts: list[str] | None = Field(None, description="Prompts of the sample grids; default: the instance "
                                                                "prompt and a held-out caption.")
+    sample_aspect: str | None = Field(None, description="Aspect of the sample grids' images as W:H (for example "
+                                                          "3:4 or 16:9, at most 2:1); default: square.")
     sample_seeds: list[int] = Field([0, 1], description="One grid column per seed.")
     sample_steps: int | None = Field(None, ge=1, le=200, description="Denoising steps per sample; default: the "
                                                                      "family's on a GPU (25; FLUX.1 schnell 4, dev and "
@@ -72,6 +86,16 @@ class ImageTrainConfig(TrainConfig):
         if not value.strip():
             raise ValueError("the instance prompt must not be empty")
         return value.strip()
+
+    @field_validator("sample_aspect")
+    @classmethod
+    def _aspect(cls, value: str | None) -> str | None:
+        from .sizes import parse_aspect
+
+        if value is None:
+            return None
+        w, h = parse_aspect(value)
+        return f"{w}:{h}"
 
     @field_validator("resolution")
     @classmethod

@@ -355,11 +355,19 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 def resize_and_crop(image: Image.Image, resolution: int) -> tuple[Image.Image, tuple[int, int]]:
     """Scale the shorter side to ``resolution`` and centre-crop a square; returns the crop's top-left."""
-    scale = resolution / min(image.size)
-    w, h = max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale))
+    return resize_to_bucket(image, (resolution, resolution))
+
+
+def resize_to_bucket(image: Image.Image, size: tuple[int, int]) -> tuple[Image.Image, tuple[int, int]]:
+    """Scale ``image`` to cover ``size`` (width, height) keeping its aspect, and centre-crop the little
+    that overhangs (an image in the bucket closest to its aspect loses a sliver, not its sides);
+    returns the crop's top-left (for SDXL's time ids)."""
+    bw, bh = size
+    scale = max(bw / image.width, bh / image.height)
+    w, h = max(bw, round(image.width * scale)), max(bh, round(image.height * scale))
     resized = image.resize((w, h), Image.Resampling.LANCZOS)
-    top, left = (h - resolution) // 2, (w - resolution) // 2
-    return resized.crop((left, top, left + resolution, top + resolution)), (top, left)
+    top, left = (h - bh) // 2, (w - bw) // 2
+    return resized.crop((left, top, left + bw, top + bh)), (top, left)
 
 
 def to_tensor(images: list[Image.Image]):

@@ -182,3 +182,58 @@ def _cached_configs(repo_id: str) -> ImageFamily | None:
         return None
     return read_family(Path(index).parent)
 
+
+
+# --------------------------------------------------------------------------------------------
+# aspect-ratio buckets
+
+MAX_ASPECT = 2.0  # a bucket's long side is at most twice its short one (kohya's and SimpleTuner's usual bound)
+
+
+def bucket_step(resolution: int, multiple: int) -> int:
+    """How far apart bucket sides are: 64 px at 512 px and up (kohya's ``bucket_reso_steps``),
+    an eighth of the side below that, never finer than the family's side multiple."""
+    return max(multiple, min(64, resolution // 8) // multiple * multiple)
+
+
+def bucket_sizes(resolution: int, multiple: int, max_aspect: float = MAX_ASPECT) -> list[tuple[int, int]]:
+    """Every (width, height) of about ``resolution`` squared pixels (never more), sides a multiple of
+    ``bucket_step``, from 1:``max_aspect`` to ``max_aspect``:1; the square first."""
+    step = bucket_step(resolution, multiple)
+    area, sizes = resolution * resolution, {(resolution, resolution)}
+    for width in range(step, int(resolution * max_aspect) + 1, step):
+        height = area // width // step * step
+        if height >= step and max(width, height) <= max_aspect * min(width, height):
+            sizes |= {(width, height), (height, width)}  # a portrait for every landscape
+    return sorted(sizes, key=lambda s: (s != (resolution, resolution), s[0] / s[1]))
+
+
+def bucket_for(width: int, height: int, resolution: int, multiple: int, square: bool = False) -> tuple[int, int]:
+    """The bucket (width, height) an image of ``width`` x ``height`` trains at: the one whose aspect
+    is closest to the image's (the larger on a tie), or the square with ``square``."""
+    import math
+
+    if square:
+        return resolution, resolution
+    aspect = math.log(width / height)
+    return min(bucket_sizes(resolution, multiple),
+               key=lambda s: (round(abs(math.log(s[0] / s[1]) - aspect), 9), -s[0] * s[1]))
+
+
+def aspect_size(aspect: str | None, resolution: int, multiple: int) -> tuple[int, int]:
+    """(width, height) of samples drawn at ``aspect`` ("3:4", "16:9"; None or "1:1": the square)."""
+    if not aspect:
+        return resolution, resolution
+    w, h = parse_aspect(aspect)
+    return bucket_for(w, h, resolution, multiple)
+
+
+def parse_aspect(aspect: str) -> tuple[int, int]:
+    """'3:4' -> (3, 4); ``ValueError`` saying the form for anything else."""
+    try:
+        w, h = (int(part) for part in aspect.strip().split(":"))
+    except ValueError:
+        raise ValueError(f"aspect {aspect!r} is not W:H (for example 3:4 or 16:9)") from None
+    if w <= 0 or h <= 0 or max(w, h) > MAX_ASPECT * min(w, h) + 1e-9:
+        raise ValueError(f"aspect {aspect!r} must be positive, at most {MAX_ASPECT:g}:1 either way")
+    return w, h

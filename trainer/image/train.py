@@ -39,6 +39,7 @@ from .config import ImageTrainConfig
 
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 VAL_TIMESTEPS = 4  # fixed timesteps per held-out image for the deterministic validation loss
+TAG_ORDERS = 4  # orders of each caption's tags cached with shuffle_tags (the caption itself and three shuffles)
 
 
 @dataclass
@@ -224,49 +225,71 @@ def check_text_encoder_lora() -> None:
 
 def _build_cache(config: ImageTrainConfig, loaded, noise_scheduler, train: list, val: list, prompts: list[str],
                  device) -> dict[str, Any]:
-    """Latent distributions of every (augmented variant, image) and embeddings of every caption and
-    sample prompt."""
+    """Per aspect bucket, latent distributions of every (augmented variant, image); embeddings of every
+    caption and sample prompt; the validation images' clean latents with fixed noise, per bucket."""
     import torch
 
     from .augment import augment
-    from .data import normalize, resize_and_crop, to_tensor
+    from .data import normalize
 
-    def prepare(examples):
-        crops = [resize_and_crop(e.image, config.resolution) for e in examples]
-        sizes = [(e.image.height, e.image.width) for e in examples]
-        return to_tensor([c[0] for c in crops]), sizes, [c[1] for c in crops]
-
-    pixels, sizes, crops = prepare(train)
     variants = config.augment_variants if config.augment > 0 else 1
-    means, stds = [], []
-    for v in range(variants):
-        # Variant 0 is the image itself; the others are seeded augmentations of it.
-        batch = pixels if v == 0 else augment(pixels.clone(), config.augment, generator_seed=config.seed * 1000 + v)
-        mean, std = _encode_latents(loaded.pipe.vae, normalize(batch), device)
-        means.append(mean)
-        stds.append(std)
-    cache = {"latent_mean": torch.stack(means), "latent_std": torch.stack(stds),
-             "captions": [e.caption for e in train]}
-    cache["conditioning"] = _image_conditioning(loaded, sizes, crops, config.resolution, device)
+    buckets = []
+    for size, rows in _buckets(config, loaded, train).items():
+        pixels, conditioning = _prepare(loaded, [train[i] for i in rows], size, device)
+        means, stds = [], []
+        for v in range(variants):
+            # Variant 0 is the image itself; the others are seeded augmentations of it.
+            batch = pixels if v == 0 else augment(pixels.clone(), config.augment, generator_seed=config.seed * 1000 + v)
+            mean, std = _encode_latents(loaded.pipe.vae, normalize(batch), device)
+            means.append(mean)
+            stds.append(std)
+        buckets.append({"size": size, "rows": rows, "latent_mean": torch.stack(means), "latent_std": torch.stack(stds),
+                        "conditioning": conditioning})
+    cache = {"buckets": buckets, "captions": [e.caption for e in train]}
+    if config.shuffle_tags:  # a few orders of each caption's tags, embedded once like the latents' variants
+        cache["tag_orders"] = [tag_orders(e.caption, config.keep_tags, TAG_ORDERS, seed=config.seed * 1000 + i)
+                               for i, e in enumerate(train)]
+    orders = [c for row in cache.get("tag_orders", []) for c in row]
     if not config.train_text_encoder:
-        cache["embeds"] = _embed_captions(loaded, [e.caption for e in train + val] + [""] + prompts, device)
+        cache["embeds"] = _embed_captions(loaded, [e.caption for e in train + val] + [""] + prompts + orders, device)
 
     # Validation: clean latents (the distribution's mean), fixed timesteps and fixed noise.
     if val:
-        val_pixels, val_sizes, val_crops = prepare(val)
-        val_latents = _encode_latents(loaded.pipe.vae, normalize(val_pixels), device)[0]
-        timesteps = loaded.part.val_timesteps(noise_scheduler, VAL_TIMESTEPS)
-        noise = torch.randn((len(val), VAL_TIMESTEPS, *val_latents.shape[1:]),
-                            generator=torch.Generator().manual_seed(config.seed + 1))
-        cache["val"] = {"latents": val_latents, "timesteps": timesteps.to(device), "noise": noise.to(device),
-                        "captions": [e.caption for e in val]}
-        cache["val"]["conditioning"] = _image_conditioning(loaded, val_sizes, val_crops, config.resolution, device)
+        generator = torch.Generator().manual_seed(config.seed + 1)
+        cache["val"] = {"timesteps": loaded.part.val_timesteps(noise_scheduler, VAL_TIMESTEPS).to(device),
+                        "buckets": []}
+        for size, rows in _buckets(config, loaded, val).items():
+            pixels, conditioning = _prepare(loaded, [val[i] for i in rows], size, device)
+            latents = _encode_latents(loaded.pipe.vae, normalize(pixels), device)[0]
+            noise = torch.randn((len(rows), VAL_TIMESTEPS, *latents.shape[1:]), generator=generator)
+            cache["val"]["buckets"].append({"size": size, "rows": rows, "latents": latents, "noise": noise.to(device),
+                                            "captions": [val[i].caption for i in rows], "conditioning": conditioning})
     return cache
 
 
-def _image_conditioning(loaded, sizes, crops, resolution: int, device) -> dict:
-    """The family's per-image conditioning besides the prompt (SDXL's time ids), on ``device``."""
-    return {key: value.to(device) for key, value in loaded.part.image_conditioning(sizes, crops, resolution).items()}
+def _buckets(config: ImageTrainConfig, loaded, examples: list) -> dict[tuple[int, int], list[int]]:
+    """``{(width, height): indices of examples}``: each image in the bucket closest to its aspect
+    (``trainer.image.sizes.bucket_for``; every one in the square with ``crop="square"``), square first."""
+    from .sizes import bucket_for
+
+    found: dict[tuple[int, int], list[int]] = {}
+    for i, e in enumerate(examples):
+        size = bucket_for(e.image.width, e.image.height, config.resolution, loaded.part.SIDE_MULTIPLE,
+                          square=config.crop == "square")
+        found.setdefault(size, []).append(i)
+    square = (config.resolution, config.resolution)
+    return dict(sorted(found.items(), key=lambda item: (item[0] != square, item[0][0] / item[0][1])))
+
+
+def _prepare(loaded, examples: list, size: tuple[int, int], device):
+    """Pixels of ``examples`` resized to cover the bucket ``size`` and centre-cropped, and the family's
+    per-image conditioning besides the prompt (SDXL's time ids), on ``device``."""
+    from .data import resize_to_bucket, to_tensor
+
+    crops = [resize_to_bucket(e.image, size) for e in examples]
+    originals = [(e.image.height, e.image.width) for e in examples]
+    conditioning = loaded.part.image_conditioning(originals, [c[1] for c in crops], (size[1], size[0]))
+    return to_tensor([c[0] for c in crops]), {key: value.to(device) for key, value in conditioning.items()}
 
 
 def _encode_latents(vae, batch, device, chunk: int = 8):
@@ -377,7 +400,18 @@ class ImageTask(Task):
                 "prediction_type": s.loaded.prediction_type, "precision": s.precision,
                 "precision_choice": s.precision_choice,
                 "data_report": s.dataset.report.to_dict() | {"train_images": len(s.train), "val_images": len(s.val)},
+                "buckets": _bucket_report(s),
                 "sample_prompts": s.sample_prompts, "samples": state.samples, "setup_time_s": s.setup_s}
+
+
+def _bucket_report(s: _Setup) -> list[dict]:
+    """Each aspect bucket as metrics.json lists it: its size (WxH), its training and held-out images."""
+    held_out = {b["size"]: b["rows"] for b in s.cache.get("val", {}).get("buckets", [])}
+    sizes = [b["size"] for b in s.cache["buckets"]] + [size for size in held_out if size not in
+                                                      {b["size"] for b in s.cache["buckets"]}]
+    rows = {b["size"]: b["rows"] for b in s.cache["buckets"]}
+    return [{"size": f"{w}x{h}", "images": [s.train[i].name for i in rows.get((w, h), [])],
+             "held_out": [s.val[i].name for i in held_out.get((w, h), [])]} for w, h in sizes]
 
 
 def _average_gradients(params: list, acc) -> None:
@@ -400,7 +434,13 @@ def _draw_batch(s: _Setup, generator) -> dict[str, Any]:
     import torch
 
     cfg, cache, acc = s.config, s.cache, s.accelerator
-    mean, std = cache["latent_mean"], cache["latent_std"]
+    buckets = cache["buckets"]
+    if len(buckets) > 1:  # a bucket by its share of the images, so every image is as likely as in one bucket
+        shares = torch.tensor([float(len(b["rows"])) for b in buckets])
+        bucket = buckets[int(torch.multinomial(shares, 1, generator=generator))]
+    else:
+        bucket = buckets[0]
+    mean, std = bucket["latent_mean"], bucket["latent_std"]
     n_variants, n_images = mean.shape[:2]
     size = cfg.batch_size * acc.num_processes
     idx = torch.randint(n_images, (size,), generator=generator)
@@ -411,14 +451,34 @@ def _draw_batch(s: _Setup, generator) -> dict[str, Any]:
         noise += cfg.noise_offset * torch.randn((size, mean.shape[2], 1, 1), generator=generator)
     timesteps = s.loaded.part.draw_timesteps(s.noise_scheduler, size, generator)
     dropped = torch.rand(size, generator=generator) < cfg.caption_dropout
+    if "tag_orders" in cache:  # which order of its tags each row's caption comes in
+        order = torch.randint(TAG_ORDERS, (size,), generator=generator)
+        texts = [cache["tag_orders"][bucket["rows"][i]][k] for i, k in zip(idx.tolist(), order.tolist())]
+    else:
+        texts = [cache["captions"][bucket["rows"][i]] for i in idx.tolist()]
     mine = slice(acc.process_index, None, acc.num_processes)
     idx, variant, eps, noise, timesteps, dropped = idx[mine], variant[mine], eps[mine], noise[mine], timesteps[mine], dropped[mine]
     device = mean.device
     latents = mean[variant, idx] + std[variant, idx] * eps.to(device)
-    captions = ["" if d else cache["captions"][i] for i, d in zip(idx.tolist(), dropped.tolist())]
+    captions = ["" if d else text for text, d in zip(texts[mine], dropped.tolist())]
     batch = {"latents": latents, "noise": noise.to(device), "timesteps": timesteps.to(device), "captions": captions}
-    batch |= {key: rows[idx.to(device)] for key, rows in cache["conditioning"].items()}
+    batch |= {key: rows[idx.to(device)] for key, rows in bucket["conditioning"].items()}
     return batch
+
+
+def tag_orders(caption: str, keep: int, count: int, seed: int) -> list[str]:
+    """``count`` orders of a caption's comma-separated tags, the caption itself first; the first
+    ``keep`` tags stay in place and the rest are shuffled (seeded). A caption of fewer than two
+    movable tags has one order, repeated."""
+    tags = [t.strip() for t in caption.split(",") if t.strip()]
+    kept, moving = tags[:keep], tags[keep:]
+    rng = random.Random(seed)
+    orders = [caption]
+    for _ in range(count - 1):
+        shuffled = moving[:]
+        rng.shuffle(shuffled)
+        orders.append(", ".join(kept + shuffled) if len(moving) > 1 else caption)
+    return orders
 
 
 def _conditioning(s: _Setup, captions: list[str]):
@@ -449,20 +509,22 @@ def validation_loss(s: _Setup, denoiser) -> float:
     import torch
 
     val, acc = s.cache["val"], s.accelerator
-    mine = torch.arange(acc.process_index, len(val["latents"]), acc.num_processes)  # this process's images
-    chunks = mine.split(s.config.batch_size) if len(mine) else []  # fewer images than processes: none here
     was_training = denoiser.training
     denoiser.eval()
     total, count = 0.0, 0
     with torch.no_grad(), acc.autocast():
-        for k in range(len(val["timesteps"])):
-            for rows in chunks:
-                n = len(rows)
-                batch = {"latents": val["latents"][rows], "noise": val["noise"][rows, k],
-                         "timesteps": val["timesteps"][k].repeat(n), "captions": [val["captions"][i] for i in rows.tolist()]}
-                batch |= {key: values[rows] for key, values in val["conditioning"].items()}
-                total += diffusion_loss(s, denoiser, batch, weighted=False).item() * n
-                count += n
+        for bucket in val["buckets"]:
+            mine = torch.arange(acc.process_index, len(bucket["latents"]), acc.num_processes)  # this process's images
+            chunks = mine.split(s.config.batch_size) if len(mine) else []  # fewer images than processes: none here
+            for k in range(len(val["timesteps"])):
+                for rows in chunks:
+                    n = len(rows)
+                    batch = {"latents": bucket["latents"][rows], "noise": bucket["noise"][rows, k],
+                             "timesteps": val["timesteps"][k].repeat(n),
+                             "captions": [bucket["captions"][i] for i in rows.tolist()]}
+                    batch |= {key: values[rows] for key, values in bucket["conditioning"].items()}
+                    total += diffusion_loss(s, denoiser, batch, weighted=False).item() * n
+                    count += n
     denoiser.train(was_training)
     if acc.num_processes > 1:
         total, count = acc.reduce(torch.tensor([total, count], device=acc.device), reduction="sum").tolist()
@@ -472,6 +534,8 @@ def validation_loss(s: _Setup, denoiser) -> float:
 def sample_grid_for(s: _Setup, autocast=None):
     from .sample import sample_grid
 
-    return sample_grid(s.loaded, s.sample_prompts, s.config.sample_seeds, resolution=s.config.resolution,
-                       steps=s.config.sample_steps, guidance_scale=s.config.guidance_scale, autocast=autocast,
-                       cache=s.cache.get("embeds"))
+    from .sizes import aspect_size
+
+    size = aspect_size(s.config.sample_aspect, s.config.resolution, s.loaded.part.SIDE_MULTIPLE)
+    return sample_grid(s.loaded, s.sample_prompts, s.config.sample_seeds, size=size, steps=s.config.sample_steps,
+                       guidance_scale=s.config.guidance_scale, autocast=autocast, cache=s.cache.get("embeds"))

@@ -80,6 +80,11 @@ def drop_module(pipe, *names: str) -> None:
     gc.collect()
 
 
+def sides(size) -> tuple[int, int]:
+    """(width, height) of a sample ``size``: a side (a square) or (width, height) already."""
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
 def read_json(path: Path) -> dict:
     """A JSON object from ``path``, or {} when it is missing or not an object (no torch needed)."""
     try:

@@ -133,7 +133,7 @@ def per_image_loss(predict: Predict, objective: FlowObjective, latents, noise, s
     return per_image
 
 
-def image_conditioning(original_sizes, crops_top_left, resolution: int) -> dict:
+def image_conditioning(original_sizes, crops_top_left, target: tuple[int, int]) -> dict:
     """Per-image conditioning besides the prompt: none for the flow families."""
     return {}
 
@@ -161,16 +161,21 @@ def model_latents(vae_config, raw):
     return (raw - (vae_config.shift_factor or 0.0)) * vae_config.scaling_factor
 
 
-def generate(pipe, kwargs: dict, *, seed: int, steps: int, guidance_scale: float, size: int):
-    """One image from a flow family's pipeline with its prompt ``kwargs`` (text or cached embeddings):
-    the transformer in eval mode, torch's random state untouched, a CPU generator seeded ``seed``."""
+def generate(pipe, kwargs: dict, *, seed: int, steps: int, guidance_scale: float, size):
+    """One image from a flow family's pipeline with its prompt ``kwargs`` (text or cached embeddings),
+    ``size`` a side or (width, height): the transformer in eval mode, torch's random state untouched,
+    a CPU generator seeded ``seed``."""
     import torch
+
+    from .adapters import sides
+
+    width, height = sides(size)
 
     was_training = pipe.transformer.training
     pipe.transformer.eval()
     try:
         with torch.random.fork_rng(devices=[]), torch.no_grad():
-            return pipe(num_inference_steps=steps, guidance_scale=guidance_scale, height=size, width=size,
+            return pipe(num_inference_steps=steps, guidance_scale=guidance_scale, height=height, width=width,
                         generator=torch.Generator("cpu").manual_seed(seed), output_type="pil", **kwargs).images[0]
     finally:
         pipe.transformer.train(was_training)

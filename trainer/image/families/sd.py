@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .adapters import read_json, vae_scale
+from .adapters import read_json, sides, vae_scale
 
 NAME = "sd"
 PIPELINE_CLASSES = ("StableDiffusionPipeline",)
@@ -90,7 +90,7 @@ def tokenize(tokenizer, prompts: list[str]):
                      return_tensors="pt").input_ids
 
 
-def image_conditioning(original_sizes, crops_top_left, resolution: int) -> dict:
+def image_conditioning(original_sizes, crops_top_left, target: tuple[int, int]) -> dict:
     """Per-image conditioning besides the prompt: none for SD 1.x/2.x."""
     return {}
 
@@ -169,13 +169,14 @@ def noise_loss(noise_scheduler, unet, batch: dict, embeds, extra: dict, *, vae_c
 # sampling and export
 
 
-def sample(pipe, prompt: str, *, seed: int, steps: int, guidance_scale: float, size: int, cache=None):
-    """One image for ``prompt`` through the pipeline, from a CPU generator seeded ``seed``. The
-    prompt goes through the pipeline's own text encoders (with their LoRA, if trained); ``cache``
-    is not needed."""
+def sample(pipe, prompt: str, *, seed: int, steps: int, guidance_scale: float, size, cache=None):
+    """One image for ``prompt`` through the pipeline, ``size`` a side or (width, height), from a CPU
+    generator seeded ``seed``. The prompt goes through the pipeline's own text encoders (with their
+    LoRA, if trained); ``cache`` is not needed."""
     import torch
 
-    return pipe(prompt=prompt, num_inference_steps=steps, guidance_scale=guidance_scale, height=size, width=size,
+    width, height = sides(size)
+    return pipe(prompt=prompt, num_inference_steps=steps, guidance_scale=guidance_scale, height=height, width=width,
                 generator=torch.Generator("cpu").manual_seed(seed), output_type="pil").images[0]
 
 

@@ -133,7 +133,7 @@ noise_loss = functools.partial(flow.noise_loss, predict)  # the training loop's 
 # sampling
 
 
-def sample(pipe, prompt: str, *, seed: int, steps: int, guidance_scale: float, size: int,
+def sample(pipe, prompt: str, *, seed: int, steps: int, guidance_scale: float, size,
            cache: dict[str, flow.Conditioning] | None = None):
     """One image for ``prompt`` through the pipeline (its own scheduler), leaving torch's RNG untouched.
 

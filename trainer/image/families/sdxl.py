@@ -62,17 +62,18 @@ def encode_prompts(pipe, prompts: list[str], device=None):
     return torch.cat(hidden, dim=-1).to(device), pooled.to(device)
 
 
-def add_time_ids(original_sizes, crops_top_left, resolution: int):
-    """SDXL's micro-conditioning per image: (orig_h, orig_w, crop_top, crop_left, target_h, target_w)."""
+def add_time_ids(original_sizes, crops_top_left, target: tuple[int, int]):
+    """SDXL's micro-conditioning per image: (orig_h, orig_w, crop_top, crop_left, target_h, target_w),
+    ``target`` the (height, width) it trains at (its bucket)."""
     import torch
 
-    rows = [list(o) + list(c) + [resolution, resolution] for o, c in zip(original_sizes, crops_top_left)]
+    rows = [list(o) + list(c) + list(target) for o, c in zip(original_sizes, crops_top_left)]
     return torch.tensor(rows, dtype=torch.float32)
 
 
-def image_conditioning(original_sizes, crops_top_left, resolution: int) -> dict:
+def image_conditioning(original_sizes, crops_top_left, target: tuple[int, int]) -> dict:
     """Per-image conditioning besides the prompt, cached with the latents: the added time ids."""
-    return {"time_ids": add_time_ids(original_sizes, crops_top_left, resolution)}
+    return {"time_ids": add_time_ids(original_sizes, crops_top_left, target)}
 
 
 def denoiser_kwargs(pooled, batch: dict) -> dict:
