@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from ...errors import ModelError, TrainingError
-from ..export import DIFFUSERS_FILE, dora_bases, lora_deltas
+from ..export import DIFFUSERS_FILE, dora_bases, lora_deltas, quiet_check
 
 ADAPTER = "default"
 
@@ -53,7 +53,8 @@ def verify_loads(fresh, trained, files: dict[str, Path]) -> None:
     for fmt, path in files.items():
         adapter = f"check_{fmt}"
         try:
-            fresh.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter)
+            with quiet_check():
+                fresh.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter)
         except (ValueError, KeyError, RuntimeError, OSError, TypeError, AssertionError) as exc:
             raise TrainingError(f"The exported {fmt} LoRA {path} does not load into "
                                 f"{type(fresh).__name__}: {exc}") from exc
