@@ -107,8 +107,10 @@ def test_t5_is_freed_once_captions_are_cached(tiny_flux_dev, tiny_sd3, image_fol
         assert [e for e in s.loaded.text_encoders if "T5" in type(e).__name__] == []
 
 
-def test_bf16_run_loads_the_pipeline_in_bf16_and_trains_a_float32_adapter(tiny_sd3, image_folder, tmp_path):
-    """A flow family is not probed: bf16 asked for, the base loads in bf16 and its LoRA trains in float32."""
+def test_bf16_run_loads_the_pipeline_in_bf16_and_trains_a_float32_adapter(tiny_sd3, image_folder, tmp_path,
+                                                                          monkeypatch):
+    """A flow family is not probed: bf16 asked for, the base loads in bf16, its LoRA trains in float32, and
+    its files are checked in a fresh pipeline loaded in bf16."""
     from trainer.image.presets import size_defaults
     from trainer.image.train import _setup
 
@@ -118,6 +120,14 @@ def test_bf16_run_loads_the_pipeline_in_bf16_and_trains_a_float32_adapter(tiny_s
     assert {p.dtype for n, p in params.items() if "lora_" in n} == {torch.float32}
     assert {p.dtype for n, p in params.items() if "lora_" not in n} == {torch.bfloat16}
     assert s.loaded.pipe.vae.dtype == torch.bfloat16
+    # and the run's files are checked in a fresh pipeline loaded in bf16 too (a 12B base is not loaded in fp32)
+    import trainer.image.pipelines as pipelines
+
+    loads, real = [], pipelines.load_pipeline
+    monkeypatch.setattr(pipelines, "load_pipeline", lambda base, dtype=None: loads.append(dtype) or real(base, dtype))
+    result = train_image(config(image_folder, tmp_path / "run", tiny_sd3, 64, precision="bf16", steps=2, eval_every=2))
+    assert set(result.adapter_files) == {"diffusers", "comfyui"} and result.metrics["precision"] == "bf16"
+    assert loads == [torch.bfloat16, torch.bfloat16]  # the base, then the fresh pipeline the files load into
 
 
 def test_text_encoder_lora_is_refused_for_flow_families(tiny_flux_schnell, image_folder, tmp_path):

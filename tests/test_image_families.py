@@ -45,11 +45,11 @@ def pixels(count: int) -> torch.Tensor:
     return torch.from_numpy(array).permute(0, 3, 1, 2) / 127.5 - 1
 
 
-def load(path):
+def load(path, dtype=None):
     """The family's pipeline from a tiny folder, as the trainer loads a base (from_pretrained, safetensors)."""
     from trainer.image.pipelines import load_pipeline
 
-    return load_pipeline(path).pipe
+    return load_pipeline(path, dtype=dtype).pipe
 
 
 def rows(module, pipe, captions: list[str]) -> dict:
@@ -278,16 +278,19 @@ def test_both_files_load_back_with_the_trained_updates(module, tiny_flux_double,
         assert not metadata  # alpha is folded into lora_B; nothing for a reader to miss
 
 
-def test_verify_catches_a_wrong_scale(tiny_flux_double, tmp_path):
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16], ids=["fp32", "bf16"])
+def test_verify_catches_a_wrong_scale(dtype, tiny_flux_double, tmp_path):
+    """Also in a fresh pipeline loaded in bf16, as a run in bf16 checks its files (the LoRA rounded on load)."""
     from safetensors.torch import load_file, save_file
 
     s = trained_briefly(flux, tiny_flux_double)
     path = flux.save_single_file(s.pipe, tmp_path)
+    verify_loads(load(tiny_flux_double, dtype), s.pipe, {"kohya": path})  # as written: loads alike
     state = load_file(str(path))
-    state["lora_unet_double_blocks_0_img_attn_proj.alpha"] *= 2
+    state["lora_unet_double_blocks_0_img_attn_proj.alpha"] *= 1.1
     save_file(state, str(path))
     with pytest.raises(TrainingError, match=r"transformer_blocks\.0\.attn\.to_out\.0 differently"):
-        verify_loads(load(tiny_flux_double), s.pipe, {"kohya": path})
+        verify_loads(load(tiny_flux_double, dtype), s.pipe, {"kohya": path})
 
 
 @pytest.mark.parametrize("fixture", ["tiny_flux_schnell", "tiny_flux_dev"])

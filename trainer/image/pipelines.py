@@ -24,6 +24,7 @@ class LoadedPipeline:
     pipe: Any
     part: ModuleType  # its family module in trainer.image.families
     path: Path
+    dtype: Any = None  # the torch dtype it was loaded in (None: as saved, float32 for the tiny and most bases)
 
     @property
     def family(self) -> str:
@@ -60,7 +61,7 @@ def load_pipeline(base: str | Path, dtype=None) -> LoadedPipeline:
     """Resolve ``base`` (hub id or local folder) and load its pipeline, without a safety checker."""
     path = resolve_base(str(base))
     part = pipeline_family(path)
-    return LoadedPipeline(open_pipeline(part, path, dtype), part, path)
+    return LoadedPipeline(open_pipeline(part, path, dtype), part, path, dtype)
 
 
 def encode_prompts(loaded: LoadedPipeline, prompts: list[str], device=None):

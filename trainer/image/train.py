@@ -386,7 +386,7 @@ class ImageTask(Task):
         from .pipelines import load_pipeline
 
         self.model.eval()
-        fresh = load_pipeline(self.s.loaded.path)
+        fresh = load_pipeline(self.s.loaded.path, dtype=self.s.loaded.dtype)  # as the base loaded: a 12B one in bf16
         self.adapter_files = self.s.loaded.part.export_adapter(self.s.loaded, fresh, run.adapter, rank=self.config.rank,
                                                                alpha=self.config.lora_alpha)
         del fresh

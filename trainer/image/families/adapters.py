@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from ...errors import ModelError, TrainingError
-from ..export import DIFFUSERS_FILE, dora_bases, lora_deltas, quiet_check
+from ..export import DIFFUSERS_FILE, dora_bases, lora_deltas, quiet_check, same_update
 
 ADAPTER = "default"
 
@@ -67,7 +67,7 @@ def verify_loads(fresh, trained, files: dict[str, Path]) -> None:
         if extra:
             raise TrainingError(f"The exported {fmt} LoRA {path} changes {extra[0]}, which was not trained.")
         for name, delta in expected.items():
-            if not torch.allclose(got[name], delta, rtol=1e-3, atol=1e-6):
+            if not same_update(got[name], delta, fresh.transformer.dtype):
                 raise TrainingError(f"The exported {fmt} LoRA {path} changes transformer.{name} differently "
                                     "from the trained adapter (scale or conversion error).")
 
