@@ -196,3 +196,16 @@ def assert_same_run(got, want) -> None:
             safe_open(str(got.adapter_files["diffusers"]), "pt") as b:
         for key in a.keys():
             torch.testing.assert_close(b.get_tensor(key), a.get_tensor(key), atol=1e-5, rtol=1e-4)
+
+
+def cancel_at(step: int):
+    """``(on_event, cancel)`` for ``train_image``: the run is cancelled once it reports ``step``."""
+    from trainer.cancel import CancelToken
+
+    cancel = CancelToken()
+
+    def on_event(event):
+        if event.kind == "step" and event.step == step:
+            cancel.cancel()
+
+    return on_event, cancel

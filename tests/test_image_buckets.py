@@ -10,8 +10,7 @@ import math
 import pytest
 from PIL import Image
 
-from tests.image_fixtures import RESOLUTION, assert_same_run, pattern_image, tiny_sd, tiny_sdxl  # noqa: F401
-from trainer.cancel import CancelToken
+from tests.image_fixtures import cancel_at, RESOLUTION, assert_same_run, pattern_image, tiny_sd, tiny_sdxl  # noqa: F401
 from trainer.errors import Cancelled, ConfigError
 from trainer.image.config import ImageTrainConfig
 from trainer.image.sizes import aspect_size, bucket_for, bucket_sizes, bucket_step
@@ -83,11 +82,7 @@ def test_odd_shapes_train_in_their_buckets_with_batch_2_and_none_dropped(odd_ima
 def test_a_bucketed_run_resumes_exactly(odd_images, tiny_sd, tmp_path):
     settings = dict(lora_dropout=0.1)
     straight = train_image(config(odd_images, tmp_path / "straight", tiny_sd, **settings))
-    cancel = CancelToken()
-
-    def stop_after_five(event):
-        if event.kind == "step" and event.step == 5:
-            cancel.cancel()
+    stop_after_five, cancel = cancel_at(5)
 
     out = tmp_path / "resumed"
     with pytest.raises(Cancelled, match="step 5"):

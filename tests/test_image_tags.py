@@ -6,9 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.image_fixtures import (RESOLUTION, assert_same_run, tiny_sd,  # noqa: F401
+from tests.image_fixtures import (cancel_at, RESOLUTION, assert_same_run, tiny_sd,  # noqa: F401
                                   write_image_folder, write_metadata)
-from trainer.cancel import CancelToken
 from trainer.errors import Cancelled
 from trainer.image.config import ImageTrainConfig
 from trainer.image.train import TAG_ORDERS, tag_orders, train_image
@@ -56,11 +55,7 @@ def test_each_step_draws_an_order_of_the_tags_from_the_cache(tagged, tiny_sd, tm
 
 def test_a_shuffled_run_resumes_exactly(tagged, tiny_sd, tmp_path):
     straight = train_image(config(tagged, tmp_path / "straight", tiny_sd))
-    cancel = CancelToken()
-
-    def stop_after_four(event):
-        if event.kind == "step" and event.step == 4:
-            cancel.cancel()
+    stop_after_four, cancel = cancel_at(4)
 
     out = tmp_path / "resumed"
     with pytest.raises(Cancelled):

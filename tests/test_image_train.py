@@ -10,9 +10,8 @@ import torch
 from safetensors import safe_open
 
 from tests.family_fixtures import tiny_flux_dev, tiny_sd3  # noqa: F401
-from tests.image_fixtures import (RESOLUTION, assert_same_run, image_folder, tiny_sd, tiny_sd_v, tiny_sdxl,  # noqa: F401
+from tests.image_fixtures import (cancel_at, RESOLUTION, assert_same_run, image_folder, tiny_sd, tiny_sd_v, tiny_sdxl,  # noqa: F401
                                   write_image_folder)
-from trainer.cancel import CancelToken
 from trainer.errors import Cancelled, ConfigError, DataError, ModelError
 from trainer.events import JsonlEventLog
 from trainer.image.config import ImageTrainConfig
@@ -171,11 +170,7 @@ def test_cancel_then_resume_continues_exactly(fixture, side, request, tmp_path, 
     settings = dict(steps=8, eval_every=4, sample_every=0, lora_dropout=0.1, resolution=side)
     straight = train_image(config(image_folder, tmp_path / "straight", tiny_sd, **settings))
 
-    cancel = CancelToken()
-
-    def stop_after_five(event):
-        if event.kind == "step" and event.step == 5:
-            cancel.cancel()
+    stop_after_five, cancel = cancel_at(5)
 
     out = tmp_path / "resumed"
     with pytest.raises(Cancelled, match="step 5"):
