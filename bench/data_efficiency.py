@@ -79,9 +79,12 @@ ABLATION = {"regularised": {}, "no-augment": {"augment": 0.0}, "no-dropout": {"l
 # difference from ``none`` is the noise's alone. The trainer has it off unless ``neftune_alpha`` is set.
 NEFTUNE_ALPHA = 5.0
 NOISE = {"neftune": {"augment": 0.0, "lora_dropout": 0.0, "neftune_alpha": NEFTUNE_ALPHA}}
+# Another adapter, everything else the default preset's: DoRA (peft's weight-decomposed LoRA), measured
+# against ``default`` before it may enter a preset or the quick tries (docs/trainer.md).
+ADAPTERS = {"dora": {"dora": True}}
 # Quick tries with the search's validation forced whatever N: cross-validated (2 folds) or one split.
 TUNED_FOLDS = {"tuned-cv": 2, "tuned-split": 0}
-ALL_METHODS = METHODS + tuple(ABLATION) + tuple(NOISE) + tuple(TUNED_FOLDS)
+ALL_METHODS = METHODS + tuple(ABLATION) + tuple(NOISE) + tuple(ADAPTERS) + tuple(TUNED_FOLDS)
 
 
 # --------------------------------------------------------------------------------------------
@@ -178,6 +181,8 @@ class Bench:
             settings = {**self.regularisers(train_path, seed), **ABLATION[method]}
         elif method in NOISE:
             settings = dict(NOISE[method])
+        elif method in ADAPTERS:
+            settings = dict(ADAPTERS[method])
         elif method.startswith("default-lr"):  # the default preset with only its learning rate changed
             settings = {"lr": float(method.removeprefix("default-lr"))}
         else:
@@ -257,7 +262,7 @@ class Bench:
                 # what the trainer took the text for (its augmentation follows the kind), where it says
                 "text_kind": result.metrics.get("text_kind"), "text_kind_reason": result.metrics.get("text_kind_reason"),
                 "settings": {k: used[k] for k in ("steps", "rank", "alpha", "lr", "lora_dropout", "augment",
-                                                  "neftune_alpha")},
+                                                  "neftune_alpha", "dora")},
                 "train_seconds": round(result.metrics.get("train_time_s", 0), 1),
                 "copied_8gram_share": copied_share(samples, train), "samples": samples}
 
