@@ -32,7 +32,7 @@ from .progress import Throttle, headline, outcome, progress_embed
 from .report import cv_line
 from .sampling import no_pings, sample_message
 from .services import Actor, Services
-from .views import JobButton, VoteButton, job_view, vote_view
+from .views import CompareButton, JobButton, VoteButton, compare_view, job_view, vote_view
 from .wording import reword_for_channels
 
 log = logging.getLogger("loracord.bot")
@@ -109,7 +109,7 @@ class LoracordBot(commands.Bot):
 
     async def setup_hook(self) -> None:
         await self.db(self.services.start)
-        self.add_dynamic_items(JobButton, VoteButton)
+        self.add_dynamic_items(JobButton, VoteButton, CompareButton)
         for extension in COGS:
             await self.load_extension(extension)
         for command in self.tree.walk_commands():
@@ -227,7 +227,8 @@ class LoracordBot(commands.Bot):
         await channel.send(f"{outcome(view)}\n" + (f"{chosen}\n" if chosen else "") + NEXT_AFTER[job.status])
 
     async def post_new_samples(self, channel, job_id: int) -> None:
-        samples = await self.db(self.services.samples.of_job, job_id)
+        # a trial's own samples are shown in pairs by /train compare, not one by one
+        samples = [s for s in await self.db(self.services.samples.of_job, job_id) if s.trial is None]
         posted = await self.db(self.services.state.posted_samples, [s.id for s in samples])
         for sample in samples:
             if sample.id not in posted:
@@ -273,6 +274,10 @@ class LoracordBot(commands.Bot):
         cog = self.get_cog("TrainCog") if action == "cancel" else self.get_cog("SampleCog") if action == "sample" \
             else self.get_cog("AdapterCog")
         await cog.from_button(interaction, job_id)
+
+    async def on_compare(self, interaction: discord.Interaction, comparison_id: int, choice: str) -> None:
+        pair = await self.db(self.services.comparisons.answer, comparison_id, actor_of(interaction), choice)
+        await interaction.response.edit_message(view=compare_view(pair.id, pair.a, pair.b))
 
     async def on_vote(self, interaction: discord.Interaction, sample_id: int, value: int) -> None:
         sample = await self.db(self.services.samples.vote, sample_id, actor_of(interaction), value)

@@ -68,3 +68,26 @@ def test_a_round_without_comparisons_starts_from_the_preset(trained_tiny, text_f
                   settings=FAST, full_run=False, folds=0, steer=[])
     assert result.trials[0].params["rank"] == result.baseline["rank"] and result.trials[0].note != \
         "proposed from members' comparisons"
+
+
+def test_a_tune_job_publishes_each_tries_samples_for_comparing(tmp_path):
+    """Each complete try's samples.json becomes samples of its trial, with the run's seed (what
+    `/train compare` pairs); a pruned try publishes none."""
+    import json
+
+    from storage.blobs import BlobStore
+    from storage.jobkinds.tune import publish_trials, trial_folder
+    from trainer.rundir import RunDir
+
+    run, blobs = RunDir(tmp_path / "job"), BlobStore(tmp_path / "blobs")
+    for number in (0, 1):
+        folder = trial_folder(run, number)
+        (folder / "adapter").mkdir(parents=True)
+        (folder / "adapter" / "adapter_config.json").write_text("{}")
+        (folder / "metrics.json").write_text(json.dumps({"config": {"seed": 7}}))
+        (folder / "samples.json").write_text(json.dumps([{"prompt": "To be", "text": f"To be, try {number}"}]))
+    outputs = {"result": {"trials": [{"number": 0, "status": "complete"}, {"number": 1, "status": "pruned"}]}}
+    publish_trials(blobs, run, outputs)
+    [sample] = outputs["samples"]
+    assert (sample["trial"], sample["prompt"], sample["seed"]) == (0, "To be", 7)
+    assert blobs.get_bytes(sample["blob"]) == b"To be, try 0"

@@ -26,7 +26,7 @@ WORDS = {"lr": "rate", "rank": "rank", "lora_dropout": "dropout", "augment": "au
 
 def describe(comparisons: list[dict], *, most: int = 2) -> str | None:
     """How the comparisons leaned, e.g. 'members preferred higher rank in 5 of 6 comparisons and
-    lower rate in 4 of 6' (per setting, counted over the comparisons where it differed); None
+    lower rate in 4 of 6 comparisons' (per setting, counted over the comparisons where it differed); None
     when no setting leaned either way."""
     leanings = []
     for name in WORDS:
@@ -40,8 +40,14 @@ def describe(comparisons: list[dict], *, most: int = 2) -> str | None:
             n = higher + lower
             leanings.append((max(higher, lower) / n, n, "higher" if higher > lower else "lower", name, max(higher, lower)))
     leanings.sort(key=lambda x: (-x[0], -x[1]))
-    parts = [f"{way} {WORDS[name]} in {k} of {n} comparisons" for _, n, way, name, k in leanings[:most]]
-    return ("members preferred " + " and ".join(parts)) if parts else None
+    parts: list[tuple[list[str], int, int]] = []  # settings that leaned as often are said together
+    for _, n, way, name, k in leanings[:most]:
+        if parts and parts[-1][1:] == (k, n):
+            parts[-1][0].append(f"{way} {WORDS[name]}")
+        else:
+            parts.append(([f"{way} {WORDS[name]}"], k, n))
+    said = [f"{' and '.join(words)} in {k} of {n} comparisons" for words, k, n in parts]
+    return ("members preferred " + " and ".join(said)) if said else None
 
 
 def grid_space(space: dict) -> dict:
@@ -111,19 +117,17 @@ def proposals(space: dict, comparisons: list[dict], n: int, *, seed: int = 0,
         for better, worse in pairs:
             study.report_preference(trials[better], trials[worse])
         found: list[dict] = []
+        seen: list[dict] = []  # settings members already saw that the GP still rates best
         for _ in range(3 * n):  # each ask redraws the GP, so asking again can find another setting
             proposal = dict(study.ask(grid).params)
-            if tuple(sorted(proposal.items())) in numbers and len(numbers) < _size(grid):
-                continue  # a setting members already saw: look for a new one near what they preferred
+            if tuple(sorted(proposal.items())) in numbers:
+                seen += [proposal] if proposal not in seen else []
+                continue  # look for a new one near what they preferred first
             if proposal not in found:
                 found.append(proposal)
             if len(found) == n:
                 break
-    return found
-
-
-def _size(grid: dict) -> int:
-    return math.prod(len(d.choices) for d in grid.values())
+    return (found + seen)[:n]
 
 
 def _round(value: float, dist) -> float:

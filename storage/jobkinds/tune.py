@@ -74,9 +74,11 @@ def publish_trials(blobs, run, outputs: dict) -> None:
 
 def trial_samples(blobs, folder, number: int) -> list[dict]:
     """A trial's text samples (samples.json) as sample rows of its trial, with the run's seed."""
+    from trainer import kinds
+
     if not (folder / "samples.json").is_file():
         return []
     seed = json.loads((folder / "metrics.json").read_text()).get("config", {}).get("seed")
     rows = json.loads((folder / "samples.json").read_text())
     return [{"blob": blobs.put_bytes((r.get("after") or r.get("text")).encode()), "prompt": r.get("prompt"),
-             "seed": seed, "kind": "text", "trial": number} for r in rows if r.get("after") or r.get("text")]
+             "seed": seed, "kind": kinds.TEXT.name, "trial": number} for r in rows if r.get("after") or r.get("text")]
