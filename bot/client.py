@@ -29,7 +29,7 @@ from trainer.errors import UserError
 from .config import BotSettings
 from .display import scrub_paths
 from .progress import Throttle, headline, outcome, progress_embed
-from .report import cv_line
+from .report import cv_line, scores_line
 from .sampling import no_pings, sample_message
 from .services import Actor, Services
 from .views import CompareButton, JobButton, VoteButton, compare_view, job_view, vote_view
@@ -224,7 +224,9 @@ class LoracordBot(commands.Bot):
             data = await self.db(self.services.samples.blob_bytes, chart)
             await channel.send(f"Loss curve of job #{job.id}", file=discord.File(io.BytesIO(data), f"loss-job-{job.id}.png"))
         chosen = cv_line(job.result.get("metrics") or {}) if job.kind == "tune" else None  # tiny sets: how sure
-        await channel.send(f"{outcome(view)}\n" + (f"{chosen}\n" if chosen else "") + NEXT_AFTER[job.status])
+        scores = scores_line(job.result.get("metrics") or {})  # beside the samples just posted
+        await channel.send(f"{outcome(view)}\n" + "".join(f"{line}\n" for line in (chosen, scores) if line)
+                           + NEXT_AFTER[job.status])
 
     async def post_new_samples(self, channel, job_id: int) -> None:
         # a trial's own samples are shown in pairs by /train compare, not one by one

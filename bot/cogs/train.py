@@ -27,7 +27,7 @@ from ..jobpick import pick_job
 from ..options import Setting, descriptions
 from ..progress import headline, progress_embed, steps_of
 from ..sampling import clean_sample, cut, no_pings
-from ..report import cv_plan, pick_preset, size_line
+from ..report import cv_plan, pick_preset, scores_line, size_line
 from ..services import Actor, Refusal, Services, Submitted
 from ..views import compare_view, job_view
 
@@ -84,6 +84,9 @@ def run_spec(svc: Services, session: Session, preset: str | None, chosen: dict, 
         settings.update(svc.sizes.image_sizes(session, chosen).chosen)
     if config.train_threads:
         settings.setdefault("threads", config.train_threads)
+    scorer = svc.server.settings(session.guild_id).get("image_scorer")  # the server's choice (/server settings)
+    if scorer and "scorer" in kinds.get(session.kind).settings:
+        settings.setdefault("scorer", scorer)
     try:
         return RunSpec.build(kind=session.kind, base=session.base_model, preset=preset, seed=seed,
                              settings=settings, dataset=svc.data.manifest(session), tune=tune)
@@ -264,6 +267,9 @@ class TrainCog(commands.GroupCog, group_name="train", group_description="Train a
         found, note = await self.bot.db(pick_job, self.svc.jobs, session, job, need="status")
         view = await self.bot.job_progress(found.id, interaction.guild)
         embed = progress_embed(view)
+        scores = scores_line(found.result.get("metrics") or {}) if found.finished else None
+        if scores:
+            embed.add_field(name="Scores", inline=False, value=scores.removeprefix("**Scores:** ")[:1024])
         ranking = await self.bot.db(self.svc.samples.ranking, session)
         files = []
         if ranking:
