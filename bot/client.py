@@ -46,6 +46,9 @@ NEXT_AFTER = {
     "cancelled": "**Next:** `/train start` runs it again when you are ready.",
 }
 
+COMPARE_NEXT = ("**Or compare the tries:** `/train compare` asks which of two tries' samples is closer to what you "
+                "want; `/train tune steer:True` then lets your answers choose the next round's first tries.")
+
 
 def refusal_text(error: BaseException) -> str | None:
     """What to tell a member about an expected refusal, or None for a real error."""
@@ -225,8 +228,9 @@ class LoracordBot(commands.Bot):
             await channel.send(f"Loss curve of job #{job.id}", file=discord.File(io.BytesIO(data), f"loss-job-{job.id}.png"))
         chosen = cv_line(job.result.get("metrics") or {}) if job.kind == "tune" else None  # tiny sets: how sure
         scores = scores_line(job.result.get("metrics") or {})  # beside the samples just posted
+        compare = COMPARE_NEXT if job.kind == "tune" and job.status == "done" else None
         await channel.send(f"{outcome(view)}\n" + "".join(f"{line}\n" for line in (chosen, scores) if line)
-                           + NEXT_AFTER[job.status])
+                           + NEXT_AFTER[job.status] + (f"\n{compare}" if compare else ""))
 
     async def post_new_samples(self, channel, job_id: int) -> None:
         # a trial's own samples are shown in pairs by /train compare, not one by one

@@ -173,3 +173,13 @@ async def test_refused_answers_leave_the_stored_ones_unchanged(world):
 def _actor(member):
     from bot.services import Actor
     return Actor(member.id)
+
+
+async def test_the_end_of_quick_tries_points_to_comparing_them(world):
+    thread = await three_member_session(world)
+    job_id = finished_tries(world, thread)
+    bot = world.env.bot
+    await bot.post_results(bot.get_channel(thread.id), await bot.job_progress(job_id, None))
+    await world.env.advance_time(0.1)
+    assert "**Or compare the tries:** `/train compare` asks which of two tries' samples is closer" in \
+        thread.last_message.content
