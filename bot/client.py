@@ -29,10 +29,10 @@ from trainer.errors import UserError
 from .config import BotSettings
 from .display import scrub_paths
 from .progress import Throttle, headline, outcome, progress_embed
-from .report import cv_line
+from .report import cv_line, scores_line
 from .sampling import no_pings, sample_message
 from .services import Actor, Services
-from .views import JobButton, VoteButton, job_view, vote_view
+from .views import CompareButton, JobButton, VoteButton, compare_view, job_view, vote_view
 from .wording import reword_for_channels
 
 log = logging.getLogger("loracord.bot")
@@ -45,6 +45,9 @@ NEXT_AFTER = {
     "failed": "**Next:** check the data with `/data report`, fix what it names, then `/train start` again.",
     "cancelled": "**Next:** `/train start` runs it again when you are ready.",
 }
+
+COMPARE_NEXT = ("**Or compare the tries:** `/train compare` asks which of two tries' samples is closer to what you "
+                "want; `/train tune steer:True` then lets your answers choose the next round's first tries.")
 
 
 def refusal_text(error: BaseException) -> str | None:
@@ -109,7 +112,7 @@ class LoracordBot(commands.Bot):
 
     async def setup_hook(self) -> None:
         await self.db(self.services.start)
-        self.add_dynamic_items(JobButton, VoteButton)
+        self.add_dynamic_items(JobButton, VoteButton, CompareButton)
         for extension in COGS:
             await self.load_extension(extension)
         for command in self.tree.walk_commands():
@@ -224,10 +227,14 @@ class LoracordBot(commands.Bot):
             data = await self.db(self.services.samples.blob_bytes, chart)
             await channel.send(f"Loss curve of job #{job.id}", file=discord.File(io.BytesIO(data), f"loss-job-{job.id}.png"))
         chosen = cv_line(job.result.get("metrics") or {}) if job.kind == "tune" else None  # tiny sets: how sure
-        await channel.send(f"{outcome(view)}\n" + (f"{chosen}\n" if chosen else "") + NEXT_AFTER[job.status])
+        scores = scores_line(job.result.get("metrics") or {})  # beside the samples just posted
+        compare = COMPARE_NEXT if job.kind == "tune" and job.status == "done" else None
+        await channel.send(f"{outcome(view)}\n" + "".join(f"{line}\n" for line in (chosen, scores) if line)
+                           + NEXT_AFTER[job.status] + (f"\n{compare}" if compare else ""))
 
     async def post_new_samples(self, channel, job_id: int) -> None:
-        samples = await self.db(self.services.samples.of_job, job_id)
+        # a trial's own samples are shown in pairs by /train compare, not one by one
+        samples = [s for s in await self.db(self.services.samples.of_job, job_id) if s.trial is None]
         posted = await self.db(self.services.state.posted_samples, [s.id for s in samples])
         for sample in samples:
             if sample.id not in posted:
@@ -273,6 +280,10 @@ class LoracordBot(commands.Bot):
         cog = self.get_cog("TrainCog") if action == "cancel" else self.get_cog("SampleCog") if action == "sample" \
             else self.get_cog("AdapterCog")
         await cog.from_button(interaction, job_id)
+
+    async def on_compare(self, interaction: discord.Interaction, comparison_id: int, choice: str) -> None:
+        pair = await self.db(self.services.comparisons.answer, comparison_id, actor_of(interaction), choice)
+        await interaction.response.edit_message(view=compare_view(pair.id, pair.a, pair.b))
 
     async def on_vote(self, interaction: discord.Interaction, sample_id: int, value: int) -> None:
         sample = await self.db(self.services.samples.vote, sample_id, actor_of(interaction), value)

@@ -84,6 +84,27 @@ def cv_plan(kind: str, count: int, trials: int | None = None) -> str | None:
             f"setting then trains on all {count}.")
 
 
+def scores_line(metrics: dict) -> str | None:
+    """The scores a finished run's samples got (``trainer.scores``), in words; None before a run
+    reported any. A run that makes images without a scoring model says the scores are unavailable."""
+    parts = []
+    if "score_heldout_ppl" in metrics:
+        parts.append(f"held-out perplexity {metrics['score_heldout_ppl']:.2f}")
+    if "score_copied_words" in metrics:
+        parts.append(f"longest run copied from the training text {metrics['score_copied_words']} words")
+    if "score_distinct_2" in metrics:
+        parts.append(f"distinct word pairs {metrics['score_distinct_2']:.0%}")
+    if "score_likeness" in metrics:
+        parts.append(f"likeness to your held-out images {metrics['score_likeness']:.2f} (cosine, 1 = same)")
+    if "score_adherence" in metrics:
+        parts.append(f"prompt adherence {metrics['score_adherence']:.1f} (CLIP score)")
+    if parts:
+        return "**Scores:** " + " · ".join(parts)
+    if metrics.get("scores_unavailable") or (metrics and kinds.recorded(metrics.get("kind")).makes_images):
+        return "**Scores:** unavailable: no scoring model is on the worker's machine."
+    return None
+
+
 def cv_line(metrics: dict) -> str | None:
     """How sure a cross-validated quick-tries job's choice is, from its metrics
     (``storage.jobkinds.tune.cv_metrics``); None for a search on one validation split."""

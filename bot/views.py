@@ -1,7 +1,7 @@
 """Buttons that keep working after a restart: the job or sample id lives in the custom id.
 
-``JobButton`` (Cancel, Sample again, Export) and ``VoteButton`` are ``DynamicItem``s: discord.py
-rebuilds them from the custom id of whatever message was clicked, so the bot registers the two
+``JobButton`` (Cancel, Sample again, Export), ``VoteButton`` and ``CompareButton`` are ``DynamicItem``s: discord.py
+rebuilds them from the custom id of whatever message was clicked, so the bot registers the
 classes at start-up (``LoracordBot.setup_hook``) and never has to remember a view object.
 """
 
@@ -45,6 +45,21 @@ class VoteButton(discord.ui.DynamicItem[discord.ui.Button], template=r"lc:vote:(
         await _guarded(interaction, interaction.client.on_vote(interaction, self.sample_id, 1 if self.value == "up" else -1))
 
 
+class CompareButton(discord.ui.DynamicItem[discord.ui.Button], template=r"lc:cmp:(?P<comparison_id>\d+):(?P<choice>a|b)"):
+    def __init__(self, comparison_id: int, choice: str, count: int | None = None):
+        label = f"{choice.upper()} is closer" + (f" ({count})" if count else "")
+        super().__init__(discord.ui.Button(label=label, style=discord.ButtonStyle.primary,
+                                           custom_id=f"lc:cmp:{comparison_id}:{choice}"))
+        self.comparison_id, self.choice = comparison_id, choice
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button, match, /):
+        return cls(int(match["comparison_id"]), match["choice"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        await _guarded(interaction, interaction.client.on_compare(interaction, self.comparison_id, self.choice))
+
+
 async def _guarded(interaction: discord.Interaction, work) -> None:
     """Button errors do not reach the tree's error handler: answer UserErrors here, ephemerally."""
     try:
@@ -61,6 +76,14 @@ def job_view(job_id: int, *, finished: bool, has_adapter: bool = False) -> disco
     elif has_adapter:
         view.add_item(JobButton("sample", job_id))
         view.add_item(JobButton("export", job_id))
+    return view
+
+
+def compare_view(comparison_id: int, a: int = 0, b: int = 0) -> discord.ui.View:
+    """'A is closer' / 'B is closer' under a pair; each shows how many members chose it."""
+    view = discord.ui.View(timeout=None)
+    view.add_item(CompareButton(comparison_id, "a", a))
+    view.add_item(CompareButton(comparison_id, "b", b))
     return view
 
 

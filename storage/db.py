@@ -126,6 +126,20 @@ def m004_trial_adapters(db: sqlite_utils.Database) -> None:
     db["trials"].add_column("metrics", str)
 
 
+@migrations()
+def m005_comparisons(db: sqlite_utils.Database) -> None:
+    """Pairs of two trials' samples (same prompt and seed) and members' answers: which is closer."""
+    db["comparisons"].create(
+        {"id": int, "session_id": int, "job_id": int, "trial_a": int, "trial_b": int, "sample_a": int,
+         "sample_b": int, "prompt": str, "seed": int, "created_at": float},
+        pk="id", not_null=["job_id", "trial_a", "trial_b", "sample_a", "sample_b"],
+        foreign_keys=[("job_id", "jobs", "id")])
+    db["comparisons"].create_index(["sample_a", "sample_b"], unique=True)
+    # one answer per member and pair: the primary key makes a second answer replace the first
+    db["answers"].create({"comparison_id": int, "user_id": int, "choice": str, "answered_at": float},
+                         pk=("comparison_id", "user_id"), foreign_keys=[("comparison_id", "comparisons", "id")])
+
+
 # --------------------------------------------------------------------------------------------
 # Rows.
 
@@ -254,6 +268,31 @@ class Sample(_Row):
     created_at: float | None = None
     votes: int = 0
     trial: int | None = None  # the trial of a tuning job it came from; None: the job's own adapter
+
+
+@dataclass(frozen=True)
+class Comparison(_Row):
+    """Two trials' samples of one prompt and seed; ``a`` and ``b`` count the members who chose each."""
+    id: int
+    job_id: int
+    trial_a: int
+    trial_b: int
+    sample_a: int
+    sample_b: int
+    session_id: int | None = None
+    prompt: str | None = None
+    seed: int | None = None
+    created_at: float | None = None
+    a: int = 0
+    b: int = 0
+
+
+@dataclass(frozen=True)
+class Answer(_Row):
+    comparison_id: int
+    user_id: int
+    choice: str  # 'a' or 'b'
+    answered_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -639,6 +678,49 @@ class Database:
             self.db["votes"].upsert({"sample_id": sample_id, "user_id": user_id, "value": value,
                                      "voted_at": time.time()}, pk=("sample_id", "user_id"))
         return self.get_sample(sample_id)
+
+    # ---- comparisons and their answers
+    _COMPARISON_SQL = ("select comparisons.*, "
+                       "(select count(*) from answers where comparison_id = comparisons.id and choice = 'a') as a, "
+                       "(select count(*) from answers where comparison_id = comparisons.id and choice = 'b') as b "
+                       "from comparisons")
+
+    def add_comparison(self, *, job_id: int, trial_a: int, trial_b: int, sample_a: int, sample_b: int,
+                       session_id: int | None = None, prompt: str | None = None, seed: int | None = None) -> Comparison:
+        """Record a pair of samples to compare; the same pair is recorded once."""
+        self.db["comparisons"].insert({"job_id": job_id, "session_id": session_id, "trial_a": trial_a,
+                                       "trial_b": trial_b, "sample_a": sample_a, "sample_b": sample_b,
+                                       "prompt": prompt, "seed": seed, "created_at": time.time()}, ignore=True)
+        row = next(self.db.query("select id from comparisons where sample_a = ? and sample_b = ?", [sample_a, sample_b]))
+        return self.get_comparison(row["id"])
+
+    def get_comparison(self, comparison_id: int) -> Comparison:
+        rows = list(self.db.query(self._COMPARISON_SQL + " where id = ?", [comparison_id]))
+        if not rows:
+            raise UserError(f"no comparison #{comparison_id}")
+        return Comparison.from_row(rows[0])
+
+    def list_comparisons(self, *, session_id: int | None = None, job_id: int | None = None) -> list[Comparison]:
+        where, params = _where(session_id=session_id, job_id=job_id)
+        sql = self._COMPARISON_SQL + (f" where {where}" if where else "") + " order by id"
+        return [Comparison.from_row(r) for r in self.db.query(sql, params)]
+
+    def record_answer(self, comparison_id: int, user_id: int, choice: str) -> Comparison:
+        """A member's answer to a comparison ('a' or 'b'); a second answer replaces their first."""
+        if choice not in ("a", "b"):
+            raise UserError("an answer is 'a' or 'b'")
+        self.get_comparison(comparison_id)
+        self.db["answers"].upsert({"comparison_id": comparison_id, "user_id": user_id, "choice": choice,
+                                   "answered_at": time.time()}, pk=("comparison_id", "user_id"))
+        return self.get_comparison(comparison_id)
+
+    def list_answers(self, comparison_id: int) -> list[Answer]:
+        return [Answer.from_row(r) for r in self._rows("answers", "comparison_id = ?", [comparison_id],
+                                                       order_by="answered_at")]
+
+    def get_trial(self, job_id: int, number: int) -> Trial | None:
+        rows = list(self._rows("trials", "job_id = ? and number = ?", [job_id, number]))
+        return Trial.from_row(rows[0]) if rows else None
 
     # ---- adapters
     def add_adapter(self, *, job_id: int, blob_hash: str, session_id: int | None = None, name: str | None = None,

@@ -22,7 +22,7 @@ from trainer import kinds
 ROOT = Path(__file__).resolve().parent.parent
 CALLERS = sorted((ROOT / "bot" / "cogs").glob("*.py")) + [ROOT / "bot" / "client.py", ROOT / "bot" / "jobpick.py"]
 STORAGE = ("db", "queue")  # the database, and the queue that writes it
-MODULES = ("base", "data", "jobs", "samples", "server", "sessions", "sizes")
+MODULES = ("base", "comparisons", "data", "jobs", "samples", "server", "sessions", "sizes")
 MAX_PUBLIC_METHODS = 15
 
 
@@ -80,7 +80,7 @@ def test_the_services_are_small_named_parts(tmp_path):
     parts = {name: type(value).__name__ for name, value in vars(services).items()
              if isinstance(value, bot.services.Service)}
     assert parts == {"server": "ServerSettings", "sessions": "Sessions", "sizes": "ImageSizing", "data": "Datasets",
-                     "jobs": "Jobs", "samples": "Samples"}
+                     "jobs": "Jobs", "samples": "Samples", "comparisons": "Comparisons"}
 
 
 # --------------------------------------------------------------------------------------------

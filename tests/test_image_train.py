@@ -55,6 +55,7 @@ def test_metrics_describe_the_run(sd_run, tiny_sd):
     assert metrics["base"] == str(tiny_sd) and metrics["family"] == "sd"
     assert metrics["config"]["rank"] == 4 and metrics["config"]["steps"] == 24
     assert metrics["data_report"]["images"] == 6
+    assert metrics["scores_unavailable"]  # no scoring model configured: the bot says so (trainer.scores)
     assert metrics["data_report"]["train_images"] + metrics["data_report"]["val_images"] == 6
     assert [s for s, _ in metrics["curves"]["train_loss"]] == list(range(1, 25))
     assert [s for s, _ in metrics["curves"]["val_loss"]] == [8, 16, 24]

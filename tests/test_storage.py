@@ -136,7 +136,7 @@ def test_migration_from_the_first_schema_keeps_data(tmp_path):
     old.close()
 
     with Database(path, migrate=False) as db:
-        later = ["m002_job_retries", "m003_sample_trials", "m004_trial_adapters"]
+        later = ["m002_job_retries", "m003_sample_trials", "m004_trial_adapters", "m005_comparisons"]
         assert db.pending_migrations() == later
         assert db.migrate() == later
         job = db.get_job(1)

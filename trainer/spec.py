@@ -107,6 +107,17 @@ class TuneOptions(BaseModel):
     folds: int | None = Field(None, ge=0, description="Folds each setting is scored on: 0 one validation split, "
                               "2 or more cross-validates; None: by the data's size (trainer.folds.folds_for).")
     top_k: int = Field(3, ge=1, le=20, description="Trials whose samples the report shows.")
+    steer: list[dict] = Field(default_factory=list, description=(
+        "Members' comparisons of an earlier round's trials, each {'better': params, 'worse': params}; "
+        "the preferential GP's proposals from them are tried first (trainer.steer). Empty: not steered."))
+
+    @field_validator("steer")
+    @classmethod
+    def _pairs(cls, value: list[dict]) -> list[dict]:
+        bad = [i for i, c in enumerate(value) if not (isinstance(c.get("better"), dict) and isinstance(c.get("worse"), dict))]
+        if bad:
+            raise ValueError(f"each comparison needs 'better' and 'worse' settings (comparison {bad[0]} has not)")
+        return value
 
 
 class RunSpec(BaseModel):

@@ -126,7 +126,7 @@ def tune(kind: Kind, data: Sequence[str | Path], out: str | Path, *, base: str |
          seed: int = 0, enqueue: Sequence[dict[str, Any]] = (), full_run: bool = True,
          full_steps: int | None = None, top_k: int = 3, on_trial: Callable[[TrialRow], None] | None = None,
          on_event: EventCallback | None = None, cancel: CancelToken | None = None,
-         folds: int | None = None) -> TuneResult:
+         folds: int | None = None, steer: Sequence[dict] = ()) -> TuneResult:
     """Search LoRA settings for ``data`` and train the best one in full; see the module docstring.
 
     ``trials`` is how many finished trials the study should hold (a resumed study runs only the
@@ -138,7 +138,9 @@ def tune(kind: Kind, data: Sequence[str | Path], out: str | Path, *, base: str |
     trainer event (with ``overall``, the whole search's progress). ``folds`` sets the
     cross-validation folds per trial (0: one split); None leaves it to the data's size
     (``trainer.folds.folds_for``); a cross-validated search also stops when its step budget
-    (``result.budget``) cannot pay one more setting's folds. Raises ``UserError`` for bad
+    (``result.budget``) cannot pay one more setting's folds. ``steer`` holds members'
+    comparisons of an earlier round's trials (``trainer.steer``): the preferential GP's
+    proposals are tried first, in place of the preset's setting. Raises ``UserError`` for bad
     input, ``Cancelled`` when ``cancel`` is set (the running trial keeps its checkpoint and is
     retried on resume).
     """
@@ -156,6 +158,9 @@ def tune(kind: Kind, data: Sequence[str | Path], out: str | Path, *, base: str |
     # (alpha, and any a grid leaves out) are sized the way the baseline was.
     fixed = {**settings, "data": [str(p) for p in data], "preset": preset, **({"base": base} if base else {})}
     probe, space, budget, enqueue = _plan_search(kind, fixed, settings, preset, grid, trials, folds, enqueue)
+    steered = _steered(space, steer, trials, seed, probe) if steer and not grid else []
+    if steered:  # the earlier round scored the preset's setting already; what members preferred goes first
+        enqueue = enqueue[1:] if enqueue and enqueue[0] == _preset_setting(probe, space) else enqueue
     started = time.monotonic()
     deadline = started + budget_minutes * 60 if budget_minutes else None
 
@@ -171,6 +176,8 @@ def tune(kind: Kind, data: Sequence[str | Path], out: str | Path, *, base: str |
         study.sampler = _sampler(grid, trials, seed + len(study.trials))
     _remember_search(study, kind, preset, probe)
     retry_interrupted(study, storage_obj)
+    for params in steered:
+        study.enqueue_trial(params, user_attrs={"steered": True}, skip_if_exists=True)
     for params in enqueue:
         study.enqueue_trial(params, skip_if_exists=True)
 
@@ -219,9 +226,22 @@ def _plan_search(kind: Kind, fixed: dict, settings: dict, preset: Preset, grid: 
         # default it started from on the search's own validation. That anchors the choice only as
         # far as the validation can be trusted: on one split of 32 or 64 passages it still lost to
         # the default, hence the folds below FOLDS_BELOW (docs/tune.md, "Why 128 and 2").
-        preset_setting = {k: v for k, v in probe.baseline.items() if k in space and _inside(space[k], v)}
+        preset_setting = _preset_setting(probe, space)
         enqueue = [preset_setting, *enqueue] if preset_setting else enqueue
     return probe, space, budget, enqueue
+
+
+def _preset_setting(probe: Probe, space: dict) -> dict[str, Any]:
+    return {k: v for k, v in probe.baseline.items() if k in space and _inside(space[k], v)}
+
+
+def _steered(space: dict, comparisons: Sequence[dict], trials: int | None, seed: int, probe: Probe) -> list[dict]:
+    """The settings members' comparisons point to (``trainer.steer.proposals``), within this
+    round's space: half the round's tries, at least one; the rest are the sampler's."""
+    from .steer import proposals
+
+    found = proposals(space, list(comparisons), max(1, (trials or 4) // 2), seed=seed, fill=probe.baseline)
+    return [{k: v for k, v in p.items() if _inside(space[k], v)} for p in found]
 
 
 def _summarise(study, kind: Kind, out: Path, study_name: str, storage_url: str, probe: Probe, budget: int | None,
@@ -590,6 +610,8 @@ def to_row(t) -> TrialRow:
         note = t.user_attrs["error"]
     if t.user_attrs.get("retry_of") is not None and not note:
         note = f"retry of {t.user_attrs['retry_of']}"
+    if t.user_attrs.get("steered") and not note:
+        note = "proposed from members' comparisons"
     seconds = t.duration.total_seconds() if t.duration else None
     return TrialRow(t.number, status, dict(t.params), val, int(t.user_attrs.get("steps", 0)), seconds,
                     t.user_attrs.get("run_dir"), note, curve, list(t.user_attrs.get("fold_losses", [])),

@@ -49,7 +49,9 @@ class ServerCog(commands.GroupCog, group_name="server", group_description="Serve
                            image_resolution="Image runs' training side in pixels (default: sized to each base and "
                                             "the worker's device)",
                            image_batch_size="Images per step of image runs (default: sized to the device)",
-                           image_sample_steps="Denoising steps per image sample (default: sized to the device)")
+                           image_sample_steps="Denoising steps per image sample (default: sized to the device)",
+                           image_scorer="CLIP model (hub id or worker folder) that scores image samples; none: "
+                                        "scores unavailable")
     @app_commands.default_permissions(manage_guild=True)
     @app_commands.guild_only()
     async def settings(self, interaction: discord.Interaction, allowed_models: Optional[str] = None,
@@ -62,11 +64,13 @@ class ServerCog(commands.GroupCog, group_name="server", group_description="Serve
                        max_jobs_per_guild: Optional[app_commands.Range[int, 1, 100]] = None,
                        image_resolution: Setting["resolution"] = None,
                        image_batch_size: Setting["batch_size", IMAGE] = None,
-                       image_sample_steps: Setting["sample_steps"] = None) -> None:
+                       image_sample_steps: Setting["sample_steps"] = None,
+                       image_scorer: Optional[str] = None) -> None:
         models = [m.strip() for m in allowed_models.split(",") if m.strip()] if allowed_models else None
         values = dict(allowed_models=models, max_dataset_items=max_dataset_items, max_dataset_mb=max_dataset_mb, max_file_mb=max_file_mb,
                       max_pending_jobs_per_user=max_pending_jobs_per_user, runs_per_day=runs_per_day,
-                      guild_runs_per_day=guild_runs_per_day, max_jobs_per_guild=max_jobs_per_guild)
+                      guild_runs_per_day=guild_runs_per_day, max_jobs_per_guild=max_jobs_per_guild,
+                      image_scorer=image_scorer.strip() if image_scorer else None)
         svc = self.bot.services
         sizes, settings = await self.bot.db(store_settings, svc, interaction.guild_id, actor_of(interaction), values,
                                             dict(resolution=image_resolution, batch_size=image_batch_size,
@@ -80,6 +84,8 @@ class ServerCog(commands.GroupCog, group_name="server", group_description="Serve
             if default is None:
                 default = getattr(svc.settings, name)
             embed.add_field(name=name.replace("_", " "), value=str(settings.get(name, default)))
+        embed.add_field(name="Image scorer", inline=False,
+                        value=f"`{settings['image_scorer']}`" if settings.get("image_scorer") else "none: scores unavailable")
         embed.add_field(name="Image run sizes", inline=False, value=", ".join(
             f"{k.replace('_', ' ')} {v}" for k, v in sizes.items()) or "sized to each base and the worker's device "
             "(CPU: at most 256 px, batch 1, 8 sampling steps; GPU: the base's native side)")

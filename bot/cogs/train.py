@@ -15,10 +15,11 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from storage.db import Job, Session
+from storage.db import Comparison, Job, Session
 from trainer import kinds
 from trainer.errors import ConfigError
 from trainer.spec import RunSpec, TuneOptions
+from trainer.steer import describe
 
 from ..client import LoracordBot, actor_of
 from ..ingest import session_words
@@ -26,9 +27,9 @@ from ..jobpick import pick_job
 from ..options import Setting, descriptions
 from ..progress import headline, progress_embed, steps_of
 from ..sampling import clean_sample, cut, no_pings
-from ..report import cv_plan, pick_preset, size_line
+from ..report import cv_plan, pick_preset, scores_line, size_line
 from ..services import Actor, Refusal, Services, Submitted
-from ..views import job_view
+from ..views import compare_view, job_view
 
 DAY_S = 86_400
 
@@ -83,6 +84,9 @@ def run_spec(svc: Services, session: Session, preset: str | None, chosen: dict, 
         settings.update(svc.sizes.image_sizes(session, chosen).chosen)
     if config.train_threads:
         settings.setdefault("threads", config.train_threads)
+    scorer = svc.server.settings(session.guild_id).get("image_scorer")  # the server's choice (/server settings)
+    if scorer and "scorer" in kinds.get(session.kind).settings:
+        settings.setdefault("scorer", scorer)
     try:
         return RunSpec.build(kind=session.kind, base=session.base_model, preset=preset, seed=seed,
                              settings=settings, dataset=svc.data.manifest(session), tune=tune)
@@ -97,11 +101,39 @@ def start_training(svc: Services, session: Session, actor: Actor, preset: str, o
     return svc.jobs.submit(spec.job_kind, spec.to_job(), session=session, actor=actor)
 
 
-def start_tuning(svc: Services, session: Session, actor: Actor, trials: int, steps: int | None) -> Submitted:
-    """Queue quick tries: short runs from the ``quick`` preset that vary what the member left open."""
+def start_tuning(svc: Services, session: Session, actor: Actor, trials: int, steps: int | None,
+                 steer: list[dict] = ()) -> Submitted:
+    """Queue quick tries: short runs from the ``quick`` preset that vary what the member left open;
+    ``steer`` (members' comparisons, ``Comparisons.preferences``) chooses the first tries."""
     check_can_train(svc, session, actor)
-    spec = run_spec(svc, session, "quick", {"steps": steps}, tune=TuneOptions(trials=trials))
+    comparisons = [{"better": c["better"], "worse": c["worse"]} for c in steer]
+    spec = run_spec(svc, session, "quick", {"steps": steps}, tune=TuneOptions(trials=trials, steer=comparisons))
     return svc.jobs.submit(spec.job_kind, spec.to_job(), session=session, actor=actor)
+
+
+def steering_line(preferences: list[dict]) -> str:
+    """What a steered round tells the session: how many answers, from whom, and which way they leaned."""
+    if not preferences:
+        return ("No comparisons are answered in this session yet, so this round is not steered "
+                "(`/train compare` asks members which tries are closer).")
+    members = len({p["user"] for p in preferences})
+    leaned = describe(preferences)
+    return (f"Steered by {len(preferences)} answers from {members} member(s)"
+            + (f": {leaned}" if leaned else ", which leaned no clear way on any setting")
+            + ". The first tries are what a preferential model of those answers proposes.")
+
+
+def tune_job_to_compare(svc: Services, session: Session, actor: Actor, job_id: int | None) -> Job:
+    """The quick tries a member asks to compare: the one named, else the session's newest finished one."""
+    svc.sessions.require(session, actor, "vote")
+    if session.status != "open":
+        raise Refusal(f"This session is {session.status}: it asks no more comparisons.")
+    if job_id is not None:
+        return svc.jobs.job_for(session, job_id)
+    done = [j for j in svc.jobs.find(session=session, status="done") if j.kind == "tune"]
+    if not done:
+        raise Refusal("No finished quick tries here yet: run `/train tune`, then compare its tries.")
+    return done[0]
 
 
 def cancel_job(svc: Services, session: Session, actor: Actor, job_id: int | None) -> Job:
@@ -180,19 +212,53 @@ class TrainCog(commands.GroupCog, group_name="train", group_description="Train a
     @app_commands.command(name="tune", description="Quick tries: several short runs with different settings, ranked")
     @app_commands.describe(trials="How many settings to try",
                            steps="Steps per try (left out: the tries vary it too, with rate, rank, dropout, "
-                                 "augmentation)")
+                                 "augmentation)",
+                           steer="Let members' answers to /train compare choose the first tries")
     @app_commands.checks.dynamic_cooldown(_train_cooldown)
     # Narrower than the declarations (TuneOptions.trials, steps) on purpose: quick tries from Discord stay quick.
     async def tune(self, interaction: discord.Interaction, trials: app_commands.Range[int, 2, 20] = 4,
-                   steps: Optional[app_commands.Range[int, 5, 1000]] = None) -> None:
+                   steps: Optional[app_commands.Range[int, 5, 1000]] = None, steer: bool = False) -> None:
         intro = f"{trials} quick tries, ranked by validation loss (and then by your votes on their samples)."
         session = await self.bot.db(self.svc.sessions.session_here, interaction.channel_id)
+        preferences = await self.bot.db(self.svc.comparisons.preferences, session) if steer else []
+        intro += f"\n{steering_line(preferences)}" if steer else ""
         if kinds.get(session.kind).sized_to_device:
             intro += f"\n{size_line(await self.bot.db(self.svc.sizes.image_sizes, session))}."
         items = await self.bot.db(self.svc.data.items, session)
         plan = cv_plan(session.kind, self.svc.data.examples(items), trials)
         intro += f"\n{plan}" if plan else ""
-        await self._submit(interaction, lambda s, a: start_tuning(self.svc, s, a, trials, steps), intro)
+        await self._submit(interaction, lambda s, a: start_tuning(self.svc, s, a, trials, steps, preferences), intro)
+
+    @app_commands.command(name="compare", description="Ask which of two quick tries' samples is closer to what you want")
+    @app_commands.describe(job="A quick-tries job (default: the newest finished one)", pairs="How many pairs to post")
+    async def compare(self, interaction: discord.Interaction, job: Optional[app_commands.Range[int, 1]] = None,
+                      pairs: app_commands.Range[int, 1, 5] = 3) -> None:
+        session = await self.bot.db(self.svc.sessions.session_here, interaction.channel_id)
+        found = await self.bot.db(tune_job_to_compare, self.svc, session, actor_of(interaction), job)
+        made = await self.bot.db(self.svc.comparisons.pairs, session, found, pairs)
+        await interaction.response.send_message(
+            f"{len(made)} pair(s) from the tries of job #{found.id}: each member's answer counts once per pair. "
+            f"**Next:** `/train tune steer:True` lets your answers choose the next round's first tries.")
+        for pair in made:
+            await self._post_pair(interaction.channel, pair)
+
+    async def _post_pair(self, channel, pair: Comparison) -> None:
+        """One pair: both samples (texts in the message, images attached) and the two answer buttons."""
+        a, b = [await self.bot.db(self.svc.samples.get, i) for i in (pair.sample_a, pair.sample_b)]
+        data = [await self.bot.db(self.svc.samples.blob_bytes, s.blob_hash) for s in (a, b)]
+        head = no_pings(f"**Which is closer to what you want?** Job #{pair.job_id}, prompt: {cut(pair.prompt or '–', 200)}"
+                        + (f", seed {pair.seed}" if pair.seed is not None else ""))
+        quiet = discord.AllowedMentions.none()
+        if kinds.recorded(a.kind).makes_images:
+            files = [discord.File(io.BytesIO(d), f"{side}-try-{t}.png")
+                     for side, t, d in (("A", pair.trial_a, data[0]), ("B", pair.trial_b, data[1]))]
+            await channel.send(f"{head}\n**A**: try #{pair.trial_a} · **B**: try #{pair.trial_b}", files=files,
+                               view=compare_view(pair.id, pair.a, pair.b), allowed_mentions=quiet)
+            return
+        texts = [cut(clean_sample(d.decode("utf-8", "replace")) or "(the model wrote nothing)", 800) for d in data]
+        await channel.send(f"{head}\n**A** (try #{pair.trial_a}):\n```\n{texts[0]}\n```\n"
+                           f"**B** (try #{pair.trial_b}):\n```\n{texts[1]}\n```",
+                           view=compare_view(pair.id, pair.a, pair.b), allowed_mentions=quiet)
 
     @app_commands.command(name="status", description="Show a job's progress and the best-voted samples")
     @app_commands.describe(job="A job number (default: the newest running one, else the newest with results)")
@@ -201,6 +267,9 @@ class TrainCog(commands.GroupCog, group_name="train", group_description="Train a
         found, note = await self.bot.db(pick_job, self.svc.jobs, session, job, need="status")
         view = await self.bot.job_progress(found.id, interaction.guild)
         embed = progress_embed(view)
+        scores = scores_line(found.result.get("metrics") or {}) if found.finished else None
+        if scores:
+            embed.add_field(name="Scores", inline=False, value=scores.removeprefix("**Scores:** ")[:1024])
         ranking = await self.bot.db(self.svc.samples.ranking, session)
         files = []
         if ranking:

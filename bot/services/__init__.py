@@ -9,7 +9,8 @@ these parts of ``Services``:
   the session or the run (``trainer.image.sizes`` sizes the rest);
 - ``data`` (``Datasets``): a session's dataset items, the room for an upload, the run's manifest;
 - ``jobs`` (``Jobs``): submitting, finding, cancelling and following jobs (the pump ticks here);
-- ``samples`` (``Samples``): what runs generated and the votes on it.
+- ``samples`` (``Samples``): what runs generated and the votes on it;
+- ``comparisons`` (``Comparisons``): pairs of quick tries' samples and members' answers.
 
 No Discord objects and no SQL outside these modules: callers pass ids and an ``Actor`` (who
 is asking and whether they manage the server), and get back storage rows or small dataclasses;
@@ -33,6 +34,7 @@ from storage.settings import Settings
 from ..config import BotSettings
 from ..state import BotState
 from .base import Actor, Refusal, Service
+from .comparisons import Comparisons
 from .data import Datasets
 from .jobs import Jobs, Submitted
 from .samples import Samples
@@ -40,7 +42,7 @@ from .server import ServerSettings
 from .sessions import Sessions
 from .sizes import ImageSizes, ImageSizing
 
-__all__ = ["Actor", "Datasets", "ImageSizes", "ImageSizing", "Jobs", "Refusal", "Samples", "ServerSettings",
+__all__ = ["Actor", "Comparisons", "Datasets", "ImageSizes", "ImageSizing", "Jobs", "Refusal", "Samples", "ServerSettings",
            "Service", "Services", "Sessions", "Submitted"]
 
 
@@ -61,6 +63,7 @@ class Services:
         self.data = Datasets(self)
         self.jobs = Jobs(self)
         self.samples = Samples(self)
+        self.comparisons = Comparisons(self)
 
     def start(self) -> None:
         if self.config.hf_token:

@@ -23,6 +23,8 @@ class Samples(Service):
         """Record a member's 👍 (1) or 👎 (-1); members of the sample's session (and managers) vote."""
         sample = self._db.get_sample(sample_id)
         session = self.services.sessions.get(sample.session_id)
+        if session.status != "open":
+            raise Refusal(f"This session is {session.status}: its samples take no more votes.")
         if self.services.sessions.role(session, actor) is None and not actor.manager:
             raise Refusal("Only members of this session vote on its samples: `/session join` first.")
         return self._db.record_vote(sample_id, actor.user_id, value)

@@ -58,7 +58,8 @@ def trial_folder(run, number: int):
 
 def publish_trials(blobs, run, outputs: dict) -> None:
     """Put each complete trial's adapter (a tree) and metrics.json in the blob store and name
-    them in its row of the result (``adapter``, ``metrics``)."""
+    them in its row of the result (``adapter``, ``metrics``); its text samples become samples
+    of its trial, so members can compare two trials' answers to one prompt (``/train compare``)."""
     for trial in (outputs.get("result") or {}).get("trials", []):
         folder = trial_folder(run, int(trial["number"]))
         if not (folder / "adapter").is_dir() and (folder / "fold-0" / "adapter").is_dir():
@@ -68,3 +69,16 @@ def publish_trials(blobs, run, outputs: dict) -> None:
         trial["adapter"] = blobs.put_tree(folder / "adapter")
         if (folder / "metrics.json").is_file():
             trial["metrics"] = blobs.put_file(folder / "metrics.json")
+            outputs.setdefault("samples", []).extend(trial_samples(blobs, folder, int(trial["number"])))
+
+
+def trial_samples(blobs, folder, number: int) -> list[dict]:
+    """A trial's text samples (samples.json) as sample rows of its trial, with the run's seed."""
+    from trainer import kinds
+
+    if not (folder / "samples.json").is_file():
+        return []
+    seed = json.loads((folder / "metrics.json").read_text()).get("config", {}).get("seed")
+    rows = json.loads((folder / "samples.json").read_text())
+    return [{"blob": blobs.put_bytes((r.get("after") or r.get("text")).encode()), "prompt": r.get("prompt"),
+             "seed": seed, "kind": kinds.TEXT.name, "trial": number} for r in rows if r.get("after") or r.get("text")]

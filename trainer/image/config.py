@@ -61,6 +61,9 @@ class ImageTrainConfig(TrainConfig):
     sample_aspect: str | None = Field(None, description="Aspect of the sample grids' images as W:H (for example "
                                                           "3:4 or 16:9, at most 2:1); default: square.")
     sample_seeds: list[int] = Field([0, 1], description="One grid column per seed.")
+    scorer: str | None = Field(None, description="CLIP model (hub id or local folder) that scores the final samples: "
+                                                 "likeness to the held-out images and prompt adherence; none: the "
+                                                 "scores are unavailable (trainer.scores).")
     sample_steps: int | None = Field(None, ge=1, le=200, description="Denoising steps per sample; default: the "
                                                                      "family's on a GPU (25; FLUX.1 schnell 4, dev and "
                                                                      "SD 3.5 28), at most 8 on a CPU.",

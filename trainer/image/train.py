@@ -392,7 +392,31 @@ class ImageTask(Task):
         del fresh
         skipped = single_file_skipped(self.s.loaded.denoiser)  # DoRA, as _add_lora made the adapter
         return ["adapter"], {"adapter_files": {k: str(v.relative_to(run.root)) for k, v in self.adapter_files.items()},
-                             **({"single_file_skipped": skipped} if skipped else {})}
+                             **({"single_file_skipped": skipped} if skipped else {}), **self.scores()}
+
+    def scores(self) -> dict:
+        """The final grid's prompts and seeds scored by the configured CLIP model (``trainer.scores``):
+        each image against the held-out images and its prompt; unavailable without a model."""
+        from ..scores import image_scores, load_scorer
+        from .sample import sample_grid
+
+        scorer = load_scorer(self.config.scorer)
+        if scorer is None:
+            return image_scores(None, [], [], [])
+        s, seeds = self.s, list(self.config.sample_seeds)
+        images, prompts = [], []
+        for prompt in s.sample_prompts:  # one by one: the same images as the grid's cells, same seeds
+            grid = sample_grid(s.loaded, [prompt], seeds, size=self._sample_size(), steps=s.config.sample_steps,
+                               guidance_scale=s.config.guidance_scale, cache=s.cache.get("embeds"))
+            w = grid.width // len(seeds)
+            images += [grid.crop((i * w, 0, (i + 1) * w, grid.height)) for i in range(len(seeds))]
+            prompts += [prompt] * len(seeds)
+        return image_scores(scorer, images, [e.image for e in s.val], prompts)
+
+    def _sample_size(self) -> tuple[int, int]:
+        from .sizes import aspect_size
+
+        return aspect_size(self.s.config.sample_aspect, self.s.config.resolution, self.s.loaded.part.SIDE_MULTIPLE)
 
     def metrics(self, state: LoopState) -> dict:
         s = self.s
