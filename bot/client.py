@@ -40,11 +40,20 @@ log = logging.getLogger("loracord.bot")
 COGS = ("bot.cogs.session", "bot.cogs.server", "bot.cogs.data", "bot.cogs.train", "bot.cogs.sample",
         "bot.cogs.adapter", "bot.cogs.help")
 NEXT_AFTER = {
-    "done": "**Next:** vote on the samples with 👍/👎, try your own prompt with `/sample`, or download the "
-            "adapter with `/adapter export`.",
+    "done": "**Next:** vote on the samples with 👍/👎, try your own prompt with `/sample`, download the "
+            "adapter with `/adapter export` ({formats}), or share it on the Hugging Face Hub with `/adapter publish`.",
     "failed": "**Next:** check the data with `/data report`, fix what it names, then `/train start` again.",
     "cancelled": "**Next:** `/train start` runs it again when you are ready.",
 }
+
+
+def next_after(job) -> str:
+    """What a member can do once a job ends; a finished run names the downloads that fit its kind."""
+    kind = kinds.recorded((job.result or {}).get("metrics", {}).get("kind") or
+                          ("image" if "image" in job.kind else None))
+    formats = ("a zip for diffusers, and a single file for ComfyUI and other UIs" if kind.makes_images else
+               "a zip for transformers and peft, or `format:gguf` for llama.cpp, Ollama and LM Studio")
+    return NEXT_AFTER[job.status].format(formats=formats)
 
 
 def refusal_text(error: BaseException) -> str | None:
@@ -224,7 +233,7 @@ class LoracordBot(commands.Bot):
             data = await self.db(self.services.samples.blob_bytes, chart)
             await channel.send(f"Loss curve of job #{job.id}", file=discord.File(io.BytesIO(data), f"loss-job-{job.id}.png"))
         chosen = cv_line(job.result.get("metrics") or {}) if job.kind == "tune" else None  # tiny sets: how sure
-        await channel.send(f"{outcome(view)}\n" + (f"{chosen}\n" if chosen else "") + NEXT_AFTER[job.status])
+        await channel.send(f"{outcome(view)}\n" + (f"{chosen}\n" if chosen else "") + next_after(job))
 
     async def post_new_samples(self, channel, job_id: int) -> None:
         samples = await self.db(self.services.samples.of_job, job_id)

@@ -21,6 +21,28 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlparse
 
+import pytest
+
+TOKEN, READ_TOKEN = "hf_alice_write", "hf_alice_read"
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    """The stand-in Hub, with alice (a write token, set as HF_TOKEN, and a read token) and her orgs:
+    'foxes' (she may write) and 'owls' (she may read)."""
+    import huggingface_hub.constants as constants
+
+    with HubStandIn() as standin:
+        standin.add_user(TOKEN, "alice", orgs={"foxes": "write", "owls": "read"})
+        standin.add_user(READ_TOKEN, "alice", role="read")
+        monkeypatch.setenv("HF_ENDPOINT", standin.endpoint)
+        monkeypatch.setattr(constants, "ENDPOINT", standin.endpoint)
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the suite runs offline; this Hub is local
+        monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)  # classic LFS: the stand-in has no Xet store
+        monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-saved-token"))
+        monkeypatch.setenv("HF_TOKEN", TOKEN)
+        yield standin
+
 
 class HubStandIn:
     def __init__(self):

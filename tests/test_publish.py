@@ -17,27 +17,9 @@ import pytest
 from huggingface_hub import ModelCard
 from typer.testing import CliRunner
 
-from tests.hub_standin import HubStandIn
+from tests.hub_standin import READ_TOKEN, TOKEN, hub  # noqa: F401 (the stand-in Hub, a fixture)
 from trainer.publish import PublishError, check_repo_name, publish_folder, stage_run
 
-TOKEN, READ_TOKEN = "hf_alice_write", "hf_alice_read"
-
-
-@pytest.fixture
-def hub(monkeypatch, tmp_path):
-    """The stand-in Hub, with alice (a write token and a read token) and her org 'foxes'."""
-    import huggingface_hub.constants as constants
-
-    with HubStandIn() as standin:
-        standin.add_user(TOKEN, "alice", orgs={"foxes": "write", "owls": "read"})
-        standin.add_user(READ_TOKEN, "alice", role="read")
-        monkeypatch.setenv("HF_ENDPOINT", standin.endpoint)
-        monkeypatch.setattr(constants, "ENDPOINT", standin.endpoint)
-        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the suite runs offline; this Hub is local
-        monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)  # classic LFS: the stand-in has no Xet store
-        monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-saved-token"))
-        monkeypatch.setenv("HF_TOKEN", TOKEN)
-        yield standin
 
 
 @pytest.fixture(scope="module")
