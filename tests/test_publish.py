@@ -215,3 +215,35 @@ def test_the_card_reads_back_with_the_hub_parser_for_an_image_run_with_its_sampl
     assert "With ComfyUI, AUTOMATIC1111, Forge and other UIs:" in card.text
     assert "- files by type: 1 .jpg, 2 .png" in card.text and "- captions from: sidecar 3, instance prompt 5" in card.text
     assert json.dumps(card.data.to_dict())  # metadata the Hub can store
+
+
+# ---------------------------------------------------------------- the licence the adapter inherits
+
+
+def test_the_card_names_the_licence_of_a_built_in_base():
+    from trainer.card import model_card
+
+    card = ModelCard(str(model_card({"kind": "text", "base": "smollm2-135m"})))
+    assert card.data.license == "apache-2.0" and "inherits its licence: **apache-2.0**" in card.text
+
+
+@pytest.mark.parametrize("header, licence, shown", [
+    ("license: creativeml-openrail-m", "creativeml-openrail-m", "creativeml-openrail-m"),
+    ("license: other\nlicense_name: flux-1-dev-non-commercial-license", "other", "flux-1-dev-non-commercial-license"),
+])
+def test_the_card_names_the_licence_a_local_bases_own_card_gives(tmp_path, header, licence, shown):
+    from trainer.card import model_card
+
+    base = tmp_path / "my-base"
+    base.mkdir()
+    (base / "README.md").write_text(f"---\n{header}\n---\n# a base\n")
+    card = ModelCard(str(model_card({"kind": "image", "base": str(base), "base_path": str(base)})))
+    assert card.data.license == licence and f"inherits its licence: **{shown}**" in card.text
+    assert str(tmp_path) not in card.content
+
+
+def test_a_base_without_a_licence_is_said_so(tmp_path):
+    from trainer.card import model_card
+
+    card = ModelCard(str(model_card({"kind": "text", "base": str(tmp_path / "nothing-here")})))
+    assert card.data.license is None and "The base's licence was not recorded" in card.text
