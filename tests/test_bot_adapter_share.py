@@ -9,7 +9,6 @@ the session's owner ticks ``with_data``.
 
 from __future__ import annotations
 
-import io
 import json
 
 import pytest
