@@ -40,14 +40,23 @@ log = logging.getLogger("loracord.bot")
 COGS = ("bot.cogs.session", "bot.cogs.server", "bot.cogs.data", "bot.cogs.train", "bot.cogs.sample",
         "bot.cogs.adapter", "bot.cogs.help")
 NEXT_AFTER = {
-    "done": "**Next:** vote on the samples with 👍/👎, try your own prompt with `/sample`, or download the "
-            "adapter with `/adapter export`.",
+    "done": "**Next:** vote on the samples with 👍/👎, try your own prompt with `/sample`, download the "
+            "adapter with `/adapter export` ({formats}), or share it on the Hugging Face Hub with `/adapter publish`.",
     "failed": "**Next:** check the data with `/data report`, fix what it names, then `/train start` again.",
     "cancelled": "**Next:** `/train start` runs it again when you are ready.",
 }
 
 COMPARE_NEXT = ("**Or compare the tries:** `/train compare` asks which of two tries' samples is closer to what you "
                 "want; `/train tune steer:True` then lets your answers choose the next round's first tries.")
+
+
+def next_after(job) -> str:
+    """What a member can do once a job ends; a finished run names the downloads that fit its kind."""
+    kind = kinds.recorded((job.result or {}).get("metrics", {}).get("kind") or
+                          ("image" if "image" in job.kind else None))
+    formats = ("a zip for diffusers, and a single file for ComfyUI and other UIs" if kind.makes_images else
+               "a zip for transformers and peft, or `format:gguf` for llama.cpp, Ollama and LM Studio")
+    return NEXT_AFTER[job.status].format(formats=formats)
 
 
 def refusal_text(error: BaseException) -> str | None:
@@ -230,7 +239,7 @@ class LoracordBot(commands.Bot):
         scores = scores_line(job.result.get("metrics") or {})  # beside the samples just posted
         compare = COMPARE_NEXT if job.kind == "tune" and job.status == "done" else None
         await channel.send(f"{outcome(view)}\n" + "".join(f"{line}\n" for line in (chosen, scores) if line)
-                           + NEXT_AFTER[job.status] + (f"\n{compare}" if compare else ""))
+                           + next_after(job) + (f"\n{compare}" if compare else ""))
 
     async def post_new_samples(self, channel, job_id: int) -> None:
         # a trial's own samples are shown in pairs by /train compare, not one by one

@@ -11,7 +11,7 @@ import typer
 
 from trainer.kinds import IMAGE
 
-from . import cli_bot, cli_image, cli_ops, cli_tune
+from . import cli_bot, cli_image, cli_ops, cli_share, cli_tune
 
 
 def register(app: typer.Typer, train_app: typer.Typer) -> None:
@@ -19,3 +19,4 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
     train_app.command(IMAGE.name)(cli_image.train_image)  # image training
     cli_tune.register(app)  # tune, presets
     cli_bot.register(app)  # bot: run
+    cli_share.register(app)  # export, publish

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from . import kinds
 from .hostpaths import scrub_paths
 from .image import families
+from .licences import base_licence
 from .models import BUILTIN_HUB_IDS, BUILTIN_TEXT_MODELS, is_hub_id, loadable_name
 from .rundir import RunDir, write_json_atomic
 
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 CARD_FILE = "README.md"
 ADAPTER_CONFIG = "adapter_config.json"
 DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"  # trainer.image.export's names, without its imports
+GGUF_ADAPTER = "adapter.gguf"  # trainer.text.gguf's file name, without its imports
 # What each single-file format an image run may add beside the diffusers file is for (the formats
 # trainer.image.families write; metrics.json's adapter_files names the ones a run wrote).
 SINGLE_FILES = {
@@ -72,13 +74,17 @@ def portable_adapter_config(config: dict, base: str) -> dict:
     return {**config, "base_model_name_or_path": loadable_name(base or config.get("base_model_name_or_path") or "")}
 
 
-def model_card(metrics: dict, samples: list[dict] | None = None, *, adapter: str = ".", roots=()) -> "ModelCard":
+def model_card(metrics: dict, samples: list[dict] | None = None, *, adapter: str = ".", roots=(),
+               beside: set[str] | frozenset[str] = frozenset(), data_files: list[str] | None = None) -> "ModelCard":
     """The adapter's card (a ``huggingface_hub.ModelCard``) from a run's metrics.json and samples.
 
     ``samples``: a text run's samples.json rows (``prompt``, ``before``, ``after``); image runs
     name their sample grids in the metrics. ``adapter`` is how the loading code names the adapter
     folder: "." (the folder holding this card), or a hub id once the adapter is published there.
     Every text taken from the run is cut free of host paths (``roots``: folders to drop whole).
+    ``beside``: the files published with the card (the Hub upload adds the sample grids and a
+    GGUF adapter when exported), which it then shows or names; ``data_files``: the training
+    files published under ``data/``, only where the session's owner chose to share them.
     """
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -91,17 +97,23 @@ def model_card(metrics: dict, samples: list[dict] | None = None, *, adapter: str
     part = families.named(metrics.get("family") or "") or families.DEFAULT
     tags = ["lora", "loracord"] + (["diffusers", "text-to-image", part.HUB_TAG] if image
                                    else ["peft", "transformers", "text-generation"])
+    licence = metrics.get("base_licence") or base_licence(base_ref, metrics.get("base_path"))
+    trigger = clean(config.get("instance_prompt") or "") if image else ""
     data = ModelCardData(base_model=base if is_hub_id(base) else None, library_name=kind.library,
-                         pipeline_tag="text-to-image" if image else "text-generation", tags=tags)
+                         pipeline_tag="text-to-image" if image else "text-generation", tags=tags,
+                         **_licence_fields(licence), **({"instance_prompt": trigger} if trigger else {}))
     body = "\n\n".join(piece for piece in (
         f"# {'Image' if image else 'Text'} LoRA adapter for {base}",
         _about(kind, base, base_ref, part.label(metrics.get("prediction_type") or "epsilon")),
+        "## Trigger word\n\n" + _trigger(trigger) if image else "",
         "## How to load it\n\n" + (_image_code(base, adapter, metrics, clean) if image
-                                   else _text_code(base, adapter, samples, clean)),
+                                   else _text_code(base, adapter, samples, clean, beside)),
         "## Training settings\n\n" + _settings(kind, metrics, config, clean),
-        "## Data\n\n" + _data(kind, metrics, clean),
+        "## Data\n\n" + _data(kind, metrics, clean, data_files),
         "## Results\n\n" + _results(kind, metrics),
-        "## Samples\n\n" + (_image_samples(metrics, config, clean) if image else _text_samples(samples, clean)),
+        "## Samples\n\n" + (_image_samples(metrics, config, clean, beside) if image
+                             else _text_samples(samples, clean)),
+        "## Licence\n\n" + _licence_text(licence, base),
     ) if piece)
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}\n")
 
@@ -125,7 +137,31 @@ def _about(kind: kinds.RunKind, base: str, base_ref: str, family: str) -> str:
     return "\n\n".join(lines)
 
 
-def _text_code(base: str, adapter: str, samples: list[dict] | None, clean: "_Cleaner") -> str:
+def _licence_fields(licence: str | None) -> dict:
+    """The card's ``license`` metadata as the Hub reads it: a known id, or ``other`` with its name."""
+    if not licence:
+        return {}
+    known = re.fullmatch(r"(apache-2\.0|mit|cc-by[\w.-]*|openrail[\w+.-]*|creativeml-openrail-m|llama[\w.-]*|gemma|"
+                         r"bsd[\w.-]*|gpl[\w.-]*|lgpl[\w.-]*|agpl[\w.-]*|mpl-2\.0|cc0-1\.0|bigscience[\w.-]*)", licence)
+    return {"license": licence} if known else {"license": "other", "license_name": licence}
+
+
+def _licence_text(licence: str | None, base: str) -> str:
+    if licence:
+        return (f"The adapter is derived from **{base}** and inherits its licence: **{licence}**. "
+                "Its terms apply to any use of the adapter with that base.")
+    return (f"The base's licence was not recorded: the licence of **{base}** (on its own model card) applies "
+            "to this adapter, which is derived from it.")
+
+
+def _trigger(trigger: str) -> str:
+    if not trigger:
+        return "None: the adapter trained on its images' own captions, with no shared trigger word."
+    return f"Put {_inline(trigger)} in your prompt to call up what the adapter learned."
+
+
+def _text_code(base: str, adapter: str, samples: list[dict] | None, clean: "_Cleaner",
+               beside: set[str] | frozenset[str] = frozenset()) -> str:
     prompts = [clean(s["prompt"]) for s in samples or [] if s.get("prompt")]
     prompt = next((p for p in prompts if "\n" not in p and len(p) <= 80), "Once upon a time")
     # transformers reads a .gguf file from the folder holding it, dequantized
@@ -143,8 +179,20 @@ output = model.generate(**inputs, max_new_tokens=40, do_sample=True, temperature
 print(tokenizer.decode(output[0], skip_special_tokens=True))"""
     where = ("Run it in this folder (the one holding `adapter_config.json` and `adapter_model.safetensors`), "
              "or put the folder's path in place of `\".\"` in `PeftModel.from_pretrained`." if adapter == "." else "")
-    return f"With [transformers](https://huggingface.co/docs/transformers) and " \
+    peft = f"With [transformers](https://huggingface.co/docs/transformers) and " \
            f"[peft](https://huggingface.co/docs/peft):\n\n```python\n{code}\n```\n\n{where}".rstrip()
+    return f"{peft}\n\n{_llama_cpp(base, beside)}"
+
+
+def _llama_cpp(base: str, beside) -> str:
+    """How llama.cpp (and Ollama, LM Studio) load it: a GGUF base plus the GGUF adapter."""
+    here = GGUF_ADAPTER in beside
+    made = (f"`{GGUF_ADAPTER}` beside this card is the adapter in llama.cpp's GGUF LoRA format." if here else
+            f"`loracord export RUN --gguf` writes the adapter in llama.cpp's GGUF LoRA format, as `{GGUF_ADAPTER}`.")
+    return (f"With [llama.cpp](https://github.com/ggml-org/llama.cpp): {made} Load it over {base} in GGUF "
+            f"(converted with llama.cpp's `convert_hf_to_gguf.py`, in f16 or f32):\n\n```sh\n"
+            f"llama-cli -m base.gguf --lora {GGUF_ADAPTER} -p \"Once upon a time\"\n```\n\n"
+            f"In Ollama, a Modelfile with `FROM base.gguf` and `ADAPTER {GGUF_ADAPTER}` does the same.")
 
 
 def _image_code(base: str, adapter: str, metrics: dict, clean: "_Cleaner") -> str:
@@ -162,7 +210,8 @@ image.save("sample.png")"""
     singles = " ".join(f"`{name}` is {what}." for fmt, (name, what) in SINGLE_FILES.items() if fmt in written)
     if metrics.get("single_file_skipped"):  # a DoRA run: the diffusers file alone, and why
         singles = f"No single file for other UIs comes with it: {clean(metrics['single_file_skipped'])}."
-    return f"With [diffusers](https://huggingface.co/docs/diffusers):\n\n```python\n{code}\n```\n\n{where}{singles}".rstrip()
+    return (f"With [diffusers](https://huggingface.co/docs/diffusers):\n\n```python\n{code}\n```\n\n{where}".rstrip()
+            + f"\n\nWith ComfyUI, AUTOMATIC1111, Forge and other UIs: {singles}".rstrip())
 
 
 def _settings(kind: kinds.RunKind, metrics: dict, config: dict, clean: "_Cleaner") -> str:
@@ -177,7 +226,7 @@ def _settings(kind: kinds.RunKind, metrics: dict, config: dict, clean: "_Cleaner
     return "\n".join(["| setting | value |", "|---|---|", *rows])
 
 
-def _data(kind: kinds.RunKind, metrics: dict, clean: "_Cleaner") -> str:
+def _data(kind: kinds.RunKind, metrics: dict, clean: "_Cleaner", data_files: list[str] | None = None) -> str:
     report = metrics.get("data_report") or {}
     counted = ("train_images", "val_images") if kind.makes_images else ("n_train", "n_val")  # trainer's metrics keys
     train, val = (report.get(key) for key in counted)
@@ -188,7 +237,28 @@ def _data(kind: kinds.RunKind, metrics: dict, clean: "_Cleaner") -> str:
                      + (f" ({clean(metrics['text_kind_reason'])})" if metrics.get("text_kind_reason") else ""))
     if metrics.get("tokens_trained"):
         lines.append(f"- {metrics['tokens_trained']:,} tokens trained on")
+    lines += _data_kinds(report)
+    lines.append(f"- the training files are published with the adapter, under `data/` ({len(data_files)} files)"
+                 if data_files else "- the training files themselves are not published")
     return "\n".join(lines)
+
+
+def _data_kinds(report: dict) -> list[str]:
+    """What kinds of examples and files the data held: counts only, never the members' files."""
+    lines = []
+    if report.get("kinds"):  # text: plain text, chat, prompt/completion
+        lines.append("- examples by kind: " + ", ".join(f"{n} {k}" for k, n in sorted(report["kinds"].items())))
+    files = report.get("files") or report.get("sources") or []
+    suffixes: dict[str, int] = {}
+    for name in files:
+        suffix = Path(str(name)).suffix.lower() or "(no extension)"
+        suffixes[suffix] = suffixes.get(suffix, 0) + 1
+    if suffixes:
+        lines.append("- files by type: " + ", ".join(f"{n} {s}" for s, n in sorted(suffixes.items())))
+    captions = {k: n for k, n in (report.get("caption_sources") or {}).items() if n}
+    if captions:  # image: where each image's caption came from
+        lines.append("- captions from: " + ", ".join(f"{k.replace('_', ' ')} {n}" for k, n in captions.items()))
+    return lines
 
 
 def _results(kind: kinds.RunKind, metrics: dict) -> str:
@@ -216,11 +286,16 @@ def _text_samples(samples: list[dict] | None, clean: "_Cleaner") -> str:
     return "\n\n".join(parts)
 
 
-def _image_samples(metrics: dict, config: dict, clean: "_Cleaner") -> str:
+def _image_samples(metrics: dict, config: dict, clean: "_Cleaner", beside=frozenset()) -> str:
     grids = [clean(g) for g in metrics.get("samples") or []]
     prompts = [clean(p) for p in metrics.get("sample_prompts") or []]
     if not grids:
         return "No sample grids were drawn."
+    if all(grid in beside for grid in grids):  # published with the card: shown, with their prompts
+        seeds = ", ".join(str(s) for s in config.get("sample_seeds") or []) or "?"
+        lines = [f"One row per prompt, one column per seed ({seeds}); prompts, top to bottom:", ""]
+        lines += [f"{i}. {_inline(p)}" for i, p in enumerate(prompts, 1)] + [""]
+        return "\n".join(lines + [f"![{Path(grid).stem}]({grid})" for grid in grids])
     seeds = ", ".join(str(s) for s in config.get("sample_seeds") or [])
     lines = [f"Sample grids in the training run's folder (not in this adapter's): one row per prompt, "
              f"one column per seed ({seeds})." if seeds else "Sample grids in the training run's folder:", ""]

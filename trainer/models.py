@@ -28,8 +28,9 @@ BUILTIN_HUB_IDS = {
 DEFAULT_TEXT_MODEL = "smollm2-135m"
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
-# What a model snapshot needs; pickled weights (*.bin, *.pt, *.ckpt) are left out on purpose.
-_HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken", "**/*.json",
+# What a model snapshot needs (README.md: its card names the licence adapters inherit, trainer.licences);
+# pickled weights (*.bin, *.pt, *.ckpt) are left out on purpose.
+_HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken", "README.md", "**/*.json",
                  "**/*.safetensors", "**/*.model", "**/*.txt"]
 
 

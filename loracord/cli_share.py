@@ -1,0 +1,54 @@
+"""Sharing a trained adapter: ``loracord export RUN [--gguf]`` and ``loracord publish RUN --repo USER/NAME``.
+
+Thin wrappers over ``trainer.publish`` and ``trainer.text.gguf``; their errors are
+``LoracordError``s that ``loracord.cli.main`` prints as one line.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    app.command("export")(export_cmd)
+    app.command("publish")(publish_cmd)
+
+
+def export_cmd(
+    run: Path = typer.Argument(..., help="A run folder written by `loracord train`."),
+    gguf: bool = typer.Option(False, "--gguf", help="Text runs: write the adapter in llama.cpp's GGUF LoRA format "
+                                                    "(for llama.cpp, Ollama, LM Studio)."),
+    out: Optional[Path] = typer.Option(None, help="Where to write (default: RUN/export/)."),
+) -> None:
+    """Write a run's adapter in another format (--gguf: llama.cpp's GGUF LoRA adapter)."""
+    from trainer.errors import UserError
+
+    if not gguf:
+        raise UserError("Say which format to export: --gguf (text runs). The peft adapter itself is RUN/adapter/.")
+    from trainer.text.gguf import export_gguf
+
+    written = export_gguf(run, (out or Path(run) / "export"))
+    typer.echo(f"{written.path} ({written.tensors} tensors, {written.arch}, LoRA alpha {written.alpha:g})")
+    if written.note:
+        typer.echo(written.note)
+
+
+def publish_cmd(
+    run: Path = typer.Argument(..., help="A run folder written by `loracord train`."),
+    repo: str = typer.Option(..., "--repo", help="The Hub repository to publish to, as USER/NAME."),
+    private: bool = typer.Option(False, "--private", help="Create the repository as private."),
+    with_data: bool = typer.Option(False, "--with-data", help="Publish the training files too, under data/ "
+                                                              "(only if everyone whose files they are agrees)."),
+) -> None:
+    """Publish a run's adapter to the Hugging Face Hub with its model card (needs HF_TOKEN with write access)."""
+    from trainer.publish import check_repo_name, publish_folder, stage_run, training_files
+
+    repo = check_repo_name(repo)
+    with tempfile.TemporaryDirectory(prefix="loracord-publish-") as tmp:
+        folder = stage_run(run, repo, Path(tmp) / "adapter", data=training_files(run) if with_data else ())
+        published = publish_folder(folder, repo, private=private)
+    typer.echo(f"published {len(published.files)} files to {published.url} (commit {published.commit[:12]})")
