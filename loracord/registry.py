@@ -17,5 +17,6 @@ from . import cli_bot, cli_image, cli_ops, cli_tune
 def register(app: typer.Typer, train_app: typer.Typer) -> None:
     cli_ops.register(app)  # storage: worker, jobs, db
     train_app.command(IMAGE.name)(cli_image.train_image)  # image training
+    app.command("caption")(cli_image.caption_cmd)  # image captions
     cli_tune.register(app)  # tune, presets
     cli_bot.register(app)  # bot: run
