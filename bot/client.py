@@ -194,6 +194,7 @@ class LoracordBot(commands.Bot):
             await self.refresh_job(job_id)
         for job_id in result.finished:
             await self.post_sampling(job_id)
+            await self.post_captions(job_id)
 
     async def refresh_job(self, job_id: int) -> None:
         state = self.services.state
@@ -267,6 +268,17 @@ class LoracordBot(commands.Bot):
             sample = await self.db(self.services.samples.get, sample_id)
             await self.send_sample(channel, sample)
             await self.db(self.services.state.mark_posted, sample.id)
+
+    async def post_captions(self, job_id: int) -> None:
+        """Store what a finished ``caption`` job wrote and say so in its thread (other jobs: nothing)."""
+        from .captions import caption_outcome
+
+        job = await self.db(self.services.jobs.job, job_id)
+        if job.kind != "caption" or not job.config.get("channel"):
+            return
+        channel = self.get_channel(job.config["channel"]) or await self.fetch_channel(job.config["channel"])
+        text = await self.db(caption_outcome, self.services, job)
+        await channel.send(no_pings(scrub_paths(text))[:2000], allowed_mentions=discord.AllowedMentions.none())
 
     # ---- buttons (see bot.views)
     async def on_job_button(self, interaction: discord.Interaction, action: str, job_id: int) -> None:
