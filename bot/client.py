@@ -270,15 +270,10 @@ class LoracordBot(commands.Bot):
             await self.db(self.services.state.mark_posted, sample.id)
 
     async def post_captions(self, job_id: int) -> None:
-        """Store what a finished ``caption`` job wrote and say so in its thread (other jobs: nothing)."""
-        from .captions import caption_outcome
-
+        """Store what a finished ``caption`` job wrote and say so in its thread (``/data``'s; other jobs: nothing)."""
         job = await self.db(self.services.jobs.job, job_id)
-        if job.kind != "caption" or not job.config.get("channel"):
-            return
-        channel = self.get_channel(job.config["channel"]) or await self.fetch_channel(job.config["channel"])
-        text = await self.db(caption_outcome, self.services, job)
-        await channel.send(no_pings(scrub_paths(text))[:2000], allowed_mentions=discord.AllowedMentions.none())
+        if job.kind == "caption" and job.config.get("channel"):
+            await self.get_cog("DataCog").post_captions(job)
 
     # ---- buttons (see bot.views)
     async def on_job_button(self, interaction: discord.Interaction, action: str, job_id: int) -> None:

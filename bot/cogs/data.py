@@ -14,11 +14,12 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from ..captions import CaptionPager, request_captions
+from ..captions import CaptionPager, caption_outcome, request_captions
 from ..client import LoracordBot, actor_of
-from ..display import model_name
+from ..display import model_name, scrub_paths
 from ..ingest import CheckResult, Rejected, accepted_extensions, check_uploads
 from ..report import TARGETS, first_run, report_card
+from ..sampling import no_pings
 from ..services import Actor
 from ..services.data import caption_source, examples_in
 from trainer import kinds
@@ -177,6 +178,12 @@ class DataCog(commands.GroupCog, group_name="data", group_description="The sessi
         pager = CaptionPager(self, session, interaction.user.id)
         embed, image = await pager.page()
         await interaction.response.send_message(embed=embed, file=image, view=pager, ephemeral=True)
+
+    async def post_captions(self, job) -> None:
+        """Store a finished ``caption`` job's captions and say in its thread what happened."""
+        channel = self.bot.get_channel(job.config["channel"]) or await self.bot.fetch_channel(job.config["channel"])
+        text = await self.bot.db(caption_outcome, self.svc, job)
+        await channel.send(no_pings(scrub_paths(text))[:2000], allowed_mentions=discord.AllowedMentions.none())
 
     @app_commands.command(name="remove", description="Remove one file from the dataset (its uploader, owner or manager)")
     @app_commands.describe(item="The item number shown by /data list")
