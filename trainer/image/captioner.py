@@ -20,7 +20,7 @@ from pathlib import Path
 from ..captions import CAPTION_SUFFIX, fit_caption, with_trigger
 from ..errors import ModelError
 
-DEFAULT_MODEL = "microsoft/Florence-2-base"  # why: docs/trainer.md, "Automatic captions"
+DEFAULT_MODEL = "florence-community/Florence-2-base"  # the native conversion; why: docs/trainer.md, "Automatic captions"
 DEFAULT_MAX_TOKENS = 77  # CLIP's length: what SD and SDXL read of a caption
 FLORENCE_TASK = "<DETAILED_CAPTION>"  # Florence-2 takes a task token for a prompt
 CHAT_PROMPT = "Describe this image in one sentence."
