@@ -134,3 +134,18 @@ def test_the_cli_says_what_to_do_without_the_model(tmp_path, monkeypatch):
         main()
     assert exit_info.value.code == 2
     assert not (tmp_path / "img0.txt").exists()
+
+
+def test_the_default_family_florence2_captions_with_its_task_prompt(tmp_path):
+    """Florence-2 (the default model's family) through the same path, on a tiny one built here."""
+    from tests.caption_fixtures import build_florence2
+    from trainer.image.captioner import FLORENCE_TASK, _inputs, caption_images, load_captioner
+
+    captioner = load_captioner(str(build_florence2(tmp_path / "tiny-florence")))
+    assert type(captioner.model).__name__ == "Florence2ForConditionalGeneration" and captioner.model_type == "florence2"
+    images = [pattern_image(0, size=(80, 60)), pattern_image(1, size=(60, 80))]
+    asked = captioner.processor.batch_decode(_inputs(captioner, images)["input_ids"], skip_special_tokens=True)
+    assert all("Describe in detail what is shown in the image." in text for text in asked)  # FLORENCE_TASK's prompt
+    assert FLORENCE_TASK == "<DETAILED_CAPTION>"
+    captions = caption_images(captioner, images, trigger="sks", max_tokens=20)
+    assert len(captions) == 2 and all(c.startswith("sks") and caption_tokens(c) <= 20 for c in captions)
