@@ -206,6 +206,7 @@ class LoracordBot(commands.Bot):
             await self.refresh_job(job_id)
         for job_id in result.finished:
             await self.post_sampling(job_id)
+            await self.post_captions(job_id)
 
     async def refresh_job(self, job_id: int) -> None:
         state = self.services.state
@@ -283,6 +284,12 @@ class LoracordBot(commands.Bot):
             sample = await self.db(self.services.samples.get, sample_id)
             await self.send_sample(channel, sample)
             await self.db(self.services.state.mark_posted, sample.id)
+
+    async def post_captions(self, job_id: int) -> None:
+        """Store what a finished ``caption`` job wrote and say so in its thread (``/data``'s; other jobs: nothing)."""
+        job = await self.db(self.services.jobs.job, job_id)
+        if job.kind == "caption" and job.config.get("channel"):
+            await self.get_cog("DataCog").post_captions(job)
 
     # ---- buttons (see bot.views)
     async def on_job_button(self, interaction: discord.Interaction, action: str, job_id: int) -> None:

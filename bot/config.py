@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from typing_extensions import Annotated
 
 from trainer import kinds
+from trainer.image.captioner import DEFAULT_MODEL as DEFAULT_CAPTION_MODEL
 from trainer.limits import MAX_FILE_BYTES, MiB
 
 
@@ -52,6 +53,9 @@ class BotSettings(BaseSettings):
     image_train_defaults: dict = Field(default_factory=dict, description="Trainer settings every image run starts "
                                        "from (JSON, e.g. {\"resolution\": 768}); members' options win.")
     train_threads: int | None = Field(None, ge=1, description="CPU threads per training job (None: torch's default).")
+    caption_model: str = Field(DEFAULT_CAPTION_MODEL, description=(
+        "Vision-language model that captions images nobody captioned (hub id or folder, loaded natively by "
+        "transformers); 'off' switches automatic captions off. A server manager may choose another."))
     worker_device: Literal["auto", "cpu", "gpu"] = Field("auto", description=(
         "Where image jobs are expected to train, for the sizes the bot checks uploads against and announces "
         "(the worker sizes the run itself); auto: a GPU when this machine has an NVIDIA driver, else a CPU."))

@@ -27,7 +27,7 @@ class JobButton(discord.ui.DynamicItem[discord.ui.Button], template=r"lc:job:(?P
         return cls(match["action"], int(match["job_id"]))
 
     async def callback(self, interaction: discord.Interaction) -> None:
-        await _guarded(interaction, interaction.client.on_job_button(interaction, self.action, self.job_id))
+        await guarded(interaction, interaction.client.on_job_button(interaction, self.action, self.job_id))
 
 
 class VoteButton(discord.ui.DynamicItem[discord.ui.Button], template=r"lc:vote:(?P<sample_id>\d+):(?P<value>up|down)"):
@@ -42,7 +42,7 @@ class VoteButton(discord.ui.DynamicItem[discord.ui.Button], template=r"lc:vote:(
         return cls(int(match["sample_id"]), match["value"])
 
     async def callback(self, interaction: discord.Interaction) -> None:
-        await _guarded(interaction, interaction.client.on_vote(interaction, self.sample_id, 1 if self.value == "up" else -1))
+        await guarded(interaction, interaction.client.on_vote(interaction, self.sample_id, 1 if self.value == "up" else -1))
 
 
 class CompareButton(discord.ui.DynamicItem[discord.ui.Button], template=r"lc:cmp:(?P<comparison_id>\d+):(?P<choice>a|b)"):
@@ -57,10 +57,10 @@ class CompareButton(discord.ui.DynamicItem[discord.ui.Button], template=r"lc:cmp
         return cls(int(match["comparison_id"]), match["choice"])
 
     async def callback(self, interaction: discord.Interaction) -> None:
-        await _guarded(interaction, interaction.client.on_compare(interaction, self.comparison_id, self.choice))
+        await guarded(interaction, interaction.client.on_compare(interaction, self.comparison_id, self.choice))
 
 
-async def _guarded(interaction: discord.Interaction, work) -> None:
+async def guarded(interaction: discord.Interaction, work) -> None:
     """Button errors do not reach the tree's error handler: answer UserErrors here, ephemerally."""
     try:
         await work

@@ -162,7 +162,9 @@ async def test_uploads_meet_the_trainers_size_rule_in_its_words_without_host_pat
                                          file4=("broken.png", png(2)[:120])))
     shown = text_of(uploaded)
     rule = image_size_problem(30, 28, min_image_side(64), 64)
-    assert rule == "30x28 px is too small to train at 64 px; the shorter side must be at least 32 px"
+    assert rule == ("30x28 px is too small to train at 64 px: its aspect bucket is 64x64 and an image may be "
+                    "enlarged at most 2x; give at least 35x32 px at this shape")
+    assert image_size_problem(35, 32, min_image_side(64), 64) is None  # the size it names works
     assert f"`small.png`: {rule}" in shown, shown
     assert "1 file(s) added, 3 rejected" in shown
     assert "`notes.png`: " in shown and "`broken.png`: corrupt image" in shown

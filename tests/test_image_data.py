@@ -218,7 +218,8 @@ def test_the_size_rule_reads_the_same_at_training_and_upload(tmp_path, tiny_sd):
     with pytest.raises(DataError) as info:
         load_images([folder], instance_prompt="x", limits=limits)
     rule = image_size_problem(30, 20, 32, 64)
-    assert rule == "30x20 px is too small to train at 64 px; the shorter side must be at least 32 px"
+    assert rule == ("30x20 px is too small to train at 64 px: its aspect bucket is 80x48 and an image may be "
+                    "enlarged at most 2x; give at least 40x27 px at this shape")
     assert rule in str(info.value)
 
 

@@ -55,11 +55,28 @@ def min_image_side(resolution: int | None) -> int:
 
 def image_size_problem(width: int, height: int, min_side: int, resolution: int | None = None) -> str | None:
     """The one rule for image size, in the words the bot's upload check and the trainer both show:
-    why a ``width`` x ``height`` image is too small (None when it is fine)."""
-    if min(width, height) >= min_side:
+    why a ``width`` x ``height`` image is too small (None when it is fine).
+
+    Without a training ``resolution``, the shorter side must reach ``min_side``. With one, the image
+    trains in the aspect bucket nearest its shape (``trainer.image.sizes.bucket_for``, on the
+    8-pixel grid whatever the family, so the bot and every family's trainer agree), and may be
+    enlarged at most ``resolution / min_side`` times (2x by default) to fill it; a smaller image is
+    refused with the smallest size of its shape that works."""
+    if resolution is None:
+        if min(width, height) >= min_side:
+            return None
+        return f"{width}x{height} px is too small; the shorter side must be at least {min_side} px"
+    from .image.sizes import bucket_for
+
+    bucket_w, bucket_h = bucket_for(width, height, resolution, 8)
+    most = resolution / min_side
+    scale = max(bucket_w / width, bucket_h / height)
+    if scale <= most + 1e-9:
         return None
-    at = f" to train at {resolution} px" if resolution else ""
-    return f"{width}x{height} px is too small{at}; the shorter side must be at least {min_side} px"
+    need = scale / most
+    return (f"{width}x{height} px is too small to train at {resolution} px: its aspect bucket is {bucket_w}x{bucket_h} "
+            f"and an image may be enlarged at most {most:g}x; give at least {math.ceil(width * need)}x"
+            f"{math.ceil(height * need)} px at this shape")
 
 
 TOO_LARGE_FIX = {**{kind.name: kind.too_large_fix for kind in kinds.KINDS.values()},

@@ -50,6 +50,8 @@ class DataItem(BaseModel):
     blob: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the file in the blob store.")
     filename: str = Field(min_length=1, description="The name it was uploaded under; its extension says how it is read.")
     caption: str | None = Field(None, description="The image's caption; None trains it on the instance prompt.")
+    caption_source: str | None = Field(None, description="Where the caption came from (trainer.captions.SOURCES): "
+                                                         "member, sidecar, metadata or model.")
     uploader: int | None = Field(None, description="Who uploaded it (a Discord user id).")
 
 
@@ -66,7 +68,7 @@ class DatasetManifest(BaseModel):
 
         Files are named ``NNNN-name`` (the index keeps two uploads of ``cat.png`` apart; the
         extension still decides how a file is read). An image dataset's captions go into one
-        ``metadata.jsonl`` beside the images, keyed by those names. A file already there (an
+        ``metadata.jsonl`` beside the images, keyed by those names, each row with its ``source``. A file already there (an
         earlier attempt of the job) is not fetched again.
         """
         folder = Path(folder)
@@ -80,7 +82,8 @@ class DatasetManifest(BaseModel):
                 fetch(item.blob, path)
             paths.append(str(path))
             if captioned and item.caption and item.caption.strip():
-                rows.append({"file_name": name, "text": item.caption.strip()})
+                source = {"source": item.caption_source} if item.caption_source else {}
+                rows.append({"file_name": name, "text": item.caption.strip()} | source)
         if rows:
             metadata = folder / METADATA_NAME
             tmp = metadata.with_name(metadata.name + ".part")

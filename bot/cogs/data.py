@@ -14,11 +14,14 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from ..captions import CaptionPager, caption_outcome, request_captions
 from ..client import LoracordBot, actor_of
+from ..display import model_name, scrub_paths
 from ..ingest import CheckResult, Rejected, accepted_extensions, check_uploads
 from ..report import TARGETS, first_run, report_card
+from ..sampling import no_pings
 from ..services import Actor
-from ..services.data import examples_in
+from ..services.data import caption_source, examples_in
 from trainer import kinds
 from trainer.errors import UserError
 from trainer.limits import MAX_FILE_BYTES
@@ -99,6 +102,7 @@ class DataCog(commands.GroupCog, group_name="data", group_description="The sessi
         result = await asyncio.to_thread(check_uploads, session.kind, uploads, self.svc.blobs, caption=caption,
                                          resolution=sizes and sizes.resolution)
         result.rejected[:0] = too_big
+        cut = self.svc.data.fit_upload_captions(session, result)
         added, duplicates = await self.bot.db(self.svc.data.add_items, session, actor, result)
         items = await self.bot.db(self.svc.data.items, session)
         total, advice = self.svc.data.examples(items), []
@@ -111,7 +115,7 @@ class DataCog(commands.GroupCog, group_name="data", group_description="The sessi
             else:
                 total = card.count
                 advice = [a for a in card.advice if a != card.count_advice]
-        return result_embed(session.kind, result, added, duplicates, total, advice)
+        return result_embed(session.kind, result, added, duplicates, total, ([cut] if cut and added else []) + advice)
 
     async def ingest_interaction(self, interaction: discord.Interaction, attachments: list[discord.Attachment],
                                  caption: str | None) -> None:
@@ -146,12 +150,40 @@ class DataCog(commands.GroupCog, group_name="data", group_description="The sessi
         if not items:
             await interaction.response.send_message("The dataset is empty: add files with `/data add`.", ephemeral=True)
             return
+        captioned = kinds.get(session.kind).captioned
         lines = [f"#{i.id} `{i.filename}` · {examples_in(i)} ex. · {(i.size or 0) / 1024:.1f} KiB · "
-                 f"<@{i.uploader_id}>" + (f" · “{i.caption[:40]}”" if i.caption else "") for i in items]
+                 f"<@{i.uploader_id}>" + (f" · {caption_source(i)}: “{i.caption[:40]}”" if i.caption else
+                                          " · no caption" if captioned else "") for i in items]
         total = self.svc.data.examples(items)
         embed = discord.Embed(title=f"Dataset of session #{session.id}: {len(items)} file(s), {total} example(s)",
                               description="\n".join(lines)[:4000], colour=0x5865F2)
         await interaction.response.send_message(embed=embed, ephemeral=True)
+
+    @app_commands.command(name="captions", description="Review every image's caption and its source; "
+                                                        "auto: caption the uncaptioned ones with a model")
+    @app_commands.describe(auto="Caption the images without a caption with the server's captioning model")
+    async def captions(self, interaction: discord.Interaction, auto: bool = False) -> None:
+        session = await self.bot.db(self.svc.sessions.session_here, interaction.channel_id)
+        if auto:
+            submitted, count = await self.bot.db(request_captions, self.svc, session, actor_of(interaction),
+                                                 channel_id=interaction.channel_id)
+            model = model_name(submitted.job.config["model"])  # a folder by its name, never a host path
+            await interaction.response.send_message(
+                f"Captioning {count} image(s) without a caption with `{model}` (job #{submitted.job.id}), the "
+                f"trigger word `{submitted.job.config['trigger']}` first. I'll say here when they are ready to "
+                f"review with `/data captions`.")
+            return
+        if not kinds.get(session.kind).captioned:
+            raise UserError("Only image sessions have captions: `/data list` shows this dataset.")
+        pager = CaptionPager(self, session, interaction.user.id)
+        embed, image = await pager.page()
+        await interaction.response.send_message(embed=embed, file=image, view=pager, ephemeral=True)
+
+    async def post_captions(self, job) -> None:
+        """Store a finished ``caption`` job's captions and say in its thread what happened."""
+        channel = self.bot.get_channel(job.config["channel"]) or await self.bot.fetch_channel(job.config["channel"])
+        text = await self.bot.db(caption_outcome, self.svc, job)
+        await channel.send(no_pings(scrub_paths(text))[:2000], allowed_mentions=discord.AllowedMentions.none())
 
     @app_commands.command(name="remove", description="Remove one file from the dataset (its uploader, owner or manager)")
     @app_commands.describe(item="The item number shown by /data list")

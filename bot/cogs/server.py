@@ -14,6 +14,7 @@ from ..client import LoracordBot, actor_of
 from ..display import model_name
 from ..options import Setting
 from ..services import Actor, Refusal, Services
+from ..services.server import CAPTIONS_OFF
 
 LIMITS = ("max_dataset_items", "max_dataset_mb", "max_file_mb", "max_pending_jobs_per_user", "runs_per_day", "guild_runs_per_day",
           "max_jobs_per_guild")
@@ -31,6 +32,14 @@ def store_settings(svc: Services, guild_id: int, actor: Actor, limits: dict, siz
         if value is not None:
             settings = svc.server.store(guild_id, key, value)
     return stored_sizes, settings or svc.server.settings(guild_id)
+
+
+def caption_choice(value: str | None) -> str | None:
+    """A manager's captioning model as stored: a model id, 'off', or '' for the bot's default again."""
+    if value is None:
+        return None
+    value = value.strip()
+    return "" if value.lower() == "default" else CAPTIONS_OFF if value.lower() == CAPTIONS_OFF else value
 
 
 class ServerCog(commands.GroupCog, group_name="server", group_description="Server-wide limits of loracord"):
@@ -51,7 +60,9 @@ class ServerCog(commands.GroupCog, group_name="server", group_description="Serve
                            image_batch_size="Images per step of image runs (default: sized to the device)",
                            image_sample_steps="Denoising steps per image sample (default: sized to the device)",
                            image_scorer="CLIP model (hub id or worker folder) that scores image samples; none: "
-                                        "scores unavailable")
+                                        "scores unavailable",
+                           caption_model="Model that captions images (hub id or folder); off: no automatic captions; "
+                                         "default: the bot's")
     @app_commands.default_permissions(manage_guild=True)
     @app_commands.guild_only()
     async def settings(self, interaction: discord.Interaction, allowed_models: Optional[str] = None,
@@ -65,12 +76,14 @@ class ServerCog(commands.GroupCog, group_name="server", group_description="Serve
                        image_resolution: Setting["resolution"] = None,
                        image_batch_size: Setting["batch_size", IMAGE] = None,
                        image_sample_steps: Setting["sample_steps"] = None,
-                       image_scorer: Optional[str] = None) -> None:
+                       image_scorer: Optional[str] = None,
+                       caption_model: Optional[app_commands.Range[str, 1, 200]] = None) -> None:
         models = [m.strip() for m in allowed_models.split(",") if m.strip()] if allowed_models else None
         values = dict(allowed_models=models, max_dataset_items=max_dataset_items, max_dataset_mb=max_dataset_mb, max_file_mb=max_file_mb,
                       max_pending_jobs_per_user=max_pending_jobs_per_user, runs_per_day=runs_per_day,
                       guild_runs_per_day=guild_runs_per_day, max_jobs_per_guild=max_jobs_per_guild,
-                      image_scorer=image_scorer.strip() if image_scorer else None)
+                      image_scorer=image_scorer.strip() if image_scorer else None,
+                      caption_model=caption_choice(caption_model))
         svc = self.bot.services
         sizes, settings = await self.bot.db(store_settings, svc, interaction.guild_id, actor_of(interaction), values,
                                             dict(resolution=image_resolution, batch_size=image_batch_size,
@@ -86,6 +99,10 @@ class ServerCog(commands.GroupCog, group_name="server", group_description="Serve
             embed.add_field(name=name.replace("_", " "), value=str(settings.get(name, default)))
         embed.add_field(name="Image scorer", inline=False,
                         value=f"`{settings['image_scorer']}`" if settings.get("image_scorer") else "none: scores unavailable")
+        captioner = svc.server.caption_model(interaction.guild_id)
+        embed.add_field(name="Automatic captions", inline=False,
+                        value=f"`{model_name(captioner)}`" if captioner else "off: images without a caption train on the "
+                                                                  "instance prompt")
         embed.add_field(name="Image run sizes", inline=False, value=", ".join(
             f"{k.replace('_', ' ')} {v}" for k, v in sizes.items()) or "sized to each base and the worker's device "
             "(CPU: at most 256 px, batch 1, 8 sampling steps; GPU: the base's native side)")

@@ -5,6 +5,7 @@
 ``train_image``    train an image LoRA from a run spec (``storage.jobkinds.train``)
 ``tune``           quick tries: an Optuna search, then a full run of the best (``.tune``)
 ``sample``         generate from a finished run's or a trial's adapter (``.sample``)
+``caption``        caption a session's images with a vision-language model (``.caption``)
 ``noop``/``sleep`` a trivial job shaped like a training run, for the queue's tests (``.sleep``)
 =================  =========================================================================
 
@@ -16,10 +17,10 @@ from __future__ import annotations
 
 from trainer.errors import UserError
 
-from . import sample, sleep, train, tune
+from . import caption, sample, sleep, train, tune
 from .base import LANES, JobKind
 
-_MODULES = (train, tune, sample, sleep)
+_MODULES = (train, tune, sample, caption, sleep)
 
 KINDS: dict[str, JobKind] = {kind.name: kind for module in _MODULES
                              for kind in getattr(module, "KINDS", None) or (module.KIND,)}

@@ -32,7 +32,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .. import kinds
 from .. import limits as L
-from ..captions import CAPTION_SUFFIX, METADATA_NAME, metadata_captions
+from ..captions import CAPTION_SUFFIX, METADATA_NAME, metadata_captions, metadata_sources
 from ..errors import DataError
 from ..filetypes import extension, is_archive_name, sniff
 
@@ -86,6 +86,7 @@ class DataReport:
     caption_sources: dict[str, int] = field(default_factory=lambda: {"sidecar": 0, "metadata": 0, "instance_prompt": 0})
     missing_captions: list[str] = field(default_factory=list)
     captions: dict[str, str] = field(default_factory=dict)  # image name -> the caption it trains with
+    caption_from: dict[str, str] = field(default_factory=dict)  # image name -> its caption's source (trainer.captions.SOURCES)
     duplicates: list[dict[str, str]] = field(default_factory=list)  # {"dropped": name, "same_as": name}
     ignored: list[str] = field(default_factory=list)  # hidden files and OS clutter
     unmatched_metadata: list[str] = field(default_factory=list)  # metadata rows naming no image
@@ -131,12 +132,12 @@ def load_images(paths: Iterable[str | Path], *, instance_prompt: str, limits: Da
         else:
             entries.extend(_file_entries(path, path.name, str(path.parent), limits, problems))
 
-    captions, metadata, images = {}, {}, []
+    captions, metadata, sources, images = {}, {}, {}, []
     for entry in entries:
         if _JUNK.search(entry.key):
             report.ignored.append(entry.name)
         elif PurePosixPath(entry.key).name == METADATA_NAME:
-            metadata.update(_read_metadata(entry, limits, problems))
+            metadata.update(_read_metadata(entry, limits, problems, sources))
         elif entry.key.lower().endswith(CAPTION_SUFFIX):
             text = _read_text(entry, limits, problems)
             if text:
@@ -167,6 +168,8 @@ def load_images(paths: Iterable[str | Path], *, instance_prompt: str, limits: Da
             report.missing_captions.append(entry.name)
         report.caption_sources[source] += 1
         report.captions[entry.name] = caption
+        # a metadata row the bot wrote says where its caption came from (a member, a model...)
+        report.caption_from[entry.name] = sources.get((entry.container, entry.key), source) if source == "metadata" else source
         examples.append(ImageExample(entry.name, image, caption, digest))
 
     report.unmatched_metadata = sorted(f"{c}/{k}" for c, k in metadata if (c, k) not in used_metadata)
@@ -296,9 +299,14 @@ def _read_text(entry: _Entry, limits: DataLimits, problems: list[str]) -> str | 
         return None
 
 
-def _read_metadata(entry: _Entry, limits: DataLimits, problems: list[str]) -> dict[tuple[str, str], str]:
-    captions, bad = metadata_captions(_read_text(entry, limits, problems) or "", PurePosixPath(entry.key).parent)
+def _read_metadata(entry: _Entry, limits: DataLimits, problems: list[str],
+                   sources: dict | None = None) -> dict[tuple[str, str], str]:
+    text = _read_text(entry, limits, problems) or ""
+    captions, bad = metadata_captions(text, PurePosixPath(entry.key).parent)
     problems.extend(f"{entry.name} {problem}" for problem in bad)
+    if sources is not None:
+        sources.update({(entry.container, key): source
+                        for key, source in metadata_sources(text, PurePosixPath(entry.key).parent).items()})
     return {(entry.container, key): caption for key, caption in captions.items()}
 
 

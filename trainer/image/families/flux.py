@@ -44,6 +44,7 @@ LORA_TARGETS = ("attn.to_k", "attn.to_q", "attn.to_v", "attn.to_out.0",
                 "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2")
 LATENT_CHANNELS = 16
 SIDE_MULTIPLE = 16
+CAPTION_TOKENS = 256  # T5 tokens FLUX.1 schnell reads (dev reads 512; CLIP's pooled 77 only summarise)
 DEFAULT_SAMPLE_SIZE = 128  # FluxPipeline.default_sample_size, in latent pixels
 TRAIN_GUIDANCE = 3.5  # train_dreambooth_lora_flux.py --guidance_scale, fed to dev's guidance embedding
 SINGLE_FILE = "lora_kohya.safetensors"

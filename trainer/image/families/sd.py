@@ -26,6 +26,7 @@ TEXT_ENCODER_LORA = True  # train_text_encoder puts LoRA on its CLIP encoder(s) 
 PREDICTION_TYPE = None  # the scheduler config's prediction_type (epsilon or v_prediction)
 PRECISION_PROBE = True  # a copy of the UNet is cheap to time in both precisions (trainer.precision.image_probe)
 SIDE_MULTIPLE = 8  # sides are multiples of the VAE's downscale
+CAPTION_TOKENS = 77  # what CLIP's text encoder reads of a caption, start and end included
 PRESET: dict = {}  # the preset table's numbers as they are (trainer.presets, docs/presets.md)
 GPU_BATCH = 2  # images a step on a GPU at the native side
 STEP_S = {"gpu": 0.25, "cpu": 30.0}  # rough seconds a step at STEP_NATIVE px, one image; not promises

@@ -40,6 +40,7 @@ LORA_TARGETS = ("attn.add_k_proj", "attn.add_q_proj", "attn.add_v_proj", "attn.t
 LATENT_CHANNELS = 16
 SIDE_MULTIPLE = 16
 T5_TOKENS = 256  # StableDiffusion3Pipeline's max_sequence_length default
+CAPTION_TOKENS = T5_TOKENS  # what T5 reads of a caption (CLIP's pooled 77 only summarise)
 SINGLE_FILE = "lora_comfyui.safetensors"
 PRESET: dict = {}  # the preset table's numbers (trainer.presets); no SD 3.5 source asks for others
 GPU_BATCH = 1  # images a step on a GPU at the native side

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .sd import (DENOISER, LORA_TARGETS, PRECISION_PROBE, PREDICTION_TYPE, PRESET, SIDE_MULTIPLE, TEXT_ENCODER_LORA,  # noqa: F401 - SD's
+from .sd import (CAPTION_TOKENS, DENOISER, LORA_TARGETS, PRECISION_PROBE, PREDICTION_TYPE, PRESET, SIDE_MULTIPLE, TEXT_ENCODER_LORA,  # noqa: F401 - SD's
                  draw_timesteps, export_adapter, free_after_caching, noise_loss, sample, sampling_defaults,
                  tokenize, training_scheduler, val_timesteps)
 from .sd import native_size as sd_native_size
