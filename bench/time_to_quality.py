@@ -13,7 +13,8 @@ caching included; the models are local, so no download) to the adapter file on d
   (at a fixed interval or its final adapter, the one a member gets). ``time_ratio`` = ours /
   theirs, the median over seeds, against the reference least favourable to loracord; every
   reference's own figures follow. A seed where loracord never reaches the target counts as
-  an infinite ratio (``null`` in JSON).
+  an infinite ratio (``null`` in JSON); ``time_ratio_within_1pct`` sets the target 1% above the
+  reference's best, for a side that misses it by a hair.
 - Text (``--kind text``): the judge is held-out loss (``trainer.text.evaluate``'s packing and
   ``evaluate_rows``) on passages from other sources of the corpus (``bench/corpora.py``).
   References: TRL's ``SFTTrainer`` with peft and packing (``sft-*``) and the plain ``Trainer``
@@ -21,7 +22,8 @@ caching included; the models are local, so no download) to the adapter file on d
   (``*-preset``: rank, alpha, dropout, lr, steps, warm-up, schedule of the same seed's loracord
   run; targets q/k/v/o as loracord) and at peft's SFT example settings (``*-peft``: r 8, alpha 16,
   dropout 0.1, all-linear, lr 1e-4, cosine, no warm-up, weight decay 1e-4, for the Trainer's
-  default 3 epochs). Every side uses seq_len 128 and batch 4.
+  default 3 epochs). Every side uses seq_len 128, batch 4 and float32 (TRL's defaults of bf16 and
+  gradient checkpointing are turned off: both are slower on a CPU like this one).
 - Image (``--kind image``): the judge is loracord's deterministic validation loss (fixed
   timesteps from 10% to 90% of the schedule, fixed noise, no min-SNR weighting) on held-out
   images no side trains on. References: the loop of diffusers'
@@ -295,7 +297,10 @@ def run_text_reference(side: str, data: Path, work: Path, base: str, seed: int, 
 
         trainer = SFTTrainer(model=model, processing_class=tokenizer, peft_config=lora, callbacks=[Snapshots()],
                              train_dataset=Dataset.from_dict({"text": texts}),
-                             args=SFTConfig(packing=True, max_length=SEQ_LEN, dataset_text_field="text", **common))
+                             # TRL's defaults are bf16 (emulated, several times slower on a CPU without it) and
+                             # gradient checkpointing (slower, for memory): off, as loracord and the Trainer run
+                             args=SFTConfig(packing=True, max_length=SEQ_LEN, dataset_text_field="text", bf16=False,
+                                            gradient_checkpointing=False, **common))
     else:
         from peft import get_peft_model
         from transformers import Trainer
@@ -641,13 +646,18 @@ def time_to(snapshots: list[dict], target: float) -> float | None:
     return min(hits) if hits else None
 
 
-def compare(ours: dict, reference: dict) -> dict:
-    """One seed: the reference's best loss is the target; each side's time to it, and their ratio."""
-    target = min(s["loss"] for s in reference["snapshots"])
+def compare(ours: dict, reference: dict, tolerance: float = 0.0) -> dict:
+    """One seed: the reference's best loss is the target (raised by ``tolerance``, a share of it, for the
+    looser figure); each side's time to it, and their ratio."""
+    best = min(s["loss"] for s in reference["snapshots"])
+    target = best * (1 + tolerance)
     t_ref, t_ours = time_to(reference["snapshots"], target), time_to(ours["snapshots"], target)
     return {"target_loss": round(target, 5), "reference_s": t_ref, "ours_s": t_ours,
             "ratio": round(t_ours / t_ref, 3) if t_ours is not None else math.inf,
             "our_best_loss": round(min(s["loss"] for s in ours["snapshots"]), 5)}
+
+
+LOOSE = 0.01
 
 
 def _median(values: list[float]) -> float | None:
@@ -671,8 +681,12 @@ def report(kind: str, cells: dict[tuple[str, int], dict], sides: list[str], seed
             if not per_seed:
                 continue
             ratios = [p["ratio"] for p in per_seed]
+            # the same within 1% of the target loss: where the strict target is missed by a hair
+            loose = [compare(cells[variant, seed], cells[ref, seed], LOOSE)["ratio"] for seed in seeds
+                     if (variant, seed) in cells and (ref, seed) in cells]
             table.setdefault(variant, {})[ref] = {
                 "time_ratio": _median(ratios), "min": _json_ratio(min(ratios)), "max": _json_ratio(max(ratios)),
+                "time_ratio_within_1pct": _median(loose),
                 "seeds": [{**p, "ratio": _json_ratio(p["ratio"])} for p in per_seed]}
     main_rows = table.get("loracord", {})
     worst = max(main_rows, key=lambda r: math.inf if main_rows[r]["time_ratio"] is None else main_rows[r]["time_ratio"],
@@ -685,9 +699,18 @@ def report(kind: str, cells: dict[tuple[str, int], dict], sides: list[str], seed
             "ablations": {v: rows for v, rows in table.items() if v != "loracord"},
             "sides": {side: {"process_s": summary_of([c["process_s"] for (s, _), c in cells.items() if s == side]),
                              "steps": [c["steps_done"] for (s, _), c in cells.items() if s == side],
-                             "settings": next(c["settings"] for (s, _), c in cells.items() if s == side)}
+                             "settings": _knobs(next(c["settings"] for (s, _), c in cells.items() if s == side))}
                       for side in sides if any(s == side for s, _ in cells)},
             **extra, **machine()}
+
+
+KNOBS = ("steps", "epochs", "rank", "alpha", "lr", "lr_scheduler", "warmup_ratio", "lora_dropout", "augment",
+         "batch_size", "min_snr_gamma", "patience", "eval_every", "targets", "weight_decay")
+
+
+def _knobs(settings: dict) -> dict:
+    """The settings that decide how fast a side gets good (a loracord run's config holds paths too)."""
+    return {k: settings[k] for k in KNOBS if k in settings}
 
 
 def summary_of(values: list[float]) -> dict:

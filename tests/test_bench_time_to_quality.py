@@ -23,6 +23,8 @@ def test_time_to_the_reference_best_and_the_ratio():
     assert got["target_loss"] == 2.0 and got["reference_s"] == 20 and got["ours_s"] == 8 and got["ratio"] == 0.4
     never = ttq.compare({"snapshots": _snaps((5, 2.1))}, reference)
     assert never["ours_s"] is None and math.isinf(never["ratio"])
+    within = ttq.compare({"snapshots": _snaps((5, 2.1))}, reference, tolerance=0.1)  # target 2.2
+    assert within["reference_s"] == 20 and within["ratio"] == 0.25
 
 
 def test_report_takes_the_median_and_the_least_favourable_reference():
@@ -96,3 +98,14 @@ def test_image_bench_end_to_end(tmp_path, monkeypatch):
     preset, ours = line["sides"]["recipe-preset"]["settings"], line["sides"]["loracord"]["settings"]
     assert (preset["lr"], preset["rank"], preset["min_snr_gamma"]) == (ours["lr"], ours["rank"], ours["min_snr_gamma"])
     assert line["sides"]["recipe-defaults"]["settings"]["lr_scheduler"] == "constant"
+
+
+def test_the_floor_measures_both_steps_on_the_same_shape(tiny_llama, tmp_path):
+    """--floor: loracord's step and the bare step of the same batch, each a positive rate (no times asserted)."""
+    text, image = ttq.main(["--floor", "--kind", "text", "image", "--base", str(tiny_llama), "--model", "tiny",
+                            "--resolution", "32", "--n", "8", "--seeds", "0", "--floor-steps", "2", "--threads", "1",
+                            "--out", str(tmp_path)])
+    assert text["unit"] == "tokens_per_s" and image["unit"] == "steps_per_s"
+    for line in (text, image):
+        assert line["loracord"]["best"] > 0 and line["floor"]["best"] > 0 and len(line["overhead"]["rounds"]) == 1
+    assert text["shape"]["targets"] and image["shape"]["batch_size"] >= 1
