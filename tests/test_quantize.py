@@ -14,6 +14,7 @@ import json
 import pytest
 import torch
 
+from tests.bot_world import *  # noqa: F401,F403  (SimCord's world, for the bot test)
 from tests.image_fixtures import RESOLUTION, image_folder, tiny_sd  # noqa: F401
 from trainer import quantize as q
 from trainer.errors import ConfigError
@@ -264,3 +265,74 @@ def test_the_image_export_check_refuses_a_file_that_does_not_match_a_quantised_r
               metadata=metadata)
     with pytest.raises(TrainingError, match="differently"):
         verify_loads(load_pipeline(tiny_sd), trained, {"diffusers": tmp_path / "off" / DIFFUSERS_FILE})
+
+
+# --------------------------------------------------------------------------------------------
+# the bot: a server manager's default reaches the trainer; a session's and a run's choice win over it
+
+
+@pytest.fixture
+def bot_config(tiny_llama):
+    from bot.config import BotSettings
+
+    return BotSettings(_env_file=None, allowed_models=[str(tiny_llama)], progress_edit_s=0, train_cooldown_s=0,
+                       train_threads=1, max_pending_jobs_per_user=5,
+                       text_train_defaults={"precision": "fp32", "patience": 0, "seq_len": 64, "batch_size": 2,
+                                            "max_new_tokens": 4, "augment": 0.0, "prompts": ["To be"]})
+
+
+def last_spec(world):
+    from trainer.spec import RunSpec
+
+    job = max(world.env.bot.services.db.list_jobs(), key=lambda j: j.id)
+    return job, RunSpec.from_job(job.kind, job.config)
+
+
+@pytest.mark.asyncio
+async def test_a_server_quantize_default_reaches_the_trainer(world, tiny_llama, tmp_path):
+    from storage import jobkinds
+    from storage.jobrun import run_job
+    from tests.bot_world import text_bytes
+    from trainer.rundir import RunDir
+
+    refused = await world.alice.slash(world.channel, "server settings", quantize="8bit")
+    assert refused.response.ephemeral and "Only server managers" in refused.response.content
+    done = await world.mod.slash(world.channel, "server settings", quantize="8bit")
+    assert "quantize 8bit" in str(done.response.embeds[0].to_dict())
+
+    await world.alice.slash(world.channel, "session new", kind="text", title="Small box", base_model=str(tiny_llama))
+    thread = world.channel.threads[-1]
+    await world.alice.slash(thread, "data add", file=("fox.txt", text_bytes(12)))
+    card = (await world.alice.slash(thread, "data report")).response.embeds[0].description
+    assert "**Base quantisation:** 8bit (the frozen base loads 8bit; LoRA and optimizer stay float32)" in card
+
+    started = await world.alice.slash(thread, "train start", steps=2)
+    assert not started.ephemeral, started.response.content
+    job, spec = last_spec(world)
+    assert spec.settings["quantize"] == "8bit"
+    run = RunDir(tmp_path / f"job-{job.id}")  # run as the worker runs it
+    config = jobkinds.get(job.kind).prepare_inputs(world.env.bot.services.blobs, run, job.config)
+    assert run_job(job.kind, config, run, resume=False)["status"] == "done"
+    metrics = json.loads(run.metrics.read_text())
+    assert metrics["quantize"] == "8bit" and metrics["quantize_choice"]["reason"] == "8bit was asked for"
+
+    # the session's owner overrides the server for this session; a run's own option wins over both
+    refused = await world.bob.slash(thread, "session settings", quantize="none")
+    assert refused.response.ephemeral
+    updated = await world.alice.slash(thread, "session settings", quantize="none")
+    assert "quantize none" in updated.response.content
+    await world.env.advance_time(60)
+    started = await world.alice.slash(thread, "train start", steps=2)
+    assert not started.ephemeral, started.response.content
+    assert last_spec(world)[1].settings["quantize"] == "none"
+    await world.env.advance_time(60)
+    await world.alice.slash(thread, "train start", steps=2, quantize="4bit")
+    assert last_spec(world)[1].settings["quantize"] == "4bit"
+
+
+def test_the_report_line_says_what_the_last_run_picked_and_why():
+    from bot.report import quantize_line
+
+    line = quantize_line({}, {"quantize": "4bit", "quantize_reason": "auto: the base would not leave room"})
+    assert line.startswith("**Base quantisation:** auto: the base loads unquantised where it leaves room")
+    assert line.endswith("Last run: 4bit, auto: the base would not leave room.")

@@ -409,6 +409,8 @@ class ImageTask(Task):
         return {"kind": kinds.IMAGE.name, "base": s.config.base, "base_path": str(s.loaded.path), "family": s.loaded.family,
                 "prediction_type": s.loaded.prediction_type, "precision": s.precision,
                 "precision_choice": s.precision_choice, "quantize": s.quantize.mode,
+                # the reason again as a plain string: the worker hands the bot metrics.json's scalars only
+                "quantize_reason": s.quantize.reason,
                 "quantize_choice": s.quantize.as_dict(),
                 "data_report": s.dataset.report.to_dict() | {"train_images": len(s.train), "val_images": len(s.val)},
                 "buckets": _bucket_report(s),

@@ -277,6 +277,8 @@ class TextTask(Task):
         s, best = self.s, state.best_val
         return {"kind": TEXT.name, "base": s.config.base, "base_path": str(s.base_path), "precision": s.precision,
                 "precision_choice": s.precision_choice, "quantize": s.quantize.mode,
+                # the reason again as a plain string: the worker hands the bot metrics.json's scalars only
+                "quantize_reason": s.quantize.reason,
                 "quantize_choice": s.quantize.as_dict(), "text_kind": s.text_kind.kind,
                 "text_kind_reason": s.text_kind.reason, "text_kind_declared": s.text_kind.declared,
                 "regularisation_off_for_kind": s.regularisation_off,
