@@ -64,6 +64,7 @@ def test_a_quantised_text_run_trains_on_the_quantised_base(text_runs, mode, laye
     assert val[-1][1] < val[0][1]  # it learned
     config = json.loads((result.run_dir / "adapter" / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] and config["r"] == 8
+    assert f"| base quantised | {mode} |" in (result.run_dir / "adapter" / "README.md").read_text()
 
 
 def test_the_quantised_base_is_what_the_run_trained_on(tiny_llama, corpus, tmp_path):
@@ -336,3 +337,22 @@ def test_the_report_line_says_what_the_last_run_picked_and_why():
     line = quantize_line({}, {"quantize": "4bit", "quantize_reason": "auto: the base would not leave room"})
     assert line.startswith("**Base quantisation:** auto: the base loads unquantised where it leaves room")
     assert line.endswith("Last run: 4bit, auto: the base would not leave room.")
+
+
+def test_cli_quantize_reaches_the_trainer(tiny_llama, text_file, tmp_path):
+    from typer.testing import CliRunner
+
+    from loracord.cli import app
+
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", "text", str(text_file), "--out", str(run), "--base", str(tiny_llama),
+                                      "--steps", "2", "--patience", "0", "--seq-len", "64", "--batch-size", "2",
+                                      "--max-new-tokens", "4", "--prompt", "To be", "--precision", "fp32",
+                                      "--threads", "1", "--quantize", "8bit"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "metrics.json").read_text())["quantize"] == "8bit"
+    refused = CliRunner().invoke(app, ["train", "text", str(text_file), "--out", str(tmp_path / "bad"),
+                                       "--base", str(tiny_llama), "--quantize", "2bit"])
+    # the CLI's main() prints a ConfigError as one line; under CliRunner it is the exception
+    assert refused.exit_code != 0 and "quantize: Input should be 'auto', 'none', '8bit' or '4bit'" in str(
+        refused.exception)

@@ -165,7 +165,9 @@ def _load_in_precision(config: ImageTrainConfig, part):
         quantize = decide(config.quantize, kind=kinds.IMAGE.name, folder=denoiser, precision="fp32")
         loaded = load_pipeline(config.base, quantize=quantize.mode)
         key = f"image|{model_key(loaded.path)}|q={quantize.mode}|" + ",".join(f"{k}={v}" for k, v in shape.items())
-        return loaded, choose_precision(config.precision, probe=image_probe(loaded, **shape), key=key), quantize
+        # A quantised denoiser is not timed: the probe would copy it; it takes the hardware's half precision.
+        probe = image_probe(loaded, **shape) if quantize.mode == "none" else None
+        return loaded, choose_precision(config.precision, probe=probe, key=key), quantize
     choice = choose_precision(config.precision, probe=None, key="")
     quantize = decide(config.quantize, kind=kinds.IMAGE.name, folder=denoiser, precision=choice.precision)
     dtype = None if choice.precision == "fp32" else compute_dtype(choice.precision)
