@@ -138,18 +138,34 @@ def size_line(sizes) -> str:
             f"a step takes {describe_step_time(sizes.step_s)} there (a rough guess)")
 
 
+def quantize_line(settings: dict, last_run: dict | None) -> str:
+    """How the next run's frozen base loads (``quantize``, as the bot, server or session set it) and what
+    the last run picked and why (its metrics), as precision is reported."""
+    from trainer.quantize import AUTO_WORDS
+
+    chosen = settings.get("quantize") or "auto"
+    line = "**Base quantisation:** " + (AUTO_WORDS if chosen == "auto" else
+                                        f"{chosen} (the frozen base loads {chosen}; LoRA and optimizer stay float32)")
+    if last_run and last_run.get("quantize"):
+        line += f" Last run: {last_run['quantize']}" + (f", {last_run['quantize_reason']}"
+                                                       if last_run.get("quantize_reason") else "") + "."
+    return line
+
+
 def report_card(kind: str, items: list[DatasetItem], blobs: BlobStore, members: dict[int, str] | None = None,
                 sizes=None, tuned: dict | None = None, settings: dict | None = None,
-                posted_files: bool = True) -> ReportCard:
+                posted_files: bool = True, last_run: dict | None = None) -> ReportCard:
     """``sizes`` (``ImageSizing.image_sizes``) is what an image session trains at: the images are read
     against its resolution, as the trainer will read them. ``tuned`` is the metrics of the
     session's latest quick tries, to say how their settings were chosen. ``settings`` are the
-    trainer settings runs start from (a declared ``text_kind``, ``neftune_alpha``).
+    trainer settings runs start from (a declared ``text_kind``, ``neftune_alpha``, ``quantize``);
+    ``last_run``: the metrics of the session's latest finished run (what its ``quantize`` picked).
     ``posted_files``: files posted in the session's thread are read (else only ``/data add``)."""
     card = ReportCard(kind)
     few, good, unit = TARGETS[kind]
     if sizes is not None:
         card.lines.append(size_line(sizes))
+    card.lines.append(quantize_line(settings or {}, last_run))
     if not items:
         card.count_advice = f"Add {few}+ {unit} with `/data add`" + (" (or drop files in this thread)." if posted_files
                                                                       else ".")

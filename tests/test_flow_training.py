@@ -124,7 +124,8 @@ def test_bf16_run_loads_the_pipeline_in_bf16_and_trains_a_float32_adapter(tiny_s
     import trainer.image.pipelines as pipelines
 
     loads, real = [], pipelines.load_pipeline
-    monkeypatch.setattr(pipelines, "load_pipeline", lambda base, dtype=None: loads.append(dtype) or real(base, dtype))
+    monkeypatch.setattr(pipelines, "load_pipeline",
+                        lambda base, dtype=None, **kw: loads.append(dtype) or real(base, dtype, **kw))
     result = train_image(config(image_folder, tmp_path / "run", tiny_sd3, 64, precision="bf16", steps=2, eval_every=2))
     assert set(result.adapter_files) == {"diffusers", "comfyui"} and result.metrics["precision"] == "bf16"
     assert loads == [torch.bfloat16, torch.bfloat16]  # the base, then the fresh pipeline the files load into

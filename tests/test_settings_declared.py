@@ -19,14 +19,14 @@ from trainer.config import TrainConfig, bounds
 from trainer.kinds import IMAGE
 
 ROOT = Path(__file__).resolve().parents[1]
-START = ("steps", "lr", "rank", "seed", "resolution", "sample_steps", "text_kind", "lr_scheduler", "dora", "crop")
+START = ("steps", "lr", "rank", "seed", "resolution", "sample_steps", "text_kind", "lr_scheduler", "dora", "quantize", "crop")
 # slash command -> option -> (setting, the kind whose declaration it reads)
 SETTING_OPTIONS = {
     "train start": {name: (name, None) for name in START},
     "session settings": {"resolution": ("resolution", None), "batch_size": ("batch_size", IMAGE),
-                         "sample_steps": ("sample_steps", None)},
+                         "sample_steps": ("sample_steps", None), "quantize": ("quantize", None)},
     "server settings": {"image_resolution": ("resolution", None), "image_batch_size": ("batch_size", IMAGE),
-                        "image_sample_steps": ("sample_steps", None)},
+                        "image_sample_steps": ("sample_steps", None), "quantize": ("quantize", None)},
 }
 NARROWER = {"train tune": {"steps": ("steps", None)}}  # quick tries from Discord stay quick, inside the declaration
 # Settings each kind declares for itself, because they differ in default, bounds or meaning.

@@ -222,6 +222,8 @@ def _settings(kind: kinds.RunKind, metrics: dict, config: dict, clean: "_Cleaner
              if config.get(name) is not None and (config[name] or name not in ONLY_WHEN_ON)}
     if metrics.get("precision"):
         shown["precision"] = metrics["precision"]
+    if metrics.get("quantize") not in (None, "none"):  # the frozen base it trained on; it loads into the unquantised one
+        shown["base quantised"] = metrics["quantize"]
     rows = [f"| {name} | {clean(_value(value)).replace('|', '&#124;')} |" for name, value in shown.items()]
     return "\n".join(["| setting | value |", "|---|---|", *rows])
 

@@ -23,6 +23,7 @@ from .errors import ConfigError
 from .presets import Preset
 
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
+Quantize = Literal["auto", "none", "8bit", "4bit"]
 Schedule = Literal["cosine", "linear", "constant"]
 
 
@@ -107,6 +108,10 @@ class TrainConfig(BaseModel):
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     precision: Precision = Field("auto", description="'auto' picks bf16 where the hardware runs it fast, else "
                                                      "fp32; or 'bf16', 'fp16', 'fp32'.")
+    quantize: Quantize = Field("auto", description=(
+        "Load the frozen base quantised (QLoRA; LoRA and optimizer stay float32): '4bit', '8bit', 'none', or "
+        "'auto': quantised only where the base would not leave room for training (docs/trainer.md)."),
+        json_schema_extra=slash("Frozen base in 4bit/8bit (QLoRA); auto: only where it would not fit"))
     threads: int | None = Field(None, ge=1, description="CPU threads for torch; default: torch's choice.")
     holdout: str | None = Field(None, description="'I/K': validate on fold I of K (trainer.folds), train on the "
                                                   "rest; 'none': train on every example, no validation; default: "

@@ -189,14 +189,19 @@ def _convert_gguf(folder: Path, filename: str, key: str) -> Path:
     return target
 
 
-def load_causal_lm(path: Path, dtype=None):
-    """Load a causal language model and its tokenizer from a resolved folder (safetensors only)."""
+def load_causal_lm(path: Path, dtype=None, quantization_config=None, device=None):
+    """Load a causal language model and its tokenizer from a resolved folder (safetensors only).
+
+    ``quantization_config`` (``trainer.quantize.text_config``) loads the weights quantised, straight
+    onto ``device`` (a GPU's quantised weights are made there, never moved)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    placed = {"device_map": {"": device}} if quantization_config is not None and device is not None else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
         model = AutoModelForCausalLM.from_pretrained(
-            path, trust_remote_code=False, use_safetensors=True, dtype=dtype
+            path, trust_remote_code=False, use_safetensors=True, dtype=dtype,
+            quantization_config=quantization_config, **placed
         )
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"Could not load a causal language model from {path}: {exc}") from exc

@@ -77,9 +77,12 @@ def compute_dtype(precision: str):
 
 
 def store_frozen_in(module, dtype) -> None:
-    """Store ``module``'s frozen parameters in ``dtype``, leaving the trained ones (LoRA) as they are."""
+    """Store ``module``'s frozen parameters in ``dtype``, leaving the trained ones (LoRA) and quantised
+    weights (``--quantize``: they keep their own storage and compute dtype) as they are."""
+    from .quantize import is_quantized
+
     for param in module.parameters():
-        if not param.requires_grad:
+        if not param.requires_grad and not is_quantized(param):
             param.data = param.data.to(dtype)
 
 

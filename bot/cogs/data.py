@@ -199,11 +199,14 @@ class DataCog(commands.GroupCog, group_name="data", group_description="The sessi
         sized = kinds.get(session.kind).sized_to_device
         sizes = await self.bot.db(self.svc.sizes.image_sizes, session) if sized else None
         await interaction.response.defer(thinking=True)
-        tuned = next((j.result.get("metrics") for j in await self.bot.db(self.svc.jobs.find, session=session,
-                                                                          status="done") if j.kind == "tune"), None)
+        done = await self.bot.db(self.svc.jobs.find, session=session, status="done")
+        tuned = next((j.result.get("metrics") for j in done if j.kind == "tune"), None)
+        last_run = next(((j.result or {}).get("metrics") for j in done if j.kind.startswith("train_")), None)
         config = self.bot.config
+        run_defaults = await self.bot.db(self.svc.server.run_defaults, session)
         card = await asyncio.to_thread(report_card, session.kind, items, self.svc.blobs, sizes=sizes, tuned=tuned,
-                                       settings=config.train_defaults(session.kind),
+                                       settings={**config.train_defaults(session.kind), **run_defaults},
+                                       last_run=last_run,
                                        posted_files=config.session_threads and config.message_content)
         embed = discord.Embed(title=f"Report card · session #{session.id} ({session.kind})",
                               description="\n".join(card.lines) or "No data yet.",

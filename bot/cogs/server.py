@@ -20,13 +20,15 @@ LIMITS = ("max_dataset_items", "max_dataset_mb", "max_file_mb", "max_pending_job
           "max_jobs_per_guild")
 
 
-def store_settings(svc: Services, guild_id: int, actor: Actor, limits: dict, sizes: dict) -> tuple[dict, dict]:
+def store_settings(svc: Services, guild_id: int, actor: Actor, limits: dict, sizes: dict,
+                   run_defaults: dict | None = None) -> tuple[dict, dict]:
     """Store what a server manager changed (None: left as it is), image sizes first (a resolution is
-    checked against the server's image models); returns (image sizes, all the server's settings).
-    Runs on the bot's database thread."""
+    checked against the server's image models), then the runs' defaults (``quantize``); returns
+    (image sizes, all the server's settings). Runs on the bot's database thread."""
     if not actor.manager:
         raise Refusal("Only server managers (Manage Server permission) can change the server's limits.")
     stored_sizes = svc.sizes.set_server_sizes(guild_id, **sizes)
+    svc.server.set_run_defaults(guild_id, **(run_defaults or {}))
     settings = {}
     for key, value in limits.items():
         if value is not None:
@@ -62,7 +64,8 @@ class ServerCog(commands.GroupCog, group_name="server", group_description="Serve
                            image_scorer="CLIP model (hub id or worker folder) that scores image samples; none: "
                                         "scores unavailable",
                            caption_model="Model that captions images (hub id or folder); off: no automatic captions; "
-                                         "default: the bot's")
+                                         "default: the bot's",
+                           quantize="Runs' frozen base in 4bit/8bit (QLoRA); auto: only where it would not fit")
     @app_commands.default_permissions(manage_guild=True)
     @app_commands.guild_only()
     async def settings(self, interaction: discord.Interaction, allowed_models: Optional[str] = None,
@@ -77,7 +80,8 @@ class ServerCog(commands.GroupCog, group_name="server", group_description="Serve
                        image_batch_size: Setting["batch_size", IMAGE] = None,
                        image_sample_steps: Setting["sample_steps"] = None,
                        image_scorer: Optional[str] = None,
-                       caption_model: Optional[app_commands.Range[str, 1, 200]] = None) -> None:
+                       caption_model: Optional[app_commands.Range[str, 1, 200]] = None,
+                       quantize: Setting["quantize"] = None) -> None:
         models = [m.strip() for m in allowed_models.split(",") if m.strip()] if allowed_models else None
         values = dict(allowed_models=models, max_dataset_items=max_dataset_items, max_dataset_mb=max_dataset_mb, max_file_mb=max_file_mb,
                       max_pending_jobs_per_user=max_pending_jobs_per_user, runs_per_day=runs_per_day,
@@ -87,7 +91,7 @@ class ServerCog(commands.GroupCog, group_name="server", group_description="Serve
         svc = self.bot.services
         sizes, settings = await self.bot.db(store_settings, svc, interaction.guild_id, actor_of(interaction), values,
                                             dict(resolution=image_resolution, batch_size=image_batch_size,
-                                                 sample_steps=image_sample_steps))
+                                                 sample_steps=image_sample_steps), dict(quantize=quantize))
         embed = discord.Embed(title="loracord limits on this server", colour=0x5865F2)
         models_now = settings.get("allowed_models") or self.bot.config.allowed_models
         embed.add_field(name="Allowed models", value=", ".join(f"`{model_name(m)}`" for m in models_now) or "none",
@@ -106,6 +110,9 @@ class ServerCog(commands.GroupCog, group_name="server", group_description="Serve
         embed.add_field(name="Image run sizes", inline=False, value=", ".join(
             f"{k.replace('_', ' ')} {v}" for k, v in sizes.items()) or "sized to each base and the worker's device "
             "(CPU: at most 256 px, batch 1, 8 sampling steps; GPU: the base's native side)")
+        runs = settings.get("run_defaults") or {}
+        embed.add_field(name="Runs' defaults", inline=False, value=", ".join(f"{k} {v}" for k, v in runs.items())
+                        or "quantize auto (the trainer's default)")
         await interaction.response.send_message(embed=embed, ephemeral=True)
 
 

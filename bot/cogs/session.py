@@ -276,14 +276,16 @@ class SessionCog(commands.GroupCog, group_name="session", group_description="Tra
                            invite="Invite a member to this (private) session", remove="Remove a member from the session",
                            resolution="Image sessions: training and sample side in pixels for the next runs",
                            batch_size="Image sessions: images per step", sample_steps="Image sessions: denoising "
-                                                                                       "steps per sample")
+                                                                                       "steps per sample",
+                           quantize="Next runs' frozen base in 4bit/8bit (QLoRA); auto: only where it would not fit")
     @app_commands.autocomplete(base_model=model_autocomplete)
     async def settings(self, interaction: discord.Interaction, visibility: Optional[Literal["public", "private"]] = None,
                        title: Optional[app_commands.Range[str, 1, 90]] = None, base_model: Optional[str] = None,
                        invite: Optional[discord.Member] = None, remove: Optional[discord.Member] = None,
                        resolution: Setting["resolution"] = None, batch_size: Setting["batch_size", IMAGE] = None,
-                       sample_steps: Setting["sample_steps"] = None) -> None:
+                       sample_steps: Setting["sample_steps"] = None, quantize: Setting["quantize"] = None) -> None:
         session = await self.bot.db(self.svc.sessions.session_here, interaction.channel_id)
+        await self.bot.db(self.svc.server.set_session_run_defaults, session, actor_of(interaction), quantize=quantize)
         await self.bot.db(self.svc.sizes.set_session_sizes, session, actor_of(interaction),
                           resolution=resolution, batch_size=batch_size, sample_steps=sample_steps)
         updated = await self.bot.db(update_session, self.svc, session, actor_of(interaction), visibility=visibility,
@@ -301,6 +303,8 @@ class SessionCog(commands.GroupCog, group_name="session", group_description="Tra
             notes.append(f"{invite.mention} is invited: they can `/session join` now.")
         if remove:
             notes.append(f"{remove.mention} was removed.")
+        if quantize:
+            notes.append(f"Runs here load the base with quantize {quantize} unless `/train start quantize:` says otherwise.")
         if kinds.get(updated.kind).sized_to_device:
             notes.append(size_line(await self.bot.db(self.svc.sizes.image_sizes, updated)) + ".")
         info = await self.bot.db(session_info, self.svc, updated)

@@ -79,7 +79,7 @@ def run_spec(svc: Services, session: Session, preset: str | None, chosen: dict, 
     chosen = {k: v for k, v in chosen.items() if v is not None}
     seed = chosen.pop("seed", 0)  # explicit, so samples and the run record which seed made them
     config = svc.config
-    settings = {**config.train_defaults(session.kind), **chosen}
+    settings = {**config.train_defaults(session.kind), **svc.server.run_defaults(session), **chosen}
     if kinds.get(session.kind).sized_to_device:  # sizes the server or session chose; the worker sizes the rest
         settings.update(svc.sizes.image_sizes(session, chosen).chosen)
     if config.train_threads:
@@ -181,7 +181,7 @@ class TrainCog(commands.GroupCog, group_name="train", group_description="Train a
     @app_commands.describe(preset="auto: as /data report picks; quick: a short first run; balanced: sized to "
                                   "the data; best: for 100+",
                            **descriptions("steps", "lr", "rank", "seed", "resolution", "sample_steps", "text_kind",
-                                          "lr_scheduler", "dora", "crop"))
+                                          "lr_scheduler", "dora", "quantize", "crop"))
     @app_commands.checks.dynamic_cooldown(_train_cooldown)
     async def start(self, interaction: discord.Interaction,
                     preset: Literal["auto", "quick", "balanced", "best"] = "auto",
@@ -189,7 +189,7 @@ class TrainCog(commands.GroupCog, group_name="train", group_description="Train a
                     seed: Setting["seed"] = None, resolution: Setting["resolution"] = None,
                     sample_steps: Setting["sample_steps"] = None, text_kind: Setting["text_kind"] = None,
                     lr_scheduler: Setting["lr_scheduler"] = None, dora: Setting["dora"] = None,
-                    crop: Setting["crop"] = None) -> None:
+                    quantize: Setting["quantize"] = None, crop: Setting["crop"] = None) -> None:
         session = await self.bot.db(self.svc.sessions.session_here, interaction.channel_id)
         why = ""
         if preset == "auto":
@@ -198,7 +198,7 @@ class TrainCog(commands.GroupCog, group_name="train", group_description="Train a
             why = f"Preset **{preset}**: {reason}."
         chosen = {"steps": steps, "lr": lr, "rank": rank, "seed": seed, "resolution": resolution,
                   "sample_steps": sample_steps, "text_kind": text_kind, "lr_scheduler": lr_scheduler, "dora": dora,
-                  "crop": crop}
+                  "quantize": quantize, "crop": crop}
         kind = kinds.get(session.kind)
         elsewhere = [name for name, value in chosen.items() if value is not None and name not in kind.settings]
         if elsewhere:  # a setting of another kind's runs

@@ -99,7 +99,7 @@ def lora_deltas(module, adapter: str = "default", bases: dict | None = None) -> 
             delta = layer.get_delta_weight(adapter).detach().float().cpu()
             if dora:
                 base = (bases or {}).get(name)
-                base = layer.get_base_layer().weight.detach().float().cpu() if base is None else base
+                base = base_weight(layer) if base is None else base
                 magnitude = layer.lora_magnitude_vector[adapter].weight.detach().float().cpu().flatten()
                 merged = base + delta
                 scale = magnitude / merged.flatten(1).norm(dim=1)
@@ -113,8 +113,16 @@ def dora_bases(module, adapter: str = "default") -> dict[str, "torch.Tensor"]:
     takes a loaded copy's DoRA changes on."""
     from peft.tuners.lora import LoraLayer
 
-    return {name: layer.get_base_layer().weight.detach().float().cpu() for name, layer in module.named_modules()
+    return {name: base_weight(layer) for name, layer in module.named_modules()
             if isinstance(layer, LoraLayer) and layer.use_dora.get(adapter)}
+
+
+def base_weight(layer) -> "torch.Tensor":
+    """A LoRA layer's base weight, float32 on the CPU; dequantised where the base loaded quantised
+    (``--quantize``), so a DoRA update is compared on the weights the trained layer computed with."""
+    from peft.utils.integrations import dequantize_module_weight
+
+    return dequantize_module_weight(layer.get_base_layer()).detach().float().cpu()
 
 
 def same_update(got, want, dtype) -> bool:

@@ -25,6 +25,7 @@ class LoadedPipeline:
     part: ModuleType  # its family module in trainer.image.families
     path: Path
     dtype: Any = None  # the torch dtype it was loaded in (None: as saved, float32 for the tiny and most bases)
+    quantize: str = "none"  # its denoiser's quantisation (trainer.quantize); the other components never are
 
     @property
     def family(self) -> str:
@@ -57,11 +58,19 @@ def pipeline_family(path: Path) -> ModuleType:
     return families.family_for(json.loads(index.read_text()).get("_class_name", ""), str(path))
 
 
-def load_pipeline(base: str | Path, dtype=None) -> LoadedPipeline:
-    """Resolve ``base`` (hub id or local folder) and load its pipeline, without a safety checker."""
+def load_pipeline(base: str | Path, dtype=None, quantize: str = "none") -> LoadedPipeline:
+    """Resolve ``base`` (hub id or local folder) and load its pipeline, without a safety checker;
+    ``quantize`` ('8bit', '4bit'; ``trainer.quantize``) loads its denoiser quantised."""
+    from ..quantize import image_config
+
     path = resolve_base(str(base))
     part = pipeline_family(path)
-    return LoadedPipeline(open_pipeline(part, path, dtype), part, path, dtype)
+    if quantize != "none":
+        import torch
+
+        dtype = dtype or torch.float32  # diffusers' torchao quantizer would otherwise pick bf16
+    config = image_config(quantize, part.DENOISER, dtype)
+    return LoadedPipeline(open_pipeline(part, path, dtype, config), part, path, dtype, quantize)
 
 
 def encode_prompts(loaded: LoadedPipeline, prompts: list[str], device=None):

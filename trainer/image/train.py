@@ -89,6 +89,7 @@ class _Setup:
     sample_prompts: list[str]
     setup_s: float = 0.0
     precision_choice: dict = field(default_factory=dict)  # what auto picked and why
+    quantize: Any = None  # trainer.quantize.QuantizeChoice: the denoiser's quantisation, and why
 
 
 def split(examples: list, val_fraction: float, seed: int) -> tuple[list, list]:
@@ -107,6 +108,7 @@ def _setup(config: ImageTrainConfig) -> _Setup:
     import torch
 
     from ..precision import make_accelerator
+    from ..quantize import check_quantize, run_device
     from .data import load_images, training_limits
     from .presets import run_sizes, size_defaults
 
@@ -120,6 +122,7 @@ def _setup(config: ImageTrainConfig) -> _Setup:
                           f"{sizes.family.part.DENOISER} alone.")
     if config.train_text_encoder:
         check_text_encoder_lora()
+    check_quantize(config.quantize, kinds.IMAGE.name, run_device())  # before any work: what this machine lacks
     dataset = load_images(config.data, instance_prompt=config.instance_prompt, limits=training_limits(config, sizes))
     if config.holdout:  # a cross-validation fold, or every image (trainer.folds)
         from ..folds import split_holdout
@@ -128,7 +131,7 @@ def _setup(config: ImageTrainConfig) -> _Setup:
     else:
         train, val = split(dataset.examples, config.val_fraction, config.seed)
     config = size_defaults(config, len(train), sizes)
-    loaded, choice = _load_in_precision(config, sizes.family.part)
+    loaded, choice, quantize = _load_in_precision(config, sizes.family.part)
     accelerator = make_accelerator(choice.precision)
     noise_scheduler = loaded.part.training_scheduler(loaded.pipe)
     _add_lora(config, loaded, choice.precision)
@@ -143,24 +146,32 @@ def _setup(config: ImageTrainConfig) -> _Setup:
         loaded.part.free_after_caching(loaded.pipe)  # samples and steps read the cached embeddings from here on
     loaded.pipe.to(accelerator.device)
     return _Setup(config, dataset, train, val, loaded, noise_scheduler, accelerator, choice.precision, cache, prompts,
-                  setup_s=time.time() - started, precision_choice=choice.as_dict())
+                  setup_s=time.time() - started, precision_choice=choice.as_dict(), quantize=quantize)
 
 
 def _load_in_precision(config: ImageTrainConfig, part):
-    """(the loaded base, the precision choice). A family whose denoiser is cheap to copy is timed in
-    both precisions (``--precision auto``); a big transformer takes the hardware's half precision
-    untimed and loads in it (half the memory)."""
+    """(the loaded base, the precision choice, the quantisation choice). A family whose denoiser is
+    cheap to copy is timed in both precisions (``--precision auto``), as loaded: float32, or
+    quantised (``--quantize``); a big transformer takes the hardware's half precision untimed and
+    loads in it (half the memory), its quantisation decided for that precision."""
+    from ..models import resolve_base
     from ..precision import choose_precision, compute_dtype, image_probe, model_key
+    from ..quantize import decide
     from .pipelines import load_pipeline
 
     shape = dict(resolution=config.resolution, batch_size=config.batch_size, rank=config.rank)
+    denoiser = resolve_base(config.base) / part.DENOISER
     if part.PRECISION_PROBE:
-        loaded = load_pipeline(config.base)
-        key = f"image|{model_key(loaded.path)}|" + ",".join(f"{k}={v}" for k, v in shape.items())
-        return loaded, choose_precision(config.precision, probe=image_probe(loaded, **shape), key=key)
+        quantize = decide(config.quantize, kind=kinds.IMAGE.name, folder=denoiser, precision="fp32")
+        loaded = load_pipeline(config.base, quantize=quantize.mode)
+        key = f"image|{model_key(loaded.path)}|q={quantize.mode}|" + ",".join(f"{k}={v}" for k, v in shape.items())
+        # A quantised denoiser is not timed: the probe would copy it; it takes the hardware's half precision.
+        probe = image_probe(loaded, **shape) if quantize.mode == "none" else None
+        return loaded, choose_precision(config.precision, probe=probe, key=key), quantize
     choice = choose_precision(config.precision, probe=None, key="")
+    quantize = decide(config.quantize, kind=kinds.IMAGE.name, folder=denoiser, precision=choice.precision)
     dtype = None if choice.precision == "fp32" else compute_dtype(choice.precision)
-    return load_pipeline(config.base, dtype=dtype), choice
+    return load_pipeline(config.base, dtype=dtype, quantize=quantize.mode), choice, quantize
 
 
 def _add_lora(config: ImageTrainConfig, loaded, precision: str) -> None:
@@ -351,7 +362,8 @@ class ImageTask(Task):
     def describe(self) -> str:
         s, cfg = self.s, self.config
         return (f"training {cfg.steps} steps on {len(s.train)} images ({len(s.val)} held out; {s.loaded.family}, "
-                f"{s.loaded.prediction_type}, {s.precision}, rank {cfg.rank}, lr {cfg.lr:g}, augment {cfg.augment:g})")
+                f"{s.loaded.prediction_type}, {s.precision}, {s.quantize.words()}: {s.quantize.reason}, rank {cfg.rank}, "
+                f"lr {cfg.lr:g}, augment {cfg.augment:g})")
 
     def train_step(self) -> tuple[float, None]:
         """One batch of cached latents with fresh noise and timesteps: forward, backward, clip, step."""
@@ -422,7 +434,10 @@ class ImageTask(Task):
         s = self.s
         return {"kind": kinds.IMAGE.name, "base": s.config.base, "base_path": str(s.loaded.path), "family": s.loaded.family,
                 "prediction_type": s.loaded.prediction_type, "precision": s.precision,
-                "precision_choice": s.precision_choice,
+                "precision_choice": s.precision_choice, "quantize": s.quantize.mode,
+                # the reason again as a plain string: the worker hands the bot metrics.json's scalars only
+                "quantize_reason": s.quantize.reason,
+                "quantize_choice": s.quantize.as_dict(),
                 "data_report": s.dataset.report.to_dict() | {"train_images": len(s.train), "val_images": len(s.val)},
                 "buckets": _bucket_report(s),
                 "sample_prompts": s.sample_prompts, "samples": state.samples, "setup_time_s": s.setup_s}

@@ -86,6 +86,7 @@ class _Setup:
     base_path: Path
     prompts: list[str]
     precision_choice: dict = field(default_factory=dict)  # what auto picked and why
+    quantize: Any = None  # trainer.quantize.QuantizeChoice: the frozen base's quantisation, and why
     text_kind: Any = None  # trainer.text.kinds.TextKind: what the augmentation follows, and why
     regularisation_off: str | None = None  # why the preset left augmentation and dropout off for this kind
 
@@ -98,6 +99,7 @@ def _setup(config: TextTrainConfig) -> _Setup:
     from ..models import load_causal_lm, resolve_base
     from ..precision import choose_precision, compute_dtype, make_accelerator, model_key, text_probe
     from ..presets import regularisation_off
+    from ..quantize import check_quantize, decide, run_device, text_config
     from .data import load_text_dataset
     from .kinds import resolve_kind
     from .packing import CHATML_TEMPLATE, encode
@@ -106,6 +108,7 @@ def _setup(config: TextTrainConfig) -> _Setup:
     if config.threads:
         torch.set_num_threads(config.threads)
     pin_mmap_threshold()
+    check_quantize(config.quantize, TEXT.name, run_device())  # before any work: what this machine lacks
     dataset = load_text_dataset(config.data, val_fraction=config.val_fraction, seed=config.seed,
                                 holdout=config.holdout)
     # Every example, held-out ones too, so that every fold of a cross-validated try agrees.
@@ -120,7 +123,10 @@ def _setup(config: TextTrainConfig) -> _Setup:
     # The frozen base is stored in the compute dtype: half the memory and no per-step casts.
     # LoRA weights stay in float32 (peft upcasts adapters), so updates keep full precision.
     dtype = compute_dtype(precision)
-    model, tokenizer = load_causal_lm(base_path, dtype=dtype)
+    # A quantised base (QLoRA) computes in the same dtype; only its frozen linear weights shrink.
+    quantize = decide(config.quantize, kind=TEXT.name, folder=base_path, precision=precision)
+    model, tokenizer = load_causal_lm(base_path, dtype=dtype, quantization_config=text_config(quantize.mode, dtype),
+                                      device=accelerator.device)
     if tokenizer.chat_template is None and any(e.kind == "chat" for e in dataset.train):
         tokenizer.chat_template = CHATML_TEMPLATE
     train_tokens = sum(len(encode(e, tokenizer).ids) for e in dataset.train)
@@ -132,7 +138,7 @@ def _setup(config: TextTrainConfig) -> _Setup:
     model = _add_lora(model, config)
     prompts = config.prompts or default_prompts(dataset.val or dataset.train, tokenizer)
     return _Setup(config, dataset, model, tokenizer, accelerator, precision, base_path, prompts, choice.as_dict(),
-                  text_kind, off)
+                  quantize, text_kind, off)
 
 
 
@@ -200,6 +206,7 @@ class TextTask(Task):
     def describe(self) -> str:
         cfg = self.config
         return (f"training {cfg.steps} steps on {len(self.s.dataset.train)} examples ({self.s.precision}, "
+                f"{self.s.quantize.words()}: {self.s.quantize.reason}, "
                 f"rank {cfg.rank}, lr {cfg.lr:g}, augment {cfg.augment:g} for {self.s.text_kind.kind}"
                 + (f", LoRA dropout {cfg.lora_dropout:g}")
                 + (" (the preset leaves augmentation and dropout off for this kind of text at this size: "
@@ -272,7 +279,10 @@ class TextTask(Task):
     def metrics(self, state: LoopState) -> dict:
         s, best = self.s, state.best_val
         return {"kind": TEXT.name, "base": s.config.base, "base_path": str(s.base_path), "precision": s.precision,
-                "precision_choice": s.precision_choice, "text_kind": s.text_kind.kind,
+                "precision_choice": s.precision_choice, "quantize": s.quantize.mode,
+                # the reason again as a plain string: the worker hands the bot metrics.json's scalars only
+                "quantize_reason": s.quantize.reason,
+                "quantize_choice": s.quantize.as_dict(), "text_kind": s.text_kind.kind,
                 "text_kind_reason": s.text_kind.reason, "text_kind_declared": s.text_kind.declared,
                 "regularisation_off_for_kind": s.regularisation_off,
                 "data_report": s.dataset.report.to_dict(), "tokens_trained": state.tokens, "prompts": s.prompts,

@@ -101,15 +101,17 @@ def vae_scale(folder: Path) -> int:
     return 2 ** (len(blocks) - 1) if blocks else 8
 
 
-def open_pipeline(part, path: Path, dtype=None):
+def open_pipeline(part, path: Path, dtype=None, quantization_config=None):
     """The family ``part``'s pipeline from the folder ``path``: safetensors only, its own loading
-    options (``part.LOAD_KWARGS``), no progress bars; ``ModelError`` when it does not load."""
+    options (``part.LOAD_KWARGS``), no progress bars; ``ModelError`` when it does not load.
+    ``quantization_config``: diffusers' pipeline quantization config (``trainer.quantize.image_config``)."""
     import diffusers
 
     cls = getattr(diffusers, part.PIPELINE_CLASSES[0])
+    quantized = {"quantization_config": quantization_config} if quantization_config is not None else {}
     try:
         with _quiet_loading():
-            pipe = cls.from_pretrained(path, use_safetensors=True, dtype=dtype, **part.LOAD_KWARGS)
+            pipe = cls.from_pretrained(path, use_safetensors=True, dtype=dtype, **part.LOAD_KWARGS, **quantized)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ModelError(f"Could not load a {cls.__name__} from {path}: {exc}") from exc
     pipe.set_progress_bar_config(disable=True)
