@@ -41,6 +41,7 @@ class RunKind:
     library: str  # what loads its adapters, as the model card and /adapter export name it
     base_is: str  # what its base model is, in the model card's words ({family}: the image family's label)
     alpha_per_rank: float  # LoRA alpha when none is given: this many times the rank
+    quantizers: str  # how its frozen base loads quantised, by mode: a table of trainer.quantize.Quantizer
     min_examples: int = 5  # fewest examples a run takes: one held out (early stopping, quick tries), four to train on
     captioned: bool = False  # its items carry captions, written beside the files as metadata.jsonl
     sized_to_device: bool = False  # resolution, batch and sampling steps are sized to the base and device
@@ -75,6 +76,7 @@ TEXT = RunKind(
     sample_prompt="Once upon a time", card="bot.report:text_card", upload_check="bot.ingest:check_text",
     refused_elsewhere="`text_kind` chooses the augmentation of text runs; this is {session}. Leave it out.",
     too_large_fix="split it into smaller files", library="peft", base_is="a causal language model", alpha_per_rank=2,
+    quantizers="trainer.quantize:TRANSFORMERS",
     card_on_upload=True, grid_extras=("epochs",))
 
 IMAGE = RunKind(
@@ -85,6 +87,7 @@ IMAGE = RunKind(
     sample_prompt="a photo of sks", card="bot.report:image_card", upload_check="bot.ingest:check_image",
     refused_elsewhere="`resolution`, `sample_steps` and `crop` shape image runs; this is {session}. Leave them out.",
     too_large_fix="resize or re-export it", library="diffusers", base_is="a diffusion pipeline of the {family} family", alpha_per_rank=1,
+    quantizers="trainer.quantize:DIFFUSERS",
     captioned=True, sized_to_device=True, makes_images=True, model_prefix="image:",
     needs_base="image runs need a base pipeline (a hub id or a local diffusers folder)")
 

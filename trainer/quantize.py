@@ -62,13 +62,35 @@ class QuantizeChoice:
         return "unquantised base" if self.mode == "none" else f"{self.mode} base ({self.stack})"
 
 
+@dataclass(frozen=True)
+class Quantizer:
+    """How one kind's base loads in one quantisation: the library and, where it has one, why it needs a GPU."""
+    stack: str  # the words a member reads: "bitsandbytes nf4 (transformers)"
+    package: str
+    minimum: str
+    gpu_only: str | None = None  # why it needs a CUDA GPU, or None where a CPU runs it too
+
+
+# A run kind's ``quantizers`` (trainer.kinds) names one of these tables.
+TRANSFORMERS = {"8bit": Quantizer("bitsandbytes LLM.int8 (transformers)", "bitsandbytes", MIN_BNB),
+                "4bit": Quantizer("bitsandbytes nf4 (transformers)", "bitsandbytes", MIN_BNB)}
+DIFFUSERS = {"8bit": Quantizer("torchao int8 weight-only (diffusers)", "torchao", "0.18"),
+             "4bit": Quantizer("bitsandbytes nf4 (diffusers)", "bitsandbytes", MIN_BNB, gpu_only=(
+                 "4-bit image bases need a CUDA GPU: diffusers' bitsandbytes quantizer refuses to load without one, "
+                 "and torchao's int4 needs the mslk kernels, which have no CPU build. Use quantize 8bit (torchao "
+                 "int8) or none on a CPU"))}
+
+
+def quantizers(kind: str) -> dict[str, Quantizer]:
+    """The quantisations a ``kind`` run's base loads in, by mode (its record's ``quantizers``)."""
+    from .kinds import get
+
+    return get(kind).part("quantizers")
+
+
 def stack(mode: str, kind: str) -> str:
     """The library that quantises a ``kind`` run's base to ``mode``."""
-    if kind == "text":
-        return "bitsandbytes LLM.int8 (transformers)" if mode == "8bit" else "bitsandbytes nf4 (transformers)"
-    if mode == "8bit":
-        return "torchao int8 weight-only (diffusers)"
-    return "bitsandbytes nf4 (diffusers)"
+    return quantizers(kind)[mode].stack
 
 
 def missing(mode: str, kind: str, device: str) -> str | None:
@@ -77,13 +99,10 @@ def missing(mode: str, kind: str, device: str) -> str | None:
         return None
     if device not in ("cpu", "cuda"):
         return f"{mode} bases load on a CUDA GPU or a CPU; this run's device is {device}"
-    if kind == "image" and mode == "8bit":
-        return _needs("torchao", "0.18", "pip install 'torchao>=0.18'")
-    if kind == "image" and device != "cuda":
-        return ("4-bit image bases need a CUDA GPU: diffusers' bitsandbytes quantizer refuses to load without one, "
-                "and torchao's int4 needs the mslk kernels, which have no CPU build. Use quantize 8bit (torchao "
-                "int8) or none on a CPU")
-    return _needs("bitsandbytes", MIN_BNB, f"pip install 'bitsandbytes>={MIN_BNB}'")
+    quantizer = quantizers(kind)[mode]
+    if quantizer.gpu_only and device != "cuda":
+        return quantizer.gpu_only
+    return _needs(quantizer.package, quantizer.minimum, f"pip install '{quantizer.package}>={quantizer.minimum}'")
 
 
 def _needs(package: str, minimum: str, how: str) -> str | None:
@@ -124,7 +143,8 @@ def choose_quantize(requested: str, *, kind: str, device: str, params: int, free
     if need <= room:
         slower = "" if device == "cuda" else " (on a CPU a quantised base only trains slower)"
         return QuantizeChoice("none", f"auto: the base fits this {where} unquantised ({sizes}){slower}", **facts)
-    order = ("4bit", "8bit") if device == "cuda" or kind == "text" else ("8bit",)
+    order = [mode for mode, q in sorted(quantizers(kind).items(), key=lambda item: BYTES_PER_PARAM[item[0]])
+             if device == "cuda" or not q.gpu_only]  # the smallest this device runs first
     for mode in order:
         if missing(mode, kind, device) is None:
             fits = params * BYTES_PER_PARAM[mode] <= room
