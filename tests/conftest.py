@@ -79,6 +79,20 @@ def tiny_llama(tmp_path_factory) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama")
 
 
+def train_tiny_text(root: Path, base: Path, **settings):
+    """Train a text run on ``base`` for a few steps, on the 16 tiny examples written under ``root``;
+    the run folder is ``root/out``. ``settings`` override the small, fast ones below. Returns the
+    trainer's result."""
+    from trainer.text.config import TextTrainConfig
+    from trainer.text.train import train_text
+
+    data = root / "texts.txt"
+    data.write_text("\n\n".join(f"{s} Line {i}." for i, s in enumerate(TINY_CORPUS * 2)), encoding="utf-8")
+    chosen = dict(steps=4, lr=5e-3, rank=4, target_modules="all-linear", seq_len=64, batch_size=2, eval_every=2,
+                  augment=0.0, lora_dropout=0.0, max_new_tokens=4, precision="fp32", threads=1, prompts=["To be"])
+    return train_text(TextTrainConfig(data=[str(data)], out=str(root / "out"), base=str(base), **{**chosen, **settings}))
+
+
 @pytest.fixture
 def text_file(tmp_path) -> Path:
     """A .txt dataset of 16 short examples separated by blank lines."""

@@ -20,6 +20,7 @@ from huggingface_hub import ModelCard
 from safetensors import safe_open
 
 from bot.cogs.adapter import file_size
+from tests.conftest import train_tiny_text
 from tests.bot_world import *  # noqa: F401,F403
 from tests.image_fixtures import RESOLUTION, image_folder, tiny_sd  # noqa: F401
 from trainer.card import model_card, write_card
@@ -88,18 +89,9 @@ def test_a_local_folder_spelled_like_a_hub_id_is_named_by_its_folder(tmp_path, m
 
 @pytest.fixture(scope="module")
 def text_run(tiny_llama, tmp_path_factory):
-    from tests.conftest import TINY_CORPUS
-    from trainer.text.config import TextTrainConfig
-    from trainer.text.train import train_text
-
     root = tmp_path_factory.mktemp("card-text")
-    data = root / "texts.txt"
-    data.write_text("\n\n".join(f"{s} Line {i}." for i, s in enumerate(TINY_CORPUS * 2)), encoding="utf-8")
-    config = TextTrainConfig(data=[str(data)], out=str(root / "out"), base=str(tiny_llama), steps=6, lr=5e-3, rank=4,
-                             target_modules="all-linear", seq_len=64, batch_size=2, eval_every=3, augment=0.0,
-                             lora_dropout=0.0, max_new_tokens=4, precision="fp32", threads=1,
-                             prompts=["To be", f"The notes in {root}/private/notes.txt say"])
-    return train_text(config), root
+    return train_tiny_text(root, tiny_llama, steps=6, eval_every=3,
+                           prompts=["To be", f"The notes in {root}/private/notes.txt say"]), root
 
 
 def test_a_text_run_writes_a_card_huggingface_hub_reads(text_run):

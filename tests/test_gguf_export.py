@@ -16,6 +16,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from tests.conftest import train_tiny_text
 from trainer.errors import UserError
 from trainer.text.gguf import ARCHITECTURES, _rope_permute, export_gguf, read_safetensors
 
@@ -27,18 +28,8 @@ LLAMA_NAMES = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self
 
 @pytest.fixture(scope="module")
 def text_run(tiny_llama, tmp_path_factory):
-    from tests.conftest import TINY_CORPUS
-    from trainer.text.config import TextTrainConfig
-    from trainer.text.train import train_text
-
-    root = tmp_path_factory.mktemp("gguf-text")
-    data = root / "texts.txt"
-    data.write_text("\n\n".join(f"{s} Line {i}." for i, s in enumerate(TINY_CORPUS * 2)), encoding="utf-8")
-    config = TextTrainConfig(data=[str(data)], out=str(root / "out"), base=str(tiny_llama), steps=3, lr=5e-2, rank=4,
-                             alpha=6.0, target_modules="all-linear", seq_len=64, batch_size=2, eval_every=3,
-                             augment=0.0, lora_dropout=0.0, max_new_tokens=2, precision="fp32", threads=1,
-                             prompts=["To be"])
-    return train_text(config).run_dir
+    return train_tiny_text(tmp_path_factory.mktemp("gguf-text"), tiny_llama, steps=3, lr=5e-2, alpha=6.0, eval_every=3,
+                           max_new_tokens=2).run_dir
 
 
 def fields(reader) -> dict:

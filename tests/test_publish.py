@@ -17,6 +17,7 @@ import pytest
 from huggingface_hub import ModelCard
 from typer.testing import CliRunner
 
+from tests.conftest import train_tiny_text
 from tests.hub_standin import READ_TOKEN, TOKEN, hub  # noqa: F401 (the stand-in Hub, a fixture)
 from trainer.publish import PublishError, check_repo_name, publish_folder, stage_run
 
@@ -24,17 +25,7 @@ from trainer.publish import PublishError, check_repo_name, publish_folder, stage
 
 @pytest.fixture(scope="module")
 def text_run(tiny_llama, tmp_path_factory):
-    from tests.conftest import TINY_CORPUS
-    from trainer.text.config import TextTrainConfig
-    from trainer.text.train import train_text
-
-    root = tmp_path_factory.mktemp("publish-text")
-    data = root / "texts.txt"
-    data.write_text("\n\n".join(f"{s} Line {i}." for i, s in enumerate(TINY_CORPUS * 2)), encoding="utf-8")
-    config = TextTrainConfig(data=[str(data)], out=str(root / "out"), base=str(tiny_llama), steps=4, lr=5e-3, rank=4,
-                             target_modules="all-linear", seq_len=64, batch_size=2, eval_every=2, augment=0.0,
-                             lora_dropout=0.0, max_new_tokens=4, precision="fp32", threads=1, prompts=["To be"])
-    return train_text(config).run_dir
+    return train_tiny_text(tmp_path_factory.mktemp("publish-text"), tiny_llama).run_dir
 
 
 def stage(run: Path, tmp_path: Path, repo: str = "alice/fox-lora", **kw) -> Path:

@@ -26,8 +26,6 @@ Nothing here imports torch at import time: the bot reads ``AUTO_WORDS`` and ``MO
 from __future__ import annotations
 
 import importlib.metadata
-import json
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,16 +159,16 @@ def choose_quantize(requested: str, *, kind: str, device: str, params: int, free
 
 
 def count_params(folder: Path) -> int:
-    """Parameters in the safetensors files under ``folder``, read from their headers (no weights loaded)."""
+    """Parameters in the safetensors files under ``folder``, read from their headers (no weights loaded).
+    safetensors reads them, so a corrupt or cut-short file fails as loading it would (``SafetensorError``)."""
+    from safetensors import safe_open
+
     total = 0
     for path in sorted(Path(folder).glob("*.safetensors")):
-        with open(path, "rb") as f:
-            (size,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(size))
-        for name, entry in header.items():
-            if name != "__metadata__":
+        with safe_open(str(path), framework="numpy") as f:
+            for name in f.keys():
                 count = 1
-                for dim in entry["shape"]:
+                for dim in f.get_slice(name).get_shape():
                     count *= dim
                 total += count
     return total
