@@ -656,16 +656,24 @@ class Database:
     _SAMPLE_SQL = ("select samples.*, coalesce((select sum(value) from votes where sample_id = samples.id), 0) "
                    "as votes from samples")
 
-    def get_sample(self, sample_id: int) -> Sample:
-        rows = list(self.db.query(self._SAMPLE_SQL + " where id = ?", [sample_id]))
+    def _get_row(self, select: str, row_class, what: str, row_id: int):
+        """Row ``row_id`` of ``select`` as ``row_class``; a ``UserError`` naming ``what`` where there is none."""
+        rows = list(self.db.query(select + " where id = ?", [row_id]))
         if not rows:
-            raise UserError(f"no sample #{sample_id}")
-        return Sample.from_row(rows[0])
+            raise UserError(f"no {what} #{row_id}")
+        return row_class.from_row(rows[0])
+
+    def _list_rows(self, select: str, row_class, **filters) -> list:
+        """The rows of ``select`` matching ``filters`` (None: any), in the order they were added."""
+        where, params = _where(**filters)
+        sql = select + (f" where {where}" if where else "") + " order by id"
+        return [row_class.from_row(r) for r in self.db.query(sql, params)]
+
+    def get_sample(self, sample_id: int) -> Sample:
+        return self._get_row(self._SAMPLE_SQL, Sample, "sample", sample_id)
 
     def list_samples(self, *, job_id: int | None = None, session_id: int | None = None) -> list[Sample]:
-        where, params = _where(job_id=job_id, session_id=session_id)
-        sql = self._SAMPLE_SQL + (f" where {where}" if where else "") + " order by id"
-        return [Sample.from_row(r) for r in self.db.query(sql, params)]
+        return self._list_rows(self._SAMPLE_SQL, Sample, job_id=job_id, session_id=session_id)
 
     def record_vote(self, sample_id: int, user_id: int, value: int = 1) -> Sample:
         """A member's vote on a sample (+1 or -1; 0 withdraws it); one vote per member."""
@@ -695,15 +703,10 @@ class Database:
         return self.get_comparison(row["id"])
 
     def get_comparison(self, comparison_id: int) -> Comparison:
-        rows = list(self.db.query(self._COMPARISON_SQL + " where id = ?", [comparison_id]))
-        if not rows:
-            raise UserError(f"no comparison #{comparison_id}")
-        return Comparison.from_row(rows[0])
+        return self._get_row(self._COMPARISON_SQL, Comparison, "comparison", comparison_id)
 
     def list_comparisons(self, *, session_id: int | None = None, job_id: int | None = None) -> list[Comparison]:
-        where, params = _where(session_id=session_id, job_id=job_id)
-        sql = self._COMPARISON_SQL + (f" where {where}" if where else "") + " order by id"
-        return [Comparison.from_row(r) for r in self.db.query(sql, params)]
+        return self._list_rows(self._COMPARISON_SQL, Comparison, session_id=session_id, job_id=job_id)
 
     def record_answer(self, comparison_id: int, user_id: int, choice: str) -> Comparison:
         """A member's answer to a comparison ('a' or 'b'); a second answer replaces their first."""
