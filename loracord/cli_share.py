@@ -1,4 +1,4 @@
-"""Sharing a trained adapter: ``loracord export RUN [--gguf]`` and ``loracord publish RUN --repo USER/NAME``.
+"""Sharing a trained adapter: ``loracord export RUN --gguf [--merged]`` and ``loracord publish RUN --repo USER/NAME``.
 
 Thin wrappers over ``trainer.publish`` and ``trainer.text.gguf``; their errors are
 ``LoracordError``s that ``loracord.cli.main`` prints as one line.
@@ -22,17 +22,36 @@ def export_cmd(
     run: Path = typer.Argument(..., help="A run folder written by `loracord train`."),
     gguf: bool = typer.Option(False, "--gguf", help="Text runs: write the adapter in llama.cpp's GGUF LoRA format "
                                                     "(for llama.cpp, Ollama, LM Studio)."),
+    merged: bool = typer.Option(False, "--merged", help="With --gguf: write the base merged with the adapter as one "
+                                                        "GGUF, with an Ollama Modelfile beside it."),
+    outtype: str = typer.Option("f16", "--outtype", help="With --merged: f16 (exact) or q8_0 (half the size)."),
     out: Optional[Path] = typer.Option(None, help="Where to write (default: RUN/export/)."),
 ) -> None:
-    """Write a run's adapter in another format (--gguf: llama.cpp's GGUF LoRA adapter)."""
+    """Write a run's adapter in another format (--gguf: llama.cpp's GGUF LoRA adapter; --gguf --merged: the
+    base merged with it, a model of its own for llama.cpp and Ollama)."""
     from trainer.errors import UserError
 
     if not gguf:
         raise UserError("Say which format to export: --gguf (text runs). The peft adapter itself is RUN/adapter/.")
+    if merged:
+        return _export_merged(run, out or Path(run) / "export", outtype)
     from trainer.text.gguf import export_gguf
 
     written = export_gguf(run, (out or Path(run) / "export"))
     typer.echo(f"{written.path} ({written.tensors} tensors, {written.arch}, LoRA alpha {written.alpha:g})")
+    if written.note:
+        typer.echo(written.note)
+
+
+def _export_merged(run: Path, out: Path, outtype: str) -> None:
+    from trainer.text.gguf_merged import export_merged_gguf
+
+    written = export_merged_gguf(run, out, outtype=outtype)
+    size = written.path.stat().st_size / 2**20
+    typer.echo(f"{written.path} ({written.arch}, {written.outtype}, {size:.0f} MiB; chat template: "
+               f"{written.chat_template})\n{written.files[1]}")
+    typer.echo(f"Run it: cd {out} && ollama create NAME -f Modelfile && ollama run NAME\n"
+               f"    or: llama-cli -m {written.path}")
     if written.note:
         typer.echo(written.note)
 

@@ -105,10 +105,10 @@ def write_gguf_adapter(adapter_dir: Path, base_config: dict, out: Path, *, name:
     return gguf.MODEL_ARCH_NAMES[arch], alpha, count
 
 
-def _architecture(base_config: dict) -> tuple[str, bool]:
+def _architecture(base_config: dict, what: str = "a GGUF adapter") -> tuple[str, bool]:
     arch = (base_config.get("architectures") or ["?"])[0]
     if arch not in ARCHITECTURES:
-        raise UserError(f"loracord cannot write a GGUF adapter for a {arch} base yet: it converts adapters of "
+        raise UserError(f"loracord cannot write {what} for a {arch} base yet: it writes them for "
                         f"{', '.join(ARCHITECTURES)} bases (llama.cpp's own converter handles more).")
     return ARCHITECTURES[arch]
 
@@ -175,8 +175,13 @@ def read_safetensors(path: Path) -> dict:
 
 
 def base_config_of(metrics: dict, *, may_load: bool = True) -> dict:
-    """The base's config.json: from the folder the run trained on, a built-in's converted copy or the
-    hub cache; else (``may_load``) fetched or converted once by ``resolve_base``, which imports torch."""
+    """The base's config.json (``base_folder_of``'s)."""
+    return json.loads((base_folder_of(metrics, may_load=may_load) / "config.json").read_text(encoding="utf-8"))
+
+
+def base_folder_of(metrics: dict, *, may_load: bool = True) -> Path:
+    """The base's folder: the one the run trained on, a built-in's converted copy or the hub cache;
+    else (``may_load``) fetched or converted once by ``resolve_base``, which imports torch."""
     from ..models import BUILTIN_TEXT_MODELS, cache_dir, is_hub_id, resolve_base
 
     base = (metrics.get("base") or "").strip()
@@ -191,11 +196,11 @@ def base_config_of(metrics: dict, *, may_load: bool = True) -> dict:
             places.append(Path(cached).parent)
     for folder in places:
         if (folder / "config.json").is_file():
-            return json.loads((folder / "config.json").read_text(encoding="utf-8"))
+            return folder
     if not may_load:
         raise UserError(f"The base {base!r}'s config.json is not on this machine; export the GGUF where the run "
                         "trained, with `loracord export RUN --gguf`.")
-    return json.loads((resolve_base(base) / "config.json").read_text(encoding="utf-8"))
+    return resolve_base(base)
 
 
 def _which_step(metrics: dict) -> str:
