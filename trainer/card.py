@@ -192,7 +192,9 @@ def _llama_cpp(base: str, beside) -> str:
     return (f"With [llama.cpp](https://github.com/ggml-org/llama.cpp): {made} Load it over {base} in GGUF "
             f"(converted with llama.cpp's `convert_hf_to_gguf.py`, in f16 or f32):\n\n```sh\n"
             f"llama-cli -m base.gguf --lora {GGUF_ADAPTER} -p \"Once upon a time\"\n```\n\n"
-            f"In Ollama, a Modelfile with `FROM base.gguf` and `ADAPTER {GGUF_ADAPTER}` does the same.")
+            f"In Ollama, a Modelfile with `FROM base.gguf` and `ADAPTER {GGUF_ADAPTER}` does the same. "
+            f"`loracord export RUN --gguf --merged` writes instead one GGUF of the base merged with the adapter "
+            f"(f16 or q8_0) and a Modelfile naming its chat template, for `ollama create NAME -f Modelfile`.")
 
 
 def _image_code(base: str, adapter: str, metrics: dict, clean: "_Cleaner") -> str:
