@@ -43,6 +43,19 @@ def smollm2_run(tmp_path_factory):
                            eval_every=2, max_new_tokens=1, batch_size=1, seq_len=32).run_dir
 
 
+@pytest.fixture(scope="module")
+def exported(tiny_run, smollm2_run, tmp_path_factory):
+    """One q8_0 export per base, for the tests that read a file without writing it."""
+    made = {}
+
+    def export(name):
+        if name not in made:
+            run = tiny_run if name == "tiny" else smollm2_run
+            made[name] = export_merged_gguf(run, tmp_path_factory.mktemp(f"q8-{name}"), outtype="q8_0")
+        return made[name]
+    return export
+
+
 class Reference:
     """peft's logits for a run (base + adapter, unmerged) and the base's folder and tokenizer."""
 
@@ -92,11 +105,11 @@ def test_llama_cpp_runs_the_merged_file_as_peft_runs_base_and_adapter(references
 
 
 @pytest.mark.parametrize("model", ["tiny", "smollm2"])
-def test_the_files_vocabulary_tokenizes_as_transformers_does(references, model, tmp_path):
+def test_the_files_vocabulary_tokenizes_as_transformers_does(references, exported, model):
     import llama_cpp
 
     ref = references(model)
-    path = export_merged_gguf(ref.run, tmp_path, outtype="q8_0").path
+    path = exported(model).path
     llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
     try:
         for text in TEXTS:
@@ -108,11 +121,11 @@ def test_the_files_vocabulary_tokenizes_as_transformers_does(references, model, 
         llm.close()
 
 
-def test_smollm2s_modelfile_names_its_chatml_template(smollm2_run, tmp_path):
+def test_smollm2s_modelfile_names_its_chatml_template(exported):
     from gguf import GGUFReader
 
-    written = export_merged_gguf(smollm2_run, tmp_path, outtype="q8_0")
-    text = (tmp_path / "Modelfile").read_text()
+    written = exported("smollm2")
+    text = written.files[1].read_text()
     assert written.chat_template == "ChatML" and "# Chat template: ChatML" in text
     assert "\nFROM ./merged-q8_0.gguf\n" in text and "HuggingFaceTB/SmolLM2-135M-Instruct" in text
     assert ('TEMPLATE """{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}'
@@ -196,3 +209,90 @@ def test_an_error_while_writing_leaves_no_file(tiny_run, tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         export_merged_gguf(tiny_run, tmp_path, outtype="q8_0")
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- as llama.cpp's converter writes them
+
+
+def test_smollm2s_header_is_the_one_llama_cpps_converter_wrote_for_the_builtin(exported):
+    """The built-in 4-bit file was written by convert_hf_to_gguf.py: every model and tokenizer field it
+    holds, the pre-tokenizer's name included, is in the merged file with the same value."""
+    from gguf import GGUFReader
+
+    from tests.test_gguf_export import builtin_gguf
+
+    def fields(path):
+        return {k: f.contents() for k, f in GGUFReader(path).fields.items()
+                if k.startswith(("llama.", "tokenizer.")) and k != "tokenizer.ggml.add_space_prefix"}
+
+    official, ours = fields(builtin_gguf()), fields(exported("smollm2").path)
+    assert official["tokenizer.ggml.pre"] == "smollm"
+    assert {k: ours.get(k) for k in official} == official
+
+
+def test_the_tiny_vocabulary_is_written_with_gpt2s_split(tiny_run, tmp_path):
+    from gguf import GGUFReader
+
+    reader = GGUFReader(export_merged_gguf(tiny_run, tmp_path).path)
+    assert reader.fields["tokenizer.ggml.model"].contents() == "gpt2"
+    assert reader.fields["tokenizer.ggml.pre"].contents() == "gpt-2"
+
+
+def test_the_check_fails_a_file_with_q_and_k_in_transformers_row_order(references, tmp_path, monkeypatch):
+    """Left in transformers' order, SmolLM2's rotary pairs are wrong: measured 68-389% off."""
+    import trainer.text.gguf_merged as merged
+
+    monkeypatch.setattr(merged, "_rope_permute", lambda array, heads: array)
+    errors = references("smollm2").errors(export_merged_gguf(references("smollm2").run, tmp_path).path)
+    assert min(errors) > 10 * TOLERANCES["smollm2", "f16"], errors
+
+
+def tiny_qwen(folder, tiny_llama, kind):
+    """A 2-layer Qwen2 (biased q/k/v) or Qwen3 (q/k norms, heads wider than hidden / heads), random
+    weights, with the tiny Llama's tokenizer."""
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    shape = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False,
+                 bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    if kind == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**shape))
+    else:
+        model = Qwen3ForCausalLM(Qwen3Config(**shape, head_dim=16))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(("bias", "norm.weight")):  # zeros and ones at init: make them count
+                param.add_(torch.randn_like(param) * 0.3)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return model.eval(), tokenizer
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "qwen3"])
+def test_qwen_bases_are_written_as_llama_cpp_reads_them(tiny_llama, tmp_path, kind):
+    model, tokenizer = tiny_qwen(tmp_path / kind, tiny_llama, kind)
+    path = write_full_gguf(model, tokenizer, tmp_path / kind, tmp_path / f"{kind}.gguf", outtype="f16")
+    ids = [tokenizer(p)["input_ids"] for p in PROMPTS]
+    with torch.no_grad():
+        hf = [model(input_ids=torch.tensor([i])).logits[0, -1].double().numpy() for i in ids]
+    for cpp, ref in zip(llama_cpp_logits(path, None, ids), hf):
+        assert np.abs(cpp - ref).max() < 1e-2 * np.abs(ref).max(), np.abs(cpp - ref).max()
+
+
+def test_a_sentencepiece_vocabulary_is_refused(tiny_llama, tmp_path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from tests.conftest import TINY_CORPUS
+    from trainer.text.gguf_merged import _vocab_kind
+
+    tok = Tokenizer(models.BPE(byte_fallback=True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    tok.train_from_iterator(TINY_CORPUS, trainer=trainers.BpeTrainer(vocab_size=200))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok)
+    tokenizer.save_pretrained(tmp_path)
+    with pytest.raises(UserError, match="byte-level BPE vocabularies.*--gguf without --merged"):
+        _vocab_kind(tmp_path, tokenizer)
