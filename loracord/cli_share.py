@@ -35,6 +35,8 @@ def export_cmd(
         raise UserError("Say which format to export: --gguf (text runs). The peft adapter itself is RUN/adapter/.")
     if merged:
         return _export_merged(run, out or Path(run) / "export", outtype)
+    if outtype != "f16":
+        raise UserError("--outtype is for the merged GGUF: add --merged (the adapter GGUF is always float32).")
     from trainer.text.gguf import export_gguf
 
     written = export_gguf(run, (out or Path(run) / "export"))

@@ -156,6 +156,14 @@ def test_the_cli_writes_both_files_and_says_how_to_run_them(tiny_run):
     shutil.rmtree(tiny_run / "export")
 
 
+def test_the_cli_refuses_an_outtype_without_merged(tiny_run):
+    from loracord.cli import app
+
+    result = CliRunner().invoke(app, ["export", str(tiny_run), "--gguf", "--outtype", "q8_0"])
+    assert isinstance(result.exception, UserError) and "add --merged" in str(result.exception)  # main() prints it
+    assert not (tiny_run / "export").exists()
+
+
 # ---------------------------------------------------------------- refused, and nothing half written
 
 
