@@ -195,9 +195,9 @@ def _add_vocab(writer, tokenizer, folder: Path, vocab_size: int) -> None:
     writer.add_token_types(types)
     special = gguf.SpecialVocab(folder, load_merges=True, n_vocab=len(tokens))
     # What transformers' tokenizer adds around a text is what llama.cpp should add too.
-    ids = tokenizer("a")["input_ids"]
-    special.add_special_token.setdefault("bos", tokenizer.bos_token_id is not None and ids[0] == tokenizer.bos_token_id)
-    special.add_special_token.setdefault("eos", tokenizer.eos_token_id is not None and ids[-1] == tokenizer.eos_token_id)
+    ids, bos, eos = tokenizer("a")["input_ids"], tokenizer.bos_token_id, tokenizer.eos_token_id
+    special.add_special_token.setdefault("bos", bos is not None and ids[0] == bos)
+    special.add_special_token.setdefault("eos", eos is not None and ids[-1] == eos)
     special.add_to_gguf(writer, quiet=True)
 
 
