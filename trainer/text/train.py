@@ -214,8 +214,12 @@ class TextTask(Task):
                 + (f", NEFTune alpha {cfg.neftune_alpha:g}" if cfg.neftune_alpha else "") + ")")
 
     def before_training(self) -> None:
-        self.samples_before = generate(self.model, self.s.tokenizer, self.s.prompts, self.config.max_new_tokens,
-                                       self.config.seed)
+        # The base's own samples: the LoRA is switched off rather than run at its start, where its
+        # B is zero and adds exactly nothing. The same text in about 4/5 of the time (smollm2-135m
+        # on 2 CPU cores: 68 against 83 ms a token), and these samples were a seventh of a short run.
+        with self.model.disable_adapter():
+            self.samples_before = generate(self.model, self.s.tokenizer, self.s.prompts, self.config.max_new_tokens,
+                                           self.config.seed)
 
     def train_step(self) -> tuple[float, int]:
         """grad_accum packed micro-batches: forward, backward (gradients synced on the last), clip, step."""
