@@ -215,8 +215,9 @@ class TextTask(Task):
 
     def before_training(self) -> None:
         # The base's own samples: the LoRA is switched off rather than run at its start, where its
-        # B is zero and adds exactly nothing. The same text in about 4/5 of the time (smollm2-135m
-        # on 2 CPU cores: 68 against 83 ms a token), and these samples were a seventh of a short run.
+        # B is zero and adds exactly nothing. The same text in about 9/10 of the time (smollm2-135m,
+        # 3 prompts of 48 tokens on 2 CPU cores: 10.4 against 11.7 s), and these samples are an
+        # eighth of a short run (docs/benchmarks.md, close to the floor).
         with self.model.disable_adapter():
             self.samples_before = generate(self.model, self.s.tokenizer, self.s.prompts, self.config.max_new_tokens,
                                            self.config.seed)
