@@ -466,7 +466,8 @@ def _high(values) -> dict:
 
 def _ratio(ours: list[float], bare: list[float]) -> dict:
     """Loracord's step time over the floor's: best to best, median to median, and per round."""
-    return {"best": round(min(ours) / min(bare), 3), "median": round(statistics.median(ours) / statistics.median(bare), 3),
+    return {"best": round(min(ours) / min(bare), 3),
+            "median": round(statistics.median(ours) / statistics.median(bare), 3),
             "rounds": [round(o / b, 3) for o, b in zip(ours, bare)]}
 
 
