@@ -33,9 +33,10 @@ caching included; the models are local, so no download) to the adapter file on d
   batch, steps and min-SNR), so the loop's share and the settings' share are told apart.
 - Ablations (issue 31, item 2): ``loracord-no-early-stop`` (patience 0), ``loracord-no-minsnr``
   (images), ``loracord-no-aug`` (augment 0) run as further sides when named in ``--sides``.
-- ``--floor``: the hardware floor instead: the bare denoiser forward, backward and AdamW step of
-  one cached batch (images), the bare forward and backward of one packed batch (text), against
-  loracord's own step time.
+- ``--floor`` (item 3): the hardware floor instead: loracord's step time (between its step
+  events) against a bare loop of forward, backward, AdamW step and zero_grad over exactly the
+  batches loracord's run drew (its cached latents and embeddings; its packed rows), on the same
+  model and LoRA in the same dtype; the sides alternated, best and median of each, the ratio.
 
 Every finished side (kind, side, seed) is cached as JSON under ``--out``, so the bench runs in
 parts; ``--report-only`` prints the figures of what is cached. The JSON line per kind gives
@@ -412,120 +413,187 @@ FLOOR_WARMUP = 2
 
 
 def floor(kind: str, base: str, args) -> dict:
-    """Loracord's step time against the bare step of the same batch, alternated for ``--seeds`` rounds.
+    """Loracord's step time against the floor: the bare step of the same batches on the same model.
 
-    Image: the denoiser's forward, backward and AdamW step on one fixed batch of latents and
-    embeddings (the batch size, resolution, rank and targets of loracord's default run), against
-    the loop's step time from its step events (steps between validations and samples). Text:
-    the forward and backward (and AdamW step) of one packed batch of the same data, against
-    loracord's tokens/s. Both in float32; warm-up steps excluded."""
+    Each round is one loracord run of warm-up plus ``--floor-steps`` steps through its own
+    entry (setup, ``fit``), timed between its step events (so everything its loop does between
+    steps counts), and one bare loop over exactly the batches that run drew (text: its packed
+    micro-batches, collated beforehand; images: its cached latents, noise, timesteps and caption
+    embeddings, noised beforehand), on the first run's model, LoRA and optimizer settings:
+    forward, loss, backward, ``optimizer.step``, ``zero_grad``, nothing else. The two sides
+    alternate (ABBA) for ``--floor-rounds`` rounds; warm-up steps are not timed."""
     import tempfile
 
-    from bench.benchlib import machine, summary
+    from bench.benchlib import machine
 
-    ours, bare, shape = [], [], {}
-    for _ in args.seeds:
-        with tempfile.TemporaryDirectory() as tmp:
-            data, _ = write_data(kind, Path(tmp), args.n, 0, args.corpus, 1)
-            rate, shape = _loracord_rate(kind, base, data, Path(tmp), args)
-            ours.append(rate)
-            bare.append(_bare_rate(kind, base, data, shape, args))
-    unit = "steps_per_s" if kind == "image" else "tokens_per_s"
-    ratio = [b / o for o, b in zip(ours, bare)]
-    return {"bench": "time_to_quality_floor", "kind": kind, "unit": unit, "loracord": summary(ours),
-            "floor": summary(bare), "overhead": {"median": round(statistics.median(ratio) - 1, 3),
-                                                 "rounds": [round(r - 1, 3) for r in ratio]},
-            "shape": shape, "threads": args.threads, **machine()}
+    ours, bare, task = [], [], None
+    with tempfile.TemporaryDirectory() as tmp:
+        data, _ = write_data(kind, Path(tmp), args.n, 0, args.corpus, 1)
+        for r in range(args.floor_rounds):
+            for side in ("loracord", "floor") if r % 2 == 0 else ("floor", "loracord"):
+                if side == "loracord":
+                    timed, fresh = _loracord_steps(kind, base, data, Path(tmp) / f"run-{r}", args)
+                    ours.append(timed)
+                    task = task or fresh  # the floor trains the first run's model from here on
+                else:
+                    bare.append(_bare_steps(kind, task, args))
+        lengths_ = lengths(kind, base, data)
+    line = {"bench": "time_to_quality_floor", "kind": kind, "steps_timed": args.floor_steps,
+            "step_s": {"loracord": _low(r["step_s"] for r in ours), "floor": _low(r["step_s"] for r in bare)},
+            "ratio": _ratio([r["step_s"] for r in ours], [r["step_s"] for r in bare]),
+            "model": {"loracord": ours[0]["model"], "floor": bare[0]["model"]},
+            "batches": {"loracord": ours[0]["batches"], "floor": bare[0]["batches"]},
+            "settings": _knobs(ours[0]["settings"]), "data_lengths": lengths_, "threads": args.threads,
+            **({"resolution": args.resolution} if kind == "image" else {"seq_len": SEQ_LEN}), **machine()}
+    if kind == "text":
+        line["tokens_per_s"] = {"loracord": _high(r["tokens_per_s"] for r in ours),
+                                "floor": _high(r["tokens_per_s"] for r in bare)}
+    return line
 
 
-def _loracord_rate(kind: str, base: str, data: Path, tmp: Path, args) -> tuple[float, dict]:
-    """Loracord's steps/s (images) or real tokens/s (text) between step events, warm-up excluded."""
+def _low(values) -> dict:
+    """Best (lowest) and median step time of a side's rounds, and every round."""
+    values = list(values)
+    return {"best": round(min(values), 5), "median": round(statistics.median(values), 5),
+            "rounds": [round(v, 5) for v in values]}
+
+
+def _high(values) -> dict:
+    values = list(values)
+    return {"best": round(max(values), 1), "median": round(statistics.median(values), 1),
+            "rounds": [round(v, 1) for v in values]}
+
+
+def _ratio(ours: list[float], bare: list[float]) -> dict:
+    """Loracord's step time over the floor's: best to best, median to median, and per round."""
+    return {"best": round(min(ours) / min(bare), 3),
+            "median": round(statistics.median(ours) / statistics.median(bare), 3),
+            "rounds": [round(o / b, 3) for o, b in zip(ours, bare)]}
+
+
+def _shapes_of(module, shapes: list):
+    """Record the tensor shapes of ``module``'s forward calls (bench-only hook; removed by the caller)."""
     import torch
+
+    def hook(_module, args, kwargs):
+        named = [(f"arg{i}", v) for i, v in enumerate(args)] + list(kwargs.items())
+        shapes.append({k: list(v.shape) for k, v in named if isinstance(v, torch.Tensor)})
+    return module.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def _model_facts(module, params: list) -> dict:
+    """What the shapes comparison reads: parameter counts and dtypes of the trained module."""
+    return {"params": sum(p.numel() for p in module.parameters()), "trainable": sum(p.numel() for p in params),
+            "dtypes": sorted({str(p.dtype) for p in module.parameters()})}
+
+
+def _loracord_steps(kind: str, base: str, data: Path, out: Path, args) -> tuple[dict, object]:
+    """One loracord run (no validation until its last step, no samples during it), timed between step events."""
+    import torch
+
+    from trainer.rundir import start_run
 
     torch.set_num_threads(args.threads)
     events, steps = [], args.floor_steps + FLOOR_WARMUP
-    common = dict(data=[str(data)], out=str(tmp / "run"), seed=0, steps=steps, eval_every=steps, patience=0,
+    common = dict(data=[str(data)], out=str(out), seed=0, steps=steps, eval_every=steps, patience=0,
                   threads=args.threads, precision="fp32")
     if kind == "text":
         from trainer.text.config import TextTrainConfig
-        from trainer.text.train import train_text
+        from trainer.text.train import TextTask, _setup
 
-        config = TextTrainConfig.build(base=base, seq_len=SEQ_LEN, batch_size=BATCH, max_new_tokens=1, **common)
-        result = train_text(config, on_event=events.append)
+        start = start_run(TextTrainConfig.build(base=base, seq_len=SEQ_LEN, batch_size=BATCH, max_new_tokens=1,
+                                                **common), events.append, None)
+        task = TextTask(_setup(start.config))
+        module = task.model
     else:
         from trainer.image.config import ImageTrainConfig
-        from trainer.image.train import train_image
+        from trainer.image.train import ImageTask, _setup
 
-        config = ImageTrainConfig(base=base, resolution=args.resolution, min_image_side=16, sample_every=0,
-                                  **common)
-        result = train_image(config, on_event=events.append)
-    step = {e.step: e for e in events if e.kind == "step"}
-    first, last = step[FLOOR_WARMUP], step[steps]
-    used = result.metrics["config"]
-    shape = {"batch_size": used["batch_size"], "rank": used["rank"], "alpha": used.get("alpha") or float(used["rank"])}
-    if kind == "text":  # the LoRA's targets as the run resolved them
-        shape["targets"] = json.loads((tmp / "run" / "adapter" / "adapter_config.json").read_text())["target_modules"]
-        return (last.tokens - first.tokens) / (last.time - first.time), shape
-    return (steps - FLOOR_WARMUP) / (last.time - first.time), {**shape, "resolution": args.resolution}
+        start = start_run(ImageTrainConfig(base=base, resolution=args.resolution, min_image_side=16, sample_every=0,
+                                           **common), events.append, None)
+        task = ImageTask(_setup(start.config), start.run)
+        module = task.s.loaded.denoiser
+    shapes, step_fn = [], task.train_step
+
+    def train_step():  # the warm-up steps' batch shapes, read off the model's forward
+        if len(shapes) >= FLOOR_WARMUP:
+            return step_fn()
+        handle = _shapes_of(module, shapes)
+        try:
+            return step_fn()
+        finally:
+            handle.remove()
+    task.train_step = train_step
+    from trainer.loop import fit
+
+    fit(task, start)
+    at = {e.step: e for e in events if e.kind == "step"}
+    first, last = at[FLOOR_WARMUP], at[steps]
+    row = {"step_s": (last.time - first.time) / args.floor_steps, "batches": shapes,
+           "model": _model_facts(module, task.params), "settings": task.config.model_dump()}
+    if kind == "text":
+        row["tokens_per_s"] = (last.tokens - first.tokens) / (last.time - first.time)
+    return row, task
 
 
-def _bare_rate(kind: str, base: str, data: Path, shape: dict, args) -> float:
+def _bare_steps(kind: str, task, args) -> dict:
+    """The floor: forward, loss, backward, ``optimizer.step``, ``zero_grad`` over the batches ``task``'s run drew."""
     import torch
-    from peft import LoraConfig
+    import torch.nn.functional as F
 
     from trainer.loop import adamw
 
-    torch.manual_seed(0)
-    b = shape["batch_size"]
+    s, cfg = task.s, task.config
+    steps = FLOOR_WARMUP + args.floor_steps
     if kind == "text":
-        from peft import get_peft_model
+        from trainer.text.packing import collate
+        from trainer.text.train import _micro_batches, token_loss
 
-        from trainer.models import load_causal_lm, resolve_base
-        from trainer.text.data import read_text_examples
-        from trainer.text.packing import collate, encode, pack
-        from trainer.text.train import token_loss
+        module = task.model
+        stream = _micro_batches(s, 0, 0)  # the run's own stream: the same packed rows, in the same order
+        batches = [collate(next(stream)[0], s.tokenizer.pad_token_id) for _ in range(steps * cfg.grad_accum)]
+        inputs = [((), {"input_ids": b["input_ids"], "position_ids": b["position_ids"], "use_cache": False})
+                  for b in batches]
+        targets = [b["labels"] for b in batches]
 
-        model, tokenizer = load_causal_lm(resolve_base(base))
-        model = get_peft_model(model.float(), LoraConfig(r=shape["rank"], lora_alpha=shape["alpha"], lora_dropout=0.0,
-                                                         target_modules=shape["targets"], task_type="CAUSAL_LM"))
-        rows = pack([encode(e, tokenizer) for e in read_text_examples([str(data)])[0]], SEQ_LEN)[:b]
-        batch = collate(rows, tokenizer.pad_token_id)
-        model.train()
-
-        def step():
-            loss = token_loss(model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                                    use_cache=False).logits, batch["labels"])
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        work = batch["real_tokens"]
+        def loss_of(out, target):
+            return token_loss(out.logits, target)
     else:
-        import torch.nn.functional as F
+        from trainer.image.train import _conditioning, _draw_batch
 
-        from trainer.image.pipelines import load_pipeline
+        module = s.loaded.denoiser
+        generator = torch.Generator().manual_seed(cfg.seed)  # as the run's: the same draws in the same order
+        inputs, targets, ns = [], [], s.noise_scheduler
+        for _ in range(steps):
+            b = _draw_batch(s, generator)
+            latents = b["latents"] * s.loaded.pipe.vae.config.scaling_factor
+            embeds, pooled = _conditioning(s, b["captions"])
+            inputs.append(((ns.add_noise(latents, b["noise"], b["timesteps"]), b["timesteps"], embeds),
+                           {"return_dict": False, **s.loaded.part.denoiser_kwargs(pooled, b)}))
+            targets.append(b["noise"] if s.loaded.prediction_type == "epsilon"
+                           else ns.get_velocity(latents, b["noise"], b["timesteps"]))
 
-        loaded = load_pipeline(base)
-        unet = loaded.pipe.unet.requires_grad_(False)
-        unet.add_adapter(LoraConfig(r=shape["rank"], lora_alpha=shape["alpha"], init_lora_weights="gaussian",
-                                    target_modules=list(loaded.part.LORA_TARGETS)))
-        side = args.resolution // (2 ** (len(loaded.pipe.vae.config.block_out_channels) - 1))
-        latents = torch.randn(b, unet.config.in_channels, side, side)
-        embeds = torch.randn(b, 77, unet.config.cross_attention_dim)
-        t = torch.randint(0, 1000, (b,))
-        unet.train()
-
-        def step():
-            F.mse_loss(unet(latents, t, embeds, return_dict=False)[0], latents).backward()
+        def loss_of(out, target):
+            return F.mse_loss(out[0], target)
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay if kind == "text" else 0.0)
+    module.train()
+    accum = cfg.grad_accum if kind == "text" else 1
+    shapes = []
+    handle = _shapes_of(module, shapes)
+    for i, ((a, kw), target) in enumerate(zip(inputs, targets)):
+        if i == FLOOR_WARMUP * accum:
+            handle.remove()
+            started = time.perf_counter()
+        (loss_of(module(*a, **kw), target) / accum).backward()
+        if (i + 1) % accum == 0:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        work = 1
-    optimizer = adamw([p for p in (model if kind == "text" else unet).parameters() if p.requires_grad], lr=1e-4)
-    for _ in range(FLOOR_WARMUP):
-        step()
-    started = time.perf_counter()
-    for _ in range(args.floor_steps):
-        step()
-    return work * args.floor_steps / (time.perf_counter() - started)
+    timed = time.perf_counter() - started
+    row = {"step_s": timed / args.floor_steps, "batches": shapes, "model": _model_facts(module, params)}
+    if kind == "text":
+        row["tokens_per_s"] = sum(b["real_tokens"] for b in batches[FLOOR_WARMUP * cfg.grad_accum:]) / timed
+    return row
 
 
 def run_side(args) -> dict:
@@ -771,6 +839,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--report-only", action="store_true", help="train nothing: the figures of the cached cells")
     parser.add_argument("--floor", action="store_true", help="measure the hardware floor instead (item 3)")
     parser.add_argument("--floor-steps", type=int, default=10, help="timed steps per round of --floor")
+    parser.add_argument("--floor-rounds", type=int, default=4, help="rounds of --floor, the sides alternated (ABBA)")
     parser.add_argument("--run-side", help=argparse.SUPPRESS)
     for hidden in ("--data", "--work", "--preset"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)

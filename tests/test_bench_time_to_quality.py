@@ -100,12 +100,23 @@ def test_image_bench_end_to_end(tmp_path, monkeypatch):
     assert line["sides"]["recipe-defaults"]["settings"]["lr_scheduler"] == "constant"
 
 
-def test_the_floor_measures_both_steps_on_the_same_shape(tiny_llama, tmp_path):
-    """--floor: loracord's step and the bare step of the same batch, each a positive rate (no times asserted)."""
+def test_the_floor_trains_the_same_model_on_the_same_batches(tiny_llama, tmp_path):
+    """--floor: loracord's steps and the bare loop's, read from the JSON: the same parameter counts and
+    dtypes, and forward calls of the same shapes; the ratio per round is the step times' (no times asserted)."""
     text, image = ttq.main(["--floor", "--kind", "text", "image", "--base", str(tiny_llama), "--model", "tiny",
-                            "--resolution", "32", "--n", "8", "--seeds", "0", "--floor-steps", "2", "--threads", "1",
-                            "--out", str(tmp_path)])
-    assert text["unit"] == "tokens_per_s" and image["unit"] == "steps_per_s"
+                            "--resolution", "32", "--n", "8", "--floor-rounds", "2", "--floor-steps", "2",
+                            "--threads", "1", "--out", str(tmp_path)])
     for line in (text, image):
-        assert line["loracord"]["best"] > 0 and line["floor"]["best"] > 0 and len(line["overhead"]["rounds"]) == 1
-    assert text["shape"]["targets"] and image["shape"]["batch_size"] >= 1
+        assert line["bench"] == "time_to_quality_floor"
+        ours, bare = line["step_s"]["loracord"], line["step_s"]["floor"]
+        assert len(ours["rounds"]) == len(bare["rounds"]) == 2 and min(ours["rounds"] + bare["rounds"]) > 0
+        per_round = [o / b for o, b in zip(ours["rounds"], bare["rounds"])]
+        assert line["ratio"]["rounds"] == pytest.approx(per_round, rel=0.02)
+        assert line["model"]["loracord"] == line["model"]["floor"]
+        assert 0 < line["model"]["floor"]["trainable"] < line["model"]["floor"]["params"]
+        assert line["model"]["floor"]["dtypes"] == ["torch.float32"]
+        # the warm-up steps' forward calls: one per step (grad_accum 1), the same tensors of the same shapes
+        assert len(line["batches"]["loracord"]) == ttq.FLOOR_WARMUP
+        assert line["batches"]["loracord"] == line["batches"]["floor"]
+    assert text["batches"]["floor"][0]["input_ids"][1] <= ttq.SEQ_LEN and text["tokens_per_s"]["floor"]["best"] > 0
+    assert image["batches"]["floor"][0]["arg0"][0] == image["settings"]["batch_size"]

@@ -60,6 +60,24 @@ def test_exact_artifacts(finished_run):
     assert (result.run_dir / "loss.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_samples_before_training_are_the_untrained_lora_models(tiny_llama, tmp_path):
+    """The "before" samples come from the base with the LoRA switched off: the very text the freshly
+    initialised LoRA model (B = 0) samples with the same seed."""
+    from peft import LoraConfig, get_peft_model
+
+    from tests.conftest import train_tiny_text
+    from trainer.models import load_causal_lm
+    from trainer.text.train import generate
+
+    result = train_tiny_text(tmp_path, tiny_llama, max_new_tokens=12, prompts=["To be", "Line 3"])
+    before = [s["before"] for s in json.loads((result.run_dir / "samples.json").read_text())]
+    model, tokenizer = load_causal_lm(tiny_llama)
+    torch.manual_seed(0)
+    fresh = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
+    assert before == generate(fresh, tokenizer, ["To be", "Line 3"], 12, seed=result.metrics["config"]["seed"])
+    assert any(before)  # something was sampled, so the comparison can fail
+
+
 def test_events_are_structured(finished_run):
     _, events, _ = finished_run
     kinds = [e.kind for e in events]
