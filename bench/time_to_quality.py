@@ -219,7 +219,11 @@ def _patch_loracord(folder: Path, every: int) -> None:
     for task in (TextTask, ImageTask):
         def finish(self, run, state, _orig=task.finish):
             out = _orig(self, run, state)  # the best weights are loaded; the adapter is on disk
-            snapshot(lora_module(self), folder, state.step, final=True, best_step=state.best_step)
+            path = snapshot(lora_module(self), folder, state.step, final=True, best_step=state.best_step)
+            # Stamped when the run's adapter files were on disk, as the clock stops: what
+            # finish does after writing them (a text run's samples after training) is not counted.
+            written = max(p.stat().st_mtime for p in run.adapter.rglob("*") if p.is_file())
+            os.utime(path, (written, written))
             return out
         task.finish = finish
 
