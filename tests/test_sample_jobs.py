@@ -21,6 +21,7 @@ from storage.settings import Settings
 from storage.worker import start_worker_process
 from tests.bot_world import *  # noqa: F401,F403
 from tests.image_fixtures import image_folder, tiny_sd  # noqa: F401
+from trainer.scores import UNAVAILABLE
 
 @pytest.fixture
 def storage_settings(tmp_path, redis) -> Settings:
@@ -89,6 +90,9 @@ async def test_a_trial_and_a_finished_run_are_sampled_on_another_machine(world, 
                                                                                  f"lc:vote:{sample.id}:down"]
     text = services.blobs.get_bytes(sample.blob_hash).decode("utf-8", "replace")  # what the trial's adapter wrote
     assert clean_sample(text) and clean_sample(text)[:40] in posted.content  # posted cleaned
+    # its scores, computed by the sample job against the run's training split, are posted under it
+    assert "longest run copied from the training text" in posted.content.split("```")[-1]
+    assert set(sample.scores) >= {"score_copied_words", "score_heldout_ppl"}
 
     # The finished run (the search's full run of the best settings), two samples from seed 9.
     await w.env.advance_time(6)  # /sample has a 5 s cooldown per member
@@ -144,3 +148,5 @@ def test_an_image_run_is_sampled_by_the_sample_kind_from_its_blobs(tiny_sd, imag
                                                                                  (4, None, "a red sks")]
     grid = Image.open(blobs.get_file(outputs["samples"][0]["blob"], tmp_path / "grid.png"))
     assert grid.size == (2 * RESOLUTION, RESOLUTION)  # seeds 3 and 4 side by side
+    # no scoring model named: each grid says its scores are unavailable, never a number
+    assert [s["scores"] for s in outputs["samples"]] == [{"scores_unavailable": UNAVAILABLE}] * 2

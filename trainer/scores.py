@@ -69,6 +69,16 @@ def text_scores(samples: Sequence[str], training: Sequence[str], val_loss: float
     return scores
 
 
+def each_text_scores(samples: Sequence[str], training: Sequence[str], val_loss: float | None) -> list[dict[str, Any]]:
+    """``text_scores`` of each sample on its own, for the line posted under it (the perplexity is the run's)."""
+    return [text_scores([sample], training, val_loss) for sample in samples]
+
+
+def only_scores(metrics: dict) -> dict[str, Any]:
+    """The ``score_*`` numbers (or ``scores_unavailable``) among ``metrics``."""
+    return {k: v for k, v in metrics.items() if k.startswith("score_") or k == "scores_unavailable"}
+
+
 def load_scorer(ref: str | None):
     """``(model, processor)`` of the CLIP model ``ref`` names, or None where none can be loaded (offline)."""
     if not ref:
