@@ -284,7 +284,7 @@ class _Fit:
         from .card import write_card
         from .charts import plot_curves
         from .checkpoint import load_trainable
-        from .scores import only_scores
+        from .scores import chart_lines, only_scores
 
         state, run = self.state, self.run
         if self.best_weights is not None:
@@ -297,7 +297,7 @@ class _Fit:
             artifacts += [final] if final else []
             plot_curves(run.loss_chart, {"train loss": state.curves["train_loss"],
                                          "validation loss": state.curves["val_loss"]},
-                        title=f"{Path(run.root).name}: loss")
+                        title=f"{Path(run.root).name}: loss", notes=chart_lines(only_scores(extra)))
             artifacts.append(run.loss_chart.name)
             steps_here = state.step - self.start_step
             metrics = self.write_metrics("done", self.stop_reason, train_time_s=train_s,

@@ -79,6 +79,17 @@ def only_scores(metrics: dict) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if k.startswith("score_") or k == "scores_unavailable"}
 
 
+WORDS = {"score_heldout_ppl": "held-out perplexity {:.2f}", "score_copied_words": "longest copied run {} words",
+         "score_distinct_2": "distinct word pairs {:.0%}", "score_likeness": "likeness {:.2f}",
+         "score_adherence": "prompt adherence {:.1f}"}
+
+
+def chart_lines(scores: dict) -> list[str]:
+    """The scores as short lines for the run's chart; one line saying they are unavailable, where so."""
+    lines = [words.format(scores[name]) for name, words in WORDS.items() if scores.get(name) is not None]
+    return lines or (["scores unavailable (no scoring model)"] if scores.get("scores_unavailable") else [])
+
+
 def load_scorer(ref: str | None):
     """``(model, processor)`` of the CLIP model ``ref`` names, or None where none can be loaded (offline)."""
     if not ref:
