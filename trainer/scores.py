@@ -90,6 +90,15 @@ def chart_lines(scores: dict) -> list[str]:
     return lines or (["scores unavailable (no scoring model)"] if scores.get("scores_unavailable") else [])
 
 
+def steering_score(makes_images: bool) -> tuple[str, bool, str]:
+    """The score that decides a pair of tries members left open, in a steered round that counts
+    scores: ``(name, higher_is_better, words)``. Images: likeness to the held-out images; texts:
+    held-out perplexity (copying and variety say more about a sample than about a setting)."""
+    if makes_images:
+        return "score_likeness", True, "the more alike to your held-out images"
+    return "score_heldout_ppl", False, "the lower held-out perplexity"
+
+
 def load_scorer(ref: str | None):
     """``(model, processor)`` of the CLIP model ``ref`` names, or None where none can be loaded (offline)."""
     if not ref:
