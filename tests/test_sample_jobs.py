@@ -157,3 +157,8 @@ def test_an_image_run_is_sampled_by_the_sample_kind_from_its_blobs(tiny_sd, imag
 
     scored = sample_scores({**config, "scorer": str(tiny_clip)}, run.root, result["samples"], kinds.IMAGE)
     assert [set(s) for s in scored] == [{"score_adherence"}] * 2  # no held-out images at hand: no likeness
+    # with the run's dataset at hand (as the bot names it), also against the images the run held out
+    scored = sample_scores({**config, "scorer": str(tiny_clip), "data": [str(image_folder)]}, run.root,
+                           result["samples"], kinds.IMAGE)
+    assert [set(s) for s in scored] == [{"score_adherence", "score_likeness"}] * 2
+    assert all(-1.0 <= s["score_likeness"] <= 1.0 for s in scored)

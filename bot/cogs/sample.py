@@ -65,11 +65,13 @@ def request_sample(svc: Services, session: Session, actor: Actor, job: Job, *, p
 
 
 def scoring(svc: Services, session: Session, job: Job) -> dict:
-    """What the sample job scores its samples with (storage.jobkinds.sample): images, the server's
-    scoring model (none: scores unavailable); texts, the run's dataset, to count what they copy."""
+    """What the sample job scores its samples with (storage.jobkinds.sample): the run's dataset (its
+    held-out images, or the texts a sample may copy) and, for images, the server's scoring model
+    (none: scores unavailable)."""
+    found = {"dataset": job.config["dataset"]} if job.config.get("dataset") else {}
     if kinds.get(session.kind).makes_images:
-        return {"scorer": svc.server.settings(session.guild_id).get("image_scorer")}
-    return {"dataset": job.config["dataset"]} if job.config.get("dataset") else {}
+        found["scorer"] = svc.server.settings(session.guild_id).get("image_scorer")
+    return found
 
 
 def sample_aspect(session: Session, aspect: str | None) -> str | None:

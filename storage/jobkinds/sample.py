@@ -55,11 +55,12 @@ def fetch_adapter(blobs, run, config: dict) -> dict:
             blobs.get_file(config["metrics"], metrics)
         else:
             metrics.write_text(json.dumps({"kind": config.get("kind", kinds.DEFAULT.name), "base": config.get("base")}))
-    if config.get("dataset") and not kinds.recorded(config.get("kind")).makes_images:  # to score copying against
+    if config.get("dataset"):  # what the samples are scored against: the run's split of it
         from trainer.spec import DatasetManifest
 
+        kind = kinds.recorded(config.get("kind")).name
         manifest = DatasetManifest.model_validate(config["dataset"])
-        return {**config, "data": manifest.materialize(kinds.TEXT.name, run.root / "data", blobs.get_file)}
+        return {**config, "data": manifest.materialize(kind, run.root / "data", blobs.get_file)}
     return config
 
 
@@ -105,20 +106,22 @@ def sample_scores(config: dict, root, rows: list[dict], kind) -> list[dict]:
     """Each sample's scores (``trainer.scores``), in the order of ``rows``."""
     from trainer import scores
 
+    source = json.loads((root / "source" / "metrics.json").read_text()).get("config") or {}  # the run's settings
+
     if kind.makes_images:
         from PIL import Image
 
         scorer = scores.load_scorer(config.get("scorer"))
+        held_out = _held_out_images(config.get("data"), source) if scorer is not None else []
         found = []
         for row in rows:  # a grid of ``count`` seeds of one prompt: each cell against the prompt
             with Image.open(root / row["file"]) as grid:
                 cells = _cells(grid.convert("RGB"), max(1, int(config.get("count", 1))))
-            found.append(scores.image_scores(scorer, cells, [], [row["prompt"]] * len(cells)))
+            found.append(scores.image_scores(scorer, cells, held_out, [row["prompt"]] * len(cells)))
         return found
-    source = json.loads((root / "source" / "metrics.json").read_text())  # the source run's (fetch_adapter)
-    training = _training_texts(config.get("data"), source.get("config") or {})
+    training = _training_texts(config.get("data"), source)
     texts = [(root / row["file"]).read_text(encoding="utf-8") for row in rows]
-    ppl = source.get("score_heldout_ppl")  # the adapter's, as its run measured it on the held-out split
+    ppl = json.loads((root / "source" / "metrics.json").read_text()).get("score_heldout_ppl")  # as its run measured it
     found = []
     for text in texts:
         own = scores.text_scores([text], training or [], None)
@@ -132,6 +135,29 @@ def _cells(grid, count: int) -> list:
     """The ``count`` images side by side in one sampled grid."""
     w = grid.width // count
     return [grid.crop((i * w, 0, (i + 1) * w, grid.height)) for i in range(count)]
+
+
+def _held_out_images(paths, run_config: dict) -> list:
+    """The images the source run held out (its split, by its seed, read at its limits); [] where
+    they cannot be read, so that no likeness is claimed."""
+    from pydantic import ValidationError
+
+    from trainer.errors import UserError
+    from trainer.folds import split_holdout
+    from trainer.image.config import ImageTrainConfig
+    from trainer.image.data import load_images, training_limits
+    from trainer.image.train import split
+
+    if not paths or not run_config.get("resolution"):
+        return []
+    try:
+        config = ImageTrainConfig.model_validate({**run_config, "data": list(paths)})
+        examples = load_images(paths, instance_prompt=config.instance_prompt, limits=training_limits(config)).examples
+    except (UserError, ValidationError):
+        return []
+    held = split_holdout(examples, config.holdout, config.seed) if config.holdout else \
+        split(examples, config.val_fraction, config.seed)
+    return [e.image for e in held[1]]
 
 
 def _training_texts(paths, run_config: dict) -> list[str] | None:
