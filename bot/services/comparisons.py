@@ -92,7 +92,8 @@ class Comparisons(Service):
         for job in self._db.list_jobs(session_id=session.id, status="done"):
             if job.kind != "tune":
                 continue
-            answered = {frozenset((c.trial_a, c.trial_b)) for c in self._db.list_comparisons(job_id=job.id) if c.a + c.b}
+            asked = self._db.list_comparisons(job_id=job.id)
+            answered = {frozenset((c.trial_a, c.trial_b)) for c in asked if c.a + c.b}
             scored = [(t, self._score(t.metrics, name)) for t in self._db.list_trials(job.id) if t.status == "complete"]
             scored = [(t, v) for t, v in scored if v is not None]
             for (a, va), (b, vb) in combinations(scored, 2):

@@ -55,12 +55,12 @@ def fetch_adapter(blobs, run, config: dict) -> dict:
             blobs.get_file(config["metrics"], metrics)
         else:
             metrics.write_text(json.dumps({"kind": config.get("kind", kinds.DEFAULT.name), "base": config.get("base")}))
-    if config.get("dataset"):  # what the samples are scored against: the run's split of it
+    kind = kinds.recorded(config.get("kind"))
+    if config.get("dataset") and (config.get("scorer") or not kind.makes_images):  # what the samples are scored against
         from trainer.spec import DatasetManifest
 
-        kind = kinds.recorded(config.get("kind")).name
         manifest = DatasetManifest.model_validate(config["dataset"])
-        return {**config, "data": manifest.materialize(kind, run.root / "data", blobs.get_file)}
+        return {**config, "data": manifest.materialize(kind.name, run.root / "data", blobs.get_file)}
     return config
 
 
@@ -106,8 +106,8 @@ def sample_scores(config: dict, root, rows: list[dict], kind) -> list[dict]:
     """Each sample's scores (``trainer.scores``), in the order of ``rows``."""
     from trainer import scores
 
-    source = json.loads((root / "source" / "metrics.json").read_text()).get("config") or {}  # the run's settings
-
+    ran = json.loads((root / "source" / "metrics.json").read_text())  # the source run's (fetch_adapter)
+    source = ran.get("config") or {}  # its settings: how it split its data
     if kind.makes_images:
         from PIL import Image
 
@@ -121,7 +121,7 @@ def sample_scores(config: dict, root, rows: list[dict], kind) -> list[dict]:
         return found
     training = _training_texts(config.get("data"), source)
     texts = [(root / row["file"]).read_text(encoding="utf-8") for row in rows]
-    ppl = json.loads((root / "source" / "metrics.json").read_text()).get("score_heldout_ppl")  # as its run measured it
+    ppl = ran.get("score_heldout_ppl")  # the adapter's, as its run measured it on the held-out split
     found = []
     for text in texts:
         own = scores.text_scores([text], training or [], None)
