@@ -238,3 +238,14 @@ async def test_without_the_opt_in_or_scores_a_round_is_steered_as_before(world):
     said = (counted.followups[0] if counted.followups else counted.response).content
     assert "No pair members left open had scores on both tries to decide it." in said
     assert len(RunSpec.from_job("tune", db.list_jobs()[0].config).tune.steer) == 3
+
+
+async def test_a_round_steered_by_scores_alone_says_so():
+    from bot.cogs.train import steering_line
+
+    rows = [{"better": TRIALS[2], "worse": TRIALS[0], "by": "scores"}]
+    said = steering_line([], rows, "image")
+    assert said.startswith("No comparisons are answered in this session yet: the first tries are what a "
+                           "preferential model of the scores proposes.")
+    assert "Scores decided 1 pair(s) of tries members left open (the more alike to your held-out images" in said
+    assert steering_line([], None, "text") == steering_line([])  # no opt-in: as before
