@@ -260,12 +260,14 @@ class LoracordBot(commands.Bot):
             head = f"**Sample #{sample.id}** ({source}, seed {sample.seed}) · prompt: {sample.prompt or '–'}"
         # What a model wrote is posted cleaned (no control characters, no pings, cut to fit) and pings nobody.
         quiet = discord.AllowedMentions.none()
+        scores = scores_line({"kind": sample.kind, **sample.scores}) if sample.scores else None  # this sample's own
         if kinds.recorded(sample.kind).makes_images:
-            await channel.send(sample_message(head), file=discord.File(io.BytesIO(data), f"sample-{sample.id}.png"),
+            await channel.send(sample_message(head, tail=scores),
+                               file=discord.File(io.BytesIO(data), f"sample-{sample.id}.png"),
                                view=vote_view(sample.id), allowed_mentions=quiet)
         else:
             text = data.decode("utf-8", "replace")
-            await channel.send(sample_message(head, text), view=vote_view(sample.id), allowed_mentions=quiet)
+            await channel.send(sample_message(head, text, scores), view=vote_view(sample.id), allowed_mentions=quiet)
 
     async def post_sampling(self, job_id: int) -> None:
         """Post what a finished ``sample`` job made into the thread it was asked in (other jobs: nothing)."""

@@ -51,12 +51,14 @@ def cut(text: str, limit: int) -> str:
     return window[:at].rstrip() + "…"
 
 
-def sample_message(head: str, text: str | None = None) -> str:
-    """The message posting a sample: ``head`` (one line, its prompt defused), then the text in a code block."""
+def sample_message(head: str, text: str | None = None, tail: str | None = None) -> str:
+    """The message posting a sample: ``head`` (one line, its prompt defused), then the text in a code
+    block, then ``tail`` (our own words: the sample's scores), kept whole however long the text."""
+    tail = f"\n{cut(tail, 400)}" if tail else ""
     head = no_pings(_CONTROL.sub("", head).replace("\n", " "))
     if text is None:
-        return cut(head, MESSAGE_LIMIT)
+        return cut(head, MESSAGE_LIMIT - len(tail)) + tail
     head = cut(head, 300)
     body = clean_sample(text) or "(the model wrote nothing)"
     fence = "\n```\n{}\n```"
-    return head + fence.format(cut(body, MESSAGE_LIMIT - len(head) - len(fence.format(""))))
+    return head + fence.format(cut(body, MESSAGE_LIMIT - len(head) - len(fence.format("")) - len(tail))) + tail

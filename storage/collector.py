@@ -112,7 +112,7 @@ class JobCollector:
                     continue
             row = self.db.add_sample(blob_hash=sample["blob"], job_id=owner.id, session_id=owner.session_id,
                                      kind=sample.get("kind"), prompt=sample.get("prompt"), seed=sample.get("seed"),
-                                     trial=sample.get("trial"))
+                                     trial=sample.get("trial"), scores=sample.get("scores"))
             ids.append(row.id)
         return ids
 

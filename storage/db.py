@@ -140,6 +140,12 @@ def m005_comparisons(db: sqlite_utils.Database) -> None:
                          pk=("comparison_id", "user_id"), foreign_keys=[("comparison_id", "comparisons", "id")])
 
 
+@migrations()
+def m006_sample_scores(db: sqlite_utils.Database) -> None:
+    """A sample carries its own scores (trainer.scores), shown under it wherever it is posted."""
+    db["samples"].add_column("scores", str)
+
+
 # --------------------------------------------------------------------------------------------
 # Rows.
 
@@ -268,6 +274,8 @@ class Sample(_Row):
     created_at: float | None = None
     votes: int = 0
     trial: int | None = None  # the trial of a tuning job it came from; None: the job's own adapter
+    scores: dict = field(default_factory=dict)  # trainer.scores' flat score_* numbers, or scores_unavailable
+    _json = ("scores",)
 
 
 @dataclass(frozen=True)
@@ -643,11 +651,11 @@ class Database:
     # ---- samples and votes
     def add_sample(self, *, blob_hash: str, job_id: int | None = None, session_id: int | None = None,
                    kind: str | None = None, prompt: str | None = None, seed: int | None = None,
-                   trial: int | None = None) -> Sample:
+                   trial: int | None = None, scores: dict | None = None) -> Sample:
         """Record a sample; the same (job, blob, prompt, seed) is recorded once."""
         self.db["samples"].insert({"job_id": job_id, "session_id": session_id, "blob_hash": blob_hash, "kind": kind,
-                                   "prompt": prompt, "seed": seed, "created_at": time.time(), "trial": trial},
-                                  ignore=True)
+                                   "prompt": prompt, "seed": seed, "created_at": time.time(), "trial": trial,
+                                   "scores": json.dumps(scores or {})}, ignore=True)
         rows = self.db.query(
             "select id from samples where job_id is ? and blob_hash = ? and prompt is ? and seed is ?",
             [job_id, blob_hash, prompt, seed])

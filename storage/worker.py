@@ -401,7 +401,8 @@ class Reporter:
         if event.get("kind") == "sample":
             shows = event.get("shows")  # a grid says its prompts and seeds; its file name is no prompt
             prompt, seed = (grid_words(shows), None) if shows else (event.get("message"), self.seed)
-            payload["samples"] = [{"blob": h, "prompt": prompt, "seed": seed, "kind": kinds.for_file(n).name}
+            scores = {"scores": event["scores"]} if event.get("scores") else {}  # the final grid's (trainer.scores)
+            payload["samples"] = [{"blob": h, "prompt": prompt, "seed": seed, "kind": kinds.for_file(n).name, **scores}
                                   for n, h in payload["blobs"].items()]
         if attempt == self.attempt:
             self.stepped = self.stepped or event.get("kind") == "step"
@@ -479,7 +480,8 @@ class Reporter:
                 text = row.get("after") or row.get("text")
                 if text:
                     out["samples"].append({"blob": self.blobs.put_bytes(text.encode()), "prompt": row.get("prompt"),
-                                           "seed": self.seed, "kind": kinds.TEXT.name})  # rows of texts
+                                           "seed": self.seed, "kind": kinds.TEXT.name,  # rows of texts
+                                           "scores": row.get("scores")})
         self.kind.publish_outputs(self.blobs, run, out)  # what only this kind makes (trial adapters, samples)
         return out
 

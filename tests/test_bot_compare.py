@@ -183,3 +183,69 @@ async def test_the_end_of_quick_tries_points_to_comparing_them(world):
     await world.env.advance_time(0.1)
     assert "**Or compare the tries:** `/train compare` asks which of two tries' samples is closer" in \
         thread.last_message.content
+
+
+def with_scores(w, job_id: int, ppl: dict[int, float | None]) -> None:
+    """Give each try of ``job_id`` a metrics.json in the blob store with its held-out perplexity, as
+    the worker publishes a try's metrics (storage.jobkinds.tune.publish_trials); None: no score."""
+    import json
+
+    services = w.env.bot.services
+    for number, params in TRIALS.items():
+        scores = {"score_heldout_ppl": ppl[number]} if ppl.get(number) is not None else {}
+        metrics = services.blobs.put_bytes(json.dumps({"kind": "text", **scores}).encode())
+        services.db.record_trial(job_id, number, params=params, value=2.5 - number / 10, status="complete",
+                                 metrics=metrics)
+
+
+async def test_scores_decide_the_pairs_members_left_open_where_the_session_asks(world):
+    w, db = world, world.env.bot.services.db
+    thread = await three_member_session(w)
+    job_id = finished_tries(w, thread)
+    with_scores(w, job_id, {0: 30.0, 1: 20.0, 2: 10.0})  # try 2 has the lowest held-out perplexity
+    await w.bob.slash(thread, "train compare", pairs=1)  # one pair asked (tries 0 and 1), both members answer it
+    await answer_all(w, thread, towards(4))
+
+    refused = await w.alice.slash(thread, "train tune", trials=4, scores=True)
+    assert refused.ephemeral and "add `steer:True`" in refused.response.content
+
+    steered = await w.alice.slash(thread, "train tune", trials=4, steer=True, scores=True)
+    said = (steered.followups[0] if steered.followups else steered.response).content
+    assert "Steered by 3 answers from 3 member(s)" in said
+    assert ("Scores decided 2 pair(s) of tries members left open (the lower held-out perplexity counted as "
+            "closer)") in said
+    steer = RunSpec.from_job(db.list_jobs()[0].kind, db.list_jobs()[0].config).tune.steer
+    by_members = [c for c in steer if "by" not in c]
+    by_scores = [c for c in steer if c.get("by") == "scores"]
+    assert len(by_members) == 3 and all(c["better"]["rank"] == 4 for c in by_members)  # members' word stands
+    assert sorted((c["better"]["rank"], c["worse"]["rank"]) for c in by_scores) == [(32, 4), (32, 8)]
+    assert proposals(SPACE, steer, 1, seed=0)  # the preferential GP takes both kinds of rows
+
+
+async def test_without_the_opt_in_or_scores_a_round_is_steered_as_before(world):
+    w, db = world, world.env.bot.services.db
+    thread = await three_member_session(w)
+    job_id = finished_tries(w, thread)
+    with_scores(w, job_id, {0: 30.0, 1: None, 2: 30.0})  # a try without a score; two with the same
+    await w.bob.slash(thread, "train compare", pairs=1)
+    await answer_all(w, thread, towards(4))
+    steered = await w.alice.slash(thread, "train tune", trials=4, steer=True)
+    said = (steered.followups[0] if steered.followups else steered.response).content
+    assert "Scores decided" not in said
+    assert all("by" not in c for c in RunSpec.from_job("tune", db.list_jobs()[0].config).tune.steer)
+    db.finish_job(db.list_jobs()[0].id, "cancelled")  # one waiting job per member (the test server's limit)
+    counted = await w.alice.slash(thread, "train tune", trials=4, steer=True, scores=True)
+    said = (counted.followups[0] if counted.followups else counted.response).content
+    assert "No pair members left open had scores on both tries to decide it." in said
+    assert len(RunSpec.from_job("tune", db.list_jobs()[0].config).tune.steer) == 3
+
+
+async def test_a_round_steered_by_scores_alone_says_so():
+    from bot.cogs.train import steering_line
+
+    rows = [{"better": TRIALS[2], "worse": TRIALS[0], "by": "scores"}]
+    said = steering_line([], rows, "image")
+    assert said.startswith("No comparisons are answered in this session yet: the first tries are what a "
+                           "preferential model of the scores proposes.")
+    assert "Scores decided 1 pair(s) of tries members left open (the more alike to your held-out images" in said
+    assert steering_line([], None, "text") == steering_line([])  # no opt-in: as before

@@ -91,6 +91,10 @@ async def test_two_members_train_vote_sample_and_export(world, tiny_llama):
     assert chart.attachments[0].filename == "loss-job-1.png"
     sample_message = next(m for m in history if m.content.startswith("**Sample #1** (job #1, seed 0) · prompt: To be"))
     assert "```" in sample_message.content
+    # under the sample, its own scores (trainer.scores, computed on the worker): no number is made up
+    assert "\n**Scores:** held-out perplexity " in sample_message.content
+    assert " · longest run copied from the training text " in sample_message.content
+    assert db.get_sample(1).scores["score_copied_words"] >= 0
     assert history[-1].content.startswith("✅ Job #1 finished after 4 steps")
     assert "\n**Next:** vote on the samples" in history[-1].content
 

@@ -114,6 +114,10 @@ async def test_captions_given_at_upload_are_the_captions_the_trainer_used(world,
     # the preset was sized in the trainer: the member's steps, the quick preset's rank and rate
     assert (metrics["config"]["preset"], metrics["config"]["steps"], metrics["config"]["rank"]) == ("quick", 2, 4)
     assert metrics["config"]["resolution"] == RESOLUTION  # the server's default for image runs
+    # the final grid is posted with its scores line: this server names no scoring model, so no number
+    grids = [m for m in thread.history() if m.content.startswith("**Sample #")]
+    assert grids and grids[-1].attachments
+    assert grids[-1].content.endswith("\n**Scores:** unavailable: no scoring model is on the worker's machine.")
 
 
 async def test_quick_tries_from_the_bot_vary_the_settings_the_member_left_open(world, tiny_sd):

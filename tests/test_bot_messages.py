@@ -386,6 +386,9 @@ async def test_clean_sample_cut_and_scrub_paths():
     assert cut("one two three four", 12) == "one two…"
     assert cut("x" * 30, 10) == "x" * 9 + "…"
     assert len(sample_message("**Sample #1**", "y " * 5000)) <= MESSAGE_LIMIT
+    # the scores line under a sample stays whole however long the text: the text is cut instead
+    scored = sample_message("**Sample #1**", "y " * 5000, "**Scores:** distinct word pairs 50%")
+    assert len(scored) <= MESSAGE_LIMIT and scored.endswith("```\n**Scores:** distinct word pairs 50%")
     assert model_name("/srv/models/llama-3") == "llama-3" and model_name("org/model") == "org/model"
     assert model_name("image:/srv/sd/tiny") == "image:tiny"
     assert scrub_paths("kept in /tmp/abc/runs/job-1/checkpoints; see https://x.org/a/b and/or org/model") == \

@@ -21,6 +21,8 @@ from storage.settings import Settings
 from storage.worker import start_worker_process
 from tests.bot_world import *  # noqa: F401,F403
 from tests.image_fixtures import image_folder, tiny_sd  # noqa: F401
+from tests.test_scores import tiny_clip  # noqa: F401
+from trainer.scores import UNAVAILABLE
 
 @pytest.fixture
 def storage_settings(tmp_path, redis) -> Settings:
@@ -89,6 +91,9 @@ async def test_a_trial_and_a_finished_run_are_sampled_on_another_machine(world, 
                                                                                  f"lc:vote:{sample.id}:down"]
     text = services.blobs.get_bytes(sample.blob_hash).decode("utf-8", "replace")  # what the trial's adapter wrote
     assert clean_sample(text) and clean_sample(text)[:40] in posted.content  # posted cleaned
+    # its scores, computed by the sample job against the run's training split, are posted under it
+    assert "longest run copied from the training text" in posted.content.split("```")[-1]
+    assert set(sample.scores) >= {"score_copied_words", "score_heldout_ppl"}
 
     # The finished run (the search's full run of the best settings), two samples from seed 9.
     await w.env.advance_time(6)  # /sample has a 5 s cooldown per member
@@ -109,7 +114,7 @@ async def test_a_trial_and_a_finished_run_are_sampled_on_another_machine(world, 
     assert [j.id for j in db.list_jobs(session_id=tune.session_id)] == [1]
 
 
-def test_an_image_run_is_sampled_by_the_sample_kind_from_its_blobs(tiny_sd, image_folder, tmp_path):
+def test_an_image_run_is_sampled_by_the_sample_kind_from_its_blobs(tiny_sd, image_folder, tmp_path, tiny_clip):
     """The ``sample`` kind as a worker runs it, for an image run: the adapter and metrics come from
     the blob store into a fresh run folder, the job process draws one grid per prompt, and the
     worker publishes each grid as a sample of the source job."""
@@ -144,3 +149,16 @@ def test_an_image_run_is_sampled_by_the_sample_kind_from_its_blobs(tiny_sd, imag
                                                                                  (4, None, "a red sks")]
     grid = Image.open(blobs.get_file(outputs["samples"][0]["blob"], tmp_path / "grid.png"))
     assert grid.size == (2 * RESOLUTION, RESOLUTION)  # seeds 3 and 4 side by side
+    # no scoring model named: each grid says its scores are unavailable, never a number
+    assert [s["scores"] for s in outputs["samples"]] == [{"scores_unavailable": UNAVAILABLE}] * 2
+    # with the server's scoring model, each grid's cells are scored against its prompt
+    from storage.jobkinds.sample import sample_scores
+    from trainer import kinds
+
+    scored = sample_scores({**config, "scorer": str(tiny_clip)}, run.root, result["samples"], kinds.IMAGE)
+    assert [set(s) for s in scored] == [{"score_adherence"}] * 2  # no held-out images at hand: no likeness
+    # with the run's dataset at hand (as the bot names it), also against the images the run held out
+    scored = sample_scores({**config, "scorer": str(tiny_clip), "data": [str(image_folder)]}, run.root,
+                           result["samples"], kinds.IMAGE)
+    assert [set(s) for s in scored] == [{"score_adherence", "score_likeness"}] * 2
+    assert all(-1.0 <= s["score_likeness"] <= 1.0 for s in scored)

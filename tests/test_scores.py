@@ -11,7 +11,11 @@ import pytest
 from bot.report import scores_line
 from tests.bot_world import *  # noqa: F401,F403
 from tests.image_fixtures import image_folder, tiny_sd  # noqa: F401
-from trainer.scores import distinct_share, image_scores, load_scorer, longest_shared_run, text_scores
+from PIL import Image
+
+from trainer.charts import plot_curves
+from trainer.scores import (UNAVAILABLE, chart_lines, distinct_share, image_scores, load_scorer, longest_shared_run,
+                            text_scores)
 
 TRAINING = ["the quick brown fox jumps over the lazy dog", "to be or not to be that is the question"]
 
@@ -110,6 +114,22 @@ def test_an_image_run_scores_its_final_samples(tmp_path, tiny_sd, image_folder, 
     assert -1.0 <= metrics["score_likeness"] <= 1.0 and 0.0 <= metrics["score_adherence"] <= 100.0
     assert "scores_unavailable" not in metrics
     assert scores_line(metrics).startswith("**Scores:** likeness to your held-out images ")
+    # the final grid's event carries those scores (posted under the grid), and so does the run's chart
+    events = [json.loads(line) for line in (result.run_dir / "events.jsonl").read_text().splitlines()]
+    final = [e for e in events if e["kind"] == "sample" and e["artifacts"] == ["samples/final.png"]]
+    assert [e["scores"] for e in final] == [{k: metrics[k] for k in ("score_likeness", "score_adherence")}]
+    chart = Image.open(result.run_dir / "loss.png").text["Scores"].splitlines()
+    assert chart == [f"likeness {metrics['score_likeness']:.2f}", f"prompt adherence {metrics['score_adherence']:.1f}"]
+
+
+def test_the_chart_carries_the_final_scores(tmp_path):
+    curves = {"train loss": [(1, 2.0), (2, 1.5)], "validation loss": [(2, 1.8)]}
+    lines = chart_lines({"score_heldout_ppl": 6.05, "score_copied_words": 4, "score_distinct_2": 0.875})
+    assert lines == ["held-out perplexity 6.05", "longest copied run 4 words", "distinct word pairs 88%"]
+    scored = Image.open(plot_curves(tmp_path / "a.png", curves, "run", notes=lines))
+    assert scored.text["Scores"].splitlines() == lines
+    assert chart_lines({"scores_unavailable": UNAVAILABLE}) == ["scores unavailable (no scoring model)"]
+    assert "Scores" not in Image.open(plot_curves(tmp_path / "b.png", curves, "run")).text  # nothing scored
 
 
 @pytest.fixture

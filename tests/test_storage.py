@@ -136,13 +136,14 @@ def test_migration_from_the_first_schema_keeps_data(tmp_path):
     old.close()
 
     with Database(path, migrate=False) as db:
-        later = ["m002_job_retries", "m003_sample_trials", "m004_trial_adapters", "m005_comparisons"]
+        later = ["m002_job_retries", "m003_sample_trials", "m004_trial_adapters", "m005_comparisons",
+                 "m006_sample_scores"]
         assert db.pending_migrations() == later
         assert db.migrate() == later
         job = db.get_job(1)
         sample = db.get_sample(1)
     assert (job.kind, job.config, job.status, job.attempts, job.max_attempts) == ("train_text", {"steps": 5}, "done", 0, 3)
-    assert (sample.prompt, sample.trial) == ("p", None)
+    assert (sample.prompt, sample.trial, sample.scores) == ("p", None, {})  # scored before scores: none
 
 
 def test_votes_rank_the_trials_of_a_tuning_job(db):

@@ -56,8 +56,15 @@ def test_exact_artifacts(finished_run):
     assert metrics["config"]["rank"] == 8 and metrics["data_report"]["n_train"] + metrics["data_report"]["n_val"] == 16
     assert len(metrics["curves"]["train_loss"]) == 24 and len(metrics["curves"]["val_loss"]) == 4
     samples = json.loads((result.run_dir / "samples.json").read_text())
-    assert samples and set(samples[0]) == {"prompt", "before", "after"}
+    assert samples and set(samples[0]) == {"prompt", "before", "after", "scores"}
+    assert set(samples[0]["scores"]) <= {"score_heldout_ppl", "score_copied_words", "score_distinct_2"}
+    assert "score_copied_words" in samples[0]["scores"]  # each sample scored on its own (trainer.scores)
     assert (result.run_dir / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    from PIL import Image  # the chart carries the run's scores (trainer.charts), readable without its pixels
+
+    chart = Image.open(result.run_dir / "loss.png").text["Scores"].splitlines()
+    assert chart[0] == f"held-out perplexity {metrics['score_heldout_ppl']:.2f}"
+    assert chart[1] == f"longest copied run {metrics['score_copied_words']} words"
 
 
 def test_samples_before_training_are_the_untrained_lora_models(tiny_llama, tmp_path):

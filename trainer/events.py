@@ -41,6 +41,7 @@ class ProgressEvent:
     shows: dict | None = None  # a sample grid's rows and columns: {"prompts": [...], "seeds": [...]}
     # quick tries: steps of the whole search and its full run, {"step", "total", "eta_s"}, only forward
     overall: dict | None = None
+    scores: dict | None = None  # the final samples' scores (trainer.scores), posted under them
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -271,12 +271,12 @@ class _Fit:
         self.run.write_metrics(metrics)
         return metrics
 
-    def draw(self, name: str) -> str | None:
+    def draw(self, name: str, scores: dict | None = None) -> str | None:
         drawn = self.task.sample(name)
         if drawn:
             self.state.samples.append(drawn)
             self.emit(ProgressEvent("sample", self.state.step, self.cfg.steps, artifacts=[drawn],
-                                    message=f"samples: {drawn}", shows=self.task.sample_shows()))
+                                    message=f"samples: {drawn}", shows=self.task.sample_shows(), scores=scores))
         return drawn
 
     def finish(self, train_s: float) -> Outcome:
@@ -284,6 +284,7 @@ class _Fit:
         from .card import write_card
         from .charts import plot_curves
         from .checkpoint import load_trainable
+        from .scores import chart_lines, only_scores
 
         state, run = self.state, self.run
         if self.best_weights is not None:
@@ -292,11 +293,11 @@ class _Fit:
         artifacts, metrics = [], {}
         if self.main:
             artifacts, extra = self.task.finish(run, state)
-            final = self.draw("final")
+            final = self.draw("final", only_scores(extra) or None)  # the kind scored these very samples
             artifacts += [final] if final else []
             plot_curves(run.loss_chart, {"train loss": state.curves["train_loss"],
                                          "validation loss": state.curves["val_loss"]},
-                        title=f"{Path(run.root).name}: loss")
+                        title=f"{Path(run.root).name}: loss", notes=chart_lines(only_scores(extra)))
             artifacts.append(run.loss_chart.name)
             steps_here = state.step - self.start_step
             metrics = self.write_metrics("done", self.stop_reason, train_time_s=train_s,

@@ -69,6 +69,36 @@ def text_scores(samples: Sequence[str], training: Sequence[str], val_loss: float
     return scores
 
 
+def each_text_scores(samples: Sequence[str], training: Sequence[str], val_loss: float | None) -> list[dict[str, Any]]:
+    """``text_scores`` of each sample on its own, for the line posted under it (the perplexity is the run's)."""
+    return [text_scores([sample], training, val_loss) for sample in samples]
+
+
+def only_scores(metrics: dict) -> dict[str, Any]:
+    """The ``score_*`` numbers (or ``scores_unavailable``) among ``metrics``."""
+    return {k: v for k, v in metrics.items() if k.startswith("score_") or k == "scores_unavailable"}
+
+
+WORDS = {"score_heldout_ppl": "held-out perplexity {:.2f}", "score_copied_words": "longest copied run {} words",
+         "score_distinct_2": "distinct word pairs {:.0%}", "score_likeness": "likeness {:.2f}",
+         "score_adherence": "prompt adherence {:.1f}"}
+
+
+def chart_lines(scores: dict) -> list[str]:
+    """The scores as short lines for the run's chart; one line saying they are unavailable, where so."""
+    lines = [words.format(scores[name]) for name, words in WORDS.items() if scores.get(name) is not None]
+    return lines or (["scores unavailable (no scoring model)"] if scores.get("scores_unavailable") else [])
+
+
+def steering_score(makes_images: bool) -> tuple[str, bool, str]:
+    """The score that decides a pair of tries members left open, in a steered round that counts
+    scores: ``(name, higher_is_better, words)``. Images: likeness to the held-out images; texts:
+    held-out perplexity (copying and variety say more about a sample than about a setting)."""
+    if makes_images:
+        return "score_likeness", True, "the more alike to your held-out images"
+    return "score_heldout_ppl", False, "the lower held-out perplexity"
+
+
 def load_scorer(ref: str | None):
     """``(model, processor)`` of the CLIP model ``ref`` names, or None where none can be loaded (offline)."""
     if not ref:

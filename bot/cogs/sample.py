@@ -60,8 +60,18 @@ def request_sample(svc: Services, session: Session, actor: Actor, job: Job, *, p
     config = {"source_job": job.id, "trial": trial, "kind": session.kind, "base": session.base_model,
               "adapter": adapter, "metrics": metrics, "prompts": [prompt], "count": count, "seed": seed,
               "requested_by": actor.user_id, "session": session.id, "channel": channel_id,
-              **({"aspect": aspect} if aspect else {})}
+              **({"aspect": aspect} if aspect else {}), **scoring(svc, session, job)}
     return svc.jobs.submit("sample", config)
+
+
+def scoring(svc: Services, session: Session, job: Job) -> dict:
+    """What the sample job scores its samples with (storage.jobkinds.sample): the run's dataset (its
+    held-out images, or the texts a sample may copy) and, for images, the server's scoring model
+    (none: scores unavailable)."""
+    found = {"dataset": job.config["dataset"]} if job.config.get("dataset") else {}
+    if kinds.get(session.kind).makes_images:
+        found["scorer"] = svc.server.settings(session.guild_id).get("image_scorer")
+    return found
 
 
 def sample_aspect(session: Session, aspect: str | None) -> str | None:

@@ -18,6 +18,7 @@ from discord.ext import commands
 from storage.db import Comparison, Job, Session
 from trainer import kinds
 from trainer.errors import ConfigError
+from trainer.scores import steering_score
 from trainer.spec import RunSpec, TuneOptions
 from trainer.steer import describe
 
@@ -106,21 +107,30 @@ def start_tuning(svc: Services, session: Session, actor: Actor, trials: int, ste
     """Queue quick tries: short runs from the ``quick`` preset that vary what the member left open;
     ``steer`` (members' comparisons, ``Comparisons.preferences``) chooses the first tries."""
     check_can_train(svc, session, actor)
-    comparisons = [{"better": c["better"], "worse": c["worse"]} for c in steer]
+    comparisons = [{k: c[k] for k in ("better", "worse", "by") if k in c} for c in steer]  # "by": scores decided it
     spec = run_spec(svc, session, "quick", {"steps": steps}, tune=TuneOptions(trials=trials, steer=comparisons))
     return svc.jobs.submit(spec.job_kind, spec.to_job(), session=session, actor=actor)
 
 
-def steering_line(preferences: list[dict]) -> str:
-    """What a steered round tells the session: how many answers, from whom, and which way they leaned."""
+def steering_line(preferences: list[dict], by_scores: list[dict] | None = None, kind: str | None = None) -> str:
+    """What a steered round tells the session: how many answers, from whom, and which way they leaned;
+    with ``by_scores`` (the session counts scores), how many pairs members left open the scores decided."""
+    counted = ""
+    if by_scores is not None:
+        _, _, better = steering_score(kinds.get(kind).makes_images)
+        counted = (f" Scores decided {len(by_scores)} pair(s) of tries members left open ({better} counted as "
+                   f"closer)." if by_scores else " No pair members left open had scores on both tries to decide it.")
     if not preferences:
+        if by_scores:
+            return ("No comparisons are answered in this session yet: the first tries are what a preferential "
+                    "model of the scores proposes." + counted)
         return ("No comparisons are answered in this session yet, so this round is not steered "
-                "(`/train compare` asks members which tries are closer).")
+                "(`/train compare` asks members which tries are closer)." + counted)
     members = len({p["user"] for p in preferences})
     leaned = describe(preferences)
     return (f"Steered by {len(preferences)} answers from {members} member(s)"
             + (f": {leaned}" if leaned else ", which leaned no clear way on any setting")
-            + ". The first tries are what a preferential model of those answers proposes.")
+            + ". The first tries are what a preferential model of those answers proposes." + counted)
 
 
 def tune_job_to_compare(svc: Services, session: Session, actor: Actor, job_id: int | None) -> Job:
@@ -213,15 +223,21 @@ class TrainCog(commands.GroupCog, group_name="train", group_description="Train a
     @app_commands.describe(trials="How many settings to try",
                            steps="Steps per try (left out: the tries vary it too, with rate, rank, dropout, "
                                  "augmentation)",
-                           steer="Let members' answers to /train compare choose the first tries")
+                           steer="Let members' answers to /train compare choose the first tries",
+                           scores="With steer: the tries' scores decide the pairs members left open")
     @app_commands.checks.dynamic_cooldown(_train_cooldown)
     # Narrower than the declarations (TuneOptions.trials, steps) on purpose: quick tries from Discord stay quick.
     async def tune(self, interaction: discord.Interaction, trials: app_commands.Range[int, 2, 20] = 4,
-                   steps: Optional[app_commands.Range[int, 5, 1000]] = None, steer: bool = False) -> None:
+                   steps: Optional[app_commands.Range[int, 5, 1000]] = None, steer: bool = False,
+                   scores: bool = False) -> None:
         intro = f"{trials} quick tries, ranked by validation loss (and then by your votes on their samples)."
+        if scores and not steer:
+            raise Refusal("`scores:True` counts the tries' scores in a steered round: add `steer:True`.")
         session = await self.bot.db(self.svc.sessions.session_here, interaction.channel_id)
         preferences = await self.bot.db(self.svc.comparisons.preferences, session) if steer else []
-        intro += f"\n{steering_line(preferences)}" if steer else ""
+        by_scores = await self.bot.db(self.svc.comparisons.decided_by_scores, session) if scores else None
+        intro += f"\n{steering_line(preferences, by_scores, session.kind)}" if steer else ""
+        preferences = preferences + (by_scores or [])
         if kinds.get(session.kind).sized_to_device:
             intro += f"\n{size_line(await self.bot.db(self.svc.sizes.image_sizes, session))}."
         items = await self.bot.db(self.svc.data.items, session)

@@ -3,14 +3,20 @@
 After quick tries, ``pairs`` makes comparisons from the trials' samples; each member's answer
 is stored with who gave it, once per member and pair (answering again replaces it). The
 answers become ``{"better": params, "worse": params}`` rows (``preferences``) that steer the
-next round (``trainer.steer``).
+next round (``trainer.steer``). Where a session counts scores too, ``decided_by_scores`` adds a
+row for each pair of tries that no member answered, decided by the tries' scores
+(``trainer.scores.steering_score``): members' answers stay the only word on the pairs they answered.
 """
 
 from __future__ import annotations
 
+import json
 from itertools import combinations
 
+from storage.blobs import BlobNotFound
 from storage.db import Comparison, Job, Session
+from trainer import kinds
+from trainer.scores import steering_score
 
 from .base import Actor, Refusal, Service
 
@@ -76,3 +82,32 @@ class Comparisons(Service):
                 better, worse = (a, b) if answer.choice == "a" else (b, a)
                 found.append({"better": dict(better.params), "worse": dict(worse.params), "user": answer.user_id})
         return found
+
+    def decided_by_scores(self, session: Session) -> list[dict]:
+        """For each pair of complete tries of one finished quick-tries job that no member answered, a
+        ``{"better": params, "worse": params, "by": "scores"}`` row decided by their scores; a pair
+        where a try has no score (no scoring model, an older run) or both score the same is left out."""
+        name, higher, _ = steering_score(kinds.recorded(session.kind).makes_images)
+        found = []
+        for job in self._db.list_jobs(session_id=session.id, status="done"):
+            if job.kind != "tune":
+                continue
+            asked = self._db.list_comparisons(job_id=job.id)
+            answered = {frozenset((c.trial_a, c.trial_b)) for c in asked if c.a + c.b}
+            scored = [(t, self._score(t.metrics, name)) for t in self._db.list_trials(job.id) if t.status == "complete"]
+            scored = [(t, v) for t, v in scored if v is not None]
+            for (a, va), (b, vb) in combinations(scored, 2):
+                if frozenset((a.number, b.number)) in answered or va == vb:
+                    continue
+                better, worse = (a, b) if (va > vb) == higher else (b, a)
+                found.append({"better": dict(better.params), "worse": dict(worse.params), "by": "scores"})
+        return found
+
+    def _score(self, metrics_blob: str | None, name: str) -> float | None:
+        if not metrics_blob:
+            return None
+        try:
+            value = json.loads(self.services.blobs.get_bytes(metrics_blob)).get(name)
+        except (BlobNotFound, ValueError):
+            return None
+        return float(value) if isinstance(value, (int, float)) else None

@@ -6,7 +6,13 @@ store serves it, whichever machine trained the adapter. Config::
 
     {"source_job": 12, "trial": 3 | None, "kind": "text" | "image", "base": "...",
      "adapter": TREE_HASH, "metrics": BLOB_HASH | None,
-     "prompts": ["..."], "count": 1, "seed": 0, "max_new_tokens": 60}
+     "prompts": ["..."], "count": 1, "seed": 0, "max_new_tokens": 60,
+     "scorer": "CLIP model" | None, "dataset": MANIFEST | None}
+
+Each sample carries its scores (``trainer.scores``), posted under it: an image grid is scored by
+the server's ``scorer`` (prompt adherence; "unavailable" without one); a text by how much it
+copies the run's training split (the source run's ``dataset``, split as the run split it) and
+how varied it is, beside the adapter's held-out perplexity from the run's metrics.
 
 The samples are published as the source job's (and trial's), so votes on them rank that run.
 Sampling is short: it travels on the ``quick`` lane, which every worker serves with a thread of
@@ -49,6 +55,12 @@ def fetch_adapter(blobs, run, config: dict) -> dict:
             blobs.get_file(config["metrics"], metrics)
         else:
             metrics.write_text(json.dumps({"kind": config.get("kind", kinds.DEFAULT.name), "base": config.get("base")}))
+    kind = kinds.recorded(config.get("kind"))
+    if config.get("dataset") and (config.get("scorer") or not kind.makes_images):  # what the samples are scored against
+        from trainer.spec import DatasetManifest
+
+        manifest = DatasetManifest.model_validate(config["dataset"])
+        return {**config, "data": manifest.materialize(kind.name, run.root / "data", blobs.get_file)}
     return config
 
 
@@ -84,8 +96,84 @@ def run_sample(config: dict, run, *, resume: bool, cancel) -> dict:
             target.write_text(row["text"], encoding="utf-8")
             rows.append({"file": f"samples/{target.name}", "prompt": row["prompt"], "seed": row["seed"],
                          "kind": kind.name})
+    for row, scores in zip(rows, sample_scores(config, run.root, rows, kind)):
+        row["scores"] = scores
     return {"status": "done", "samples": rows,
             "source": {"job": config.get("source_job"), "trial": config.get("trial")}}
+
+
+def sample_scores(config: dict, root, rows: list[dict], kind) -> list[dict]:
+    """Each sample's scores (``trainer.scores``), in the order of ``rows``."""
+    from trainer import scores
+
+    ran = json.loads((root / "source" / "metrics.json").read_text())  # the source run's (fetch_adapter)
+    source = ran.get("config") or {}  # its settings: how it split its data
+    if kind.makes_images:
+        from PIL import Image
+
+        scorer = scores.load_scorer(config.get("scorer"))
+        held_out = _held_out_images(config.get("data"), source) if scorer is not None else []
+        found = []
+        for row in rows:  # a grid of ``count`` seeds of one prompt: each cell against the prompt
+            with Image.open(root / row["file"]) as grid:
+                cells = _cells(grid.convert("RGB"), max(1, int(config.get("count", 1))))
+            found.append(scores.image_scores(scorer, cells, held_out, [row["prompt"]] * len(cells)))
+        return found
+    training = _training_texts(config.get("data"), source)
+    texts = [(root / row["file"]).read_text(encoding="utf-8") for row in rows]
+    ppl = ran.get("score_heldout_ppl")  # the adapter's, as its run measured it on the held-out split
+    found = []
+    for text in texts:
+        own = scores.text_scores([text], training or [], None)
+        if training is None:
+            own.pop("score_copied_words", None)  # nothing to compare with: no number rather than a false 0
+        found.append({**own, **({"score_heldout_ppl": ppl} if ppl is not None else {})})
+    return found
+
+
+def _cells(grid, count: int) -> list:
+    """The ``count`` images side by side in one sampled grid."""
+    w = grid.width // count
+    return [grid.crop((i * w, 0, (i + 1) * w, grid.height)) for i in range(count)]
+
+
+def _held_out_images(paths, run_config: dict) -> list:
+    """The images the source run held out (its split, by its seed, read at its limits); [] where
+    they cannot be read, so that no likeness is claimed."""
+    from pydantic import ValidationError
+
+    from trainer.errors import UserError
+    from trainer.folds import split_holdout
+    from trainer.image.config import ImageTrainConfig
+    from trainer.image.data import load_images, training_limits
+    from trainer.image.train import split
+
+    if not paths or not run_config.get("resolution"):
+        return []
+    try:
+        config = ImageTrainConfig.model_validate({**run_config, "data": list(paths)})
+        examples = load_images(paths, instance_prompt=config.instance_prompt, limits=training_limits(config)).examples
+    except (UserError, ValidationError):
+        return []
+    held = split_holdout(examples, config.holdout, config.seed) if config.holdout else \
+        split(examples, config.val_fraction, config.seed)
+    return [e.image for e in held[1]]
+
+
+def _training_texts(paths, run_config: dict) -> list[str] | None:
+    """The texts the source run trained on (its split, by its seed), or None where they cannot be read."""
+    from trainer.errors import UserError
+    from trainer.scores import content
+    from trainer.text.data import load_text_dataset
+
+    if not paths:
+        return None
+    try:
+        dataset = load_text_dataset(paths, val_fraction=run_config.get("val_fraction", 0.1),
+                                    seed=run_config.get("seed", 0), holdout=run_config.get("holdout"))
+    except UserError:
+        return None
+    return [content(e) for e in dataset.train]
 
 
 def publish_samples(blobs, run, outputs: dict) -> None:
@@ -96,4 +184,5 @@ def publish_samples(blobs, run, outputs: dict) -> None:
         path = run.root / row["file"]
         if path.is_file():
             outputs["samples"].append({"blob": blobs.put_file(path), "prompt": row.get("prompt"), "seed": row.get("seed"),
-                                       "kind": row.get("kind"), "job": source.get("job"), "trial": source.get("trial")})
+                                       "kind": row.get("kind"), "job": source.get("job"), "trial": source.get("trial"),
+                                       "scores": row.get("scores")})

@@ -81,4 +81,5 @@ def trial_samples(blobs, folder, number: int) -> list[dict]:
     seed = json.loads((folder / "metrics.json").read_text()).get("config", {}).get("seed")
     rows = json.loads((folder / "samples.json").read_text())
     return [{"blob": blobs.put_bytes((r.get("after") or r.get("text")).encode()), "prompt": r.get("prompt"),
-             "seed": seed, "kind": kinds.TEXT.name, "trial": number} for r in rows if r.get("after") or r.get("text")]
+             "seed": seed, "kind": kinds.TEXT.name, "trial": number, "scores": r.get("scores")}
+            for r in rows if r.get("after") or r.get("text")]

@@ -20,7 +20,7 @@ from ..events import EventCallback
 from ..kinds import TEXT
 from ..loop import LoopState, Task, adamw, fit, training_mode
 from ..rundir import RunDir, start_run, write_json_atomic
-from ..scores import content, text_scores
+from ..scores import content, each_text_scores, text_scores
 from .config import TextTrainConfig
 
 # Attention projections per architecture; anything else falls back to peft's own defaults.
@@ -275,10 +275,13 @@ class TextTask(Task):
         s = self.s
         self.model.save_pretrained(run.adapter, safe_serialization=True)
         after = generate(self.model, s.tokenizer, s.prompts, self.config.max_new_tokens, self.config.seed)
-        self.samples = [{"prompt": p, "before": b, "after": a} for p, b, a in zip(s.prompts, self.samples_before, after)]
-        write_json_atomic(run.root / "samples.json", self.samples)
         # scores beside the samples (trainer.scores): no extra model is needed for text
-        scores = text_scores(after, [content(e) for e in s.dataset.train], state.best_val)
+        training = [content(e) for e in s.dataset.train]
+        each = each_text_scores(after, training, state.best_val)
+        self.samples = [{"prompt": p, "before": b, "after": a, "scores": sc}
+                        for p, b, a, sc in zip(s.prompts, self.samples_before, after, each)]
+        write_json_atomic(run.root / "samples.json", self.samples)
+        scores = text_scores(after, training, state.best_val)
         return ["adapter", "samples.json"], scores
 
     def metrics(self, state: LoopState) -> dict:
