@@ -114,7 +114,8 @@ async def test_a_trial_and_a_finished_run_are_sampled_on_another_machine(world, 
     assert [j.id for j in db.list_jobs(session_id=tune.session_id)] == [1]
 
 
-def test_an_image_run_is_sampled_by_the_sample_kind_from_its_blobs(tiny_sd, image_folder, tmp_path, tiny_clip):
+def test_an_image_run_is_sampled_by_the_sample_kind_from_its_blobs(tiny_sd, image_folder, tmp_path, tiny_clip,
+                                                                   monkeypatch):
     """The ``sample`` kind as a worker runs it, for an image run: the adapter and metrics come from
     the blob store into a fresh run folder, the job process draws one grid per prompt, and the
     worker publishes each grid as a sample of the source job."""
@@ -162,3 +163,18 @@ def test_an_image_run_is_sampled_by_the_sample_kind_from_its_blobs(tiny_sd, imag
                            result["samples"], kinds.IMAGE)
     assert [set(s) for s in scored] == [{"score_adherence", "score_likeness"}] * 2
     assert all(-1.0 <= s["score_likeness"] <= 1.0 for s in scored)
+    # a scorer that breaks on the worker costs the samples their numbers, not the samples: the
+    # scoring function is made to raise here (a stand-in: no tiny model fails this way on demand)
+    from trainer import scores as scores_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the scoring model broke")
+
+    monkeypatch.setattr(scores_module, "image_scores", broken)
+    again = RunDir(tmp_path / "worker" / "job-10")
+    again.root.mkdir(parents=True)
+    config = kind.prepare_inputs(blobs, again, {**config, "scorer": str(tiny_clip)})
+    result = run_job("sample", config, again, resume=False)
+    assert result["status"] == "done" and len(result["samples"]) == 2
+    assert all((again.root / r["file"]).is_file() for r in result["samples"])
+    assert all("scoring failed" in r["scores"]["scores_unavailable"] for r in result["samples"])

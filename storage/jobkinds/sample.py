@@ -22,11 +22,14 @@ its own, so it runs beside a training run instead of waiting for it to end.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 
 from trainer import kinds
 
 from .base import JobKind
+
+log = logging.getLogger(__name__)
 
 KIND = JobKind("sample", run="storage.jobkinds.sample:run_sample", prepare="storage.jobkinds.sample:fetch_adapter",
                publish="storage.jobkinds.sample:publish_samples", priority=10, lane="quick",
@@ -96,7 +99,13 @@ def run_sample(config: dict, run, *, resume: bool, cancel) -> dict:
             target.write_text(row["text"], encoding="utf-8")
             rows.append({"file": f"samples/{target.name}", "prompt": row["prompt"], "seed": row["seed"],
                          "kind": kind.name})
-    for row, scores in zip(rows, sample_scores(config, run.root, rows, kind)):
+    try:
+        found = sample_scores(config, run.root, rows, kind)
+    except Exception as exc:  # the samples are made: a scorer that breaks costs their numbers, not them
+        log.warning("sample job: scoring failed (%s: %s); the samples are posted without scores",
+                    type(exc).__name__, exc)
+        found = [{"scores_unavailable": f"scoring failed on the worker ({type(exc).__name__})"} for _ in rows]
+    for row, scores in zip(rows, found):
         row["scores"] = scores
     return {"status": "done", "samples": rows,
             "source": {"job": config.get("source_job"), "trial": config.get("trial")}}
