@@ -1,6 +1,6 @@
-"""Sharing a trained adapter: ``loracord export RUN [--gguf]`` and ``loracord publish RUN --repo USER/NAME``.
+"""Sharing a trained adapter: ``loracord export RUN [--gguf | --merged]`` and ``loracord publish RUN --repo USER/NAME``.
 
-Thin wrappers over ``trainer.publish`` and ``trainer.text.gguf``; their errors are
+Thin wrappers over ``trainer.publish``, ``trainer.text.gguf`` and ``trainer.image.merged``; their errors are
 ``LoracordError``s that ``loracord.cli.main`` prints as one line.
 """
 
@@ -22,17 +22,36 @@ def export_cmd(
     run: Path = typer.Argument(..., help="A run folder written by `loracord train`."),
     gguf: bool = typer.Option(False, "--gguf", help="Text runs: write the adapter in llama.cpp's GGUF LoRA format "
                                                     "(for llama.cpp, Ollama, LM Studio)."),
+    merged: bool = typer.Option(False, "--merged", help="Image runs: the base with the LoRA fused in, as one "
+                                                        "single-file checkpoint (for AUTOMATIC1111, ComfyUI, Forge)."),
+    weight: float = typer.Option(1.0, "--weight", help="With --merged: the LoRA's strength fused in "
+                                                       "(1 = as trained)."),
+    fp32: bool = typer.Option(False, "--fp32", help="With --merged: write float32 weights "
+                                                    "(default fp16, half the size)."),
     out: Optional[Path] = typer.Option(None, help="Where to write (default: RUN/export/)."),
 ) -> None:
-    """Write a run's adapter in another format (--gguf: llama.cpp's GGUF LoRA adapter)."""
+    """Write a run's adapter in another format (--gguf: llama.cpp's GGUF LoRA adapter; --merged: a single checkpoint)."""
     from trainer.errors import UserError
 
+    if merged and not gguf:
+        return _export_merged(run, out or Path(run) / "export", weight=weight, fp32=fp32)
     if not gguf:
-        raise UserError("Say which format to export: --gguf (text runs). The peft adapter itself is RUN/adapter/.")
+        raise UserError("Say which format to export: --gguf (text runs) or --merged (image runs). The adapter itself "
+                        "is RUN/adapter/.")
     from trainer.text.gguf import export_gguf
 
     written = export_gguf(run, (out or Path(run) / "export"))
     typer.echo(f"{written.path} ({written.tensors} tensors, {written.arch}, LoRA alpha {written.alpha:g})")
+    if written.note:
+        typer.echo(written.note)
+
+
+def _export_merged(run: Path, out: Path, *, weight: float, fp32: bool) -> None:
+    from trainer.image.merged import export_merged_checkpoint
+
+    written = export_merged_checkpoint(run, out, weight=weight, fp32=fp32)
+    typer.echo(f"{written.path} ({written.family}, LoRA weight {written.weight:g}, {written.dtype}, "
+               f"{written.bytes / 2**20:.1f} MiB; licence {written.licence})")
     if written.note:
         typer.echo(written.note)
 
