@@ -15,7 +15,9 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -58,15 +60,19 @@ def read_back(path: Path, base: Path):
                                                     safety_checker=None, requires_safety_checker=False)
 
 
-def trained_update(base: Path, run: Path) -> dict:
-    """The run's LoRA update per UNet layer (B @ A x scale), as the trained adapter loads into the base."""
-    from diffusers import StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline.from_pretrained(base, use_safetensors=True, safety_checker=None,
-                                                   requires_safety_checker=False)
+def with_lora(base: Path, run: Path, weight: float):
+    """The base pipeline with the run's adapter loaded (not fused) at ``weight``."""
+    pipe = read_back_base(base)
     with quiet_check():
         pipe.load_lora_weights(str(run / "adapter"), weight_name=DIFFUSERS_FILE, adapter_name="trained")
-    return lora_deltas(pipe.unet, "trained")
+    pipe.set_adapters(["trained"], [weight])
+    return pipe
+
+
+def render(pipe) -> np.ndarray:
+    pipe.set_progress_bar_config(disable=True)
+    return pipe("a photo of sks pattern 1", num_inference_steps=2, guidance_scale=1.0, height=RESOLUTION,
+                width=RESOLUTION, generator=torch.Generator().manual_seed(0), output_type="np").images[0]
 
 
 def copy_run(run: Path, tmp_path: Path, **metrics) -> Path:
@@ -91,7 +97,9 @@ def test_the_file_holds_the_base_with_the_lora_fused_at_the_weight(run, base, tm
 
     loaded, plain = read_back(merged.path, base), read_back_base(base)
     got, was = loaded.unet.state_dict(), plain.unet.state_dict()
-    update = trained_update(base, run)
+    adapted = with_lora(base, run, 1.0)
+    update = lora_deltas(adapted.unet, "trained")  # B @ A x scale, as trained
+    adapted.set_adapters(["trained"], [weight])
     assert update and all(delta.abs().max() > 0 for delta in update.values())
     for name, delta in update.items():
         torch.testing.assert_close(got[name + ".weight"], was[name + ".weight"] + weight * delta, atol=1e-6, rtol=1e-5)
@@ -101,6 +109,9 @@ def test_the_file_holds_the_base_with_the_lora_fused_at_the_weight(run, base, tm
     for component in ("vae", "text_encoder"):
         mine, theirs = getattr(loaded, component).state_dict(), getattr(plain, component).state_dict()
         assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    image = render(loaded)
+    np.testing.assert_allclose(image, render(adapted), atol=1e-4)  # the checkpoint draws what base + LoRA draws
+    assert np.abs(image - render(plain)).max() > 1e-3
 
 
 def read_back_base(base: Path):
@@ -231,3 +242,106 @@ def test_sdxl_is_written_in_its_original_layout(tmp_path):
         mine, theirs = getattr(back, component).state_dict(), getattr(pipe, component).state_dict()
         assert mine.keys() == theirs.keys(), component
         assert all(torch.equal(mine[k], theirs[k]) for k in mine), component
+
+
+# ---------------------------------------------------------------- the real models' structures
+
+
+def real_structure(family: str) -> SimpleNamespace:
+    """SD 1.5's or SDXL's components at their real sizes on the meta device (shapes only, no memory)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    def clip(width, layers, cls=CLIPTextModel):
+        return cls(CLIPTextConfig(hidden_size=width, intermediate_size=4 * width, num_attention_heads=width // 64,
+                                  num_hidden_layers=layers, projection_dim=width))
+
+    with torch.device("meta"):
+        vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+        if family == "sd":
+            return SimpleNamespace(unet=UNet2DConditionModel(cross_attention_dim=768, sample_size=64), vae=vae,
+                                   text_encoder=clip(768, 12))
+        unet = UNet2DConditionModel(
+            block_out_channels=(320, 640, 1280), transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), use_linear_projection=True,
+            addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
+            cross_attention_dim=2048, sample_size=128)
+        return SimpleNamespace(unet=unet, vae=vae, text_encoder=clip(768, 12),
+                               text_encoder_2=clip(1280, 32, CLIPTextModelWithProjection))
+
+
+# keys per part of the released files (v1-5-pruned-emaonly, sd_xl_base_1.0), less the position_ids
+# and logit_scale buffers, which no reader uses
+REAL_COUNTS = {"sd": {"model.diffusion_model.": 686, "first_stage_model.": 248, "cond_stage_model.transformer.": 196},
+               "sdxl": {"model.diffusion_model.": 1680, "first_stage_model.": 248,
+                        "conditioner.embedders.0.transformer.": 196, "conditioner.embedders.1.model.": 389}}
+
+# Keys of the released files, with their shapes where they show a layout decision (diffusers' readers
+# accept an upsampler at either place, and the VAE's attention either way; the original code does not)
+KNOWN_KEYS = {
+    "sd": {"model.diffusion_model.input_blocks.3.0.op.weight": (320, 320, 3, 3),
+           "model.diffusion_model.input_blocks.9.0.op.weight": None,
+           "model.diffusion_model.output_blocks.2.1.conv.weight": (1280, 1280, 3, 3),
+           "model.diffusion_model.output_blocks.5.2.conv.weight": None,
+           "model.diffusion_model.output_blocks.8.2.conv.weight": None,
+           "model.diffusion_model.output_blocks.11.1.proj_out.weight": None,
+           "model.diffusion_model.output_blocks.11.0.skip_connection.weight": None,
+           "model.diffusion_model.middle_block.1.transformer_blocks.0.attn2.to_k.weight": (1280, 768),
+           "model.diffusion_model.time_embed.2.weight": None, "model.diffusion_model.out.2.weight": None,
+           "first_stage_model.encoder.mid.attn_1.q.weight": (512, 512, 1, 1),
+           "first_stage_model.decoder.mid.attn_1.proj_out.weight": (512, 512, 1, 1),
+           "first_stage_model.encoder.down.1.block.0.nin_shortcut.weight": (256, 128, 1, 1),
+           "first_stage_model.decoder.up.3.upsample.conv.weight": (512, 512, 3, 3),
+           "first_stage_model.decoder.up.0.block.2.conv2.weight": (128, 128, 3, 3),
+           "first_stage_model.decoder.up.0.block.0.nin_shortcut.weight": (128, 256, 1, 1),
+           "first_stage_model.encoder.norm_out.weight": None,
+           "cond_stage_model.transformer.text_model.encoder.layers.11.self_attn.q_proj.weight": (768, 768)},
+    "sdxl": {"model.diffusion_model.output_blocks.2.2.conv.weight": (1280, 1280, 3, 3),
+             "model.diffusion_model.output_blocks.5.2.conv.weight": (640, 640, 3, 3),
+             "model.diffusion_model.input_blocks.4.1.transformer_blocks.1.attn1.to_q.weight": (640, 640),
+             "model.diffusion_model.label_emb.0.0.weight": (1280, 2816),
+             "conditioner.embedders.0.transformer.text_model.final_layer_norm.weight": (768,),
+             "conditioner.embedders.1.model.transformer.resblocks.31.attn.in_proj_weight": (3840, 1280),
+             "conditioner.embedders.1.model.transformer.resblocks.0.mlp.c_fc.weight": (5120, 1280),
+             "conditioner.embedders.1.model.text_projection": (1280, 1280),
+             "conditioner.embedders.1.model.positional_embedding": (77, 1280),
+             "conditioner.embedders.1.model.ln_final.bias": (1280,)},
+}
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl"])
+def test_the_real_models_structures_give_the_released_files_keys(family):
+    """Every weight of SD 1.5 and SDXL (as built by diffusers at full size, shapes only) is placed, as many
+    keys per part as the released single files hold, and diffusers' own readers of those files give back
+    every weight at its shape."""
+    from diffusers.loaders import single_file_utils as readers
+
+    from trainer.image import families
+
+    parts = real_structure(family)
+    state = families.named(family).single_checkpoint(parts)
+    assert {p: sum(k.startswith(p) for k in state) for p in REAL_COUNTS[family]} == REAL_COUNTS[family]
+    assert len(state) == sum(REAL_COUNTS[family].values())
+    for key, shape in KNOWN_KEYS[family].items():
+        assert key in state and (shape is None or tuple(state[key].shape) == shape), key
+    if family == "sdxl":
+        assert readers.infer_diffusers_model_type(state) == "xl_base"
+    back = {"unet": readers.convert_ldm_unet_checkpoint(state, parts.unet.config),
+            "vae": readers.convert_ldm_vae_checkpoint(state, parts.vae.config),
+            "text_encoder": readers.convert_ldm_clip_checkpoint(state)}
+    if family == "sdxl":
+        back["text_encoder_2"] = readers.convert_open_clip_checkpoint(parts.text_encoder_2, state,
+                                                                      prefix="conditioner.embedders.1.model.")
+    for name, weights in back.items():
+        want = shapes(getattr(parts, name).state_dict(), text=name.startswith("text"))
+        assert shapes(weights) == want, name
+
+
+def shapes(state: dict, text: bool = False) -> dict:
+    """{key: shape}; a text encoder's keys as the readers give them, under ``text_model.`` (which
+    transformers leaves out of a plain CLIPTextModel's state dict)."""
+    named = {("text_model." + k if text and not k.startswith(("text_model.", "text_projection")) else k): v
+             for k, v in state.items()}
+    return {k: tuple(v.shape) for k, v in named.items()}
