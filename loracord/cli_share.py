@@ -1,6 +1,6 @@
-"""Sharing a trained adapter: ``loracord export RUN --gguf [--merged]`` and ``loracord publish RUN --repo USER/NAME``.
+"""Sharing a trained adapter: ``loracord export RUN [--gguf [--merged] | --merged]`` and ``loracord publish RUN --repo USER/NAME``.
 
-Thin wrappers over ``trainer.publish`` and ``trainer.text.gguf``; their errors are
+Thin wrappers over ``trainer.publish``, ``trainer.text.gguf`` and ``trainer.image.merged``; their errors are
 ``LoracordError``s that ``loracord.cli.main`` prints as one line.
 """
 
@@ -22,19 +22,28 @@ def export_cmd(
     run: Path = typer.Argument(..., help="A run folder written by `loracord train`."),
     gguf: bool = typer.Option(False, "--gguf", help="Text runs: write the adapter in llama.cpp's GGUF LoRA format "
                                                     "(for llama.cpp, Ollama, LM Studio)."),
-    merged: bool = typer.Option(False, "--merged", help="With --gguf: write the base merged with the adapter as one "
-                                                        "GGUF, with an Ollama Modelfile beside it."),
-    outtype: str = typer.Option("f16", "--outtype", help="With --merged: f16 (exact) or q8_0 (half the size)."),
+    merged: bool = typer.Option(False, "--merged", help="Image runs: the base with the LoRA fused in, as one single-file "
+                                                        "checkpoint (AUTOMATIC1111, ComfyUI, Forge). With --gguf (text "
+                                                        "runs): the base merged with the adapter as one GGUF, with an "
+                                                        "Ollama Modelfile beside it."),
+    outtype: str = typer.Option("f16", "--outtype", help="With --gguf --merged: f16 (exact) or q8_0 (half the size)."),
+    weight: float = typer.Option(1.0, "--weight", help="With --merged (image runs): the LoRA's strength fused in "
+                                                       "(1 = as trained)."),
+    fp32: bool = typer.Option(False, "--fp32", help="With --merged (image runs): write float32 weights "
+                                                    "(default fp16, half the size)."),
     out: Optional[Path] = typer.Option(None, help="Where to write (default: RUN/export/)."),
 ) -> None:
-    """Write a run's adapter in another format (--gguf: llama.cpp's GGUF LoRA adapter; --gguf --merged: the
-    base merged with it, a model of its own for llama.cpp and Ollama)."""
+    """Write a run's adapter in another format (--gguf: llama.cpp's GGUF LoRA adapter; --gguf --merged: the base
+    merged with it, a model of its own for llama.cpp and Ollama; --merged: an image run's single checkpoint)."""
     from trainer.errors import UserError
 
+    if merged and not gguf:
+        return _export_merged(run, out or Path(run) / "export", weight=weight, fp32=fp32)
     if not gguf:
-        raise UserError("Say which format to export: --gguf (text runs). The peft adapter itself is RUN/adapter/.")
+        raise UserError("Say which format to export: --gguf (text runs) or --merged (image runs). The adapter itself "
+                        "is RUN/adapter/.")
     if merged:
-        return _export_merged(run, out or Path(run) / "export", outtype)
+        return _export_merged_gguf(run, out or Path(run) / "export", outtype)
     if outtype != "f16":
         raise UserError("--outtype is for the merged GGUF: add --merged (the adapter GGUF is always float32).")
     from trainer.text.gguf import export_gguf
@@ -45,7 +54,7 @@ def export_cmd(
         typer.echo(written.note)
 
 
-def _export_merged(run: Path, out: Path, outtype: str) -> None:
+def _export_merged_gguf(run: Path, out: Path, outtype: str) -> None:
     from trainer.text.gguf_merged import export_merged_gguf
 
     written = export_merged_gguf(run, out, outtype=outtype)
@@ -54,6 +63,16 @@ def _export_merged(run: Path, out: Path, outtype: str) -> None:
                f"{written.chat_template})\n{written.files[1]}")
     typer.echo(f"Run it: cd {out} && ollama create NAME -f Modelfile && ollama run NAME\n"
                f"    or: llama-cli -m {written.path}")
+    if written.note:
+        typer.echo(written.note)
+
+
+def _export_merged(run: Path, out: Path, *, weight: float, fp32: bool) -> None:
+    from trainer.image.merged import export_merged_checkpoint
+
+    written = export_merged_checkpoint(run, out, weight=weight, fp32=fp32)
+    typer.echo(f"{written.path} ({written.family}, LoRA weight {written.weight:g}, {written.dtype}, "
+               f"{written.bytes / 2**20:.1f} MiB; licence {written.licence})")
     if written.note:
         typer.echo(written.note)
 

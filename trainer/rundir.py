@@ -103,6 +103,15 @@ class RunDir:
 _CHECKPOINT_NAME = re.compile(r"step-(\d+)")
 
 
+def which_step(metrics: dict) -> str:
+    """Which step's weights a stopped run's adapter holds, so nobody mistakes it for a finished one;
+    '' for a run that completed or stopped early (its best adapter is what it was meant to keep)."""
+    reason, step = metrics.get("stop_reason"), metrics.get("best_step") or metrics.get("steps_done")
+    if reason in (None, "completed", "early_stopped"):
+        return ""
+    return f"The run stopped ({reason}): this is the adapter of step {step}."
+
+
 def checkpoint_step(name: str | None) -> int | None:
     """The step of a checkpoint named ``step-000012`` (or ``step-000012/tree-hash``, as the queue
     records it), else None."""

@@ -45,7 +45,7 @@ class GgufAdapter:
 def export_gguf(run_root: str | Path, out_dir: str | Path, *, may_load: bool = True) -> GgufAdapter:
     """Write ``out_dir/adapter.gguf`` from a text run's adapter; refuses what llama.cpp cannot load."""
     from ..kinds import recorded
-    from ..rundir import RunDir
+    from ..rundir import RunDir, which_step
 
     run = RunDir.open(run_root)
     metrics = run.read_metrics()
@@ -57,7 +57,7 @@ def export_gguf(run_root: str | Path, out_dir: str | Path, *, may_load: bool = T
     base_config = base_config_of(metrics, may_load=may_load)
     out = Path(out_dir) / FILE
     written = write_gguf_adapter(run.adapter, base_config, out, name=f"loracord adapter for {metrics.get('base')}")
-    note = _which_step(metrics)
+    note = which_step(metrics)
     return GgufAdapter(out, written[0], written[1], written[2], note)
 
 
@@ -202,10 +202,3 @@ def base_folder_of(metrics: dict, *, may_load: bool = True) -> Path:
                         "trained, with `loracord export RUN --gguf`.")
     return resolve_base(base)
 
-
-def _which_step(metrics: dict) -> str:
-    """Which step's weights a stopped run's adapter holds, so nobody mistakes it for a finished one."""
-    reason, step = metrics.get("stop_reason"), metrics.get("best_step") or metrics.get("steps_done")
-    if reason in (None, "completed", "early_stopped"):
-        return ""
-    return f"The run stopped ({reason}): this is the adapter of step {step}."

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from .gguf import _architecture, _rope_permute, _which_step, base_folder_of
+from ..rundir import which_step
+from .gguf import _architecture, _rope_permute, base_folder_of
 
 OUTTYPES = ("f16", "q8_0")
 MODELFILE = "Modelfile"
@@ -88,7 +89,7 @@ def export_merged_gguf(run_root: str | Path, out_dir: str | Path, *, outtype: st
     base = loadable_name(metrics.get("base") or folder.name)  # a hub id or a name, never this machine's path
     write_full_gguf(model, tokenizer, folder, out, outtype=outtype, name=f"{base} + loracord adapter")
     template, modelfile = write_modelfile(out, tokenizer, base=base)
-    return MergedGguf(out, (out, modelfile), outtype, arch, template, _which_step(metrics))
+    return MergedGguf(out, (out, modelfile), outtype, arch, template, which_step(metrics))
 
 
 def write_full_gguf(model, tokenizer, folder: Path, out: Path, *, outtype: str = "f16", name: str = "") -> Path:

@@ -7,6 +7,8 @@
 - Native size: the UNet's ``sample_size`` times the VAE's downscale (512 for 1.x, 768 for the
   2.x v-prediction bases when the configs are missing).
 - Single file: kohya keys, the single text encoder named ``lora_te_`` as SD 1.x/2.x UIs expect.
+- Merged checkpoint (``single_checkpoint``): UNet, VAE and text encoder in the original SD layout
+  (``trainer.image.ldm``), the text encoder as OpenAI CLIP (1.x) or OpenCLIP (2.x).
 
 Nothing here imports torch or diffusers at module level: the bot reads the sizes.
 """
@@ -191,3 +193,23 @@ def export_adapter(trained, fresh, folder: Path, *, rank: int, alpha: float) -> 
 def kohya_key(key: str) -> str:
     """SD 1.x/2.x UIs name the single text encoder lora_te_, not lora_te1_."""
     return key.replace("lora_te1_", "lora_te_")
+
+
+def single_checkpoint(pipe) -> dict:
+    """The pipeline's UNet, VAE and text encoder as one original-layout state dict (``trainer.image.merged``).
+    SD 2.x's encoder is OpenCLIP ViT-H less its last layer (23 or more layers), kept in OpenCLIP's names."""
+    from .. import ldm
+
+    encoder = pipe.text_encoder
+    text = (ldm.prefixed("cond_stage_model.model.", ldm.open_clip(encoder.state_dict()))
+            if encoder.config.num_hidden_layers >= 23 else
+            ldm.prefixed("cond_stage_model.transformer.", ldm.clip(encoder.state_dict())))
+    return unet_and_vae(pipe) | text
+
+
+def unet_and_vae(pipe) -> dict:
+    """The UNet under ``model.diffusion_model.`` and the VAE under ``first_stage_model.`` (SD's and SDXL's layout)."""
+    from .. import ldm
+
+    return (ldm.prefixed("model.diffusion_model.", ldm.unet(pipe.unet.state_dict(), pipe.unet.config))
+            | ldm.prefixed("first_stage_model.", ldm.vae(pipe.vae.state_dict(), pipe.vae.config)))

@@ -7,6 +7,8 @@
 - Objective, LoRA targets, denoiser: SD's (``sd.noise_loss``), DDPM noise prediction.
 - Native size: the UNet's ``sample_size`` times the VAE's downscale, 1024 when the configs are missing.
 - Single file: kohya keys as converted (``lora_te1_``/``lora_te2_``), base version ``sdxl_base_v1-0``.
+- Merged checkpoint (``single_checkpoint``): SD's UNet and VAE layout, the first text encoder as
+  OpenAI CLIP and the second as OpenCLIP, under ``conditioner.embedders.0``/``.1``.
 
 Nothing here imports torch or diffusers at module level: the bot reads the sizes.
 """
@@ -20,6 +22,7 @@ from .sd import (CAPTION_TOKENS, DENOISER, LORA_TARGETS, PRECISION_PROBE, PREDIC
                  tokenize, training_scheduler, val_timesteps)
 from .sd import native_size as sd_native_size
 from .sd import probe_inputs as sd_probe_inputs
+from .sd import unet_and_vae
 
 NAME = "sdxl"
 PIPELINE_CLASSES = ("StableDiffusionXLPipeline",)
@@ -96,3 +99,12 @@ def probe_inputs(unet_config, *, side: int, resolution: int, batch_size: int, de
 def kohya_key(key: str) -> str:
     """SDXL keeps the converter's lora_te1_/lora_te2_ names."""
     return key
+
+
+def single_checkpoint(pipe) -> dict:
+    """The pipeline's UNet, VAE and both text encoders as one original-layout state dict (``trainer.image.merged``)."""
+    from .. import ldm
+
+    return (unet_and_vae(pipe)
+            | ldm.prefixed("conditioner.embedders.0.transformer.", ldm.clip(pipe.text_encoder.state_dict()))
+            | ldm.prefixed("conditioner.embedders.1.model.", ldm.open_clip(pipe.text_encoder_2.state_dict())))
