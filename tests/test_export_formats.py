@@ -60,3 +60,42 @@ def test_a_blob_too_large_to_post_is_linked_signed_by_public_url_or_by_its_place
     link = export_link(blobs, config, blob)
     assert link.startswith("<https://s/x?sig> (valid until <t:") and signed == [(blobs.path(blob), 7200)]
     assert blobs.size(blob) == len(b"GGUF and more")
+
+
+def test_the_export_kind_makes_a_format_from_the_blob_store_and_keeps_to_the_quota(tiny_llama, tmp_path):
+    """The ``export`` job kind as a worker runs it: the adapter and metrics come from the blob store
+    into a fresh run folder, the job process writes the format, the worker publishes its files."""
+    from gguf import GGUFReader
+
+    from storage import jobkinds
+    from storage.jobrun import run_job
+    from tests.conftest import train_tiny_text
+    from trainer.rundir import RunDir
+
+    (tmp_path / "trained").mkdir()
+    train_tiny_text(tmp_path / "trained", tiny_llama, steps=2)
+    trained = tmp_path / "trained" / "out"
+    blobs = BlobStore(tmp_path / "blobs")
+    config = {"source_job": 4, "format": "gguf", "options": {}, "max_bytes": 2**20, "kind": "text",
+              "base": str(tiny_llama), "adapter": blobs.put_tree(trained / "adapter"),
+              "metrics": blobs.put_file(trained / "metrics.json")}
+    kind = jobkinds.get("export")
+    assert kind.lane == "runs"  # a merged export holds the whole base: a run's place, not a thread beside one
+    run = RunDir(tmp_path / "worker" / "job-9")
+    run.root.mkdir(parents=True)
+    config = kind.prepare_inputs(blobs, run, config)
+    result = run_job("export", config, run, resume=False)
+    assert (result["status"], result["files"], result["note"]) == ("done", ["export/adapter.gguf"], "")
+    assert result["details"]["arch"] == "llama"
+    outputs = {"result": result}
+    kind.publish_outputs(blobs, run, outputs)
+    [made] = outputs["export"]["files"]
+    assert made["name"] == "adapter.gguf" and made["bytes"] == blobs.size(made["blob"])
+    assert GGUFReader(blobs.get_file(made["blob"], tmp_path / "got.gguf")).fields["general.type"].contents() == "adapter"
+
+    over = RunDir(tmp_path / "worker" / "job-10")
+    over.root.mkdir(parents=True)
+    config = kind.prepare_inputs(blobs, over, {**config, "max_bytes": 1000})
+    with pytest.raises(UserError, match=r"the export is [\d,]+ bytes, over this server's export quota of 1,000 bytes"):
+        run_job("export", config, over, resume=False)
+    assert not (over.root / "export").exists()  # nothing over the quota is kept

@@ -38,7 +38,9 @@ def run_export(config: dict, run, *, resume: bool, cancel) -> dict:
         return {"status": "cancelled"}
     written = fmt.export(source_folder(run), out, may_load=True, max_bytes=config.get("max_bytes"),
                          **(config.get("options") or {}))
-    files = [p.resolve().relative_to(run.root.resolve()).as_posix() for p in written_files(written)]
+    paths = written_files(written)
+    check_quota(paths, out, config.get("max_bytes"))
+    files = [p.resolve().relative_to(run.root.resolve()).as_posix() for p in paths]
     return {"status": "done", "format": fmt.name, "files": files, "note": getattr(written, "note", "") or "",
             "details": details(written), "source": {"job": config.get("source_job")}}
 
@@ -54,3 +56,15 @@ def publish_export(blobs, run, outputs: dict) -> None:
         files.append({"name": path.name, "blob": blobs.put_file(path), "bytes": path.stat().st_size})
     outputs["export"] = {"format": result.get("format"), "files": files, "note": result.get("note", ""),
                          "details": result.get("details") or {}}
+
+
+def check_quota(paths, out, max_bytes: int | None) -> None:
+    """Refuse (and remove) an export over the server's quota that its format could not foresee, so
+    nothing over it reaches the blob store."""
+    from trainer.errors import UserError
+
+    total = sum(p.stat().st_size for p in paths)
+    if max_bytes is not None and total > max_bytes:
+        shutil.rmtree(out, ignore_errors=True)
+        raise UserError(f"the export is {total:,} bytes, over this server's export quota of {max_bytes:,} bytes; a "
+                        "server manager can raise it with `/server settings max_export_mb:`")
