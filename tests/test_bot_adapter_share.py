@@ -194,3 +194,17 @@ def test_the_finished_run_message_offers_every_format_of_the_table_that_fits(mon
     text = next_after(SimpleNamespace(status="done", kind="train_text", result={"metrics": {"kind": "text"}}))
     assert "`format:merged`: one checkpoint with the LoRA fused in" in image and "format:gguf" not in image
     assert "format:merged" not in text and "`format:gguf`" in text
+
+
+@pytest.mark.asyncio
+async def test_a_failed_export_job_says_why_in_the_thread_without_host_paths(world, tiny_llama, tmp_path):
+    thread, job, _ = await stored_text_adapter(world, tiny_llama, tmp_path)
+    db = world.env.bot.services.db
+    config = {"source_job": job.id, "format": "gguf", "channel": thread.id, "requested_by": world.alice.id}
+    failed = db.enqueue_job("export", config)
+    db.mark_job_running(failed.id, worker="w", attempt=1)
+    db.finish_job(failed.id, "failed", attempt=1, error=f"no config.json in {tmp_path}/base @everyone")
+    await world.env.bot.post_export(failed.id)
+    said = thread.last_message.content
+    assert said.startswith(f"<@{world.alice.id}> the export of job #{job.id} as `format:gguf` failed: no config.json in ")
+    assert str(tmp_path) not in said and "@everyone" not in said

@@ -27,8 +27,8 @@ from trainer.models import loadable_name
 
 from ..client import LoracordBot, actor_of
 from ..display import scrub_paths
-from ..sampling import no_pings
 from ..jobpick import pick_job
+from ..sampling import no_pings
 from ..services import Refusal
 
 
@@ -139,6 +139,15 @@ def export_here(blobs, adapter, run_files, fmt, options: dict, work: Path, prefi
         return written, files
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def how_to_use(fmt, file: str, details: dict) -> str:
+    """The format's line on how to use ``file``, filled from what its function returned (``details``);
+    its description where the line names a detail the function did not return."""
+    try:
+        return fmt.how.format(file=file, **details) if fmt.how else f"{fmt.description}."
+    except (KeyError, IndexError):
+        return f"{fmt.description}."
 
 
 def tree_bytes(blobs, manifest_hash: str) -> int:
@@ -263,7 +272,8 @@ class AdapterCog(commands.GroupCog, group_name="adapter", group_description="Tra
         asked = job.config
         channel = self.bot.get_channel(asked["channel"]) or await self.bot.fetch_channel(asked["channel"])
         pings = discord.AllowedMentions(users=True, everyone=False, roles=False)
-        fmt = export.get(asked["format"])
+        # a format taken out of the table since the job was queued is still posted, by its name
+        fmt = export.FORMATS.get(asked["format"]) or export.ExportFormat(asked["format"], "", f"a {asked['format']} file")
 
         async def send(text, **kwargs):
             return await channel.send(f"<@{asked.get('requested_by')}> {text}", allowed_mentions=pings, **kwargs)
@@ -284,7 +294,7 @@ class AdapterCog(commands.GroupCog, group_name="adapter", group_description="Tra
         """Post an export's files (``(name, blob hash or local path, bytes)``, the main one first) when
         they fit under the upload ``limit``; else a link to each in the blob store (``export_link``)."""
         named = [(f"loracord-job-{source_job}-{name}", where, size) for name, where, size in files]
-        how = fmt.how.format(file=named[0][0], **details) if fmt.how else f"{fmt.description}."
+        how = how_to_use(fmt, named[0][0], details)
         step = f"\n{note}" if note else ""
         total = sum(size for _, _, size in named)
         if total <= limit:
