@@ -3,7 +3,7 @@
 ``LoracordBot`` loads one cog per feature, registers the persistent buttons, syncs the slash
 commands in ``setup_hook`` (to the development guild when one is set: instant) and starts the
 pump: every ``pump_s`` it ticks the queue (worker reports in, jobs dispatched), edits progress
-messages (throttled), posts samples, charts and next steps, and posts what sample jobs made.
+messages (throttled), posts samples, charts and next steps, and posts what sample and export jobs made.
 
 Threads: the event loop only awaits. Database and queue calls run on one dedicated thread
 (``await bot.db(fn, ...)``); checking uploads, reading datasets and zipping adapters run on
@@ -23,7 +23,7 @@ from discord import app_commands
 from discord.ext import commands, tasks
 
 from storage.settings import Settings
-from trainer import kinds
+from trainer import export, kinds
 from trainer.errors import UserError
 
 from .config import BotSettings
@@ -54,8 +54,10 @@ def next_after(job) -> str:
     """What a member can do once a job ends; a finished run names the downloads that fit its kind."""
     kind = kinds.recorded((job.result or {}).get("metrics", {}).get("kind") or
                           ("image" if "image" in job.kind else None))
-    formats = ("a zip for diffusers, and a single file for ComfyUI and other UIs" if kind.makes_images else
-               "a zip for transformers and peft, or `format:gguf` for llama.cpp, Ollama and LM Studio")
+    # the zip of an image run holds a kohya single file too (trainer.card); other formats come from the table
+    zipped = ("a zip for diffusers, and a single file for ComfyUI and other UIs" if kind.makes_images else
+              "a zip for transformers and peft")
+    formats = zipped + "".join(f", or `format:{fmt.name}`: {fmt.description}" for fmt in export.fitting(kind))
     return NEXT_AFTER[job.status].format(formats=formats)
 
 
@@ -207,6 +209,7 @@ class LoracordBot(commands.Bot):
         for job_id in result.finished:
             await self.post_sampling(job_id)
             await self.post_captions(job_id)
+            await self.post_export(job_id)
 
     async def refresh_job(self, job_id: int) -> None:
         state = self.services.state
@@ -292,6 +295,12 @@ class LoracordBot(commands.Bot):
         job = await self.db(self.services.jobs.job, job_id)
         if job.kind == "caption" and job.config.get("channel"):
             await self.get_cog("DataCog").post_captions(job)
+
+    async def post_export(self, job_id: int) -> None:
+        """Post what a finished ``export`` job made into the thread it was asked in (other jobs: nothing)."""
+        job = await self.db(self.services.jobs.job, job_id)
+        if job.kind == "export" and job.config.get("channel"):
+            await self.get_cog("AdapterCog").post_export(job)
 
     # ---- buttons (see bot.views)
     async def on_job_button(self, interaction: discord.Interaction, action: str, job_id: int) -> None:

@@ -42,6 +42,12 @@ class BotSettings(BaseSettings):
     max_dataset_mb: float = Field(200.0, gt=0, description="Largest total dataset size per session, in MiB.")
     max_file_mb: float = Field(MAX_FILE_BYTES / MiB, gt=0, le=MAX_FILE_BYTES / MiB, description=(
         "Largest single upload, in MiB, up to what the trainer reads (trainer.limits); Discord's own limit also applies."))
+    max_export_mb: float = Field(20480.0, gt=0, description=(
+        "Largest export one job may write to the blob store (a merged model is as large as its base), in MiB."))
+    export_base_url: str = Field("", description=(
+        "Public URL of the blob store's folder: an export over Discord's upload limit is linked as this URL and the "
+        "blob's path, where the store cannot sign links itself (s3 and gcs can); empty: its path on the host is said."))
+    export_link_hours: float = Field(24.0, gt=0, description="How long a signed link to an export stays valid.")
     max_pending_jobs_per_user: int = Field(2, ge=1, description="Queued or running jobs one member may have.")
     runs_per_day: int = Field(10, ge=1, description="Training runs one member may start per day.")
     guild_runs_per_day: int = Field(50, ge=1, description="Training runs one guild may start per day.")

@@ -122,6 +122,25 @@ class BlobStore:
         os.replace(tmp, dest)
         return dest
 
+    def size(self, blob_hash: str) -> int:
+        """The blob's size in bytes."""
+        try:
+            return int(self.fs.size(self.path(blob_hash)))
+        except FileNotFoundError:
+            raise BlobNotFound(f"blob {blob_hash} is not in {self.url}") from None
+
+    def signed_url(self, blob_hash: str, expires_s: int) -> str | None:
+        """A URL that reads the blob without credentials for ``expires_s`` seconds, where the store can
+        sign one (s3, gcs: fsspec's ``sign``); None for a store that cannot (a local folder)."""
+        try:
+            return self.fs.sign(self.path(blob_hash), expiration=expires_s)
+        except NotImplementedError:
+            return None
+
+    def relative_path(self, blob_hash: str) -> str:
+        """The blob's path inside the store (``ab/cd/abcd...``), what a public base URL of the store is followed by."""
+        return self.path(blob_hash)[len(self.root):].lstrip("/")
+
     def delete(self, blob_hash: str) -> None:
         if self.exists(blob_hash):
             self.fs.rm(self.path(blob_hash))

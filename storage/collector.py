@@ -94,7 +94,7 @@ class JobCollector:
                 result.retried.append(job.id)
                 return
             error = f"{error} (gave up after {attempt} attempts)"
-        outputs = {k: payload[k] for k in ("files", "adapter", "metrics", "captions") if payload.get(k)}
+        outputs = {k: payload[k] for k in ("files", "adapter", "metrics", "captions", "export") if payload.get(k)}
         if sample_ids:
             outputs["samples"] = sample_ids  # the sample rows this job made (a sample job's answer)
         if self.db.finish_job(job.id, status, error=error, result=outputs, attempt=attempt):

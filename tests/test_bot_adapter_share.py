@@ -18,8 +18,9 @@ from tests.bot_world import *  # noqa: F401,F403
 from tests.hub_standin import hub  # noqa: F401 (the stand-in Hub, a fixture)
 
 
-async def stored_text_adapter(world, tiny_llama, tmp_path, *, starter=None):
-    """A session of alice's with a finished job of ``starter`` (default alice) whose LoRA on the tiny Llama is stored."""
+async def stored_text_adapter(world, tiny_llama, tmp_path, *, starter=None, kind="text", stop_reason="completed"):
+    """A session of alice's with a finished job of ``starter`` (default alice) whose LoRA on the tiny Llama is
+    stored, recorded as a run of ``kind`` that ended for ``stop_reason``."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -33,8 +34,8 @@ async def stored_text_adapter(world, tiny_llama, tmp_path, *, starter=None):
                            LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
     folder = tmp_path / "worker-run" / "adapter"
     model.save_pretrained(folder)
-    metrics = {"kind": "text", "base": str(tiny_llama), "base_path": str(tiny_llama), "best_val_loss": 2.5,
-               "best_step": 3, "steps_done": 3, "stop_reason": "completed",
+    metrics = {"kind": kind, "base": str(tiny_llama), "base_path": str(tiny_llama), "best_val_loss": 2.5,
+               "best_step": 3, "steps_done": 3, "stop_reason": stop_reason,
                "config": {"rank": 4, "alpha": 8.0, "steps": 3}, "data_report": {"n_train": 10, "n_val": 2}}
     who = starter or world.alice
     job = db.enqueue_job("train_text", {"base": str(tiny_llama)}, session_id=session.id, guild_id=world.guild.id,
@@ -43,7 +44,7 @@ async def stored_text_adapter(world, tiny_llama, tmp_path, *, starter=None):
     files = {"metrics.json": services.blobs.put_bytes(json.dumps(metrics).encode())}
     db.finish_job(job.id, "done", attempt=1, result={"files": files})
     db.add_adapter(job_id=job.id, session_id=session.id, base_model=str(tiny_llama),
-                   blob_hash=services.blobs.put_tree(folder), metrics={"kind": "text", "best_val_loss": 2.5})
+                   blob_hash=services.blobs.put_tree(folder), metrics={"kind": kind, "best_val_loss": 2.5})
     return thread, job, session
 
 
@@ -67,6 +68,47 @@ async def test_export_format_gguf_posts_a_llama_cpp_adapter(world, tiny_llama, t
     assert reader.fields["general.type"].contents() == "adapter"
     assert {t.name for t in reader.tensors} == {f"blk.{b}.{n}.weight.lora_{ab}" for b in range(2)
                                                for n in ("attn_q", "attn_v") for ab in "ab"}
+
+
+@pytest.mark.asyncio
+async def test_export_refuses_a_format_that_does_not_fit_the_run_or_its_options(world, tiny_llama, tmp_path):
+    thread, job, _ = await stored_text_adapter(world, tiny_llama, tmp_path, kind="image")
+    reply = await world.alice.slash(thread, "adapter export", job=job.id, format="gguf")
+    assert reply.response.ephemeral
+    assert reply.response.content == (f"`format:gguf` (the adapter as a GGUF file for llama.cpp, Ollama and LM Studio) "
+                                      f"does not fit job #{job.id}, a run of kind image: export it with `format:zip`.")
+    thread, job, _ = await stored_text_adapter(world, tiny_llama, tmp_path)
+    reply = await world.alice.slash(thread, "adapter export", job=job.id, format="gguf", options="weight=0.5")
+    assert reply.response.ephemeral
+    assert reply.response.content == ("`format:gguf` does not take `weight=0.5`: it takes no options, given as "
+                                      "`name=value`.")
+    reply = await world.alice.slash(thread, "adapter export", job=job.id, options="weight=0.5")
+    assert reply.response.ephemeral and "`format:zip` takes no options" in reply.response.content
+    assert [j.kind for j in world.env.bot.services.db.list_jobs()] == ["train_text", "train_text"]
+
+
+@pytest.mark.asyncio
+async def test_a_worker_export_over_the_servers_quota_is_refused_up_front(world, tiny_llama, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from trainer import export
+
+    monkeypatch.setitem(export.FORMATS, "gguf", replace(export.FORMATS["gguf"], big=True))  # made on a worker
+    thread, job, _ = await stored_text_adapter(world, tiny_llama, tmp_path)
+    settings = await world.mod.slash(world.channel, "server settings", max_export_mb=0.001)
+    assert {f.name: f.value for f in settings.response.embeds[0].fields}["max export mb"] == "0.001"
+    reply = await world.alice.slash(thread, "adapter export", job=job.id, format="gguf")
+    assert reply.response.ephemeral
+    assert reply.response.content.startswith(f"`format:gguf` of job #{job.id} would be about ")
+    assert reply.response.content.endswith("KB, over this server's export quota of 0.001 MiB: a server manager can "
+                                           "raise it with `/server settings max_export_mb:`.")
+    assert [j.kind for j in world.env.bot.services.db.list_jobs()] == ["train_text"]  # nothing queued
+    await world.mod.slash(world.channel, "server settings", max_export_mb=1.0)
+    reply = await world.alice.slash(thread, "adapter export", job=job.id, format="gguf")
+    assert reply.response.content.startswith(f"📦 Exporting job #{job.id} as `format:gguf`")
+    [queued] = [j for j in world.env.bot.services.db.list_jobs() if j.kind == "export"]
+    assert queued.config["max_bytes"] == 2**20 and queued.config["format"] == "gguf"
+    assert queued.session_id is None  # not a run of the session: no run limits, not in its job list
 
 
 @pytest.mark.asyncio
@@ -122,7 +164,7 @@ async def test_publish_to_a_namespace_the_token_cannot_write_says_so_after_defer
 
 
 @pytest.mark.parametrize("kind, metrics, offered", [
-    ("train_text", {"kind": "text"}, "`format:gguf` for llama.cpp, Ollama and LM Studio"),
+    ("train_text", {"kind": "text"}, "`format:gguf`: the adapter as a GGUF file for llama.cpp, Ollama and LM Studio"),
     ("train_image", {"kind": "image"}, "a single file for ComfyUI and other UIs"),
     ("train_image", {}, "a single file for ComfyUI and other UIs"),
 ])
@@ -135,3 +177,34 @@ def test_the_finished_run_message_offers_the_formats_of_its_kind(kind, metrics, 
     assert offered in text and "`/adapter publish`" in text
     assert "gguf" not in text if kind == "train_image" else True
     assert next_after(SimpleNamespace(status="failed", kind=kind, result={})).startswith("**Next:** check the data")
+
+
+def test_the_finished_run_message_offers_every_format_of_the_table_that_fits(monkeypatch):
+    """A format added to the table (here a big image one) is offered to the runs it fits, and only those."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from bot.client import next_after
+    from trainer import export
+
+    merged = replace(export.FORMATS["gguf"], name="merged", makes_images=True, big=True,
+                     description="one checkpoint with the LoRA fused in")
+    monkeypatch.setitem(export.FORMATS, "merged", merged)
+    image = next_after(SimpleNamespace(status="done", kind="train_image", result={"metrics": {"kind": "image"}}))
+    text = next_after(SimpleNamespace(status="done", kind="train_text", result={"metrics": {"kind": "text"}}))
+    assert "`format:merged`: one checkpoint with the LoRA fused in" in image and "format:gguf" not in image
+    assert "format:merged" not in text and "`format:gguf`" in text
+
+
+@pytest.mark.asyncio
+async def test_a_failed_export_job_says_why_in_the_thread_without_host_paths(world, tiny_llama, tmp_path):
+    thread, job, _ = await stored_text_adapter(world, tiny_llama, tmp_path)
+    db = world.env.bot.services.db
+    config = {"source_job": job.id, "format": "gguf", "channel": thread.id, "requested_by": world.alice.id}
+    failed = db.enqueue_job("export", config)
+    db.mark_job_running(failed.id, worker="w", attempt=1)
+    db.finish_job(failed.id, "failed", attempt=1, error=f"no config.json in {tmp_path}/base @everyone")
+    await world.env.bot.post_export(failed.id)
+    said = thread.last_message.content
+    assert said.startswith(f"<@{world.alice.id}> the export of job #{job.id} as `format:gguf` failed: no config.json in ")
+    assert str(tmp_path) not in said and "@everyone" not in said

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import math
 import shutil
+import time
 import zipfile
 from pathlib import Path
 from typing import Optional
@@ -21,11 +22,13 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from trainer import kinds
+from trainer import export, kinds
 from trainer.models import loadable_name
 
 from ..client import LoracordBot, actor_of
+from ..display import scrub_paths
 from ..jobpick import pick_job
+from ..sampling import no_pings
 from ..services import Refusal
 
 
@@ -121,18 +124,53 @@ def run_folder_from_blobs(blobs, adapter, run_files: dict[str, str] | None, dest
     return dest
 
 
-def gguf_adapter(blobs, adapter, run_files, work: Path, dest: Path):
-    """The adapter in llama.cpp's GGUF format at ``dest`` (off the event loop)."""
-    from trainer.text.gguf import export_gguf
-
+def export_here(blobs, adapter, run_files, fmt, options: dict, work: Path, prefix: Path):
+    """A small format made in the bot (off the event loop): the returned object and its files as
+    ``(name, local path, bytes)``, moved to ``PREFIX-NAME``, the main one first."""
     run = run_folder_from_blobs(blobs, adapter, run_files, work / "run")
     try:
-        written = export_gguf(run, work / "gguf", may_load=False)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(written.path, dest)
-        return written
+        written = fmt.export(run, work / "out", may_load=False, **options)
+        files = []
+        for path in export.written_files(written):
+            target = prefix.with_name(f"{prefix.name}-{path.name}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(path, target)
+            files.append((path.name, target, target.stat().st_size))
+        return written, files
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def how_to_use(fmt, file: str, details: dict) -> str:
+    """The format's line on how to use ``file``, filled from what its function returned (``details``);
+    its description where the line names a detail the function did not return."""
+    try:
+        return fmt.how.format(file=file, **details) if fmt.how else f"{fmt.description}."
+    except (KeyError, IndexError):
+        return f"{fmt.description}."
+
+
+def tree_bytes(blobs, manifest_hash: str) -> int:
+    """The size of a stored folder (an adapter): what a format that exports the adapter alone estimates from."""
+    return sum(blobs.size(blob) for blob in blobs.tree_files(manifest_hash).values())
+
+
+def local_copy(blobs, where, dest: Path) -> Path:
+    """A file to attach: a local one as it is, a blob copied to ``dest``."""
+    return where if isinstance(where, Path) else blobs.get_file(where, dest)
+
+
+def export_link(blobs, config, blob_hash: str) -> str:
+    """Where a member gets a blob too large to post: a signed link where the store signs them, else
+    the host's public URL of the store (``export_base_url``) and the blob's path, else the file's
+    place on the host, for the host to hand out."""
+    expires = int(config.export_link_hours * 3600)
+    signed = blobs.signed_url(blob_hash, expires)
+    if signed:
+        return f"<{signed}> (valid until <t:{int(time.time()) + expires}:f>)"
+    if config.export_base_url:
+        return f"<{config.export_base_url.rstrip('/')}/{blobs.relative_path(blob_hash)}>"
+    return f"on the bot's host at `{blobs.path(blob_hash)}`: ask the host for it"
 
 
 def stage_for_hub(blobs, adapter, run_files, repo: str, work: Path, data_items=()) -> Path:
@@ -145,6 +183,12 @@ def stage_for_hub(blobs, adapter, run_files, repo: str, work: Path, data_items=(
     for item in data_items:  # by the names members gave them; the blob store keeps the bytes
         data.append(blobs.get_file(item.blob_hash, work / "data" / str(item.id) / Path(item.filename or "file").name))
     return stage_run(run, repo, work / "staged", data=data)
+
+
+FORMAT_CHOICES = [app_commands.Choice(name="zip", value="zip")] + [
+    app_commands.Choice(name=name, value=name) for name in export.FORMATS]
+FORMAT_HELP = ("zip: the adapter and a card (default); " + ", ".join(export.FORMATS)
+               + ": made for other tools (see /adapter export's answer)")[:100]
 
 
 class AdapterCog(commands.GroupCog, group_name="adapter", group_description="Trained LoRA adapters"):
@@ -173,42 +217,116 @@ class AdapterCog(commands.GroupCog, group_name="adapter", group_description="Tra
                 f"{file_size(limit)} upload limit. Ask the bot's host for `exports/{path.name}` in the bot's "
                 f"data folder (blob tree `{adapter.blob_hash[:12]}…` in the blob store).{picked}")
 
-    async def export_gguf(self, interaction: discord.Interaction, job, note: str | None = None) -> None:
+    async def export_as(self, interaction: discord.Interaction, job, fmt, options: str | None,
+                        note: str | None = None) -> None:
+        """``/adapter export`` in a format of ``trainer.export.FORMATS``: a small one made here, a big
+        one (it needs the base) as an ``export`` job on a worker, posted by ``post_export``."""
         adapter = await self.bot.db(self.svc.jobs.adapter, job.id)
-        if kinds.recorded((adapter.metrics or {}).get("kind")).makes_images:
-            raise Refusal("GGUF is for text adapters (llama.cpp runs language models): export this image adapter "
-                          "with `format:zip`.")
+        kind = kinds.recorded((adapter.metrics or {}).get("kind"))
+        if not fmt.fits(kind):
+            others = "".join(f" or `format:{f.name}`" for f in export.fitting(kind))
+            raise Refusal(f"`format:{fmt.name}` ({fmt.description}) does not fit job #{job.id}, a run of kind "
+                          f"{kind.name}: export it with `format:zip`{others}.")
+        chosen = fmt.parse_options(options)
+        if fmt.big:
+            return await self.export_on_worker(interaction, job, adapter, kind, fmt, chosen, note)
         await interaction.response.defer(thinking=True)
         exports = self.svc.settings.data_dir / "exports"
-        dest = exports / f"loracord-job-{job.id}-adapter.gguf"
-        work = exports / f".gguf-job-{job.id}-{interaction.id}"
-        written = await asyncio.to_thread(gguf_adapter, self.svc.blobs, adapter, (job.result or {}).get("files"),
-                                          work, dest)
-        size, limit = dest.stat().st_size, interaction.filesize_limit
+        work = exports / f".{fmt.name}-job-{job.id}-{interaction.id}"
+        written, files = await asyncio.to_thread(export_here, self.svc.blobs, adapter, (job.result or {}).get("files"),
+                                                 fmt, chosen, work, exports / f"loracord-job-{job.id}")
         picked = f"\nI took {note}; `job:` picks another." if note else ""
-        how = (f"a LoRA in llama.cpp's GGUF format for a `{written.arch}` base: load it over the base in GGUF with "
-               f"`llama-cli -m base.gguf --lora {dest.name}`, or `ADAPTER {dest.name}` in an Ollama Modelfile.")
-        step = f"\n{written.note}" if written.note else ""
-        if size <= limit:
-            await interaction.followup.send(f"📦 Adapter of job #{job.id} ({file_size(size)}), {how}{step}{picked}",
-                                            file=discord.File(dest))
-        else:
-            await interaction.followup.send(
-                f"📦 The GGUF adapter of job #{job.id} is {file_size(size)}, over this channel's {file_size(limit)} "
-                f"upload limit. Ask the bot's host for `exports/{dest.name}` in the bot's data folder.{step}{picked}")
+        await self.post_files(interaction.followup.send, job.id, fmt, files, getattr(written, "note", "") or "",
+                              export.details(written), interaction.filesize_limit, picked)
+
+    async def export_on_worker(self, interaction: discord.Interaction, job, adapter, kind, fmt, options: dict,
+                               note: str | None) -> None:
+        """Queue an ``export`` job, refused up front where the server's export quota says no."""
+        quota_mb = await self.bot.db(self.svc.server.limit, interaction.guild_id, "max_export_mb")
+        quota = int(quota_mb * 2**20)
+        adapter_bytes = await asyncio.to_thread(tree_bytes, self.svc.blobs, adapter.blob_hash)
+        estimate = fmt.estimated_bytes({**(adapter.metrics or {}), "base": adapter.base_model}, adapter_bytes,
+                                       **options)
+        if estimate is not None and estimate > quota:
+            raise Refusal(f"`format:{fmt.name}` of job #{job.id} would be about {file_size(estimate)}, over this "
+                          f"server's export quota of {quota_mb:g} MiB: a server manager can raise it with "
+                          f"`/server settings max_export_mb:`.")
+        actor = actor_of(interaction)
+        busy = await self.bot.db(self.svc.jobs.find, unfinished=True)
+        if any(j.kind == "export" and j.config.get("requested_by") == actor.user_id for j in busy):
+            raise Refusal("You have an export on its way already: I post it here when it is ready; ask again then.")
+        config = {"source_job": job.id, "format": fmt.name, "options": options, "max_bytes": quota,
+                  "kind": kind.name, "base": adapter.base_model, "adapter": adapter.blob_hash,
+                  "metrics": (job.result or {}).get("files", {}).get("metrics.json"),
+                  "channel": interaction.channel_id, "requested_by": actor.user_id,
+                  "upload_limit": interaction.filesize_limit}
+        submitted = await self.bot.db(self.svc.jobs.submit, "export", config)
+        picked = f"\nI took {note}; `job:` picks another." if note else ""
+        ahead = f", {submitted.position} job(s) ahead of it" if submitted.position else ""
+        await interaction.response.send_message(
+            f"📦 Exporting job #{job.id} as `format:{fmt.name}` ({fmt.description}) on a worker (export job "
+            f"#{submitted.job.id}{ahead}): I post it here when it is ready.{picked}")
+
+    async def post_export(self, job) -> None:
+        """Post a finished ``export`` job's files into the thread it was asked in, or why there are none."""
+        asked = job.config
+        channel = self.bot.get_channel(asked["channel"]) or await self.bot.fetch_channel(asked["channel"])
+        pings = discord.AllowedMentions(users=True, everyone=False, roles=False)
+        # a format taken out of the table since the job was queued is still posted, by its name
+        fmt = export.FORMATS.get(asked["format"]) or export.ExportFormat(asked["format"], "", f"a {asked['format']} file")
+
+        async def send(text, **kwargs):
+            return await channel.send(f"<@{asked.get('requested_by')}> {text}", allowed_mentions=pings, **kwargs)
+
+        if job.status != "done":
+            why = "was cancelled" if job.status == "cancelled" else \
+                f"failed: {no_pings(scrub_paths(job.error or 'no reason given'))}"
+            await send(f"the export of job #{asked.get('source_job')} as `format:{fmt.name}` {why}")
+            return
+        made = job.result.get("export") or {}
+        files = [(row["name"], row["blob"], row["bytes"]) for row in made.get("files", [])]
+        limit = asked.get("upload_limit") or getattr(getattr(channel, "guild", None), "filesize_limit", 10 * 2**20)
+        await self.post_files(send, asked.get("source_job"), fmt, files, made.get("note", ""),
+                              made.get("details") or {}, limit, "")
+
+    async def post_files(self, send, source_job: int, fmt, files, note: str, details: dict, limit: int,
+                         picked: str) -> None:
+        """Post an export's files (``(name, blob hash or local path, bytes)``, the main one first) when
+        they fit under the upload ``limit``; else a link to each in the blob store (``export_link``)."""
+        named = [(f"loracord-job-{source_job}-{name}", where, size) for name, where, size in files]
+        how = how_to_use(fmt, named[0][0], details)
+        step = f"\n{note}" if note else ""
+        total = sum(size for _, _, size in named)
+        if total <= limit:
+            exports = self.svc.settings.data_dir / "exports"
+            paths = [await asyncio.to_thread(local_copy, self.svc.blobs, where, exports / name)
+                     for name, where, _ in named]
+            await send(f"📦 Adapter of job #{source_job} ({file_size(total)}), {how}{step}{picked}",
+                       files=[discord.File(p) for p in paths])
+            return
+        links = []
+        for name, where, size in named:
+            blob = where if isinstance(where, str) else await asyncio.to_thread(self.svc.blobs.put_file, where)
+            links.append(f"`{name}` ({file_size(size)}): {export_link(self.svc.blobs, self.bot.config, blob)}")
+        await send(f"📦 The export of job #{source_job} as `format:{fmt.name}` is {file_size(total)}, over this "
+                   f"channel's {file_size(limit)} upload limit; {how}\n" + "\n".join(links) + f"{step}{picked}")
 
     @app_commands.command(name="export", description="Download a trained adapter: a zip with a model card, or a GGUF file for llama.cpp")
     @app_commands.describe(job="Which run (default: the newest with an adapter)",
-                           format="zip: the adapter's files and a card (default); gguf: a text adapter for llama.cpp, Ollama, LM Studio")
-    @app_commands.choices(format=[app_commands.Choice(name="zip", value="zip"), app_commands.Choice(name="gguf", value="gguf")])
+                           format=FORMAT_HELP,
+                           options="The format's options as name=value (e.g. outtype=q8_0); the format's refusal lists them")
+    @app_commands.choices(format=FORMAT_CHOICES)
     async def export_cmd(self, interaction: discord.Interaction, job: Optional[app_commands.Range[int, 1]] = None,
-                         format: Optional[app_commands.Choice[str]] = None) -> None:
+                         format: Optional[app_commands.Choice[str]] = None,
+                         options: Optional[app_commands.Range[str, 1, 200]] = None) -> None:
         session = await self.bot.db(self.svc.sessions.session_here, interaction.channel_id)
         found, note = await self.bot.db(pick_job, self.svc.jobs, session, job, need="adapter")
-        if format is not None and format.value == "gguf":
-            await self.export_gguf(interaction, found, note)
-        else:
+        if format is None or format.value == "zip":
+            if options:
+                raise Refusal("`format:zip` takes no options: leave `options` out.")
             await self.export(interaction, found, note)
+        else:
+            await self.export_as(interaction, found, export.get(format.value), options, note)
 
     @app_commands.command(name="publish", description="Publish a trained adapter to the Hugging Face Hub with its model card (its starter, the owner or a manager)")
     @app_commands.describe(repo="The Hub repository to publish to, as USER/NAME",

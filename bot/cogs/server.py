@@ -17,7 +17,7 @@ from ..services import Actor, Refusal, Services
 from ..services.server import CAPTIONS_OFF
 
 LIMITS = ("max_dataset_items", "max_dataset_mb", "max_file_mb", "max_pending_jobs_per_user", "runs_per_day", "guild_runs_per_day",
-          "max_jobs_per_guild")
+          "max_jobs_per_guild", "max_export_mb")
 
 
 def store_settings(svc: Services, guild_id: int, actor: Actor, limits: dict, sizes: dict,
@@ -57,6 +57,7 @@ class ServerCog(commands.GroupCog, group_name="server", group_description="Serve
                            runs_per_day="Runs one member may start per day",
                            guild_runs_per_day="Runs this server may start per day",
                            max_jobs_per_guild="Jobs of this server that may run at once",
+                           max_export_mb="Largest export (e.g. a merged model) a worker may write, in MiB",
                            image_resolution="Image runs' training side in pixels (default: sized to each base and "
                                             "the worker's device)",
                            image_batch_size="Images per step of image runs (default: sized to the device)",
@@ -76,6 +77,7 @@ class ServerCog(commands.GroupCog, group_name="server", group_description="Serve
                        runs_per_day: Optional[app_commands.Range[int, 1, 1000]] = None,
                        guild_runs_per_day: Optional[app_commands.Range[int, 1, 10000]] = None,
                        max_jobs_per_guild: Optional[app_commands.Range[int, 1, 100]] = None,
+                       max_export_mb: Optional[app_commands.Range[float, 0.001, 10_000_000.0]] = None,
                        image_resolution: Setting["resolution"] = None,
                        image_batch_size: Setting["batch_size", IMAGE] = None,
                        image_sample_steps: Setting["sample_steps"] = None,
@@ -86,6 +88,7 @@ class ServerCog(commands.GroupCog, group_name="server", group_description="Serve
         values = dict(allowed_models=models, max_dataset_items=max_dataset_items, max_dataset_mb=max_dataset_mb, max_file_mb=max_file_mb,
                       max_pending_jobs_per_user=max_pending_jobs_per_user, runs_per_day=runs_per_day,
                       guild_runs_per_day=guild_runs_per_day, max_jobs_per_guild=max_jobs_per_guild,
+                      max_export_mb=max_export_mb,
                       image_scorer=image_scorer.strip() if image_scorer else None,
                       caption_model=caption_choice(caption_model))
         svc = self.bot.services

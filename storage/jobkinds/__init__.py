@@ -6,6 +6,7 @@
 ``tune``           quick tries: an Optuna search, then a full run of the best (``.tune``)
 ``sample``         generate from a finished run's or a trial's adapter (``.sample``)
 ``caption``        caption a session's images with a vision-language model (``.caption``)
+``export``         a finished run's adapter in an export format, on a worker (``.export``)
 ``noop``/``sleep`` a trivial job shaped like a training run, for the queue's tests (``.sleep``)
 =================  =========================================================================
 
@@ -17,10 +18,10 @@ from __future__ import annotations
 
 from trainer.errors import UserError
 
-from . import caption, sample, sleep, train, tune
+from . import caption, export, sample, sleep, train, tune
 from .base import LANES, JobKind
 
-_MODULES = (train, tune, sample, caption, sleep)
+_MODULES = (train, tune, sample, caption, export, sleep)
 
 KINDS: dict[str, JobKind] = {kind.name: kind for module in _MODULES
                              for kind in getattr(module, "KINDS", None) or (module.KIND,)}
