@@ -76,7 +76,7 @@ async def test_export_refuses_a_format_that_does_not_fit_the_run_or_its_options(
     reply = await world.alice.slash(thread, "adapter export", job=job.id, format="gguf")
     assert reply.response.ephemeral
     assert reply.response.content == (f"`format:gguf` (the adapter as a GGUF file for llama.cpp, Ollama and LM Studio) "
-                                      f"does not fit job #{job.id}, a run of kind image: export it with `format:zip`.")
+                                      f"does not fit job #{job.id}, a run of kind image: export it with `format:zip` or `format:merged`.")
     thread, job, _ = await stored_text_adapter(world, tiny_llama, tmp_path)
     reply = await world.alice.slash(thread, "adapter export", job=job.id, format="gguf", options="weight=0.5")
     assert reply.response.ephemeral

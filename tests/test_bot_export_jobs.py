@@ -120,3 +120,36 @@ async def test_an_export_of_a_cancelled_run_says_which_step_it_holds(world, tiny
     await pump_until(world.env, lambda: db.get_job(export_job.id).finished, timeout=120, what="the export job")
     await pump_until(world.env, lambda: thread.last_message.attachments, timeout=10, what="the posted export")
     assert "The run stopped (cancelled): this is the adapter of step 3." in thread.last_message.content
+
+
+async def test_the_merged_gguf_is_made_on_a_worker_and_its_modelfile_names_the_posted_file(world, tiny_llama,
+                                                                                            tmp_path):
+    """``format:gguf-merged`` (big: the base is loaded) as members get it: made by the worker, posted
+    as the GGUF and its Modelfile, whose FROM names the GGUF as it was posted."""
+    from gguf import GGUFReader
+
+    w, db = world, world.env.bot.services.db
+    await w.alice.slash(w.channel, "session new", kind="text", title="Fox merged", base_model=str(tiny_llama))
+    thread = w.channel.threads[-1]
+    await w.alice.slash(thread, "data add", file=("fox.txt", text_bytes(12)))
+    await w.alice.slash(thread, "train start", steps=2, lr=0.005, rank=4)
+    await pump_until(w.env, lambda: db.get_job(1).finished, timeout=240, what="the training job")
+    assert db.get_job(1).status == "done", db.get_job(1).error
+
+    refused = await w.alice.slash(thread, "adapter export", job=1, format="gguf-merged", options="outtype=q4")
+    assert "`outtype` takes f16 or q8_0" in refused.response.content and len(db.list_jobs()) == 1
+    asked = await w.alice.slash(thread, "adapter export", job=1, format="gguf-merged", options="outtype=q8_0")
+    assert "on a worker (export job #2" in asked.response.content
+    await pump_until(w.env, lambda: db.get_job(2).finished, timeout=180, what="the export job")
+    assert db.get_job(2).status == "done", db.get_job(2).error
+    await pump_until(w.env, lambda: thread.last_message.attachments, timeout=10, what="the posted export")
+    posted = thread.last_message
+    assert "ollama create NAME -f Modelfile" in posted.content
+    files = {a.filename: await a.read() for a in posted.attachments}
+    assert set(files) == {"merged-q8_0.gguf", "Modelfile"}
+    assert "FROM ./merged-q8_0.gguf" in files["Modelfile"].decode()
+    (tmp_path / "merged-q8_0.gguf").write_bytes(files["merged-q8_0.gguf"])
+    reader = GGUFReader(tmp_path / "merged-q8_0.gguf")
+    assert reader.fields["general.architecture"].contents() == "llama"
+    assert any(t.tensor_type.name == "Q8_0" for t in reader.tensors)
+    assert not any(".lora_" in t.name for t in reader.tensors)  # the adapter is inside the weights

@@ -24,8 +24,24 @@ def test_every_format_names_a_function_options_and_runs_it_fits(fmt):
 
 
 def test_formats_fit_runs_by_their_kind_record():
-    assert [f.name for f in export.fitting(kinds.TEXT)] == ["gguf"]
-    assert "gguf" not in [f.name for f in export.fitting(kinds.IMAGE)]
+    assert [f.name for f in export.fitting(kinds.TEXT)] == ["gguf", "gguf-merged"]
+    assert [f.name for f in export.fitting(kinds.IMAGE)] == ["merged"]
+    # the merged ones load the base: a worker makes them, never the bot
+    assert [f.name for f in export.FORMATS.values() if f.big] == ["gguf-merged", "merged"]
+
+
+def test_the_merged_formats_estimate_their_size_from_the_base_on_this_machine(tiny_llama, tmp_path):
+    """The bot's estimate before it queues a merged export (the server's quota): the base's parameters
+    from its safetensors headers at the format's bytes each; no number where the base is elsewhere."""
+    from trainer.quantize import count_params
+
+    metrics = {"kind": "text", "base": str(tiny_llama), "base_path": str(tiny_llama)}
+    fmt = export.FORMATS["gguf-merged"]
+    params = count_params(tiny_llama)
+    assert fmt.estimated_bytes(metrics, 0) == 2 * params
+    assert fmt.estimated_bytes(metrics, 0, outtype="q8_0") == params * 34 // 32
+    assert fmt.estimated_bytes({"kind": "text", "base": "someone/elsewhere"}, 0) is None
+    assert export.FORMATS["merged"].estimated_bytes({"kind": "image", "base": "someone/elsewhere"}, 0) is None
 
 
 def test_options_are_checked_by_name_and_value():
@@ -42,7 +58,7 @@ def test_options_are_checked_by_name_and_value():
         weighted.parse_options("weight=3")
     with pytest.raises(UserError, match="takes no option outtype"):
         export.FORMATS["gguf"].export("run", "out", outtype="f16")
-    with pytest.raises(UserError, match="unknown export format 'tflite'; choose gguf"):
+    with pytest.raises(UserError, match="unknown export format 'tflite'; choose gguf, gguf-merged, merged"):
         export.get("tflite")
 
 

@@ -74,6 +74,7 @@ class ExportFormat:
     options: tuple[str, ...] = ()  # keys of OPTIONS its function takes
     takes_max_bytes: bool = False  # its function takes max_bytes (the server's export quota)
     estimate: str | None = None  # "module:function": fn(metrics, adapter_bytes, **options) -> bytes or None
+    names_kept: bool = False  # its files name each other (a Modelfile's FROM): posted under their own names
 
     def fits(self, kind: RunKind) -> bool:
         """Whether runs of ``kind`` export in this format."""
@@ -122,10 +123,18 @@ FORMATS: dict[str, ExportFormat] = {fmt.name: fmt for fmt in (
                  description="the adapter as a GGUF file for llama.cpp, Ollama and LM Studio",
                  how="a LoRA in llama.cpp's GGUF format for a `{arch}` base: load it over the base in GGUF with "
                      "`llama-cli -m base.gguf --lora {file}`, or `ADAPTER {file}` in an Ollama Modelfile."),
-    # The big formats go here, each one entry (big=True: a worker that has the base makes them):
-    #   gguf-merged: trainer.text.gguf:export_merged_gguf, makes_images=False, options=("outtype",)
-    #   merged: trainer.image.merged:export_merged_checkpoint, makes_images=True, options=("weight",),
-    #           takes_max_bytes=True
+    # The big formats: each needs the base, so a worker that has it makes them (big=True).
+    ExportFormat("gguf-merged", "trainer.text.gguf_merged:export_merged_gguf", makes_images=False, big=True,
+                 options=("outtype",), names_kept=True, estimate="trainer.text.gguf_merged:estimate",
+                 description="the base merged with the adapter as one GGUF model, with an Ollama Modelfile",
+                 how="a `{arch}` model of its own ({outtype}, chat template: {chat_template}): "
+                     "`ollama create NAME -f Modelfile` beside it, or `llama-cli -m {file}`."),
+    ExportFormat("merged", "trainer.image.merged:export_merged_checkpoint", makes_images=True, big=True,
+                 options=("weight",), takes_max_bytes=True, estimate="trainer.image.merged:estimate",
+                 description="the base with the LoRA fused in, as one single-file checkpoint (AUTOMATIC1111, "
+                             "ComfyUI, Forge)",
+                 how="a {family} checkpoint with the LoRA fused at weight {weight:g} ({dtype}, licence {licence}): "
+                     "put {file} among your UI's checkpoints."),
 )}
 
 

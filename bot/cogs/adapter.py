@@ -293,13 +293,15 @@ class AdapterCog(commands.GroupCog, group_name="adapter", group_description="Tra
                          picked: str) -> None:
         """Post an export's files (``(name, blob hash or local path, bytes)``, the main one first) when
         they fit under the upload ``limit``; else a link to each in the blob store (``export_link``)."""
-        named = [(f"loracord-job-{source_job}-{name}", where, size) for name, where, size in files]
+        prefix = "" if fmt.names_kept else f"loracord-job-{source_job}-"  # a Modelfile's FROM names its GGUF
+        named = [(f"{prefix}{name}", where, size) for name, where, size in files]
         how = how_to_use(fmt, named[0][0], details)
         step = f"\n{note}" if note else ""
         total = sum(size for _, _, size in named)
         if total <= limit:
             exports = self.svc.settings.data_dir / "exports"
-            paths = [await asyncio.to_thread(local_copy, self.svc.blobs, where, exports / name)
+            # a folder per source job: two exports' files of the same name never meet
+            paths = [await asyncio.to_thread(local_copy, self.svc.blobs, where, exports / f"job-{source_job}" / name)
                      for name, where, _ in named]
             await send(f"📦 Adapter of job #{source_job} ({file_size(total)}), {how}{step}{picked}",
                        files=[discord.File(p) for p in paths])

@@ -133,12 +133,21 @@ def estimated_bytes(folder: Path, float_bytes: int) -> int:
     total = 0
     for component in COMPONENTS:
         for path in _weight_files(folder / component):
-            with safe_open(str(path), framework="pt") as f:
+            with safe_open(str(path), framework="numpy") as f:  # headers only: the bot estimates too, without torch
                 for key in f.keys():
                     piece = f.get_slice(key)
                     count = math.prod(piece.get_shape())
                     total += count * (float_bytes if piece.get_dtype().startswith(("F", "BF")) else _size(piece))
     return total
+
+
+def estimate(metrics: dict, adapter_bytes: int, *, weight: float = 1.0, **options) -> int | None:
+    """The fp16 file's size before it is made (``trainer.export``'s estimate, in the bot before it queues
+    the job): None where the base is not on this machine, so the worker's own check decides."""
+    try:
+        return estimated_bytes(_base_folder(metrics, may_load=False), 2)
+    except UserError:
+        return None
 
 
 def _weight_files(folder: Path) -> list[Path]:

@@ -92,6 +92,19 @@ def export_merged_gguf(run_root: str | Path, out_dir: str | Path, *, outtype: st
     return MergedGguf(out, (out, modelfile), outtype, arch, template, which_step(metrics))
 
 
+def estimate(metrics: dict, adapter_bytes: int, *, outtype: str = "f16", **options) -> int | None:
+    """The merged GGUF's size before it is made (``trainer.export``'s estimate): the base's parameters
+    from its safetensors headers at 2 bytes (f16) or 34 bytes per 32 (q8_0's blocks); None where the base
+    is not on this machine."""
+    from ..quantize import count_params
+
+    try:
+        folder = base_folder_of(metrics, may_load=False)
+    except UserError:
+        return None
+    return count_params(folder) * (2 if outtype == "f16" else 34) // (1 if outtype == "f16" else 32)
+
+
 def write_full_gguf(model, tokenizer, folder: Path, out: Path, *, outtype: str = "f16", name: str = "") -> Path:
     """Write the transformers ``model`` (its config and tokenizer saved in ``folder``) as a whole GGUF."""
     import gguf
