@@ -470,6 +470,11 @@ class Reporter:
         if run.metrics.is_file():
             metrics = json.loads(run.metrics.read_text())
             out["metrics"] = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
+            # an image run's sample grids, by the names metrics.json gives them, so that what the bot
+            # rebuilds of the run (a Hub upload's card) shows them; the store keeps each grid once
+            for name in metrics.get("samples") or []:
+                if isinstance(name, str) and (run.root / name).is_file():
+                    out["files"][name] = self.blobs.put_file(run.root / name)
         if result is None and (run.root / "result.json").is_file():  # e.g. a tuning job's table of trials
             result = json.loads((run.root / "result.json").read_text())
         if result:

@@ -22,6 +22,7 @@ from PIL import Image
 
 from bot.config import BotSettings
 from tests.bot_world import *  # noqa: F401,F403
+from tests.hub_standin import hub  # noqa: F401 (the stand-in Hub, a fixture)
 from tests.image_fixtures import RESOLUTION, image_bytes, pattern_image, tiny_sd  # noqa: F401
 
 pytestmark = pytest.mark.asyncio
@@ -94,7 +95,7 @@ async def image_thread(w, tiny_sd):
     return thread
 
 
-async def test_captions_given_at_upload_are_the_captions_the_trainer_used(world, tiny_sd):
+async def test_captions_given_at_upload_are_the_captions_the_trainer_used(world, tiny_sd, hub):
     w, db = world, world.env.bot.services.db
     thread = await image_thread(w, tiny_sd)
     started = await w.alice.slash(thread, "train start", preset="quick", steps=2)
@@ -118,6 +119,16 @@ async def test_captions_given_at_upload_are_the_captions_the_trainer_used(world,
     grids = [m for m in thread.history() if m.content.startswith("**Sample #")]
     assert grids and grids[-1].attachments
     assert grids[-1].content.endswith("\n**Scores:** unavailable: no scoring model is on the worker's machine.")
+
+    # published to the Hub (a local stand-in for its HTTP API, tests/hub_standin.py): the run's
+    # sample grids travel from the worker through the blob store, and the card shows each of them
+    await w.alice.slash(thread, "adapter publish", repo="alice/fox-style")
+    stored = hub.repos["alice/fox-style"]
+    sent = sorted(name for name in stored if name.endswith(".png"))
+    assert sent and sent == sorted(metrics["samples"])
+    assert all(stored[name] == (run / name).read_bytes() for name in sent)
+    card = stored["README.md"].decode()
+    assert all(name in card for name in sent)
 
 
 async def test_quick_tries_from_the_bot_vary_the_settings_the_member_left_open(world, tiny_sd):

@@ -121,6 +121,11 @@ def run_folder_from_blobs(blobs, adapter, run_files: dict[str, str] | None, dest
     samples = (run_files or {}).get("samples.json")
     if samples and blobs.exists(samples):
         blobs.get_file(samples, dest / "samples.json")
+    for name in metrics.get("samples") or []:  # an image run's grids, which its card shows
+        digest = (run_files or {}).get(name) if isinstance(name, str) else None
+        target = (dest / name).resolve()
+        if digest and blobs.exists(digest) and target.is_relative_to(dest.resolve()):  # names stay inside the run
+            blobs.get_file(digest, target)
     return dest
 
 
