@@ -40,6 +40,18 @@ def gguf_on_a_worker(monkeypatch):
     monkeypatch.setitem(export.FORMATS, "gguf", replace(export.FORMATS["gguf"], big=True))
 
 
+async def trained_text_session(w, tiny_llama, title: str):
+    """A text session of alice's whose first job, a 2-step run on the tiny Llama, finished; its thread."""
+    db = w.env.bot.services.db
+    await w.alice.slash(w.channel, "session new", kind="text", title=title, base_model=str(tiny_llama))
+    thread = w.channel.threads[-1]
+    await w.alice.slash(thread, "data add", file=("fox.txt", text_bytes(12)))
+    await w.alice.slash(thread, "train start", steps=2, lr=0.005, rank=4)
+    await pump_until(w.env, lambda: db.get_job(1).finished, timeout=240, what="the training job")
+    assert db.get_job(1).status == "done", db.get_job(1).error
+    return thread
+
+
 def upload_limit(monkeypatch, size: int) -> None:
     """SimCord always grants 25 MiB uploads; a channel with a smaller limit is stood in for here."""
     read = discord.Interaction._from_data
@@ -57,12 +69,7 @@ async def test_a_worker_exports_the_run_and_the_bot_posts_the_file_or_a_link(wor
 
     w, services = world, world.env.bot.services
     db = services.db
-    await w.alice.slash(w.channel, "session new", kind="text", title="Fox export", base_model=str(tiny_llama))
-    thread = w.channel.threads[-1]
-    await w.alice.slash(thread, "data add", file=("fox.txt", text_bytes(12)))
-    await w.alice.slash(thread, "train start", steps=2, lr=0.005, rank=4)
-    await pump_until(w.env, lambda: db.get_job(1).finished, timeout=240, what="the training job")
-    assert db.get_job(1).status == "done", db.get_job(1).error
+    thread = await trained_text_session(w, tiny_llama, "Fox export")
 
     asked = await w.alice.slash(thread, "adapter export", job=1, format="gguf")
     assert asked.response.content.startswith("📦 Exporting job #1 as `format:gguf` (the adapter as a GGUF file for "
@@ -129,12 +136,7 @@ async def test_the_merged_gguf_is_made_on_a_worker_and_its_modelfile_names_the_p
     from gguf import GGUFReader
 
     w, db = world, world.env.bot.services.db
-    await w.alice.slash(w.channel, "session new", kind="text", title="Fox merged", base_model=str(tiny_llama))
-    thread = w.channel.threads[-1]
-    await w.alice.slash(thread, "data add", file=("fox.txt", text_bytes(12)))
-    await w.alice.slash(thread, "train start", steps=2, lr=0.005, rank=4)
-    await pump_until(w.env, lambda: db.get_job(1).finished, timeout=240, what="the training job")
-    assert db.get_job(1).status == "done", db.get_job(1).error
+    thread = await trained_text_session(w, tiny_llama, "Fox merged")
 
     refused = await w.alice.slash(thread, "adapter export", job=1, format="gguf-merged", options="outtype=q4")
     assert "`outtype` takes f16 or q8_0" in refused.response.content and len(db.list_jobs()) == 1
