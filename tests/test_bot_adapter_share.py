@@ -18,7 +18,8 @@ from tests.bot_world import *  # noqa: F401,F403
 from tests.hub_standin import hub  # noqa: F401 (the stand-in Hub, a fixture)
 
 
-async def stored_text_adapter(world, tiny_llama, tmp_path, *, starter=None, kind="text", stop_reason="completed"):
+async def stored_text_adapter(world, tiny_llama, tmp_path, *, starter=None, kind="text", stop_reason="completed",
+                              base_path=None):
     """A session of alice's with a finished job of ``starter`` (default alice) whose LoRA on the tiny Llama is
     stored, recorded as a run of ``kind`` that ended for ``stop_reason``."""
     import torch
@@ -44,7 +45,8 @@ async def stored_text_adapter(world, tiny_llama, tmp_path, *, starter=None, kind
     files = {"metrics.json": services.blobs.put_bytes(json.dumps(metrics).encode())}
     db.finish_job(job.id, "done", attempt=1, result={"files": files})
     db.add_adapter(job_id=job.id, session_id=session.id, base_model=str(tiny_llama),
-                   blob_hash=services.blobs.put_tree(folder), metrics={"kind": kind, "best_val_loss": 2.5})
+                   blob_hash=services.blobs.put_tree(folder),
+                   metrics={"kind": kind, "best_val_loss": 2.5, "base_path": str(base_path or tiny_llama)})
     return thread, job, session
 
 
@@ -85,6 +87,29 @@ async def test_export_refuses_a_format_that_does_not_fit_the_run_or_its_options(
     reply = await world.alice.slash(thread, "adapter export", job=job.id, options="weight=0.5")
     assert reply.response.ephemeral and "`format:zip` takes no options" in reply.response.content
     assert [j.kind for j in world.env.bot.services.db.list_jobs()] == ["train_text", "train_text"]
+
+
+@pytest.mark.asyncio
+async def test_a_merged_checkpoint_of_a_base_whose_licence_forbids_it_is_refused_before_anything_is_queued(
+        world, tiny_llama, tmp_path):
+    """The bot reads the base's card where the base is on its machine (``format:merged``'s check), so a
+    forbidding licence is said at once instead of after a worker loaded the base."""
+    base = tmp_path / "non-commercial-base"
+    base.mkdir()
+    (base / "model_index.json").write_text("{}")
+    (base / "README.md").write_text("---\nlicense: other\nlicense_name: flux-1-dev-non-commercial-license\n---\n")
+    thread, job, _ = await stored_text_adapter(world, tiny_llama, tmp_path, kind="image", base_path=base)
+    reply = await world.alice.slash(thread, "adapter export", job=job.id, format="merged", options="weight=0.8")
+    assert reply.response.ephemeral
+    assert reply.response.content.startswith(f"`format:merged` of job #{job.id} is refused: The base's licence, "
+                                             "flux-1-dev-non-commercial-license, is not one under which loracord "
+                                             "redistributes a model")
+    assert [j.kind for j in world.env.bot.services.db.list_jobs()] == ["train_text"]  # no export job
+    # an allowed licence passes the check: the export is queued for a worker
+    (base / "README.md").write_text("---\nlicense: creativeml-openrail-m\n---\n")
+    queued = await world.alice.slash(thread, "adapter export", job=job.id, format="merged")
+    assert "on a worker (export job #" in queued.response.content
+    assert sorted(j.kind for j in world.env.bot.services.db.list_jobs()) == ["export", "train_text"]
 
 
 @pytest.mark.asyncio

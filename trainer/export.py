@@ -75,6 +75,7 @@ class ExportFormat:
     takes_max_bytes: bool = False  # its function takes max_bytes (the server's export quota)
     estimate: str | None = None  # "module:function": fn(metrics, adapter_bytes, **options) -> bytes or None
     names_kept: bool = False  # its files name each other (a Modelfile's FROM): posted under their own names
+    check: str | None = None  # "module:function": fn(metrics) -> why the run is refused, or None (asked first)
 
     def fits(self, kind: RunKind) -> bool:
         """Whether runs of ``kind`` export in this format."""
@@ -94,6 +95,11 @@ class ExportFormat:
     def estimated_bytes(self, metrics: dict, adapter_bytes: int, **options) -> int | None:
         """The export's size before it is made, where the format can tell; None otherwise."""
         return _load(self.estimate)(metrics, adapter_bytes, **options) if self.estimate else None
+
+    def refusal(self, metrics: dict) -> str | None:
+        """Why this format refuses the run, where that is known before anything is made (a base's licence
+        read on this machine); None otherwise: the format's function checks again where it runs."""
+        return _load(self.check)(metrics) if self.check else None
 
     def options_line(self) -> str:
         if not self.options:
@@ -131,6 +137,7 @@ FORMATS: dict[str, ExportFormat] = {fmt.name: fmt for fmt in (
                      "`ollama create NAME -f Modelfile` beside it, or `llama-cli -m {file}`."),
     ExportFormat("merged", "trainer.image.merged:export_merged_checkpoint", makes_images=True, big=True,
                  options=("weight",), takes_max_bytes=True, estimate="trainer.image.merged:estimate",
+                 check="trainer.image.merged:licence_refusal",
                  description="the base with the LoRA fused in, as one single-file checkpoint (AUTOMATIC1111, "
                              "ComfyUI, Forge)",
                  how="a {family} checkpoint with the LoRA fused at weight {weight:g} ({dtype}, licence {licence}): "

@@ -247,6 +247,9 @@ class AdapterCog(commands.GroupCog, group_name="adapter", group_description="Tra
     async def export_on_worker(self, interaction: discord.Interaction, job, adapter, kind, fmt, options: dict,
                                note: str | None) -> None:
         """Queue an ``export`` job, refused up front where the server's export quota says no."""
+        why = await asyncio.to_thread(fmt.refusal, {**(adapter.metrics or {}), "base": adapter.base_model})
+        if why:
+            raise Refusal(f"`format:{fmt.name}` of job #{job.id} is refused: {why}")
         quota_mb = await self.bot.db(self.svc.server.limit, interaction.guild_id, "max_export_mb")
         quota = int(quota_mb * 2**20)
         adapter_bytes = await asyncio.to_thread(tree_bytes, self.svc.blobs, adapter.blob_hash)

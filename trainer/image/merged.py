@@ -150,6 +150,18 @@ def estimate(metrics: dict, adapter_bytes: int, *, weight: float = 1.0, **option
         return None
 
 
+def licence_refusal(metrics: dict) -> str | None:
+    """The licence refusal, asked before the job is queued where the base's card is on this machine
+    (``trainer.export``); None where it is not: the worker's export checks it again."""
+    from ..licences import base_licence, merge_refusal
+
+    try:
+        folder = _base_folder(metrics, may_load=False)
+    except UserError:
+        return None
+    return merge_refusal(base_licence(metrics.get("base"), folder))
+
+
 def _weight_files(folder: Path) -> list[Path]:
     """A component's safetensors files as ``from_pretrained`` reads them: the plain ones, not a variant's
     (``model.fp16.safetensors``) beside them."""
