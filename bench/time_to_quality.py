@@ -32,7 +32,11 @@ caching included; the models are local, so no download) to the adapter file on d
   at loracord's preset settings (``recipe-preset``: the loracord run's rank, lr, cosine warm-up,
   batch, steps and min-SNR), so the loop's share and the settings' share are told apart.
 - Ablations (issue 31, item 2): ``loracord-no-early-stop`` (patience 0), ``loracord-no-minsnr``
-  (images), ``loracord-no-aug`` (augment 0) run as further sides when named in ``--sides``.
+  (images), ``loracord-no-aug`` (augment 0) and ``loracord-no-packing`` (text: one passage per
+  row, a bench-only wrapper around ``trainer.text.packing.pack``) run as further sides when named
+  in ``--sides``. Caching's share is ``recipe-preset`` against ``loracord`` (the recipe's loop
+  encodes every step, at loracord's settings); the presets' share is ``recipe-defaults`` against
+  ``recipe-preset`` (images) and ``sft-peft`` against ``sft-preset`` (text).
 - ``--floor`` (item 3): the hardware floor instead: loracord's step time (between its step
   events) against a bare loop of forward, backward, AdamW step and zero_grad over exactly the
   batches loracord's run drew (its cached latents and embeddings; its packed rows), on the same
@@ -69,7 +73,8 @@ PEFT_EXAMPLE = {"rank": 8, "alpha": 16.0, "lora_dropout": 0.1, "targets": "all-l
 RECIPE_DEFAULTS = {"rank": 4, "lr": 1e-4, "lr_scheduler": "constant", "warmup_ratio": 0.0, "batch_size": 16,
                    "epochs": 100, "min_snr_gamma": None}
 LORACORD_VARIANTS = {"loracord": {}, "loracord-no-early-stop": {"patience": 0},
-                     "loracord-no-minsnr": {"min_snr_gamma": None}, "loracord-no-aug": {"augment": 0.0}}
+                     "loracord-no-minsnr": {"min_snr_gamma": None}, "loracord-no-aug": {"augment": 0.0},
+                     "loracord-no-packing": {}}
 SIDES = {"text": ("loracord", "sft-preset", "sft-peft", "trainer-preset", "trainer-peft"),
          "image": ("loracord", "recipe-defaults", "recipe-preset")}
 DEFAULT_SIDES = {"text": ("loracord", "sft-preset", "trainer-preset"), "image": SIDES["image"]}
@@ -228,8 +233,30 @@ def _patch_loracord(folder: Path, every: int) -> None:
         task.finish = finish
 
 
+def _unpacked() -> None:
+    """``loracord-no-packing``: every passage in a row of its own (bench-only; still shuffled, and
+    a passage longer than a row still split), so a step's batch holds ``batch_size`` passages."""
+    from trainer.text import packing
+
+    def pack(pieces, seq_len, rng=None):
+        rows = []
+        for piece in pieces:
+            for c in packing.chunk(piece, seq_len):
+                if len(c.ids) > 1 and any(x != packing.IGNORE for x in c.labels[1:]):
+                    row = packing.Row()
+                    row.add(c)
+                    rows.append(row)
+        if rng is not None:
+            rng.shuffle(rows)
+        return rows
+
+    packing.pack = pack
+
+
 def run_loracord(kind: str, side: str, data: Path, work: Path, base: str, seed: int, every: int, args) -> dict:
     _patch_loracord(work / "snaps", every)
+    if side == "loracord-no-packing":
+        _unpacked()
     overrides = dict(LORACORD_VARIANTS[side], **({"steps": args.max_steps} if args.max_steps else {}))
     if kind == "text":
         from trainer.text.config import TextTrainConfig

@@ -120,3 +120,16 @@ def test_the_floor_trains_the_same_model_on_the_same_batches(tiny_llama, tmp_pat
         assert line["batches"]["loracord"] == line["batches"]["floor"]
     assert text["batches"]["floor"][0]["input_ids"][1] <= ttq.SEQ_LEN and text["tokens_per_s"]["floor"]["best"] > 0
     assert image["batches"]["floor"][0]["arg0"][0] == image["settings"]["batch_size"]
+
+
+def test_no_packing_ablation_puts_one_passage_in_each_row(monkeypatch):
+    from trainer.text import packing
+
+    monkeypatch.setattr(packing, "pack", packing.pack)  # restored after the test
+    pieces = [packing.Encoded(ids=list(range(n)), labels=list(range(n))) for n in (5, 7, 3, 9)]
+    packed = packing.pack(pieces, 32)
+    ttq._unpacked()
+    rows = packing.pack(pieces, 32)
+    assert len(packed) == 1 and len(rows) == 4
+    assert sorted(len(r.ids) for r in rows) == [3, 5, 7, 9]
+    assert "loracord-no-packing" in ttq.LORACORD_VARIANTS
