@@ -181,6 +181,25 @@ def build_sd1_small(folder: Path) -> Path:
     return folder
 
 
+def build_clip(folder: Path) -> Path:
+    """A tiny CLIP model with random weights and its processor (32 px images), saved for
+    ``from_pretrained``: the image scorer of tests and of bench/steering.py's image simulation."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config=dict(vocab_size=600, hidden_size=32, intermediate_size=37, num_attention_heads=4,
+                         num_hidden_layers=2, max_position_embeddings=24, bos_token_id=0, eos_token_id=1, pad_token_id=1),
+        vision_config=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+                           image_size=32, patch_size=8),
+        projection_dim=16)
+    CLIPModel(config).save_pretrained(folder, safe_serialization=True)
+    images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=images, tokenizer=tiny_tokenizer()).save_pretrained(folder)
+    return folder
+
+
 def assert_same_run(got, want) -> None:
     """Two image runs (``ImageTrainResult``) trained alike: the same loss curves at the same steps and
     the same diffusers adapter file, to float tolerance (a resumed run against an uninterrupted one)."""

@@ -44,23 +44,9 @@ def test_text_scores_are_flat_numbers_for_metrics_json():
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
-    import torch
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+    from tests.image_fixtures import build_clip
 
-    from tests.image_fixtures import tiny_tokenizer
-
-    folder = tmp_path_factory.mktemp("clip")
-    torch.manual_seed(0)
-    config = CLIPConfig(
-        text_config=dict(vocab_size=600, hidden_size=32, intermediate_size=37, num_attention_heads=4,
-                         num_hidden_layers=2, max_position_embeddings=24, bos_token_id=0, eos_token_id=1, pad_token_id=1),
-        vision_config=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-                           image_size=32, patch_size=8),
-        projection_dim=16)
-    CLIPModel(config).save_pretrained(folder, safe_serialization=True)
-    images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    CLIPProcessor(image_processor=images, tokenizer=tiny_tokenizer()).save_pretrained(folder)
-    return folder
+    return build_clip(tmp_path_factory.mktemp("clip"))
 
 
 def picture(seed: int):
