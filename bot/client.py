@@ -52,8 +52,9 @@ COMPARE_NEXT = ("**Or compare the tries:** `/train compare` asks which of two tr
 
 def next_after(job) -> str:
     """What a member can do once a job ends; a finished run names the downloads that fit its kind."""
-    kind = kinds.recorded((job.result or {}).get("metrics", {}).get("kind") or
-                          ("image" if "image" in job.kind else None))
+    # the run's own record first; else the job's: a spec names its kind, a train job's queue name ends in it
+    kind = kinds.recorded((job.result or {}).get("metrics", {}).get("kind") or job.config.get("kind")
+                          or job.kind.removeprefix("train_"))
     # the zip of an image run holds a kohya single file too (trainer.card); other formats come from the table
     zipped = ("a zip for diffusers, and a single file for ComfyUI and other UIs" if kind.makes_images else
               "a zip for transformers and peft")

@@ -188,20 +188,22 @@ async def test_publish_to_a_namespace_the_token_cannot_write_says_so_after_defer
     assert hub.repos == {}
 
 
-@pytest.mark.parametrize("kind, metrics, offered", [
-    ("train_text", {"kind": "text"}, "`format:gguf`: the adapter as a GGUF file for llama.cpp, Ollama and LM Studio"),
-    ("train_image", {"kind": "image"}, "a single file for ComfyUI and other UIs"),
-    ("train_image", {}, "a single file for ComfyUI and other UIs"),
+@pytest.mark.parametrize("kind, config, metrics, offered", [
+    ("train_text", {}, {"kind": "text"}, "`format:gguf`: the adapter as a GGUF file for llama.cpp, Ollama and LM Studio"),
+    ("train_image", {}, {"kind": "image"}, "a single file for ComfyUI and other UIs"),
+    ("train_image", {}, {}, "a single file for ComfyUI and other UIs"),  # a run recorded before kinds were
+    ("tune", {"kind": "image"}, {}, "a single file for ComfyUI and other UIs"),  # a search's spec names its kind
+    ("tune", {}, {}, "`format:gguf`"),  # an old flat search without one searched text
 ])
-def test_the_finished_run_message_offers_the_formats_of_its_kind(kind, metrics, offered):
-    from types import SimpleNamespace
+def test_the_finished_run_message_offers_the_formats_of_its_kind(kind, config, metrics, offered):
+    from storage.db import Job
 
     from bot.client import next_after
 
-    text = next_after(SimpleNamespace(status="done", kind=kind, result={"metrics": metrics}))
+    text = next_after(Job(id=1, status="done", kind=kind, config=config, result={"metrics": metrics}))
     assert offered in text and "`/adapter publish`" in text
-    assert "gguf" not in text if kind == "train_image" else True
-    assert next_after(SimpleNamespace(status="failed", kind=kind, result={})).startswith("**Next:** check the data")
+    assert ("gguf" not in text) == ("ComfyUI" in offered)
+    assert next_after(Job(id=1, status="failed", kind=kind, config=config, result={})).startswith("**Next:** check the data")
 
 
 def test_the_finished_run_message_offers_every_format_of_the_table_that_fits(monkeypatch):
