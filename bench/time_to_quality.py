@@ -22,8 +22,13 @@ caching included; the models are local, so no download) to the adapter file on d
   (``*-preset``: rank, alpha, dropout, lr, steps, warm-up, schedule of the same seed's loracord
   run; targets q/k/v/o as loracord) and at peft's SFT example settings (``*-peft``: r 8, alpha 16,
   dropout 0.1, all-linear, lr 1e-4, cosine, no warm-up, weight decay 1e-4, for the Trainer's
-  default 3 epochs). Every side uses seq_len 128, batch 4 and float32 (TRL's defaults of bf16 and
-  gradient checkpointing are turned off: both are slower on a CPU like this one).
+  default 3 epochs). Every side uses seq_len 128 and batch 4. The references train in float32
+  (TRL's defaults of bf16 and gradient checkpointing turned off: on a CPU without native bf16
+  both are slower); a ``-bf16`` side (``sft-preset-bf16``, ``sft-peft-bf16``) loads the base in
+  bf16 and trains under TRL's bf16 autocast, as loracord does where its measured precision
+  choice picks bf16 (a CPU with AVX-512 BF16 or AMX), so on such a CPU the reference is the
+  faster of the two as well. loracord picks its precision itself (``auto``: measured once per
+  machine and model, cached; the bench's cells say which it trained in).
 - Image (``--kind image``): the judge is loracord's deterministic validation loss (fixed
   timesteps from 10% to 90% of the schedule, fixed noise, no min-SNR weighting) on held-out
   images no side trains on. References: the loop of diffusers'
@@ -75,7 +80,8 @@ RECIPE_DEFAULTS = {"rank": 4, "lr": 1e-4, "lr_scheduler": "constant", "warmup_ra
 LORACORD_VARIANTS = {"loracord": {}, "loracord-no-early-stop": {"patience": 0},
                      "loracord-no-minsnr": {"min_snr_gamma": None}, "loracord-no-aug": {"augment": 0.0},
                      "loracord-no-packing": {}}
-SIDES = {"text": ("loracord", "sft-preset", "sft-peft", "trainer-preset", "trainer-peft"),
+SIDES = {"text": ("loracord", "sft-preset", "sft-peft", "trainer-preset", "trainer-peft", "sft-preset-bf16",
+                  "sft-peft-bf16"),
          "image": ("loracord", "recipe-defaults", "recipe-preset")}
 DEFAULT_SIDES = {"text": ("loracord", "sft-preset", "trainer-preset"), "image": SIDES["image"]}
 
@@ -280,7 +286,7 @@ def run_loracord(kind: str, side: str, data: Path, work: Path, base: str, seed: 
 
 def _text_reference(side: str, preset: dict | None) -> dict:
     """The settings of a text reference: loracord's resolved preset (``*-preset``) or peft's SFT example."""
-    if side.endswith("-peft"):
+    if side.removesuffix("-bf16").endswith("-peft"):
         return dict(PEFT_EXAMPLE)
     return {"rank": preset["rank"], "alpha": preset["alpha"], "lora_dropout": preset["lora_dropout"],
             "targets": preset["targets"], "lr": preset["lr"], "lr_scheduler": preset["lr_scheduler"],
@@ -301,8 +307,9 @@ def run_text_reference(side: str, data: Path, work: Path, base: str, seed: int, 
 
     torch.set_num_threads(threads)
     s = _text_reference(side, preset)
+    bf16 = side.endswith("-bf16")  # the base stored in bf16 and trained under bf16 autocast, as loracord's bf16
     texts = [e.text for e in read_text_examples([str(data)])[0]]
-    model, tokenizer = load_causal_lm(resolve_base(base))
+    model, tokenizer = load_causal_lm(resolve_base(base), dtype=torch.bfloat16 if bf16 else None)
     lora = LoraConfig(r=s["rank"], lora_alpha=s["alpha"], lora_dropout=s["lora_dropout"], target_modules=s["targets"],
                       task_type="CAUSAL_LM")
     folder = work / "snaps"
@@ -330,8 +337,8 @@ def run_text_reference(side: str, data: Path, work: Path, base: str, seed: int, 
         trainer = SFTTrainer(model=model, processing_class=tokenizer, peft_config=lora, callbacks=[Snapshots()],
                              train_dataset=Dataset.from_dict({"text": texts}),
                              # TRL's defaults are bf16 (emulated, several times slower on a CPU without it) and
-                             # gradient checkpointing (slower, for memory): off, as loracord and the Trainer run
-                             args=SFTConfig(packing=True, max_length=SEQ_LEN, dataset_text_field="text", bf16=False,
+                             # gradient checkpointing (slower, for memory): bf16 only on the -bf16 sides
+                             args=SFTConfig(packing=True, max_length=SEQ_LEN, dataset_text_field="text", bf16=bf16,
                                             gradient_checkpointing=False, **common))
     else:
         from peft import get_peft_model
@@ -353,7 +360,7 @@ def run_text_reference(side: str, data: Path, work: Path, base: str, seed: int, 
     started = time.time()
     result = trainer.train()
     return {"settings": {k: v for k, v in s.items()}, "steps_done": result.global_step,
-            "train_s": time.time() - started}
+            "train_s": time.time() - started, "precision": "bf16" if bf16 else "fp32"}
 
 
 def _training_args(common: dict):
@@ -705,7 +712,7 @@ class Cells:
         shutil.rmtree(work, ignore_errors=True)  # an unfinished run of an interrupted bench
         work.mkdir(parents=True)
         preset = None
-        if side.endswith("-preset"):  # the same seed's loracord run: its resolved settings and LoRA targets
+        if at_preset(side):  # the same seed's loracord run: its resolved settings and LoRA targets
             ours = self.cell("loracord", seed)
             preset = {**ours["settings"], "targets": ours["lora"]["target_modules"]}
         cmd = [sys.executable, str(Path(__file__).resolve()), "--run-side", side, "--kind", self.kind,
@@ -843,8 +850,13 @@ def order(sides: list[str], seed: int) -> list[str]:
     ``*-preset`` reference needs the same seed's loracord run first (it trains at its settings)."""
     if seed % 2 == 0:
         return list(sides)
-    free = [s for s in sides if not s.endswith("-preset") and s != "loracord"][::-1]
-    return free + ["loracord"] + [s for s in sides if s.endswith("-preset")][::-1]
+    free = [s for s in sides if not at_preset(s) and s != "loracord"][::-1]
+    return free + ["loracord"] + [s for s in sides if at_preset(s)][::-1]
+
+
+def at_preset(side: str) -> bool:
+    """A reference trained at the same seed's loracord settings (``*-preset``, ``*-preset-bf16``)."""
+    return side.removesuffix("-bf16").endswith("-preset")
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

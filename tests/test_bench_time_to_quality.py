@@ -133,3 +133,16 @@ def test_no_packing_ablation_puts_one_passage_in_each_row(monkeypatch):
     assert len(packed) == 1 and len(rows) == 4
     assert sorted(len(r.ids) for r in rows) == [3, 5, 7, 9]
     assert "loracord-no-packing" in ttq.LORACORD_VARIANTS
+
+
+def test_a_bf16_reference_trains_at_the_same_settings_in_bf16(tiny_llama, tmp_path, monkeypatch):
+    """``sft-preset-bf16``: the same seed's loracord settings, the base stored in bf16 under TRL's bf16."""
+    _spy_judge(monkeypatch)
+    sides = ["loracord", "sft-preset-bf16"]
+    line, = ttq.main(["--kind", "text", "--base", str(tiny_llama), "--sides", *sides, "--seeds", "1", "--n", "8",
+                      "--heldout-per-source", "2", "--every", "2", "--max-steps", "4", "--threads", "1",
+                      "--out", str(tmp_path)])
+    ref, ours = line["sides"]["sft-preset-bf16"], line["sides"]["loracord"]
+    assert ref["settings"]["lr"] == ours["settings"]["lr"] and ref["settings"]["rank"] == ours["settings"]["rank"]
+    cell = json.loads((tmp_path / "text" / "cells" / "sft-preset-bf16-s1.json").read_text())
+    assert cell["precision"] == "bf16" and ttq.order(sides, 1).index("loracord") < ttq.order(sides, 1).index(sides[1])
