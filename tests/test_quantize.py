@@ -46,7 +46,38 @@ def corpus(tmp_path_factory):
 @pytest.fixture(scope="module")
 def text_runs(tiny_llama, corpus, tmp_path_factory):
     root = tmp_path_factory.mktemp("quantize-runs")
-    return {mode: train_text(text_config(corpus, root / mode, tiny_llama, quantize=mode)) for mode in ("8bit", "4bit")}
+    # bitsandbytes' 4-bit layers made as on a CPU with AVX-512 BF16, whatever this one has: there
+    # they repack themselves for inference at the run's first eval forward (its samples before
+    # training) unless loracord keeps the training layout (test below)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("bitsandbytes.nn.modules.has_avx512bf16", lambda: True)
+        return {mode: train_text(text_config(corpus, root / mode, tiny_llama, quantize=mode))
+                for mode in ("8bit", "4bit")}
+
+
+def test_4bit_layers_keep_the_training_layout_through_an_evaluation():
+    """On a CPU with AVX-512 BF16 bitsandbytes repacks a Linear4bit for its inference kernel at the
+    first eval forward without gradients, after which no gradient reaches the layer's input (every
+    LoRA below it would train wrong). The CPU's flag is forced on here, so the path is taken on any
+    CPU; ``keep_training_layout`` switches it off, and the gradient after an evaluation is the one
+    before it."""
+    import bitsandbytes as bnb
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(bnb.nn.Linear4bit(64, 64, bias=False, compute_dtype=torch.float32, quant_type="nf4"))
+    model[0].weight = bnb.nn.Params4bit(torch.randn(64, 64), requires_grad=False, quant_type="nf4").to("cpu")
+    model[0].support_avx512bf16_for_cpu = True  # as bitsandbytes sets it on such a CPU
+    x = torch.randn(2, 64, requires_grad=True)
+    model(x).sum().backward()
+    before, x.grad = x.grad.clone(), None
+    assert q.keep_training_layout(model) == 1 and not model[0].support_avx512bf16_for_cpu
+    model.eval()
+    with torch.no_grad():
+        model(torch.randn(2, 64))
+    model.train()
+    assert not getattr(model[0].weight.quant_state, "packing_format_for_cpu", False)
+    model(x).sum().backward()
+    assert x.grad is not None and torch.allclose(x.grad, before)
 
 
 # --------------------------------------------------------------------------------------------

@@ -233,6 +233,24 @@ def image_config(mode: str, denoiser: str, dtype):
         load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)})
 
 
+def keep_training_layout(module) -> int:
+    """Keep bitsandbytes' 4-bit weights in the layout training reads; returns the layers switched.
+
+    On a CPU with AVX-512 BF16, bitsandbytes (0.50) repacks a ``Linear4bit``'s weight for its
+    inference kernel the first time the layer runs in eval mode without gradients: a run's
+    samples before training, each validation. From then on the layer's output carries no
+    gradient to its input, so every LoRA below it would train on a wrong gradient, silently (and
+    the repacking fails outright for layers narrower than a quantisation block). A run
+    alternates training and evaluation, so the repacking is switched off for its model.
+    """
+    switched = 0
+    for layer in module.modules():
+        if getattr(layer, "support_avx512bf16_for_cpu", False):
+            layer.support_avx512bf16_for_cpu = False
+            switched += 1
+    return switched
+
+
 def is_quantized(param) -> bool:
     """A quantised weight (bitsandbytes' int8/uint8 storage, a torchao tensor): never cast or copied as floats."""
     return not param.is_floating_point() or type(param.data).__module__.startswith("torchao")

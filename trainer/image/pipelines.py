@@ -61,7 +61,7 @@ def pipeline_family(path: Path) -> ModuleType:
 def load_pipeline(base: str | Path, dtype=None, quantize: str = "none") -> LoadedPipeline:
     """Resolve ``base`` (hub id or local folder) and load its pipeline, without a safety checker;
     ``quantize`` ('8bit', '4bit'; ``trainer.quantize``) loads its denoiser quantised."""
-    from ..quantize import image_config
+    from ..quantize import image_config, keep_training_layout
 
     path = resolve_base(str(base))
     part = pipeline_family(path)
@@ -70,7 +70,10 @@ def load_pipeline(base: str | Path, dtype=None, quantize: str = "none") -> Loade
 
         dtype = dtype or torch.float32  # diffusers' torchao quantizer would otherwise pick bf16
     config = image_config(quantize, part.DENOISER, dtype)
-    return LoadedPipeline(open_pipeline(part, path, dtype, config), part, path, dtype, quantize)
+    pipe = open_pipeline(part, path, dtype, config)
+    if quantize == "4bit":
+        keep_training_layout(getattr(pipe, part.DENOISER))  # the run trains it between samples and validations
+    return LoadedPipeline(pipe, part, path, dtype, quantize)
 
 
 def encode_prompts(loaded: LoadedPipeline, prompts: list[str], device=None):
