@@ -193,7 +193,8 @@ def load_causal_lm(path: Path, dtype=None, quantization_config=None, device=None
     """Load a causal language model and its tokenizer from a resolved folder (safetensors only).
 
     ``quantization_config`` (``trainer.quantize.text_config``) loads the weights quantised, straight
-    onto ``device`` (a GPU's quantised weights are made there, never moved)."""
+    onto ``device`` (a GPU's quantised weights are made there, never moved), its 4-bit layers kept
+    in the layout training reads (``trainer.quantize.keep_training_layout``)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     placed = {"device_map": {"": device}} if quantization_config is not None and device is not None else {}
@@ -205,6 +206,10 @@ def load_causal_lm(path: Path, dtype=None, quantization_config=None, device=None
         )
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"Could not load a causal language model from {path}: {exc}") from exc
+    if quantization_config is not None:
+        from .quantize import keep_training_layout
+
+        keep_training_layout(model)  # a run trains it between its samples and validations
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer

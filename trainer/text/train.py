@@ -99,7 +99,7 @@ def _setup(config: TextTrainConfig) -> _Setup:
     from ..models import load_causal_lm, resolve_base
     from ..precision import choose_precision, compute_dtype, make_accelerator, model_key, text_probe
     from ..presets import regularisation_off
-    from ..quantize import check_quantize, decide, keep_training_layout, run_device, text_config
+    from ..quantize import check_quantize, decide, run_device, text_config
     from .data import load_text_dataset
     from .kinds import resolve_kind
     from .packing import CHATML_TEMPLATE, encode
@@ -127,7 +127,6 @@ def _setup(config: TextTrainConfig) -> _Setup:
     quantize = decide(config.quantize, kind=TEXT.name, folder=base_path, precision=precision)
     model, tokenizer = load_causal_lm(base_path, dtype=dtype, quantization_config=text_config(quantize.mode, dtype),
                                       device=accelerator.device)
-    keep_training_layout(model)
     if tokenizer.chat_template is None and any(e.kind == "chat" for e in dataset.train):
         tokenizer.chat_template = CHATML_TEMPLATE
     train_tokens = sum(len(encode(e, tokenizer).ids) for e in dataset.train)
