@@ -31,10 +31,10 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import statistics
 import os
 import random
 import shutil
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -142,11 +142,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(json.dumps(row), flush=True)
     better = (lambda a, b: a > b) if higher else (lambda a, b: a < b)
     wins = sum(better(r["steered"][f"pick_{name}"], r["plain"][f"pick_{name}"]) for r in rows)
-    mean = (statistics.geometric_mean if kind == "text" else statistics.fmean)  # perplexities: geometric
-    mean = lambda key, which, _m=mean: _m([r[which][key] for r in rows])  # noqa: E731
+    mean = statistics.geometric_mean if kind == "text" else statistics.fmean  # perplexities: geometric
     summary = {"kind": kind, "score": name, "higher_is_better": higher, "seeds": args.seeds, "n": n,
                "trials": args.trials, "flip": args.flip, "members": args.members,
-               **{f"{w}_{name}_{side}": round(mean(f"{w}_{name}", side), 4)
+               **{f"{w}_{name}_{side}": round(mean([r[side][f"{w}_{name}"] for r in rows]), 4)
                   for w in ("pick", "best") for side in ("plain", "steered")},
                "steered_won": f"{wins} of {len(rows)}"}
     print(json.dumps(summary), flush=True)

@@ -244,14 +244,10 @@ def _unpacked() -> None:
     a passage longer than a row still split), so a step's batch holds ``batch_size`` passages."""
     from trainer.text import packing
 
-    def pack(pieces, seq_len, rng=None):
-        rows = []
-        for piece in pieces:
-            for c in packing.chunk(piece, seq_len):
-                if len(c.ids) > 1 and any(x != packing.IGNORE for x in c.labels[1:]):
-                    row = packing.Row()
-                    row.add(c)
-                    rows.append(row)
+    packed = packing.pack
+
+    def pack(pieces, seq_len, rng=None):  # the real packing of each passage alone: its chunks, its filter
+        rows = [row for piece in pieces for row in packed([piece], seq_len)]
         if rng is not None:
             rng.shuffle(rows)
         return rows
