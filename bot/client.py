@@ -25,6 +25,7 @@ from discord.ext import commands, tasks
 from storage.settings import Settings
 from trainer import export, kinds
 from trainer.errors import UserError
+from trainer.spec import RunSpec
 
 from .config import BotSettings
 from .display import scrub_paths
@@ -52,9 +53,8 @@ COMPARE_NEXT = ("**Or compare the tries:** `/train compare` asks which of two tr
 
 def next_after(job) -> str:
     """What a member can do once a job ends; a finished run names the downloads that fit its kind."""
-    # the run's own record first; else the job's: a spec names its kind, a train job's queue name ends in it
-    kind = kinds.recorded((job.result or {}).get("metrics", {}).get("kind") or job.config.get("kind")
-                          or job.kind.removeprefix("train_"))
+    # the run's own record first, else what the job row says (an export or sample job: the default kind)
+    kind = kinds.recorded((job.result or {}).get("metrics", {}).get("kind") or RunSpec.kind_of(job.kind, job.config))
     # the zip of an image run holds a kohya single file too (trainer.card); other formats come from the table
     zipped = ("a zip for diffusers, and a single file for ComfyUI and other UIs" if kind.makes_images else
               "a zip for transformers and peft")

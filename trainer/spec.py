@@ -214,6 +214,16 @@ class RunSpec(BaseModel):
             raise ConfigError(f"a {job_kind} job holds the settings of a {spec.job_kind} job")
         return spec
 
+    @staticmethod
+    def kind_of(job_kind: str, config: dict) -> str:
+        """The kind of run a job row trains, without reading the rest of it: a train job's queue
+        name (``train_<kind>``, as ``job_kind`` names it), a search's ``kind`` (a stored spec's or
+        a flat one's; the default kind where an old flat search names none). Any other job kind
+        is returned as it is."""
+        if job_kind == "tune":
+            return config.get("kind", kinds.DEFAULT.name)
+        return job_kind.removeprefix("train_")
+
     @classmethod
     def _from_flat(cls, job_kind: str, config: dict) -> "RunSpec":
         """The flat form: ``TextTrainConfig``/``ImageTrainConfig`` arguments (plus ``data_blobs``
@@ -224,12 +234,12 @@ class RunSpec(BaseModel):
         if blobs:
             values["dataset"] = {"items": [{"blob": digest, "filename": name} for digest, name in blobs]}
             values["data"] = []  # the bot's own copies; the worker fetches the blobs
+        kind = cls.kind_of(job_kind, config)
         if job_kind == "tune":
-            kind = config.pop("kind", kinds.DEFAULT.name)
+            config.pop("kind", None)
             settings = dict(config.pop("settings", None) or {})
             values["tune"] = {k: config.pop(k) for k in list(config) if k in TuneOptions.model_fields}
         else:
-            kind = job_kind.removeprefix("train_")
             settings = config
         for key in ("base", "preset", "seed"):
             value = settings.pop(key, None)
