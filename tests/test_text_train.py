@@ -152,6 +152,24 @@ def test_early_stopping_keeps_best_adapter(tiny_llama, text_file, tmp_path):
     assert any(e.kind == "stopped_early" for e in events)
 
 
+def test_the_kept_adapter_holds_the_best_steps_weights(tiny_llama, text_file, tmp_path):
+    """An early-stopped run's adapter file is its best step's weights, not its last step's: the same
+    run stopped at that step (constant rate, no warm-up, so the steps are the same) wrote them."""
+    from safetensors.torch import load_file
+
+    quiet = dict(eval_every=4, lr_scheduler="constant", warmup_ratio=0.0)
+    stopped = train_text(tiny_config(tiny_llama, text_file, tmp_path / "stopped", steps=40, patience=2,
+                                     min_delta=100.0, **quiet))
+    at_best = train_text(tiny_config(tiny_llama, text_file, tmp_path / "at-best", steps=4, **quiet))
+    assert stopped.best_step == 4 and stopped.steps_done == 12 and at_best.steps_done == 4
+    kept, best = (load_file(str(tmp_path / run / "adapter" / "adapter_model.safetensors"))
+                  for run in ("stopped", "at-best"))
+    assert kept.keys() == best.keys()
+    for name in kept:
+        assert torch.allclose(kept[name], best[name], rtol=1e-5, atol=1e-7), name
+    assert any(not torch.allclose(kept[name], best[name] * 0) for name in kept if "lora_B" in name)  # trained
+
+
 def test_chat_and_completion_data_train(tiny_llama, tmp_path):
     data = tmp_path / "chat.jsonl"
     rows = []

@@ -19,7 +19,11 @@ from safetensors.torch import load_file, save_file
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    """A copy of the trainable weights on the CPU. A copy on every device: on a CPU ``.cpu()`` and
+    ``.contiguous()`` return the parameter itself, and the best adapter kept in memory would
+    go on training with the run."""
+    return {n: p.detach().to("cpu", copy=True, memory_format=torch.contiguous_format)
+            for n, p in model.named_parameters() if p.requires_grad}
 
 
 def load_trainable(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
