@@ -37,9 +37,11 @@ caching included; the models are local, so no download) to the adapter file on d
   at loracord's preset settings (``recipe-preset``: the loracord run's rank, lr, cosine warm-up,
   batch, steps and min-SNR), so the loop's share and the settings' share are told apart.
 - Ablations (issue 31, item 2): ``loracord-no-early-stop`` (patience 0), ``loracord-no-minsnr``
-  (images), ``loracord-no-aug`` (augment 0) and ``loracord-no-packing`` (text: one passage per
-  row, a bench-only wrapper around ``trainer.text.packing.pack``) run as further sides when named
-  in ``--sides``. Caching's share is ``recipe-preset`` against ``loracord`` (the recipe's loop
+  (images), ``loracord-no-aug`` (augment 0), ``loracord-no-loraplus`` (``loraplus_ratio`` 1: plain
+  LoRA) and ``loracord-no-packing`` (text: one passage per row, a bench-only wrapper around
+  ``trainer.text.packing.pack``) run as further sides when named in ``--sides``. TRL and the
+  ``Trainer`` have no LoRA+ of their own: ``sft-preset-loraplus`` (and ``-bf16``) is the
+  SFTTrainer at loracord's settings with peft's LoRA+ optimizer passed in by hand. Caching's share is ``recipe-preset`` against ``loracord`` (the recipe's loop
   encodes every step, at loracord's settings); the presets' share is ``recipe-defaults`` against
   ``recipe-preset`` (images) and ``sft-peft`` against ``sft-preset`` (text).
 - ``--floor`` (item 3): the hardware floor instead: loracord's step time (between its step
@@ -79,9 +81,9 @@ RECIPE_DEFAULTS = {"rank": 4, "lr": 1e-4, "lr_scheduler": "constant", "warmup_ra
                    "epochs": 100, "min_snr_gamma": None}
 LORACORD_VARIANTS = {"loracord": {}, "loracord-no-early-stop": {"patience": 0},
                      "loracord-no-minsnr": {"min_snr_gamma": None}, "loracord-no-aug": {"augment": 0.0},
-                     "loracord-no-packing": {}}
+                     "loracord-no-packing": {}, "loracord-no-loraplus": {"loraplus_ratio": 1.0}}
 SIDES = {"text": ("loracord", "sft-preset", "sft-peft", "trainer-preset", "trainer-peft", "sft-preset-bf16",
-                  "sft-peft-bf16"),
+                  "sft-peft-bf16", "sft-preset-loraplus", "sft-preset-loraplus-bf16"),
          "image": ("loracord", "recipe-defaults", "recipe-preset")}
 DEFAULT_SIDES = {"text": ("loracord", "sft-preset", "trainer-preset"), "image": SIDES["image"]}
 
@@ -281,9 +283,12 @@ def run_loracord(kind: str, side: str, data: Path, work: Path, base: str, seed: 
 
 
 def _text_reference(side: str, preset: dict | None) -> dict:
-    """The settings of a text reference: loracord's resolved preset (``*-preset``) or peft's SFT example."""
-    if side.removesuffix("-bf16").endswith("-peft"):
+    """The settings of a text reference: loracord's resolved preset (``*-preset``, with its LoRA+ ratio
+    on ``*-preset-loraplus``) or peft's SFT example."""
+    if _bare_name(side).endswith("-peft"):
         return dict(PEFT_EXAMPLE)
+    if "-loraplus" in side:
+        return {**_text_reference(side.replace("-loraplus", ""), preset), "loraplus_ratio": preset["loraplus_ratio"]}
     return {"rank": preset["rank"], "alpha": preset["alpha"], "lora_dropout": preset["lora_dropout"],
             "targets": preset["targets"], "lr": preset["lr"], "lr_scheduler": preset["lr_scheduler"],
             "warmup_ratio": preset["warmup_ratio"], "weight_decay": preset.get("weight_decay", 0.0),
@@ -348,15 +353,22 @@ def run_text_reference(side: str, data: Path, work: Path, base: str, seed: int, 
                          "labels": [t if m else -100 for t, m in zip(enc["input_ids"], enc["attention_mask"])]})
         dataset = [{k: torch.tensor(v) for k, v in row.items()} for row in rows]
         trainer = Trainer(model=model, args=_training_args(common), train_dataset=dataset, callbacks=[Snapshots()])
+    if "loraplus_ratio" in s:  # what a TRL user adding LoRA+ by hand would pass: peft's optimizer, TRL's AdamW
+        from peft.optimizers import create_loraplus_optimizer
+
+        trainer.optimizer = create_loraplus_optimizer(
+            trainer.model, torch.optim.AdamW, lr=s["lr"], loraplus_lr_ratio=s["loraplus_ratio"],
+            loraplus_weight_decay=s["weight_decay"], weight_decay=s["weight_decay"])
     if "steps" in s:  # the same warm-up and decay as loracord's run: its schedule function, on the Trainer's optimizer
         steps, warmup = s["steps"], round(s["warmup_ratio"] * s["steps"])
-        trainer.create_optimizer()
+        trainer.create_optimizer()  # keeps an optimizer already set
         trainer.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
             trainer.optimizer, lambda step: lr_factor(step, warmup, steps, s["lr_scheduler"]))
     started = time.time()
     result = trainer.train()
     return {"settings": {k: v for k, v in s.items()}, "steps_done": result.global_step,
-            "train_s": time.time() - started, "precision": "bf16" if bf16 else "fp32"}
+            "train_s": time.time() - started, "precision": "bf16" if bf16 else "fp32",
+            "group_lrs": sorted({g.get("initial_lr", g["lr"]) for g in trainer.optimizer.param_groups if g["params"]})}
 
 
 def _training_args(common: dict):
@@ -575,7 +587,7 @@ def _bare_steps(kind: str, task, args) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from trainer.loop import adamw
+    from trainer.loop import lora_optimizer
 
     s, cfg = task.s, task.config
     steps = FLOOR_WARMUP + args.floor_steps
@@ -610,7 +622,8 @@ def _bare_steps(kind: str, task, args) -> dict:
         def loss_of(out, target):
             return F.mse_loss(out[0], target)
     params = [p for p in module.parameters() if p.requires_grad]
-    optimizer = adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay if kind == "text" else 0.0)
+    optimizer = lora_optimizer(module, params, lr=cfg.lr, weight_decay=cfg.weight_decay if kind == "text" else 0.0,
+                               loraplus_ratio=cfg.loraplus_ratio)  # the run's own groups (LoRA+)
     module.train()
     accum = cfg.grad_accum if kind == "text" else 1
     shapes = []
@@ -806,8 +819,8 @@ def report(kind: str, cells: dict[tuple[str, int], dict], sides: list[str], seed
             **extra, **machine()}
 
 
-KNOBS = ("steps", "epochs", "rank", "alpha", "lr", "lr_scheduler", "warmup_ratio", "lora_dropout", "augment",
-         "batch_size", "min_snr_gamma", "patience", "eval_every", "targets", "weight_decay")
+KNOBS = ("steps", "epochs", "rank", "alpha", "lr", "loraplus_ratio", "lr_scheduler", "warmup_ratio", "lora_dropout",
+         "augment", "batch_size", "min_snr_gamma", "patience", "eval_every", "targets", "weight_decay")
 
 
 def _knobs(settings: dict) -> dict:
@@ -850,9 +863,14 @@ def order(sides: list[str], seed: int) -> list[str]:
     return free + ["loracord"] + [s for s in sides if at_preset(s)][::-1]
 
 
+def _bare_name(side: str) -> str:
+    """A reference's name without its modifiers (``-bf16``, ``-loraplus``)."""
+    return side.removesuffix("-bf16").removesuffix("-loraplus")
+
+
 def at_preset(side: str) -> bool:
-    """A reference trained at the same seed's loracord settings (``*-preset``, ``*-preset-bf16``)."""
-    return side.removesuffix("-bf16").endswith("-preset")
+    """A reference trained at the same seed's loracord settings (``*-preset``, ``*-preset-bf16``, ...)."""
+    return _bare_name(side).endswith("-preset")
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

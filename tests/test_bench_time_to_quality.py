@@ -146,3 +146,19 @@ def test_a_bf16_reference_trains_at_the_same_settings_in_bf16(tiny_llama, tmp_pa
     assert ref["settings"]["lr"] == ours["settings"]["lr"] and ref["settings"]["rank"] == ours["settings"]["rank"]
     cell = json.loads((tmp_path / "text" / "cells" / "sft-preset-bf16-s1.json").read_text())
     assert cell["precision"] == "bf16" and ttq.order(sides, 1).index("loracord") < ttq.order(sides, 1).index(sides[1])
+
+
+def test_the_loraplus_ablation_and_reference(tiny_llama, tmp_path, monkeypatch):
+    """``loracord-no-loraplus`` trains plain LoRA; ``sft-preset-loraplus`` is TRL at loracord's settings
+    with peft's LoRA+ optimizer passed in: A at the rate, B at loracord's ratio times it."""
+    _spy_judge(monkeypatch)
+    sides = ["loracord", "loracord-no-loraplus", "sft-preset-loraplus"]
+    line, = ttq.main(["--kind", "text", "--base", str(tiny_llama), "--sides", *sides, "--seeds", "0", "--n", "8",
+                      "--heldout-per-source", "2", "--every", "2", "--max-steps", "4", "--threads", "1",
+                      "--out", str(tmp_path)])
+    ratios = {side: line["sides"][side]["settings"]["loraplus_ratio"] for side in sides}
+    assert ratios == {"loracord": 4.0, "loracord-no-loraplus": 1.0, "sft-preset-loraplus": 4.0}
+    assert set(line["ablations"]["loracord-no-loraplus"]) == {"sft-preset-loraplus"}
+    cell = json.loads((tmp_path / "text" / "cells" / "sft-preset-loraplus-s0.json").read_text())
+    lr = line["sides"]["loracord"]["settings"]["lr"]
+    assert cell["group_lrs"] == pytest.approx([lr, 4 * lr])

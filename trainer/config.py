@@ -70,10 +70,14 @@ class TrainConfig(BaseModel):
     """Base of ``TextTrainConfig`` and ``ImageTrainConfig``: the settings both take; unknown fields are refused.
 
     A kind whose runs want another default for a shared setting names it in ``kind_defaults``
-    (the bounds and the words stay the ones declared here)."""
+    (the bounds and the words stay the ones declared here); a setting added once runs were being
+    saved names, in ``added_later``, the value runs saved without it trained with."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
     kind_defaults: ClassVar[dict[str, Any]] = {}
+    # Settings added after runs were already being saved, with the value those runs trained with: a
+    # run resumed from a checkpoint whose config lacks one goes on as it began (trainer.rundir).
+    added_later: ClassVar[dict[str, Any]] = {"loraplus_ratio": 1.0}
 
     out: str = Field(description="Run folder to write (adapter, metrics, samples, chart).")
     resume: bool = Field(False, description="Continue from the run folder's latest checkpoint.")
@@ -93,6 +97,10 @@ class TrainConfig(BaseModel):
                              json_schema_extra=slash("LoRA rank: capacity of the adapter"))
     alpha: float | None = Field(None, gt=0, description="LoRA alpha; default: 2 x rank for text, equal to rank "
                                                         "for images.")
+    loraplus_ratio: float = Field(4.0, ge=1, le=64, description=(
+        "LoRA+: each adapted layer's B matrix learns at this many times the learning rate, its A matrix at the "
+        "rate itself (peft's create_loraplus_optimizer); 1 is plain LoRA. Default 4 for text, 1 for images "
+        "(docs/benchmarks.md)."))
     lora_dropout: float | None = Field(None, ge=0, lt=1, description="Dropout on the LoRA path; default: sized "
                                                                      "to the data.")
     dora: bool = Field(False, description=(

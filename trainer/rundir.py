@@ -183,5 +183,5 @@ def start_run(config, on_event=None, cancel=None) -> RunStart:
         raise ConfigError(f"--resume given, but {run.root} has no checkpoint to resume from.")
     if checkpoint is not None:
         saved = json.loads((checkpoint / "state.json").read_text())["config"]
-        config = type(config)(**{**saved, "resume": True})
+        config = type(config)(**{**type(config).added_later, **saved, "resume": True})
     return RunStart(run, config, emit, cancel, checkpoint)

@@ -21,7 +21,7 @@ from ..config import TrainConfig, slash
 class ImageTrainConfig(TrainConfig):
     """One LoRA fine-tuning run of an image pipeline (SD 1.x/2.x, SDXL, FLUX.1, SD 3.5) on a few images."""
 
-    kind_defaults = {"warmup_ratio": 0.05, "min_delta": 0.0}
+    kind_defaults = {"warmup_ratio": 0.05, "min_delta": 0.0, "loraplus_ratio": 1.0}
 
     data: list[str] = Field(description="Images (png/jpg/webp), folders of them or zip archives; captions from "
                                         "sidecar .txt files or metadata.jsonl.")

@@ -33,7 +33,7 @@ from .. import kinds
 from ..cancel import CancelToken
 from ..errors import ConfigError
 from ..events import EventCallback
-from ..loop import LoopState, Task, adamw, fit, training_mode
+from ..loop import LoopState, Task, fit, lora_optimizer, training_mode
 from ..rundir import RunDir, start_run
 from .config import ImageTrainConfig
 
@@ -349,7 +349,8 @@ class ImageTask(Task):
         self.model = torch.nn.ModuleDict({name: getattr(pipe, name) for name in (denoiser, "text_encoder", "text_encoder_2")
                                           if getattr(getattr(pipe, name, None), "peft_config", None)})
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = adamw(self.params, lr=cfg.lr, weight_decay=0.0)
+        optimizer = lora_optimizer(self.model, self.params, lr=cfg.lr, weight_decay=0.0,
+                                   loraplus_ratio=cfg.loraplus_ratio)
         self.scheduler = lr_schedule(optimizer, cfg)
         # Under accelerate launch the denoiser is wrapped to average its gradients over processes
         # (DDP); text-encoder LoRA runs outside that wrapper, so its gradients are averaged here.

@@ -18,7 +18,7 @@ from ..cancel import CancelToken
 from ..errors import ConfigError
 from ..events import EventCallback
 from ..kinds import TEXT
-from ..loop import LoopState, Task, adamw, fit, training_mode
+from ..loop import LoopState, Task, fit, lora_optimizer, training_mode
 from ..rundir import RunDir, start_run, write_json_atomic
 from ..scores import content, each_text_scores, text_scores
 from .config import TextTrainConfig
@@ -191,7 +191,8 @@ class TextTask(Task):
         cfg = s.config
         self.s, self.config, self.accelerator = s, cfg, s.accelerator
         self.params = [p for p in s.model.parameters() if p.requires_grad]
-        optimizer = adamw(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = lora_optimizer(s.model, self.params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                   loraplus_ratio=cfg.loraplus_ratio)
         self.scheduler = lr_schedule(optimizer, cfg)
         # Under accelerate launch, `wrapped` syncs gradients between processes (DDP); `model` is
         # the module itself, whose LoRA weights checkpoints save and evaluation and sampling use.
