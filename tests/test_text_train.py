@@ -85,6 +85,25 @@ def test_samples_before_training_are_the_untrained_lora_models(tiny_llama, tmp_p
     assert any(before)  # something was sampled, so the comparison can fail
 
 
+def test_prompts_sampled_in_one_batch_each_continue_their_own_prompt(tiny_llama, monkeypatch):
+    """``generate`` draws every prompt in one left-padded batch. Near zero temperature sampling is
+    greedy, so each prompt's continuation in a batch with a longer prompt (it is padded) must be the
+    one it gets alone (no padding): the padding is on the left and masked out. The same call twice
+    gives the same texts, and the tokenizer's own padding side is left as it was."""
+    from trainer.models import load_causal_lm
+    from trainer.text import train
+
+    model, tokenizer = load_causal_lm(tiny_llama)
+    prompts, side = ["To be", "Line 3 of the longest prompt here, by many tokens"], tokenizer.padding_side
+    sampled = train.generate(model, tokenizer, prompts, 8, seed=0)
+    assert sampled == train.generate(model, tokenizer, prompts, 8, seed=0) and len(sampled) == 2
+    assert tokenizer.padding_side == side
+    monkeypatch.setattr(train, "SAMPLE_TEMPERATURE", 1e-4)
+    together = train.generate(model, tokenizer, prompts, 8, seed=0)
+    alone = [train.generate(model, tokenizer, [p], 8, seed=0)[0] for p in prompts]
+    assert together == alone and all(together)
+
+
 def test_events_are_structured(finished_run):
     _, events, _ = finished_run
     kinds = [e.kind for e in events]
