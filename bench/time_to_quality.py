@@ -38,7 +38,7 @@ caching included; the models are local, so no download) to the adapter file on d
   batch, steps and min-SNR), so the loop's share and the settings' share are told apart.
 - Ablations (issue 31, item 2): ``loracord-no-early-stop`` (patience 0), ``loracord-no-minsnr``
   (images), ``loracord-no-aug`` (augment 0), ``loracord-no-loraplus`` (``loraplus_ratio`` 1: plain
-  LoRA) and ``loracord-no-packing`` (text: one passage per row, a bench-only wrapper around
+  LoRA; ``loracord-loraplus`` the other way: ratio 4, for images) and ``loracord-no-packing`` (text: one passage per row, a bench-only wrapper around
   ``trainer.text.packing.pack``) run as further sides when named in ``--sides``. TRL and the
   ``Trainer`` have no LoRA+ of their own: ``sft-preset-loraplus`` (and ``-bf16``) is the
   SFTTrainer at loracord's settings with peft's LoRA+ optimizer passed in by hand. Caching's share is ``recipe-preset`` against ``loracord`` (the recipe's loop
@@ -81,7 +81,8 @@ RECIPE_DEFAULTS = {"rank": 4, "lr": 1e-4, "lr_scheduler": "constant", "warmup_ra
                    "epochs": 100, "min_snr_gamma": None}
 LORACORD_VARIANTS = {"loracord": {}, "loracord-no-early-stop": {"patience": 0},
                      "loracord-no-minsnr": {"min_snr_gamma": None}, "loracord-no-aug": {"augment": 0.0},
-                     "loracord-no-packing": {}, "loracord-no-loraplus": {"loraplus_ratio": 1.0}}
+                     "loracord-no-packing": {}, "loracord-no-loraplus": {"loraplus_ratio": 1.0},
+                     "loracord-loraplus": {"loraplus_ratio": 4.0}}
 SIDES = {"text": ("loracord", "sft-preset", "sft-peft", "trainer-preset", "trainer-peft", "sft-preset-bf16",
                   "sft-peft-bf16", "sft-preset-loraplus", "sft-preset-loraplus-bf16"),
          "image": ("loracord", "recipe-defaults", "recipe-preset")}
