@@ -117,16 +117,15 @@ def adamw(params, **kwargs):
 def lora_optimizer(model, params: list, *, lr: float, weight_decay: float, loraplus_ratio: float):
     """The run's AdamW over ``params`` (``model``'s trainable weights). With ``loraplus_ratio`` above 1,
     LoRA+ (peft's ``create_loraplus_optimizer``): the B matrices (and DoRA's magnitudes) learn at
-    ``loraplus_ratio`` times ``lr``, the A matrices at ``lr``; the schedule scales every group alike."""
+    ``loraplus_ratio`` times ``lr``, the A matrices at ``lr``; the schedule scales every group alike.
+    A LoRA on an embedding layer keeps ``lr`` (peft's own default for it is 1e-6)."""
     if loraplus_ratio == 1:
         return adamw(params, lr=lr, weight_decay=weight_decay)
     from peft.optimizers import create_loraplus_optimizer
 
-    def fused_where_possible(groups, **kwargs):
-        return adamw(groups, **kwargs)
-
-    optimizer = create_loraplus_optimizer(model, fused_where_possible, lr=lr, loraplus_lr_ratio=loraplus_ratio,
-                                          loraplus_weight_decay=weight_decay, weight_decay=weight_decay)
+    optimizer = create_loraplus_optimizer(model, adamw, lr=lr, loraplus_lr_ratio=loraplus_ratio,
+                                          loraplus_lr_embedding=lr, loraplus_weight_decay=weight_decay,
+                                          weight_decay=weight_decay)
     grouped = {id(p) for group in optimizer.param_groups for p in group["params"]}
     assert grouped == {id(p) for p in params}, "LoRA+ groups must hold exactly the run's trainable weights"
     return optimizer
