@@ -73,14 +73,15 @@ async def test_a_trial_and_a_finished_run_are_sampled_on_another_machine(world, 
     assert "a worker runs it beside any training" in asked.response.content
     sample_job = next(j for j in db.list_jobs() if j.kind == "sample")
     assert sample_job.session_id is None and sample_job.priority > tune.priority  # not a run; ahead of runs
-    await pump_until(w.env, lambda: any(s.trial == trial for s in db.list_samples(job_id=1)), timeout=120,
-                     what="the trial's sample")
+    # the one asked for: the search itself may have sampled this trial (the best one's samples), at seed 0
+    await pump_until(w.env, lambda: any(s.trial == trial and s.seed == 5 for s in db.list_samples(job_id=1)),
+                     timeout=120, what="the trial's sample")
     sample_job = db.get_job(sample_job.id)
     assert sample_job.status == DONE and sample_job.worker.endswith(f":{worker.pid}")
     fetched = machine.run_root / f"job-{sample_job.id}" / "source" / "adapter"
     assert (fetched / "adapter_config.json").is_file()  # rebuilt there from the blob store
     assert not (services.settings.run_root / f"job-{sample_job.id}").exists()
-    [sample] = [s for s in db.list_samples(job_id=1) if s.trial == trial]
+    [sample] = [s for s in db.list_samples(job_id=1) if s.trial == trial and s.seed == 5]
     assert (sample.prompt, sample.seed, sample.kind, sample.session_id) == ("To be @everyone", 5, "text",
                                                                            tune.session_id)
     posted = thread.last_message
