@@ -38,12 +38,13 @@ caching included; the models are local, so no download) to the adapter file on d
   batch, steps and min-SNR), so the loop's share and the settings' share are told apart.
 - Ablations (issue 31, item 2): ``loracord-no-early-stop`` (patience 0), ``loracord-no-minsnr``
   (images), ``loracord-no-aug`` (augment 0), ``loracord-no-loraplus`` (``loraplus_ratio`` 1: plain
-  LoRA; ``loracord-loraplus`` the other way: ratio 4, for images) and ``loracord-no-packing`` (text: one passage per row, a bench-only wrapper around
-  ``trainer.text.packing.pack``) run as further sides when named in ``--sides``. TRL and the
-  ``Trainer`` have no LoRA+ of their own: ``sft-preset-loraplus`` (and ``-bf16``) is the
-  SFTTrainer at loracord's settings with peft's LoRA+ optimizer passed in by hand. Caching's share is ``recipe-preset`` against ``loracord`` (the recipe's loop
-  encodes every step, at loracord's settings); the presets' share is ``recipe-defaults`` against
-  ``recipe-preset`` (images) and ``sft-peft`` against ``sft-preset`` (text).
+  LoRA; ``loracord-loraplus`` the other way: ratio 4, for images) and ``loracord-no-packing``
+  (text: one passage per row, a bench-only wrapper around ``trainer.text.packing.pack``) run as
+  further sides when named in ``--sides``. TRL and the ``Trainer`` have no LoRA+ of their own:
+  ``sft-preset-loraplus`` (and ``-bf16``) is the SFTTrainer at loracord's settings with peft's
+  LoRA+ optimizer passed in by hand. Caching's share is ``recipe-preset`` against ``loracord``
+  (the recipe's loop encodes every step, at loracord's settings); the presets' share is
+  ``recipe-defaults`` against ``recipe-preset`` (images) and ``sft-peft`` against ``sft-preset`` (text).
 - ``--floor`` (item 3): the hardware floor instead: loracord's step time (between its step
   events) against a bare loop of forward, backward, AdamW step and zero_grad over exactly the
   batches loracord's run drew (its cached latents and embeddings; its packed rows), on the same

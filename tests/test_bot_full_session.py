@@ -174,7 +174,8 @@ async def test_quick_tries_on_twenty_examples_cross_validate_through_the_worker_
     asked = await w.alice.slash(thread, "sample", prompt="Example", job=1, trial=best_trial.number, seed=3)
     assert f"trial #{best_trial.number} of job #1" in asked.response.content
     # the one asked for: the search already sampled its best trial itself, at seed 0
-    await pump_until(w.env, lambda: any(s.trial == best_trial.number and s.seed == 3 for s in db.list_samples(job_id=1)),
+    await pump_until(w.env, lambda: any(s.trial == best_trial.number and s.seed == 3
+                                        for s in db.list_samples(job_id=1)),
                      timeout=120, what="the trial's sample")
     assert thread.last_message.content.startswith("**Sample #")
     assert f"trial #{best_trial.number}" in thread.last_message.content

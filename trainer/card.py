@@ -46,8 +46,8 @@ SINGLE_FILES = {
 # config names files of the host (data, out) or is the base, which the card names apart.
 SETTINGS = ("preset", "steps", "lr", "rank", "alpha", "lora_dropout", "dora", "target_modules", "batch_size",
             "grad_accum", "seq_len", "resolution", "augment", "text_kind", "neftune_alpha", "train_text_encoder",
-            "caption_dropout", "loraplus_ratio", "min_snr_gamma", "noise_offset", "warmup_ratio", "weight_decay", "max_grad_norm",
-            "val_fraction", "instance_prompt", "seed")
+            "caption_dropout", "loraplus_ratio", "min_snr_gamma", "noise_offset", "warmup_ratio", "weight_decay",
+            "max_grad_norm", "val_fraction", "instance_prompt", "seed")
 ONLY_WHEN_ON = {"dora"}  # switches a card names only when they are on
 
 
